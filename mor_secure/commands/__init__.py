@@ -1,0 +1,1 @@
+"""Command groups of the `mor` CLI that belong to the core (each side owns its own group)."""
