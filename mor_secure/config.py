@@ -128,3 +128,16 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         rows.append((key, default, f.metadata.get("help", "")))
     return rows
+
+
+@dataclasses.dataclass
+class TLSConfig:
+    """Where a party finds its PKI material; shared by the client and coordinator configs."""
+
+    ca: Path = field(help="CA certificate (PEM) that every peer's certificate must chain to.", path=True)
+    cert: Path = field(help="This party's certificate (PEM), issued by the CA.", path=True)
+    key: Path = field(help="This party's private key (PEM, mode 0600); it never leaves this machine.", path=True)
+    crl: Path = field(help="Certificate revocation list (PEM) from the CA; checked fail-closed. "
+                           "Renew it with `mor certs crl` before it goes stale.", path=True)
+    ca_fingerprint: str = field("", help="Pinned SHA-256 fingerprint of the CA certificate "
+                                         "('sha256:...'); empty disables the pin.")
