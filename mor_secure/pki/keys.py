@@ -1,0 +1,124 @@
+"""Private keys and certificate signing requests, made where the key is used (it never leaves).
+
+Key files are created with ``O_CREAT | O_EXCL`` and mode 0600 from the first byte, so they are
+never readable by others, not even briefly; public files are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Literal, get_args
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+
+from mor_secure.logs import get_logger
+from mor_secure.pki.identity import PKIError, check_identity
+
+KeyType = Literal["p256", "ed25519"]
+KEY_TYPES: tuple[str, ...] = get_args(KeyType)
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+log = get_logger("pki")
+
+
+def new_key(key_type: str = "p256") -> PrivateKey:
+    """A fresh private key: EC P-256 (default, what every TLS stack speaks) or Ed25519."""
+    if key_type == "p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise PKIError(f"unknown key type {key_type!r}: use one of {', '.join(KEY_TYPES)}")
+
+
+def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+    """The hash to sign with this key (Ed25519 hashes internally and takes none)."""
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+def check_public_key(key: object, what: str) -> None:
+    """Accept only the key types the project issues (EC P-256, Ed25519)."""
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return
+    raise PKIError(f"{what} has an unsupported public key ({type(key).__name__}): "
+                   "make the request with `mor certs request` (EC P-256 or Ed25519)")
+
+
+def write_private(path: Path, key: PrivateKey) -> Path:
+    """Write an unencrypted PEM key to a new file that is 0600 from creation; never overwrites."""
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise PKIError(f"{path} already exists and a key is never overwritten: move it away first, "
+                       "or renew with the existing key (`mor certs request --reuse-key`)") from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def write_public(path: Path, data: bytes) -> Path:
+    """Replace ``path`` atomically (readers see the old or the new file, never half of one)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    """Read a PEM private key; refuse one that group or others can read (like ssh does)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PKIError(f"private key {path} does not exist") from None
+    except OSError as exc:
+        raise PKIError(f"cannot read private key {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PKIError(f"private key {path} is readable by others (mode {stat.S_IMODE(mode):04o}): "
+                       f"run `chmod 600 {path}`")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise PKIError(f"{path} is not an unencrypted PEM private key") from None
+    check_public_key(key.public_key(), f"key {path}")
+    return key  # type: ignore[return-value]
+
+
+def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
+                 reuse_key: bool = False) -> tuple[Path, Path]:
+    """Make ``out_dir/NAME.key`` (0600) and ``out_dir/NAME.csr`` asking for ``mor://ROLE/NAME``.
+
+    ``reuse_key=True`` signs a renewal request with the existing NAME.key instead of a new key.
+    Returns (key path, CSR path).
+    """
+    ident = check_identity(role, name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key_path, csr_path = out_dir / f"{name}.key", out_dir / f"{name}.csr"
+    if reuse_key:
+        key = load_private_key(key_path)
+    else:
+        key = new_key(key_type)
+        write_private(key_path, key)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)]))
+           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(ident.uri)]),
+                          critical=False)
+           .sign(key, signing_hash(key)))
+    write_public(csr_path, csr.public_bytes(serialization.Encoding.PEM))
+    log.info("request made", extra={"role": role, "name": name, "reused_key": reuse_key})
+    return key_path, csr_path
