@@ -19,6 +19,10 @@ class CoordinatorSection:
 class DataSection:
     path: Path | None = field(None, help="Preference data: a client folder of the benchmark world or "
                                          "any local data set in the same schema.", path=True)
+    train_split: str = field("train", help="Split that DP training reads.")
+    test_split: str = field("test", help="Held-out split that `mor client eval` scores.")
+    max_pairs: int = field(0, help="Use only the first N training pairs (0 = all); for quick trials. "
+                                   "The sample rate, delta and budget follow the pairs actually used.")
 
 
 @dataclass
@@ -26,11 +30,31 @@ class ModelSection:
     family: str = field("dual-encoder", help="Reward-model family: 'qwen2-vl', 'llava' or 'dual-encoder'.")
     base: str = field("", help="Backbone: a local path or a hub id already in the local cache; may be "
                               "empty for families that build from scratch.")
+    finetune: str = field("lora", help="VLM families: 'lora' (adapters on the language model) or 'full' "
+                                       "(every language-model weight). The vision tower stays frozen.")
+    lora_rank: int = field(8, help="LoRA rank r (VLM families, finetune = 'lora').")
+    lora_alpha: float = field(16.0, help="LoRA scaling alpha; the update is scaled by alpha / r.")
+    lora_targets: list[str] = field(help="Language-model linear layers that get LoRA adapters.",
+                                    default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_proj", "up_proj", "down_proj"])
+    max_length: int = field(256, help="Most tokens of prompt plus answer; longer inputs are truncated "
+                                      "from the left of the prompt text.")
+    width: int = field(64, help="dual-encoder: width of the image and text encoders.")
+    image_size: int = field(64, help="dual-encoder: images are resized to this square side in pixels.")
 
 
 @dataclass
 class TrainSection:
     out: Path = field("reward-model", help="Folder of the trained reward model and its checkpoints.", path=True)
+    epochs: int = field(3, help="Passes over the training pairs (steps = epochs / sample rate).")
+    batch_size: int = field(32, help="Expected pairs per step; Poisson sampling varies the real size.")
+    lr: float = field(1e-3, help="AdamW learning rate.")
+    weight_decay: float = field(0.0, help="AdamW weight decay.")
+    seed: int = field(0, help="Seed of initialisation, sampling and noise (reproducible runs).")
+    checkpoint_every: int = field(50, help="Write a resumable checkpoint every N optimizer steps.")
+    grad_sample_mode: str = field("hooks", help="How Opacus computes per-pair gradients: 'hooks' or "
+                                                "'functorch' (for layers without a hook).")
+    device: str = field("auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
 
 
 @dataclass
@@ -39,6 +63,10 @@ class PrivacySection:
     delta: float | None = field(None, help="DP delta; default 1/number of pairs, capped at 1e-5.")
     max_epsilon: float = field(8.0, help="Lifetime budget for this data set across all training runs, "
                                          "composed by the accountant.")
+    accountant: str = field("prv", help="Privacy accountant: 'prv' (tight, default) or 'rdp'.")
+    max_grad_norm: float = field(1.0, help="Per-pair gradient clipping norm C (noise std = sigma * C).")
+    ledger: Path | None = field(None, help="The site's privacy ledger (JSON lines, append-only); default "
+                                           "DATA.privacy-ledger.jsonl beside [data].path.", path=True)
 
 
 @dataclass
