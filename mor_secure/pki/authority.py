@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -53,6 +54,11 @@ def _ski(public_key: Any) -> x509.SubjectKeyIdentifier:
 def _aki(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _key_id(public_key: Any) -> str:
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
 def ca_fingerprint(ca: Path) -> str:
@@ -151,7 +157,7 @@ def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | No
 
     The role and name come from the CSR's ``mor://ROLE/NAME`` URI; everything else (EKU, key usage,
     validity) is set here, never taken from the request. Re-issue for a name (renewal) is allowed
-    and recorded; a name already held by the other role is refused.
+    and recorded; refused are a name live under the other role and a key that was ever revoked.
     """
     _check_days(days, "certificate validity")
     ca_dir, csr_path = Path(ca_dir), Path(csr_path)
@@ -193,6 +199,10 @@ def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | No
             .sign(ca_key, signing_hash(ca_key)))
     with _locked(ca_dir):
         index = _load_index(ca_dir)
+        key_id = _key_id(csr.public_key())
+        if any(e.get("key_id") == key_id and e.get("revoked_at") for e in index["certificates"]):
+            raise PKIError(f"the key of CSR {csr_path} belongs to a revoked certificate and may be "
+                           "compromised: make a new key at the site (`mor certs request` without --reuse-key)")
         same_name = [e for e in index["certificates"] if e["name"] == ident.name and _is_live(e, now)]
         other_role = [e for e in same_name if e["role"] != ident.role]
         if other_role:
@@ -201,11 +211,11 @@ def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | No
         index["certificates"].append({
             "name": ident.name, "role": ident.role, "serial": cert.serial_number,
             "not_after": _iso(cert.not_valid_after_utc), "fingerprint": fingerprint(cert),
-            "issued_at": _iso(now), "revoked_at": None})
+            "key_id": key_id, "issued_at": _iso(now), "revoked_at": None})
         _save_index(ca_dir, index)
     out = Path(out) if out is not None else csr_path.with_name(f"{ident.name}.pem")
     write_public(out, cert.public_bytes(serialization.Encoding.PEM))
-    log.info("certificate issued", extra={"role": ident.role, "name": ident.name,
+    log.info("certificate issued", extra={"role": ident.role, "site": ident.name,
                                           "serial": f"{cert.serial_number:x}", "renewal": bool(same_name)})
     return out
 
@@ -275,5 +285,5 @@ def revoke(ca_dir: Path, name: str, *, crl_days: int = 7) -> list[int]:
                 serials.append(int(entry["serial"]))
         _save_index(ca_dir, index)
     write_crl(ca_dir, days=crl_days)
-    log.info("revoked", extra={"name": name, "count": len(serials)})
+    log.info("revoked", extra={"site": name, "count": len(serials)})
     return serials

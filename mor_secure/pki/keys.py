@@ -120,5 +120,5 @@ def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
                           critical=False)
            .sign(key, signing_hash(key)))
     write_public(csr_path, csr.public_bytes(serialization.Encoding.PEM))
-    log.info("request made", extra={"role": role, "name": name, "reused_key": reuse_key})
+    log.info("request made", extra={"role": role, "site": name, "reused_key": reuse_key})
     return key_path, csr_path
