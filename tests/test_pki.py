@@ -214,6 +214,8 @@ def test_bad_crl_raises_crl_error_naming_the_fix(ca_dir: Path, tmp_path: Path, p
         with pytest.raises(pki.CRLError) as err:
             call()
         assert "mor certs crl --ca-dir" in str(err.value) and str(crl) in str(err.value)
+    if problem == "stale":
+        assert pki.describe(ca_dir / "site-a.pem", ca_dir=ca_dir)["crl_stale"] is True
     pki.write_crl(ca_dir)  # the documented fix works
     assert pki.check_crl(crl, pki.load_cert(ca_dir / "ca.pem")).next_update_utc > dt.datetime.now(dt.timezone.utc)
 
@@ -225,7 +227,9 @@ def test_mutual_tls13_handshake_and_peer_identities(pki_dir: Path):
     server, client = link.server, link.client
     assert server.version() == client.version() == "TLSv1.3"
     assert pki.peer_identity(server, "client") == pki.Identity("client", "site-a")
-    assert pki.peer_identity(client, "coordinator") == pki.Identity("coordinator", "coord")
+    assert pki.peer_identity(client, "coordinator", expected_name="coord") == pki.Identity("coordinator", "coord")
+    with pytest.raises(pki.PKIError, match="expected coordinator 'other'"):
+        pki.peer_identity(client, "coordinator", expected_name="other")
     client.write(b"hello")
     link.pump()
     assert server.read() == b"hello"

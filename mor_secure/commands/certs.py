@@ -179,7 +179,8 @@ def show(cert_file: Path, ca_dir: Path | None, crl: Path | None) -> None:
     if info["issued_by_ca"] is not None:
         rows.append(("issued by CA", yes_no[info["issued_by_ca"]]))
     rows.append(("revoked", yes_no[info["revoked"]]))
-    if info.get("crl_next_update"):
-        rows.append(("CRL stale at", info["crl_next_update"]))
+    if "crl_stale" in info:
+        note = " (STALE: run `mor certs crl` on the CA and copy crl.pem here)" if info["crl_stale"] else ""
+        rows.append(("CRL stale at", f"{info['crl_next_update']}{note}"))
     for label, value in rows:
         click.echo(f"{label + ':':14}{value}")

@@ -45,4 +45,5 @@ def describe(cert_path: Path, *, ca_dir: Path | None = None, crl: Path | None = 
         info["revoked"] = revocations.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
         next_update = revocations.next_update_utc
         info["crl_next_update"] = next_update.isoformat() if next_update else None
+        info["crl_stale"] = next_update is None or next_update <= now
     return info

@@ -75,8 +75,10 @@ def ssl_context(role: str, *, ca: Path, cert: Path, key: Path, crl: Path,
     return ctx
 
 
-def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket, expected_role: str) -> Identity:
-    """The verified peer's identity after the handshake; PKIError unless it may act as ``expected_role``."""
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket, expected_role: str, *,
+                  expected_name: str | None = None) -> Identity:
+    """The verified peer's identity after the handshake; PKIError unless it may act as ``expected_role``
+    (and, when ``expected_name`` is given, carries that name: a site checks which coordinator it reached)."""
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         raise PKIError("the peer presented no certificate (is the handshake complete?)")
@@ -87,4 +89,7 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket, expected_role: str)
     if not has_role_eku(cert, expected_role):
         raise PKIError(f"certificate {ident.uri} lacks the extended key usage of a {expected_role}: "
                        "reissue it with `mor certs sign`")
+    if expected_name is not None and ident.name != expected_name:
+        raise PKIError(f"expected {expected_role} {expected_name!r} but the peer is {ident.uri}: "
+                       "check the address and the expected name in the configuration")
     return ident
