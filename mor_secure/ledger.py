@@ -1,0 +1,540 @@
+"""The coordinator's privacy ledger: an append-only, hash-chained JSON-lines file.
+
+Each line is one entry ``{seq, ts, kind, body, prev_hash, hash}`` with
+``hash = sha256(prev_hash + canonical(entry without hash))``, so any modified, removed, reordered or
+inserted entry breaks the chain; privacy reports keep the site's signature, so even a rewritten
+chain cannot change who reported which epsilon. Entry kinds live in a registry (``register_kind``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from mor_secure import pki
+from mor_secure.logs import get_logger
+from mor_secure.reports import (CanonicalError, ReportError, SignedReport, canonical_json, encode_epsilon,
+                                report_epsilon, verify_report)
+
+GENESIS = "0" * 64
+"""``prev_hash`` of the first entry."""
+
+ENTRY_KEYS = ("seq", "ts", "kind", "body", "prev_hash", "hash")
+MAX_ENTRY_BYTES = 256 * 1024
+MAX_TEXT = 1000  # longest peer name or refusal reason kept (they may come from hostile peers)
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+_READ_CHUNK = 8192
+
+log = get_logger("ledger")
+
+
+class LedgerError(Exception):
+    """The ledger file is missing, unreadable or holds a malformed entry; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One line of the ledger."""
+
+    seq: int
+    ts: str
+    kind: str
+    body: Any
+    prev_hash: str
+    hash: str
+
+    @property
+    def time(self) -> dt.datetime:
+        """``ts`` as an aware UTC datetime."""
+        return dt.datetime.fromisoformat(self.ts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as it is written (one JSON object)."""
+        return asdict(self)
+
+
+def entry_hash(seq: int, ts: str, kind: str, body: Any, prev_hash: str) -> str:
+    """sha256 hex of ``prev_hash`` followed by the canonical JSON of the entry without its hash."""
+    unhashed = {"seq": seq, "ts": ts, "kind": kind, "body": body, "prev_hash": prev_hash}
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(unhashed)).hexdigest()
+
+
+# --------------------------------------------------------------------------- kinds
+
+BodyCheck = Callable[[Any], None]
+Attest = Callable[[Any, x509.Certificate, dt.datetime], None]
+
+
+@dataclass(frozen=True)
+class EntryKind:
+    """A kind of entry: ``check`` validates a body (raises LedgerError); ``attest``, when set, verifies
+    the body's signature against the CA at the entry's time (raises ReportError or LedgerError)."""
+
+    name: str
+    check: BodyCheck | None = None
+    attest: Attest | None = None
+
+
+KINDS: dict[str, EntryKind] = {}
+"""Every kind the ledger accepts, by name; add one with ``register_kind``."""
+
+
+def register_kind(name: str, *, check: BodyCheck | None = None, attest: Attest | None = None) -> EntryKind:
+    """Register (or replace) an entry kind; appends and verification accept only registered kinds."""
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name):
+        raise LedgerError(f"invalid entry kind name {name!r}: use lower-case letters, digits and '_'")
+    KINDS[name] = EntryKind(name, check, attest)
+    return KINDS[name]
+
+
+def _require(body: Any, types: dict[str, tuple[type, ...]], kind: str) -> None:
+    """``body`` is an object with exactly these keys of these types (bools are not numbers)."""
+    if not isinstance(body, dict) or set(body) != set(types):
+        got = sorted(body) if isinstance(body, dict) else type(body).__name__
+        raise LedgerError(f"a {kind} entry needs the keys {', '.join(sorted(types))}; got {got}")
+    for key, allowed in types.items():
+        value = body[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise LedgerError(f"{kind} entry key {key!r} has type {type(value).__name__}")
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise LedgerError(f"{kind} entry key {key!r} is longer than {MAX_TEXT} characters")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise LedgerError(f"{kind} entry key {key!r} is negative ({value!r})")
+
+
+_NUM = (int, float)
+_REPORT_BODY = {"site": (str,), "cert_fingerprint": (str,), "epsilon": (*_NUM, str),
+                "delta": (*_NUM, type(None)), "accountant": (str, type(None)),
+                "noise_multiplier": (*_NUM, type(None)), "sample_rate": (*_NUM, type(None)),
+                "steps": (int,), "data_fingerprint": (str,), "model_sha256": (str,),
+                "signed_report": (dict,)}
+
+
+def report_body(signed: SignedReport, site: str, cert_fingerprint: str) -> dict[str, Any]:
+    """The ledger body of a verified privacy report: the figures that matter, plus the signed original."""
+    report = signed.report
+    return {"site": site, "cert_fingerprint": cert_fingerprint,
+            "epsilon": encode_epsilon(report_epsilon(report)), "delta": report["delta"],
+            "accountant": report["accountant"], "noise_multiplier": report["noise_multiplier"],
+            "sample_rate": report["sample_rate"], "steps": report["steps"],
+            "data_fingerprint": report["data_fingerprint"], "model_sha256": report["model_sha256"],
+            "signed_report": signed.to_dict()}
+
+
+def _check_report_body(body: Any) -> None:
+    _require(body, _REPORT_BODY, "privacy_report")
+    try:
+        SignedReport.from_dict(body["signed_report"])
+    except ReportError as exc:
+        raise LedgerError(f"privacy_report entry: {exc}") from exc
+
+
+def _attest_report(body: dict[str, Any], ca: x509.Certificate, at: dt.datetime) -> None:
+    """The signature verifies against the CA at ``at``, and the body repeats the signed figures exactly."""
+    signed = SignedReport.from_dict(body["signed_report"])
+    identity = verify_report(signed, ca, at=at)
+    cert = x509.load_pem_x509_certificate(signed.cert_pem)
+    expected = report_body(signed, identity.name, pki.fingerprint(cert))
+    for key, value in expected.items():
+        if canonical_json(body[key]) != canonical_json(value):
+            raise LedgerError(f"privacy_report entry says {key}={body[key]!r:.80} but the signed report "
+                              f"gives {value!r:.80}")
+
+
+def _check_scoring(body: Any) -> None:
+    _require(body, {"site": (str,), "items": (int,), "duration_s": _NUM}, "scoring_session")
+
+
+def _check_refusal(body: Any) -> None:
+    _require(body, {"peer": (str,), "reason": (str,)}, "refusal")
+
+
+register_kind("privacy_report", check=_check_report_body, attest=_attest_report)
+register_kind("scoring_session", check=_check_scoring)
+register_kind("refusal", check=_check_refusal)
+register_kind("trust")  # reserved for the trust issue: any JSON body
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_entry(raw: bytes) -> LedgerEntry:
+    """One line as an entry: canonical JSON, exactly the entry keys, well-typed (LedgerError if not)."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LedgerError(f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or set(data) != set(ENTRY_KEYS):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise LedgerError(f"not a ledger entry: needs the keys {', '.join(ENTRY_KEYS)}; got {got}")
+    if canonical_json(data) != raw:
+        raise LedgerError("not in canonical JSON form (bytes were edited)")
+    seq, ts, kind, prev_hash, hash_ = (data[k] for k in ("seq", "ts", "kind", "prev_hash", "hash"))
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise LedgerError(f"seq {seq!r} is not a positive integer")
+    if not isinstance(kind, str):
+        raise LedgerError(f"kind {kind!r} is not a string")
+    for name, value in (("prev_hash", prev_hash), ("hash", hash_)):
+        if not isinstance(value, str) or not _HASH_RE.fullmatch(value):
+            raise LedgerError(f"{name} is not 64 lower-case hex digits")
+    try:
+        if dt.datetime.fromisoformat(ts).utcoffset() is None:
+            raise ValueError("no time zone")
+    except (TypeError, ValueError) as exc:
+        raise LedgerError(f"ts {ts!r} is not an ISO-8601 UTC time ({exc})") from None
+    return LedgerEntry(**data)
+
+
+def _is_entry_line(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _split(data: bytes) -> tuple[list[bytes], bytes]:
+    """Complete lines, and a torn tail (a crash's partial last write) that is not part of the chain.
+
+    A trailing segment without a newline that is a whole JSON object counts as a line; otherwise it,
+    or a final line that is not a JSON object, is the torn tail.
+    """
+    lines = data.split(b"\n")
+    last = lines.pop()
+    if last and _is_entry_line(last):
+        return lines + [last], b""
+    if not last and lines and not _is_entry_line(lines[-1]):
+        return lines[:-1], lines[-1] + b"\n"
+    return lines, last
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise LedgerError(f"ledger {path} does not exist: check the path (the coordinator writes it "
+                          "under its work folder)") from None
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc.strerror}") from None
+
+
+def read_entries(path: str | Path) -> list[LedgerEntry]:
+    """Every entry of the ledger file in order, without checking the chain (a torn tail is skipped)."""
+    path = Path(path)
+    lines, _ = _split(_read(path))
+    entries = []
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            entries.append(_parse_entry(raw))
+        except LedgerError as exc:
+            raise LedgerError(f"{path} line {lineno}: {exc}; run `mor ledger verify {path} --ca CA_PEM` "
+                              "to check whether it was tampered with") from None
+    return entries
+
+
+# --------------------------------------------------------------------------- verification
+
+@dataclass(frozen=True)
+class Problem:
+    """The first bad entry: its line number and seq (when known) and what is wrong."""
+
+    line: int | None
+    seq: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = [f"line {self.line}"] if self.line is not None else []
+        where += [f"seq {self.seq}"] if self.seq is not None else []
+        return f"{', '.join(where) or 'ledger'}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of ``verify``: entries and signatures checked, the head hash, and the first problem."""
+
+    entries: int
+    signatures: int
+    head: str
+    torn_bytes: int
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the whole chain and every signature verified."""
+        return self.problem is None
+
+
+def _load_ca(ca_cert: x509.Certificate | str | Path) -> x509.Certificate:
+    if isinstance(ca_cert, x509.Certificate):
+        return ca_cert
+    try:
+        return pki.load_cert(Path(ca_cert))
+    except pki.PKIError as exc:
+        raise LedgerError(f"CA certificate: {exc}") from None
+
+
+def _check_entry(entry: LedgerEntry, seq: int, prev_hash: str, ca: x509.Certificate) -> bool:
+    """Raise LedgerError/ReportError if ``entry`` does not continue the chain; True if it had a signature."""
+    if entry.seq != seq:
+        raise LedgerError(f"seq is {entry.seq}, expected {seq}: an entry was removed, inserted or reordered")
+    if entry.prev_hash != prev_hash:
+        raise LedgerError("prev_hash is not the previous entry's hash: an entry before it was removed, "
+                          "inserted or rewritten")
+    if entry_hash(entry.seq, entry.ts, entry.kind, entry.body, entry.prev_hash) != entry.hash:
+        raise LedgerError("hash does not match the entry's content: the entry was modified")
+    kind = KINDS.get(entry.kind)
+    if kind is None:
+        raise LedgerError(f"unknown entry kind {entry.kind!r} (known: {', '.join(sorted(KINDS))})")
+    if kind.check is not None:
+        kind.check(entry.body)
+    if kind.attest is None:
+        return False
+    kind.attest(entry.body, ca, entry.time)
+    return True
+
+
+def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None) -> VerifyResult:
+    """Check seq continuity, the hash chain and every signature against the CA; report the first bad entry.
+
+    ``anchor`` is an entry hash noted earlier (``mor ledger show`` prints the head): the chain must
+    still contain it, which catches entries cut from the end. A torn last line (a crash) is ignored.
+    """
+    path = Path(path)
+    lines, torn = _split(_read(path))
+    ca = _load_ca(ca_cert)
+    prev_hash, signatures, seen_anchor = GENESIS, 0, anchor is None
+    for lineno, raw in enumerate(lines, 1):
+        entry = None
+        try:
+            entry = _parse_entry(raw)
+            signatures += _check_entry(entry, lineno, prev_hash, ca)
+        except (LedgerError, ReportError, CanonicalError) as exc:
+            problem = Problem(lineno, entry.seq if entry else None, str(exc))
+            return VerifyResult(lineno - 1, signatures, prev_hash, len(torn), problem)
+        prev_hash = entry.hash
+        seen_anchor = seen_anchor or entry.hash == anchor
+    problem = None if seen_anchor else Problem(
+        None, None, f"anchor {anchor} is not in the chain: the ledger was cut back or rewritten "
+                    "since the anchor was noted")
+    return VerifyResult(len(lines), signatures, prev_hash, len(torn), problem)
+
+
+# --------------------------------------------------------------------------- summary
+
+@dataclass
+class SiteSummary:
+    """What the ledger says about one site (or refused peer)."""
+
+    site: str
+    epsilon: float | None = None  # of the latest report; math.inf without DP; None: never reported
+    delta: float | None = None
+    accountant: str | None = None
+    reports: int = 0
+    last_report: str | None = None
+    model_sha256: str | None = None
+    cert_fingerprint: str | None = None
+    scoring_sessions: int = 0
+    items_scored: int = 0
+    refusals: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (an infinite epsilon becomes ``"inf"``)."""
+        out = asdict(self)
+        if self.epsilon is not None:
+            out["epsilon"] = encode_epsilon(self.epsilon)
+        return out
+
+
+def summarize(entries: Iterable[LedgerEntry]) -> dict[str, SiteSummary]:
+    """Per site: the epsilon, delta and accountant of its latest report (the site composes its own
+    lifetime budget), how many reports, scoring sessions, items scored and refusals."""
+    sites: dict[str, SiteSummary] = {}
+
+    def get(name: str) -> SiteSummary:
+        return sites.setdefault(name, SiteSummary(name))
+
+    for entry in entries:
+        body = entry.body
+        if entry.kind == "privacy_report":
+            row = get(body["site"])
+            eps = body["epsilon"]
+            row.epsilon = math.inf if eps == "inf" else float(eps)
+            row.delta, row.accountant = body["delta"], body["accountant"]
+            row.model_sha256, row.cert_fingerprint = body["model_sha256"], body["cert_fingerprint"]
+            row.reports += 1
+            row.last_report = entry.ts
+        elif entry.kind == "scoring_session":
+            row = get(body["site"])
+            row.scoring_sessions += 1
+            row.items_scored += body["items"]
+        elif entry.kind == "refusal":
+            get(body["peer"]).refusals += 1
+    return dict(sorted(sites.items()))
+
+
+# --------------------------------------------------------------------------- the writer
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _last_line_start(fd: int, end: int) -> int:
+    """Offset just after the last newline before ``end`` (0 if none): where the final line starts."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _READ_CHUNK)
+        chunk = os.pread(fd, pos - start, start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        pos = start
+    return 0
+
+
+class PrivacyLedger:
+    """Appends entries to a ledger file, durably (fsync) and serialised across threads and processes.
+
+    Opening it (and every append) moves a torn last line, left by a crash, aside to
+    ``PATH.torn-<time>`` so the chain continues; a bad line elsewhere is left for ``verify``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            _fsync_dir(self.path.parent)
+            log.info("ledger created", extra={"path": str(self.path)})
+        except FileExistsError:
+            pass
+        with self._locked() as fd:
+            self._recover_tail(fd)
+
+    @contextmanager
+    def _locked(self) -> Iterator[int]:
+        """An O_APPEND descriptor of the file, held under the thread lock and an exclusive flock."""
+        with self._lock:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            except OSError as exc:
+                raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield fd
+            finally:
+                os.close(fd)  # releases the flock
+
+    def _recover_tail(self, fd: int) -> None:
+        """Complete or cut away a partial last line so that appends continue a valid chain."""
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return
+        ends_in_newline = os.pread(fd, 1, size - 1) == b"\n"
+        start = _last_line_start(fd, size - 1 if ends_in_newline else size)
+        last = os.pread(fd, size - start, start)
+        if _is_entry_line(last[:-1] if ends_in_newline else last):
+            if not ends_in_newline:  # the crash hit between the entry and its newline
+                os.write(fd, b"\n")
+                os.fsync(fd)
+                log.warning("ledger: completed a last entry that lacked its newline")
+            return
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+        with open(aside, "xb") as handle:
+            handle.write(last)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.ftruncate(fd, start)
+        os.fsync(fd)
+        _fsync_dir(self.path.parent)
+        log.warning("ledger: moved a torn last line aside (a crash interrupted a write)",
+                    extra={"bytes": len(last), "aside": aside.name})
+
+    def _head(self, fd: int) -> tuple[int, str]:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0, GENESIS
+        start = _last_line_start(fd, size - 1)
+        try:
+            entry = _parse_entry(os.pread(fd, size - 1 - start, start))
+        except LedgerError as exc:
+            raise LedgerError(f"the last entry of {self.path} is malformed ({exc}): refusing to extend "
+                              f"the chain; run `mor ledger verify {self.path} --ca CA_PEM`") from None
+        return entry.seq, entry.hash
+
+    def append(self, kind: str, body: Any) -> LedgerEntry:
+        """Append one entry of a registered kind; returns it once it is on disk (fsync)."""
+        entry_kind = KINDS.get(kind)
+        if entry_kind is None:
+            raise LedgerError(f"unknown entry kind {kind!r}: register it with register_kind() "
+                              f"(known: {', '.join(sorted(KINDS))})")
+        if entry_kind.check is not None:
+            entry_kind.check(body)
+        try:
+            size = len(canonical_json(body))
+        except CanonicalError as exc:
+            raise LedgerError(f"{kind} body is not canonical JSON: {exc}") from None
+        if size > MAX_ENTRY_BYTES:
+            raise LedgerError(f"{kind} body is {size} bytes; at most {MAX_ENTRY_BYTES} fit in one entry")
+        with self._locked() as fd:
+            self._recover_tail(fd)
+            seq, prev_hash = self._head(fd)
+            seq, ts = seq + 1, _utc_now()
+            entry = LedgerEntry(seq, ts, kind, body, prev_hash, entry_hash(seq, ts, kind, body, prev_hash))
+            line = memoryview(canonical_json(entry.to_dict()) + b"\n")
+            while line:
+                line = line[os.write(fd, line):]
+            os.fsync(fd)
+        log.debug("ledger entry appended", extra={"seq": seq, "kind": kind})
+        return entry
+
+    def record_report(self, signed: SignedReport, ca_cert: x509.Certificate | str | Path, *,
+                      crl: str | Path | None = None) -> LedgerEntry:
+        """Verify a site's signed privacy report (``ReportError`` if it fails) and append it."""
+        identity = verify_report(signed, _load_ca(ca_cert), crl=crl)
+        cert = x509.load_pem_x509_certificate(signed.cert_pem)
+        return self.append("privacy_report", report_body(signed, identity.name, pki.fingerprint(cert)))
+
+    def record_scoring(self, site: str, items: int, duration_s: float) -> LedgerEntry:
+        """Record that ``site`` scored ``items`` items in one session lasting ``duration_s`` seconds."""
+        return self.append("scoring_session", {"site": site, "items": items, "duration_s": float(duration_s)})
+
+    def record_refusal(self, peer: str, reason: str) -> LedgerEntry:
+        """Record a refused peer (certificate name or address) and why; long texts are cut."""
+        return self.append("refusal", {"peer": peer[:MAX_TEXT], "reason": reason[:MAX_TEXT]})
+
+    def entries(self) -> list[LedgerEntry]:
+        """Every entry, in order."""
+        return read_entries(self.path)
+
+    def summary(self) -> dict[str, SiteSummary]:
+        """Per-site summary (see ``summarize``)."""
+        return summarize(self.entries())
+
+    def verify(self, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None) -> VerifyResult:
+        """Verify this ledger file (see ``verify``)."""
+        return verify(self.path, ca_cert, anchor=anchor)
