@@ -322,3 +322,10 @@ def test_cli_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, a
     result = CliRunner().invoke(certs_cli, args)
     assert result.exit_code != 0 and message in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_validity_out_of_range_is_refused_without_leaving_files(ca_dir: Path, tmp_path: Path):
+    for days in (0, -1, 10**6):
+        with pytest.raises(pki.PKIError, match="whole number of days"):
+            pki.issue(ca_dir, role="client", name="site-d", days=days, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -175,7 +175,9 @@ def show(cert_file: Path, ca_dir: Path | None, crl: Path | None) -> None:
     rows = [("subject", info["subject"]), ("role", info["role"] or "none (not a MoR-Secure certificate)"),
             ("site", info["name"] or "none"), ("issuer", info["issuer"]), ("serial", info["serial"]),
             ("valid from", info["not_before"]), ("valid until", info["not_after"]),
-            ("expires in", f"{info['expires_in_days']} days"), ("fingerprint", info["fingerprint"])]
+            ("expires in", f"{info['expires_in_days']} days"
+                           + (" (EXPIRED: renew with `mor certs request --reuse-key` and `sign`)"
+                              if info["expires_in_days"] <= 0 else "")), ("fingerprint", info["fingerprint"])]
     if info["issued_by_ca"] is not None:
         rows.append(("issued by CA", yes_no[info["issued_by_ca"]]))
     rows.append(("revoked", yes_no[info["revoked"]]))

@@ -19,7 +19,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mor_secure.logs import get_logger
@@ -43,8 +42,8 @@ def _iso(t: dt.datetime) -> str:
 
 
 def _check_days(days: int, what: str) -> None:
-    if not isinstance(days, int) or days < 1:
-        raise PKIError(f"{what} must be a whole number of days >= 1, got {days!r}")
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 36500:
+        raise PKIError(f"{what} must be a whole number of days from 1 to 36500, got {days!r}")
 
 
 def _ski(public_key: Any) -> x509.SubjectKeyIdentifier:
@@ -74,12 +73,15 @@ def init_ca(ca_dir: Path, *, common_name: str = "MoR-Secure CA", days: int = 365
     Refuses to overwrite an existing CA: a new CA would invalidate the certificate of every site.
     """
     _check_days(days, "CA validity")
+    _check_days(crl_days, "CRL validity")
+    if not 1 <= len(common_name) <= 64:
+        raise PKIError(f"the CA common name must have 1 to 64 characters, got {len(common_name)}")
     ca_dir = Path(ca_dir)
     if any((ca_dir / f).exists() for f in (CA_CERT, CA_KEY)):
         raise PKIError(f"{ca_dir} already holds a CA; refusing to overwrite it: a new CA invalidates "
                        "every site's certificate and pin. Use another --ca-dir for a separate CA.")
     ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_key("p256")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MoR-Secure")])
     now = _now()
