@@ -334,3 +334,5 @@ def test_cli_errors_name_the_cause(ledger_bytes, tmp_path):
     bad_ca = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(not_pem)])
     assert bad_ca.exit_code == 1 and "not a PEM certificate" in bad_ca.output
     assert "Traceback" not in bad_ca.output
+    bad_anchor = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(not_pem), "--anchor", "x"])
+    assert bad_anchor.exit_code == 2 and "64 lower-case hex digits" in bad_anchor.output

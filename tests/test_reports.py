@@ -92,6 +92,24 @@ def test_no_dp_reports_are_accepted_in_both_spellings():
                              delta=None, noise_multiplier=0.0))
 
 
+@pytest.mark.parametrize("private", [True, False])
+def test_the_training_report_format_signs_and_verifies(pki_dir, private):
+    """What DP training writes as privacy_report.json (mor_secure.privacy) is a valid signed report."""
+    from mor_secure.privacy import AccountantHistory, PrivacyReport
+
+    eps = 3.0 if private else math.inf
+    written = PrivacyReport(
+        family="dual-encoder", base="", private=private, epsilon=eps, epsilon_rdp=eps, delta=1e-5,
+        accountant="prv", noise_multiplier=0.875 if private else 0.0, sample_rate=0.032, steps=94,
+        n_pairs=1000, max_grad_norm=1.0, data_fingerprint="sha256:" + "ab" * 32, model_sha256="cd" * 32,
+        run_id="run-1", time="2026-11-25T14:00:00Z",
+        history=AccountantHistory([(0.875, 0.032, 94)]).state_dict()).to_json()
+    report = json.loads(json.dumps(written))  # as read back from privacy_report.json
+    signed = sign_report(report, pki_dir / "site-a.key")
+    assert verify_report(signed, pki_dir / "ca.pem").name == "site-a"
+    assert report_epsilon(report) == eps
+
+
 def test_sign_verify_round_trip_through_json_and_msgpack(pki_dir):
     signed = sign_report(make_report(), pki_dir / "site-a.key")
     assert verify_report(signed, pki_dir / "ca.pem", crl=pki_dir / "crl.pem") == pki.Identity("client", "site-a")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import click
@@ -27,7 +28,7 @@ def _fmt_epsilon(epsilon: float | None) -> str:
     return "inf (no DP)" if math.isinf(epsilon) else f"{epsilon:.4g}"
 
 
-@group.command()
+@group.command(short_help="Per-site summary: spent epsilon, reports, items scored, refusals.")
 @click.argument("file", type=_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a table.")
 def show(file: Path, as_json: bool) -> None:
@@ -66,11 +67,18 @@ def show(file: Path, as_json: bool) -> None:
     console.print(f"head: seq {head.seq} hash {head.hash}" if head else "the ledger is empty")
 
 
-@group.command(name="verify")
+def _check_anchor(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise click.BadParameter("an anchor is an entry hash: 64 lower-case hex digits, as "
+                                 "`mor ledger show` prints after 'head:'")
+    return value
+
+
+@group.command(name="verify", short_help="Check the hash chain and every report signature against the CA.")
 @click.argument("file", type=_FILE)
 @click.option("--ca", "ca", type=_FILE, required=True,
               help="The project CA certificate (ca.pem) that signed every site's certificate.")
-@click.option("--anchor", default=None, metavar="HASH",
+@click.option("--anchor", default=None, metavar="HASH", callback=_check_anchor,
               help="An entry hash noted earlier (`mor ledger show` prints the head); fail if the "
                    "chain no longer contains it, which catches entries cut from the end.")
 def verify_command(file: Path, ca: Path, anchor: str | None) -> None:
