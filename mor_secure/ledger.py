@@ -27,7 +27,7 @@ from cryptography import x509
 from mor_secure import pki
 from mor_secure.logs import get_logger
 from mor_secure.reports import (CanonicalError, ReportError, SignedReport, canonical_json, encode_epsilon,
-                                report_epsilon, verify_report)
+                                load_ca, report_epsilon, verify_report)
 
 GENESIS = "0" * 64
 """``prev_hash`` of the first entry."""
@@ -279,15 +279,6 @@ class VerifyResult:
         return self.problem is None
 
 
-def _load_ca(ca_cert: x509.Certificate | str | Path) -> x509.Certificate:
-    if isinstance(ca_cert, x509.Certificate):
-        return ca_cert
-    try:
-        return pki.load_cert(Path(ca_cert))
-    except pki.PKIError as exc:
-        raise LedgerError(f"CA certificate: {exc}") from None
-
-
 def _check_entry(entry: LedgerEntry, seq: int, prev_hash: str, ca: x509.Certificate) -> bool:
     """Raise LedgerError/ReportError if ``entry`` does not continue the chain; True if it had a signature."""
     if entry.seq != seq:
@@ -316,7 +307,10 @@ def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: 
     """
     path = Path(path)
     lines, torn = _split(_read(path))
-    ca = _load_ca(ca_cert)
+    try:
+        ca = load_ca(ca_cert)
+    except ReportError as exc:
+        raise LedgerError(str(exc)) from None
     prev_hash, signatures, seen_anchor = GENESIS, 0, anchor is None
     for lineno, raw in enumerate(lines, 1):
         entry = None
@@ -515,7 +509,7 @@ class PrivacyLedger:
     def record_report(self, signed: SignedReport, ca_cert: x509.Certificate | str | Path, *,
                       crl: str | Path | None = None) -> LedgerEntry:
         """Verify a site's signed privacy report (``ReportError`` if it fails) and append it."""
-        identity = verify_report(signed, _load_ca(ca_cert), crl=crl)
+        identity = verify_report(signed, ca_cert, crl=crl)
         cert = x509.load_pem_x509_certificate(signed.cert_pem)
         return self.append("privacy_report", report_body(signed, identity.name, pki.fingerprint(cert)))
 

@@ -1,7 +1,8 @@
 """Signed privacy reports: a site's DP accounting, signed with its certificate's key.
 
 The coordinator verifies who reported which epsilon: the certificate must chain to the project
-CA with a client role, and the ECDSA-SHA256 signature must cover the report's canonical JSON.
+CA with a client role, and the signature (ECDSA-SHA256 for the project's P-256 keys, or Ed25519)
+must cover the report's canonical JSON.
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ class SignedReport:
         return cls(report=data["report"], **fields)
 
 
-def _load_ca(ca_cert: x509.Certificate | str | Path) -> x509.Certificate:
+def load_ca(ca_cert: x509.Certificate | str | Path) -> x509.Certificate:
+    """The CA certificate, given itself or its PEM file (``ReportError`` naming the file if unusable)."""
     if isinstance(ca_cert, x509.Certificate):
         return ca_cert
     try:
@@ -286,7 +288,7 @@ def verify_report(signed: SignedReport, ca_cert: x509.Certificate | str | Path, 
 
     Returns the signer's identity; raises ``ReportError`` naming what failed.
     """
-    ca = _load_ca(ca_cert)
+    ca = load_ca(ca_cert)
     check_report(signed.report)
     try:
         cert = x509.load_pem_x509_certificate(signed.cert_pem)
