@@ -1,8 +1,49 @@
-"""`mor client`: the commands of this side."""
+"""`mor client`: the commands of a site (serving scores to the coordinator)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
 
 import click
+
+CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+                      help="The site's client.toml ([tls], [coordinator], ...).")
 
 
 @click.group(name="client")
 def group() -> None:
-    """client commands (being built)."""
+    """The agent installed at a site: train a DP reward model, serve scores.
+
+    The agent dials out to the coordinator (the site opens no inbound port), proves its identity
+    with mutual TLS 1.3 and answers requests until stopped.
+    """
+
+
+@group.command()
+@CONFIG
+@click.option("--worker-id", default=None, help="Name of this worker in logs and the coordinator's "
+                                                "peer list (default HOST-PID); run several per site to share load.")
+def serve(config_path: Path, worker_id: str | None) -> None:
+    """Dial the coordinator and answer its requests until stopped (Ctrl-C or SIGTERM).
+
+    Retries with exponential back-off while the coordinator is unreachable; exits non-zero with
+    the reason when the coordinator refuses this site or cannot be verified.
+    """
+    from client_agent.agent import Agent
+    from client_agent.config import load_client_config
+    from mor_secure import pki
+    from mor_secure.config import ConfigError
+    from mor_secure.transport import AgentRefused
+
+    try:
+        agent = Agent(load_client_config(config_path), worker_id=worker_id)
+    except (ConfigError, pki.PKIError) as exc:
+        raise click.ClickException(str(exc)) from None
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    try:
+        agent.run()
+    except AgentRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        agent.stop()

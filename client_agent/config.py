@@ -13,6 +13,13 @@ from mor_secure.config import TLSConfig, field, load_config
 class CoordinatorSection:
     endpoint: str = field(help="Where the agent dials out to, e.g. 'tcp://coordinator.example.org:7000'.")
     name: str = field(help="The coordinator's certificate name (SAN mor://coordinator/NAME) to expect.")
+    heartbeat_s: float = field(5.0, help="Seconds between heartbeats to the coordinator (it may ask for less).")
+    idle_timeout_s: float = field(30.0, help="Reconnect when the coordinator has been silent this long; "
+                                             "scoring runs off the network thread, so it need not cover a job.")
+    connect_timeout_s: float = field(10.0, help="Seconds a connection attempt may take up to the welcome; "
+                                                "then retry with exponential back-off and jitter.")
+    backoff_max_s: float = field(30.0, help="Longest wait between reconnection attempts.")
+    max_message_mb: int = field(16, help="Largest message accepted or sent, in MiB (a scoring batch with images).")
 
 
 @dataclass

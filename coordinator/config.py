@@ -14,6 +14,13 @@ class ClientsSection:
     quorum: int = field(1, help="Fewest answering sites for a scoring round (and the probe) to count.")
     deadline_s: float = field(10.0, help="Seconds to wait for replies to one request before "
                                          "treating a site as failed for it.")
+    heartbeat_s: float = field(5.0, help="Heartbeat interval the coordinator asks agents for.")
+    peer_timeout_s: float = field(30.0, help="Drop an agent session silent this long (ZeroMQ reports no "
+                                             "disconnects; heartbeats are the signal).")
+    handshake_timeout_s: float = field(10.0, help="Drop a session whose TLS handshake and hello take longer.")
+    max_pending_handshakes: int = field(64, help="Most half-open sessions at once; more are refused.")
+    max_message_mb: int = field(16, help="Largest message accepted or sent, in MiB (a scoring batch with images).")
+    crypto_threads: int = field(2, help="Threads that decrypt large messages and run handshakes in parallel.")
 
 
 @dataclass

@@ -1,0 +1,356 @@
+"""The versioned wire protocol: one small dataclass per message type, msgpack on the wire, never pickle.
+
+``encode(msg) -> bytes`` and ``decode(data) -> Message``. Decoding is hostile-input safe: msgpack
+is unpacked with size limits, the envelope must be ``{"v": 1, "t": TYPE, "b": {fields}}``, the
+fields must match the message's schema exactly and every limit in ``Limits`` is enforced; any
+violation raises ``ProtocolError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+# Image payloads must be one of these formats (checked by magic bytes, never decoded here).
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+
+
+class ProtocolError(ValueError):
+    """A message is malformed, of an unknown type or version, of wrong field types or over a limit."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits enforced on every message encoded or decoded (both sides use the same defaults)."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_items: int = 1024
+    max_string_bytes: int = 64 * 1024
+    max_image_bytes: int = 4 * 1024 * 1024
+    max_depth: int = 8
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _check_json_safe(value: Any, where: str, limits: Limits, depth: int = 0) -> None:
+    if depth > limits.max_depth:
+        raise ProtocolError(f"{where}: nested deeper than {limits.max_depth} levels")
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ProtocolError(f"{where}: non-finite number")
+        return
+    if isinstance(value, str):
+        _check_str(value, where, limits)
+        return
+    if isinstance(value, list):
+        if len(value) > limits.max_items:
+            raise ProtocolError(f"{where}: {len(value)} items, more than the limit {limits.max_items}")
+        for i, v in enumerate(value):
+            _check_json_safe(v, f"{where}[{i}]", limits, depth + 1)
+        return
+    if isinstance(value, dict):
+        if len(value) > limits.max_items:
+            raise ProtocolError(f"{where}: {len(value)} keys, more than the limit {limits.max_items}")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ProtocolError(f"{where}: keys must be strings, got {type(k).__name__}")
+            _check_json_safe(v, f"{where}.{k}", limits, depth + 1)
+        return
+    raise ProtocolError(f"{where}: {type(value).__name__} is not a JSON-safe value")
+
+
+def _check_str(value: str, where: str, limits: Limits) -> None:
+    if len(value) > limits.max_string_bytes or len(value.encode("utf-8", "surrogatepass")) > limits.max_string_bytes:
+        raise ProtocolError(f"{where}: string longer than {limits.max_string_bytes} bytes")
+
+
+Checker = Callable[[Any, str, Limits], None]
+
+
+def _check_number(value: Any, where: str, limits: Limits) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{where}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ProtocolError(f"{where}: non-finite number")
+
+
+def _check_int(value: Any, where: str, limits: Limits) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
+
+
+def _check_bytes(value: Any, where: str, limits: Limits) -> None:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"{where}: expected bytes, got {type(value).__name__}")
+
+
+def _check_string(value: Any, where: str, limits: Limits) -> None:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where}: expected a string, got {type(value).__name__}")
+    _check_str(value, where, limits)
+
+
+def _check_map(value: Any, where: str, limits: Limits) -> None:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where}: expected a map, got {type(value).__name__}")
+    _check_json_safe(value, where, limits)
+
+
+_SCALARS: dict[Any, Checker] = {float: _check_number, int: _check_int, bytes: _check_bytes, str: _check_string}
+
+
+def _checker(tp: Any) -> Checker:
+    """Compile the annotation ``tp`` into a checker once, at registration (hot path stays cheap)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        check_inner = _checker(inner)
+
+        def check_optional(value: Any, where: str, limits: Limits) -> None:
+            if value is not None:
+                check_inner(value, where, limits)
+        return check_optional
+    if origin is list:
+        check_item = _checker(typing.get_args(tp)[0])
+
+        def check_list(value: Any, where: str, limits: Limits) -> None:
+            if not isinstance(value, list):
+                raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
+            if len(value) > limits.max_items:
+                raise ProtocolError(f"{where}: {len(value)} items, more than the limit {limits.max_items}")
+            for i, v in enumerate(value):
+                check_item(v, f"{where}[{i}]", limits)
+        return check_list
+    if origin is dict:
+        return _check_map
+    return _SCALARS[tp]
+
+
+class Message:
+    """Base of every message type; ``TYPE`` is the name on the wire."""
+
+    TYPE: ClassVar[str] = ""
+
+
+_REGISTRY: dict[str, type[Message]] = {}
+_HINTS: dict[type, dict[str, Any]] = {}
+_CHECKERS: dict[type, dict[str, Any]] = {}
+
+
+def message(cls: type) -> type:
+    """Class decorator: make ``cls`` a frozen dataclass message and register it by its ``TYPE``."""
+    cls = dataclass(frozen=True)(cls)
+    _REGISTRY[cls.TYPE] = cls
+    _HINTS[cls] = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    _CHECKERS[cls] = {name: _checker(tp) for name, tp in _HINTS[cls].items()}
+    return cls
+
+
+@message
+class Hello(Message):
+    """Agent -> coordinator right after the TLS handshake: who is speaking, and which worker."""
+
+    TYPE: ClassVar[str] = "hello"
+    agent_version: str
+    worker_id: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@message
+class Welcome(Message):
+    """Coordinator -> agent once the certificate, role and allow-list checks passed.
+
+    TLS 1.3 clients finish their handshake before the server has judged their certificate, so
+    an agent counts as connected only after this explicit application-level welcome.
+    """
+
+    TYPE: ClassVar[str] = "welcome"
+    coordinator: str
+    session_id: str
+    heartbeat_s: float
+
+
+@message
+class Refused(Message):
+    """Coordinator -> agent: the session is refused (reason says why and what to fix); then closed."""
+
+    TYPE: ClassVar[str] = "refused"
+    reason: str
+
+
+@message
+class Heartbeat(Message):
+    """Either direction, periodically: proves the peer is alive (ROUTER reports no disconnects)."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    sent_at: float = 0.0
+
+
+@message
+class HealthRequest(Message):
+    """Coordinator -> agent: are you alive and what do you serve?"""
+
+    TYPE: ClassVar[str] = "health_request"
+    request_id: str
+
+
+@message
+class HealthReply(Message):
+    """Agent -> coordinator: liveness, agent version and the message types it serves."""
+
+    TYPE: ClassVar[str] = "health_reply"
+    request_id: str
+    site: str
+    agent_version: str
+    serves: list[str] = dataclasses.field(default_factory=list)
+
+
+@message
+class ScoreRequest(Message):
+    """Coordinator -> agent: score each (image, prompt, completion) item with the site's reward model.
+
+    ``images`` holds PNG or JPEG bytes; item ``i`` uses ``images[image_index[i]]``, or ``images[i]``
+    when ``image_index`` is empty (so a group of completions can share one image on the wire).
+    """
+
+    TYPE: ClassVar[str] = "score_request"
+    request_id: str
+    images: list[bytes]
+    prompts: list[str]
+    completions: list[str]
+    image_index: list[int] = dataclasses.field(default_factory=list)
+    objective: str | None = None
+
+
+@message
+class ScoreReply(Message):
+    """Agent -> coordinator: one score per item, and which reward model produced them."""
+
+    TYPE: ClassVar[str] = "score_reply"
+    request_id: str
+    scores: list[float]
+    model_sha256: str
+
+
+@message
+class PrivacyReportMsg(Message):
+    """Agent -> coordinator: the site's privacy report (JSON-safe values) signed with its key."""
+
+    TYPE: ClassVar[str] = "privacy_report"
+    report: dict[str, Any]
+    signature: bytes
+
+
+@message
+class Error(Message):
+    """Agent -> coordinator: request ``request_id`` failed; ``code`` is machine-readable."""
+
+    TYPE: ClassVar[str] = "error"
+    request_id: str
+    code: str
+    message: str
+
+
+def message_types() -> dict[str, type[Message]]:
+    """Every registered message type by its wire name."""
+    return dict(_REGISTRY)
+
+
+def request_id_of(msg: Message) -> str | None:
+    """The request id a message carries, or None."""
+    return getattr(msg, "request_id", None)
+
+
+def _check_score_request(msg: ScoreRequest, limits: Limits) -> None:
+    n = len(msg.prompts)
+    if len(msg.completions) != n:
+        raise ProtocolError(f"score_request: {n} prompts but {len(msg.completions)} completions")
+    for i, image in enumerate(msg.images):
+        if len(image) > limits.max_image_bytes:
+            raise ProtocolError(f"score_request.images[{i}]: {len(image)} bytes, more than the limit "
+                                f"{limits.max_image_bytes}")
+        if not bytes(image[:8]).startswith(_IMAGE_MAGIC):
+            raise ProtocolError(f"score_request.images[{i}]: not a PNG or JPEG image")
+    if msg.image_index:
+        if len(msg.image_index) != n:
+            raise ProtocolError(f"score_request: image_index has {len(msg.image_index)} entries for {n} items")
+        if any(not 0 <= j < len(msg.images) for j in msg.image_index):
+            raise ProtocolError("score_request: image_index points outside images")
+    elif len(msg.images) != n:
+        raise ProtocolError(f"score_request: {len(msg.images)} images for {n} items and no image_index")
+
+
+_CHECKS = {ScoreRequest: _check_score_request}
+
+
+def validate(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Check a message against its schema and the limits; raise ``ProtocolError`` if it breaks one."""
+    for name, check in _CHECKERS[type(msg)].items():
+        check(getattr(msg, name), f"{msg.TYPE}.{name}", limits)
+    check = _CHECKS.get(type(msg))
+    if check is not None:
+        check(msg, limits)
+
+
+def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Validate ``msg`` and pack it as ``{"v", "t", "b"}`` msgpack bytes."""
+    if type(msg).TYPE not in _REGISTRY or _REGISTRY[type(msg).TYPE] is not type(msg):
+        raise ProtocolError(f"{type(msg).__name__} is not a registered message type")
+    validate(msg, limits)
+    body = {name: getattr(msg, name) for name in _HINTS[type(msg)]}
+    data = msgpack.packb({"v": PROTOCOL_VERSION, "t": msg.TYPE, "b": body}, use_bin_type=True)
+    if len(data) > limits.max_message_bytes:
+        raise ProtocolError(f"{msg.TYPE}: {len(data)} bytes encoded, more than the limit "
+                            f"{limits.max_message_bytes}; send fewer items per request")
+    return data
+
+
+def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Unpack and validate one message; every defect raises ``ProtocolError``."""
+    if len(data) > limits.max_message_bytes:
+        raise ProtocolError(f"message of {len(data)} bytes, more than the limit {limits.max_message_bytes}")
+    try:
+        envelope = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_bin_len=max(limits.max_image_bytes, 4096), max_str_len=limits.max_string_bytes,
+            max_array_len=limits.max_items, max_map_len=max(limits.max_items, 16), max_ext_len=0)
+    except Exception as exc:  # msgpack raises many types on garbage; all mean the same here
+        raise ProtocolError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
+    if not isinstance(envelope, dict) or set(envelope) != {"v", "t", "b"}:
+        raise ProtocolError("not a protocol envelope (expected a map with keys v, t, b)")
+    version, kind, body = envelope["v"], envelope["t"], envelope["b"]
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks "
+                            f"{PROTOCOL_VERSION}); install the same mor-secure version on both sides")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{kind}: body must be a map")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(body) - set(fields)
+    if unknown:
+        raise ProtocolError(f"{kind}: unknown field(s) {sorted(map(str, unknown))[:5]}")
+    missing = [name for name, f in fields.items() if name not in body
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ProtocolError(f"{kind}: missing field(s) {missing}")
+    hints = _HINTS[cls]
+    for name, value in body.items():
+        if hints[name] is float and isinstance(value, int) and not isinstance(value, bool):
+            body[name] = float(value)
+    msg = cls(**body)
+    validate(msg, limits)
+    return msg

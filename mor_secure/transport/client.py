@@ -1,0 +1,255 @@
+"""Agent side of the transport: a ZeroMQ DEALER that dials out and is a mutual-TLS 1.3 client.
+
+The agent counts as connected only after the coordinator's explicit ``Welcome`` (TLS 1.3 lets a
+client finish its handshake before the server judged its certificate). Requests are served by a
+handler registry on a thread pool, off the network thread, so heartbeats continue during long
+batches. When the coordinator goes silent the agent reconnects with a fresh socket and a fresh
+handshake, backing off exponentially with jitter; a refusal is final and raised to the caller.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import zmq
+
+from mor_secure import pki, protocol
+from mor_secure.logs import get_logger
+from mor_secure.protocol import Error, Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
+from mor_secure.transport.outbox import Outbox
+from mor_secure.transport.server import ZERO_COPY_BYTES
+from mor_secure.transport.tls import TLSError, TLSSession
+
+log = get_logger("transport.client")
+
+Handler = Callable[[Message], Message | None]
+
+
+class AgentRefused(Exception):
+    """The coordinator refused this agent, or could not be verified; retrying will not help."""
+
+
+@dataclass
+class ClientOptions:
+    """Timeouts, back-off and limits of the agent's connection (the client config fills them)."""
+
+    heartbeat_s: float = 5.0
+    idle_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    handler_threads: int = 2
+
+
+class _Lost(Exception):
+    """The connection went away (silence, unreachable); the run loop reconnects."""
+
+
+class TLSClient:
+    """Dial a coordinator, prove who we are, and answer its requests with ``handlers``.
+
+    ``handlers`` maps a request message type to a callable returning the reply (or None); it
+    runs on a thread pool. An exception in a handler becomes an ``Error`` reply.
+    """
+
+    def __init__(self, endpoint: str, context_factory: Callable[[], ssl.SSLContext], *, coordinators: Iterable[str],
+                 worker_id: str, agent_version: str, handlers: dict[type[Message], Handler] | None = None,
+                 options: ClientOptions | None = None, limits: protocol.Limits | None = None) -> None:
+        self.endpoint = endpoint
+        self.coordinators = set(coordinators)
+        self.worker_id = worker_id
+        self.agent_version = agent_version
+        self.handlers: dict[type[Message], Handler] = dict(handlers or {})
+        self.options = options or ClientOptions()
+        self.limits = limits or protocol.Limits(max_message_bytes=self.options.max_message_bytes)
+        self._context_factory = context_factory
+        self._zmq = zmq.Context.instance()
+        self._outbox = Outbox()
+        self._heartbeat_s = self.options.heartbeat_s
+        self._stopping = threading.Event()
+        self.connected = threading.Event()
+        self.session_id = ""
+        self.connections = 0
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def register(self, kind: type[Message], handler: Handler) -> None:
+        """Serve requests of type ``kind`` with ``handler`` (before ``run``)."""
+        self.handlers[kind] = handler
+
+    def run(self) -> None:
+        """Connect, serve and reconnect until ``stop()``; raises ``AgentRefused`` when refused."""
+        attempt = 0
+        with ThreadPoolExecutor(self.options.handler_threads, thread_name_prefix="mor-handler") as pool:
+            while not self._stopping.is_set():
+                try:
+                    self._serve_once(pool)
+                except _Lost as exc:
+                    log.warning("connection lost; reconnecting", extra={"reason": str(exc)})
+                self.connected.clear()
+                if self.session_id:  # we were welcomed: start the back-off from scratch
+                    attempt, self.session_id = 0, ""
+                delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2 ** attempt)
+                attempt += 1
+                self._stopping.wait(delay * random.uniform(0.5, 1.5))
+        self._outbox.close()
+
+    def start(self) -> None:
+        """Run in a background thread (tests, benchmarks); a refusal is kept in ``error``."""
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as exc:
+                self.error = exc
+                self.connected.set()  # wake whoever waits for the outcome
+
+        self._thread = threading.Thread(target=target, name="mor-dealer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the run loop to finish and wait for it."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ----- network thread -----
+
+    def _serve_once(self, pool: ThreadPoolExecutor) -> None:
+        sock = self._zmq.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.options.max_message_bytes + self.options.max_message_bytes // 32
+                        + 64 * 1024)
+        sock.setsockopt(zmq.SNDHWM, 64)
+        try:
+            sock.connect(self.endpoint)
+            tls: TLSSession | None = None
+
+            def emit(data: bytes) -> None:
+                self._outbox.put((tls, data))
+
+            tls = TLSSession(self._context_factory(), server_side=False, emit=emit,
+                             max_message_bytes=self.options.max_message_bytes,
+                             handshake_timeout_s=self.options.connect_timeout_s)
+            self.connections += 1
+            self._loop(sock, tls, pool)
+        finally:
+            sock.close(linger=0)
+
+    def _flush(self, sock: zmq.Socket, tls: TLSSession) -> None:
+        """Send queued records of the current session; records of earlier sessions are dropped."""
+        for owner, data in self._outbox.drain():
+            if owner is tls:
+                sock.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_BYTES)
+
+    def _loop(self, sock: zmq.Socket, tls: TLSSession, pool: ThreadPoolExecutor) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._outbox.fileno(), zmq.POLLIN)
+        tls.start()
+        last_heard = next_beat = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                self._flush(sock, tls)
+            except zmq.Again:
+                raise _Lost("send queue full (coordinator not reading)") from None
+            poller.poll(0 if len(self._outbox) else 100)
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                last_heard = time.monotonic()
+                self._on_frame(frame, tls, pool)
+            now = time.monotonic()
+            if not self.connected.is_set():
+                if now > tls.handshake_deadline:
+                    raise _Lost(f"no welcome from {self.endpoint} within "
+                                f"{self.options.connect_timeout_s:g}s (unreachable?)")
+            elif now - last_heard > self.options.idle_timeout_s:
+                raise _Lost(f"coordinator silent for {self.options.idle_timeout_s:g}s")
+            elif now >= next_beat:
+                self._send(tls, Heartbeat(sent_at=time.time()))
+                next_beat = now + self._heartbeat_s
+        tls.close()
+        try:
+            self._flush(sock, tls)
+        except zmq.Again:
+            pass
+
+    def _on_frame(self, frame: zmq.Frame, tls: TLSSession, pool: ThreadPoolExecutor) -> None:
+        was_done = tls.handshake_done
+        try:
+            messages = tls.feed(frame.buffer)
+        except TLSError as exc:
+            if self.connected.is_set():
+                raise _Lost(f"TLS session failed: {exc.reason}") from None
+            raise AgentRefused(f"TLS handshake with the coordinator at {self.endpoint} failed: "
+                               f"{exc.reason}") from None
+        if not was_done and tls.handshake_done:
+            self._check_coordinator(tls)
+            self._send(tls, Hello(agent_version=self.agent_version, worker_id=self.worker_id))
+        for raw in messages:
+            try:
+                msg = protocol.decode(raw, self.limits)
+            except ProtocolError as exc:
+                raise _Lost(f"protocol violation by the coordinator: {exc}") from None
+            self._on_message(msg, tls, pool)
+
+    def _check_coordinator(self, tls: TLSSession) -> None:
+        try:
+            identity = pki.peer_identity(tls.ssl_object, "coordinator")
+        except pki.PKIError as exc:
+            raise AgentRefused(f"cannot verify the coordinator: {exc}") from None
+        if identity.name not in self.coordinators:
+            raise AgentRefused(f"the server at {self.endpoint} is coordinator {identity.name!r}, not "
+                               f"{' or '.join(sorted(map(repr, self.coordinators)))}: check [coordinator] "
+                               "name and endpoint ([serve] allow_coordinators)")
+
+    def _on_message(self, msg: Message, tls: TLSSession, pool: ThreadPoolExecutor) -> None:
+        if isinstance(msg, Welcome):
+            self.session_id = msg.session_id
+            self._heartbeat_s = min(self.options.heartbeat_s, msg.heartbeat_s)
+            log.info("welcomed by the coordinator", extra={"coordinator": msg.coordinator,
+                                                          "session": msg.session_id})
+            self.connected.set()
+        elif isinstance(msg, Refused):
+            raise AgentRefused(f"the coordinator refused this agent: {msg.reason}")
+        elif isinstance(msg, Heartbeat):
+            pass
+        elif self.connected.is_set():
+            pool.submit(self._handle, msg, tls)
+        else:
+            raise _Lost(f"coordinator sent {msg.TYPE} before welcoming us")
+
+    def _handle(self, msg: Message, tls: TLSSession) -> None:
+        """Run the handler for ``msg`` (pool thread) and send its reply on the session it came from."""
+        request_id = protocol.request_id_of(msg) or ""
+        handler = self.handlers.get(type(msg))
+        try:
+            if handler is None:
+                reply: Message | None = Error(request_id, "unsupported", f"this agent does not serve {msg.TYPE}")
+            else:
+                reply = handler(msg)
+        except Exception as exc:
+            log.warning("handler failed", extra={"type": msg.TYPE, "error": type(exc).__name__})
+            reply = Error(request_id, "handler_error", f"{type(exc).__name__}: {str(exc)[:200]}")
+        if reply is None:
+            return
+        try:
+            try:
+                data = protocol.encode(reply, self.limits)
+            except ProtocolError as exc:
+                data = protocol.encode(Error(request_id, "bad_reply", str(exc)[:200]), self.limits)
+            tls.send(data)
+        except TLSError:
+            log.info("reply dropped: the session it belongs to is gone", extra={"type": reply.TYPE})
+
+    def _send(self, tls: TLSSession, msg: Message) -> None:
+        tls.send(protocol.encode(msg, self.limits))

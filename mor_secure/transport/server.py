@@ -1,0 +1,540 @@
+"""Coordinator side of the transport: a ZeroMQ ROUTER that is a mutual-TLS 1.3 server per peer.
+
+One loop thread owns the socket; TLS work (handshakes, decryption) runs on a small pool with
+one ordered inbox per session, and senders encrypt in their own thread, so crypto of different
+peers uses several cores (OpenSSL releases the GIL). Peers are identified only by their
+certificate's SAN, never by routing ids; refusals are kept with their reason for the probe.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+from cryptography import x509
+
+from mor_secure import pki, protocol
+from mor_secure.logs import get_logger
+from mor_secure.protocol import Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
+from mor_secure.transport.outbox import Outbox
+from mor_secure.transport.tls import TLSError, TLSSession, looks_like_client_hello
+
+log = get_logger("transport.server")
+
+# Frames at least this large are handed to libzmq without a copy.
+ZERO_COPY_BYTES = 64 * 1024
+# Smaller frames are decrypted in the loop thread: a hand-off to the pool costs more than the crypto.
+INLINE_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A peer the server refused or dropped: when, from where, who it claimed to be, and why."""
+
+    at: float
+    address: str
+    reason: str
+    identity: str = ""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A welcomed agent session; a site running several workers has several."""
+
+    session_id: str
+    site: str
+    fingerprint: str
+    address: str
+    worker_id: str
+    agent_version: str
+    connected_at: float
+
+
+@dataclass
+class ServerOptions:
+    """Timeouts and limits of the server (the coordinator config fills them)."""
+
+    heartbeat_s: float = 5.0
+    peer_timeout_s: float = 30.0
+    handshake_timeout_s: float = 10.0
+    max_pending_handshakes: int = 64
+    max_message_bytes: int = 16 * 1024 * 1024
+    sndhwm: int = 64
+    crypto_threads: int = 2
+    crl_check_s: float = 1.0
+    ban_s: float = 60.0
+    max_inbox_frames: int = 256
+    max_refusals: int = 1000
+
+
+class _Session:
+    """Server-side state of one ZeroMQ peer (one routing id)."""
+
+    def __init__(self, rid: bytes, tls: TLSSession, address: str) -> None:
+        self.rid = rid
+        self.tls = tls
+        self.address = address
+        self.session_id = secrets.token_hex(6)
+        self.identity: pki.Identity | None = None
+        self.serial: int | None = None
+        self.fingerprint = ""
+        self.peer: Peer | None = None
+        self.last_seen = self.last_probe = time.monotonic()
+        self.inbox: deque[zmq.Frame] = deque()
+        self.scheduled = False
+        self.sched_lock = threading.Lock()
+        self.requests: set[tuple[str, str]] = set()
+        self.dead = False
+
+
+class TLSServer:
+    """Bind a ROUTER, run mutual TLS per peer, and exchange protocol messages with welcomed agents.
+
+    ``context_factory`` builds the server ``SSLContext`` (``pki.ssl_context("coordinator", ...)``);
+    it is called again, inside the loop thread, whenever the CRL file changes or ``reload_crl()``
+    is called, and live sessions whose certificate the new CRL revokes are dropped.
+    """
+
+    def __init__(self, endpoint: str, context_factory: Callable[[], ssl.SSLContext], *, name: str,
+                 allow: Iterable[str] | None = None, crl_path: Path | None = None,
+                 options: ServerOptions | None = None, limits: protocol.Limits | None = None,
+                 on_message: Callable[[Peer, Message], None] | None = None) -> None:
+        self.name = name
+        self.options = options or ServerOptions()
+        self.limits = limits or protocol.Limits(max_message_bytes=self.options.max_message_bytes)
+        self.allow = set(allow) if allow is not None else None
+        self._bind_endpoint = endpoint
+        self._context_factory = context_factory
+        self._context = context_factory()
+        self._crl_path = Path(crl_path) if crl_path else None
+        self._crl_mtime = self._mtime()
+        self._on_message = on_message
+        self._zmq = zmq.Context.instance()
+        self._outbox = Outbox()
+        self._sessions: dict[bytes, _Session] = {}
+        self._by_id: dict[str, _Session] = {}
+        self._banned: OrderedDict[bytes, float] = OrderedDict()
+        self._pending: dict[tuple[str, str], Future] = {}
+        self._refusals: deque[Refusal] = deque(maxlen=self.options.max_refusals)
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._pool = (ThreadPoolExecutor(self.options.crypto_threads, thread_name_prefix="mor-tls")
+                      if self.options.crypto_threads > 0 else None)
+        self._thread: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+        self.endpoint = ""
+
+    # ----- public API (any thread) -----
+
+    def start(self) -> str:
+        """Bind and start the loop thread; returns the bound endpoint (port resolved)."""
+        self._thread = threading.Thread(target=self._run, name="mor-router", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            raise self._start_error
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Stop the loop, fail pending requests and close the socket."""
+        self._stopping.set()
+        self._outbox.put(lambda: None)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(ConnectionError("server stopped"))
+        self._outbox.close()
+
+    def __enter__(self) -> TLSServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def peers(self) -> list[Peer]:
+        """Every welcomed agent session, oldest first."""
+        return sorted((s.peer for s in list(self._sessions.values()) if s.peer is not None),
+                      key=lambda p: p.connected_at)
+
+    def sites(self) -> set[str]:
+        """Sites with at least one welcomed session."""
+        return {p.site for p in self.peers()}
+
+    def refusals(self) -> list[Refusal]:
+        """Peers refused or dropped, oldest first (bounded)."""
+        return list(self._refusals)
+
+    def wait_for_sites(self, sites: Iterable[str], timeout: float) -> bool:
+        """Block until every site in ``sites`` has a welcomed session, or ``timeout`` passes."""
+        wanted = set(sites)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not wanted <= self.sites():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def send(self, session_id: str, msg: Message) -> None:
+        """Encrypt ``msg`` for one session and queue it; ``ConnectionError`` if the session is gone."""
+        session = self._by_id.get(session_id)
+        if session is None or session.dead or session.peer is None:
+            raise ConnectionError(f"session {session_id} is not connected")
+        self._send(session, msg)
+
+    def request(self, session_id: str, msg: Message) -> Future:
+        """Send a message carrying ``request_id``; the future gets the peer's reply (or an error)."""
+        return self.request_many([session_id], msg)[session_id]
+
+    def request_many(self, session_ids: Iterable[str], msg: Message) -> dict[str, Future]:
+        """Send one request to several sessions (encoded once, encrypted per session, large ones in
+        parallel); each future resolves to that session's reply or fails with ``ConnectionError``."""
+        request_id = protocol.request_id_of(msg)
+        if not request_id:
+            raise ValueError(f"{msg.TYPE} carries no request_id")
+        data = protocol.encode(msg, self.limits)
+        futures: dict[str, Future] = {}
+        targets = []
+        for session_id in session_ids:
+            future: Future = Future()
+            futures[session_id] = future
+            session = self._by_id.get(session_id)
+            if session is None or session.dead or session.peer is None:
+                future.set_exception(ConnectionError("disconnected"))
+                continue
+            key = (session_id, request_id)
+            self._pending[key] = future
+            session.requests.add(key)
+            future.add_done_callback(lambda _, s=session, k=key: self._forget(s, k))
+            targets.append((session, future))
+        parallel = self._pool is not None and len(data) >= INLINE_BYTES and len(targets) > 1
+        for session, future in targets:
+            if parallel:
+                self._pool.submit(self._send_for, session, data, future)
+            else:
+                self._send_for(session, data, future)
+        return futures
+
+    def _send_for(self, session: _Session, data: bytes, future: Future) -> None:
+        try:
+            session.tls.send(data)
+        except TLSError as exc:
+            if not future.done():
+                future.set_exception(ConnectionError(f"disconnected: {exc.reason}"))
+
+    def reload_crl(self, timeout: float = 10.0) -> int:
+        """Rebuild the SSL context from the current CRL inside the loop; returns live sessions dropped."""
+        done: Future = Future()
+
+        def reload() -> None:
+            try:
+                done.set_result(self._reload_crl())
+            except BaseException as exc:  # handed to the caller
+                done.set_exception(exc)
+
+        self._outbox.put(reload)
+        return done.result(timeout)
+
+    # ----- loop thread -----
+
+    def _run(self) -> None:
+        try:
+            sock = self._zmq.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._frame_limit())
+            sock.setsockopt(zmq.SNDHWM, self.options.sndhwm)
+            sock.setsockopt(zmq.RCVHWM, 1000)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(self._bind_endpoint)
+            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except BaseException as exc:
+            self._start_error = exc
+            self._ready.set()
+            return
+        log.info("coordinator listening", extra={"endpoint": self.endpoint, "coordinator": self.name})
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._outbox.fileno(), zmq.POLLIN)
+        next_tick = 0.0
+        try:
+            while not self._stopping.is_set():
+                poller.poll(0 if len(self._outbox) else 100)
+                for _ in range(512):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_frames(frames)
+                for item in self._outbox.drain():
+                    if callable(item):
+                        item()
+                    else:
+                        self._send_frames(sock, *item)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._housekeeping(now)
+                    next_tick = now + 0.2
+        finally:
+            sock.close(linger=0)
+
+    def _frame_limit(self) -> int:
+        return self.options.max_message_bytes + self.options.max_message_bytes // 32 + 64 * 1024
+
+    def _send_frames(self, sock: zmq.Socket, rid: bytes, data: bytes) -> None:
+        session = self._sessions.get(rid)
+        try:
+            sock.send_multipart([rid, data], zmq.NOBLOCK, copy=len(data) < ZERO_COPY_BYTES)
+        except zmq.ZMQError as exc:
+            if session is not None:
+                cause = "send queue full (peer not reading)" if exc.errno == zmq.EAGAIN else "peer unreachable"
+                self._drop(session, f"disconnected: {cause}")
+
+    def _on_frames(self, frames: list[zmq.Frame]) -> None:
+        rid = frames[0].bytes
+        session = self._sessions.get(rid)
+        if session is None:
+            self._new_session(rid, frames)
+            return
+        if len(frames) != 2:
+            self._drop(session, f"malformed message ({len(frames)} frames)")
+            return
+        self._deliver(session, frames[1])
+
+    def _new_session(self, rid: bytes, frames: list[zmq.Frame]) -> None:
+        if rid in self._banned:
+            return
+        address = _peer_address(frames[-1])
+        if rid[:1] != b"\x00":
+            self._refuse_early(rid, address, "peer chose its own routing id (not allowed)")
+        elif len(frames) != 2 or not looks_like_client_hello(frames[1].buffer):
+            self._refuse_early(rid, address, "plaintext or non-TLS peer: the first message is not a "
+                                             "TLS ClientHello")
+        elif sum(1 for s in self._sessions.values() if s.peer is None) >= self.options.max_pending_handshakes:
+            self._refuse_early(rid, address, f"too many half-open sessions (cap "
+                                             f"{self.options.max_pending_handshakes})")
+        else:
+            tls = TLSSession(self._context, server_side=True, emit=lambda data: self._outbox.put((rid, data)),
+                             max_message_bytes=self.options.max_message_bytes,
+                             handshake_timeout_s=self.options.handshake_timeout_s)
+            session = _Session(rid, tls, address)
+            self._sessions[rid] = session
+            self._by_id[session.session_id] = session
+            self._deliver(session, frames[1])
+
+    def _refuse_early(self, rid: bytes, address: str, reason: str) -> None:
+        self._ban(rid)
+        self._record(address, reason)
+
+    def _deliver(self, session: _Session, frame: zmq.Frame) -> None:
+        """Process a frame in order: inline when small and nothing is queued, else on the pool."""
+        with session.sched_lock:
+            inline = self._pool is None or (not session.scheduled and len(frame) < INLINE_BYTES)
+            overflow = not inline and len(session.inbox) >= self.options.max_inbox_frames
+            if not inline and not overflow:
+                session.inbox.append(frame)
+                if session.scheduled:
+                    return
+                session.scheduled = True
+        if inline:
+            self._process(session, frame)
+            return
+        if overflow:
+            self._drop(session, "flooding: too many unprocessed messages")
+            return
+        self._pool.submit(self._drain_inbox, session)
+
+    def _drain_inbox(self, session: _Session) -> None:
+        while True:
+            with session.sched_lock:
+                if not session.inbox:
+                    session.scheduled = False
+                    return
+                frames = list(session.inbox)
+                session.inbox.clear()
+            for frame in frames:
+                self._process(session, frame)
+
+    def _process(self, session: _Session, frame: zmq.Frame) -> None:
+        """Feed one frame to the session's TLS (pool thread or loop) and act on what it yields."""
+        if session.dead:
+            return
+        try:
+            was_done = session.tls.handshake_done
+            messages = session.tls.feed(frame.buffer)
+            if not was_done and session.tls.handshake_done and not self._accept(session):
+                return
+            for raw in messages:
+                self._on_message_from(session, protocol.decode(raw, self.limits))
+        except TLSError as exc:
+            self._call_soon(self._drop, session, exc.reason)
+        except ProtocolError as exc:
+            self._call_soon(self._drop, session, f"protocol violation: {exc}")
+        except Exception as exc:  # never let one peer kill the pool or the loop
+            log.exception("unexpected error while serving a peer", extra={"session": session.session_id})
+            self._call_soon(self._drop, session, f"internal error: {type(exc).__name__}")
+
+    def _accept(self, session: _Session) -> bool:
+        """After the handshake: role, allow-list; refuse with a Refused message when they fail."""
+        ssl_object = session.tls.ssl_object
+        der = ssl_object.getpeercert(binary_form=True)
+        cert = x509.load_der_x509_certificate(der)
+        session.serial = cert.serial_number
+        session.fingerprint = pki.fingerprint(cert)
+        try:
+            session.identity = pki.identity_of(cert)
+            identity = pki.peer_identity(ssl_object, "client")
+        except pki.PKIError as exc:
+            self._refuse(session, f"wrong role: {exc}")
+            return False
+        if self.allow is not None and identity.name not in self.allow:
+            self._refuse(session, f"site {identity.name!r} is not on the allow-list ([clients] allow)")
+            return False
+        return True
+
+    def _on_message_from(self, session: _Session, msg: Message) -> None:
+        session.last_seen = time.monotonic()
+        if session.peer is None:
+            if not isinstance(msg, Hello):
+                raise ProtocolError(f"expected hello after the handshake, got {msg.TYPE}")
+            self._welcome(session, msg)
+            return
+        if isinstance(msg, Heartbeat):
+            self._send(session, Heartbeat(sent_at=time.time()))
+            return
+        request_id = protocol.request_id_of(msg)
+        if request_id is not None:
+            future = self._pending.get((session.session_id, request_id))
+            if future is not None and not future.done():
+                future.set_result(msg)
+            else:
+                log.debug("unexpected reply", extra={"session": session.session_id, "type": msg.TYPE})
+            return
+        if self._on_message is not None:
+            self._on_message(session.peer, msg)
+
+    def _welcome(self, session: _Session, hello: Hello) -> None:
+        assert session.identity is not None
+        session.peer = Peer(session.session_id, session.identity.name, session.fingerprint, session.address,
+                            hello.worker_id, hello.agent_version, time.time())
+        self._send(session, Welcome(coordinator=self.name, session_id=session.session_id,
+                                    heartbeat_s=self.options.heartbeat_s))
+        log.info("agent joined", extra={"site": session.peer.site, "session": session.session_id,
+                                        "worker": hello.worker_id, "address": session.address})
+        with self._changed:
+            self._changed.notify_all()
+
+    def _refuse(self, session: _Session, reason: str) -> None:
+        """Tell the peer why, then ignore it until the loop drops the session."""
+        try:
+            self._send(session, Refused(reason=reason))
+        except (TLSError, ProtocolError):
+            pass
+        session.dead = True
+        self._call_soon(self._drop, session, reason)
+
+    def _send(self, session: _Session, msg: Message) -> None:
+        session.tls.send(protocol.encode(msg, self.limits))
+
+    def _call_soon(self, fn: Callable, *args: object) -> None:
+        self._outbox.put(lambda: fn(*args))
+
+    def _drop(self, session: _Session, reason: str) -> None:
+        """Forget a session (loop thread): fail its requests, ban its routing id, record why."""
+        if self._sessions.get(session.rid) is not session:
+            return
+        session.tls.close()
+        del self._sessions[session.rid]
+        self._by_id.pop(session.session_id, None)
+        self._ban(session.rid)
+        for key in list(session.requests):
+            future = self._pending.get(key)
+            if future is not None and not future.done():
+                future.set_exception(ConnectionError(f"disconnected: {reason}"))
+        identity = session.identity.uri if session.identity else ""
+        if session.peer is not None:
+            log.info("agent left", extra={"site": session.peer.site, "session": session.session_id,
+                                          "reason": reason})
+        self._record(session.address, reason, identity)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _forget(self, session: _Session, key: tuple[str, str]) -> None:
+        self._pending.pop(key, None)
+        session.requests.discard(key)
+
+    def _record(self, address: str, reason: str, identity: str = "") -> None:
+        self._refusals.append(Refusal(time.time(), address, reason, identity))
+        log.warning("peer refused or dropped", extra={"address": address, "identity": identity,
+                                                      "reason": reason})
+
+    def _ban(self, rid: bytes) -> None:
+        self._banned[rid] = time.monotonic() + self.options.ban_s
+        while len(self._banned) > 4096:
+            self._banned.popitem(last=False)
+
+    def _housekeeping(self, now: float) -> None:
+        for session in list(self._sessions.values()):
+            if session.peer is None and now > session.tls.handshake_deadline:
+                self._drop(session, "handshake timeout (half-open session)")
+            elif session.peer is not None and now - session.last_seen > self.options.peer_timeout_s:
+                self._drop(session, f"silent for {self.options.peer_timeout_s:g}s (no heartbeat)")
+            elif session.peer is not None and now - session.last_probe > self.options.heartbeat_s:
+                # A send to a vanished peer fails at once (ROUTER_MANDATORY): the drop comes early.
+                session.last_probe = now
+                try:
+                    self._send(session, Heartbeat(sent_at=time.time()))
+                except TLSError as exc:
+                    self._drop(session, exc.reason)
+        while self._banned and next(iter(self._banned.values())) < now:
+            self._banned.popitem(last=False)
+        if self._crl_path is not None and now - getattr(self, "_crl_checked", 0.0) >= self.options.crl_check_s:
+            self._crl_checked = now
+            if self._mtime() != self._crl_mtime:
+                try:
+                    self._reload_crl()
+                except pki.PKIError as exc:
+                    log.error("CRL reload failed; keeping the previous one", extra={"error": str(exc)})
+
+    def _mtime(self) -> int | None:
+        try:
+            return os.stat(self._crl_path).st_mtime_ns if self._crl_path else None
+        except OSError:
+            return None
+
+    def _reload_crl(self) -> int:
+        """Swap in a context built from the current CRL (loop thread) and drop revoked sessions."""
+        self._crl_mtime = self._mtime()
+        self._context = self._context_factory()
+        if self._crl_path is None:
+            return 0
+        revoked = {entry.serial_number for entry in pki.load_crl(self._crl_path)}
+        dropped = 0
+        for session in list(self._sessions.values()):
+            if session.serial in revoked:
+                self._refuse(session, "certificate revoked (CRL reloaded)")
+                dropped += 1
+        log.info("CRL reloaded", extra={"revoked": len(revoked), "dropped": dropped})
+        return dropped
+
+
+def _peer_address(frame: zmq.Frame) -> str:
+    try:
+        return frame.get("Peer-Address") or ""
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return ""
