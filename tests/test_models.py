@@ -25,7 +25,7 @@ QUESTION = "What colour is the shape?"
 # The benchmark world's rows: the image part carries a `text: None` key.
 PROMPT = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": QUESTION}]}]
 CHOSEN = [{"role": "assistant", "content": [{"type": "text", "text": "The answer is red."}]}]
-IMAGE_TOKENS = {"qwen2-vl": 16, "llava": 64}  # 64 px: 8x8 patches, merged 2x2 for Qwen2-VL
+IMAGE_TOKENS = {"qwen2-vl": 16, "llava": 64, "idefics3": 16}  # 64 px, patch 8: 8x8, merged 2x2
 
 
 def image(colour: str = "red") -> Image.Image:
@@ -151,7 +151,7 @@ def test_hub_id_in_local_cache_resolves(tiny_model_dir, tmp_path, monkeypatch, n
 
 
 def test_build_refuses_unknown_family_and_foreign_folders(tmp_path):
-    with pytest.raises(ValueError, match="known families: qwen2-vl, llava"):
+    with pytest.raises(ValueError, match="known families: qwen2-vl, llava, idefics3"):
         build_tiny_vlm("gpt-5", tmp_path / "m")
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="does not look like a model folder"):
@@ -185,3 +185,10 @@ def test_cli_check_in_a_fresh_offline_process(tiny_model_dir):
     assert result.returncode == 0, result.stderr
     assert "family:     qwen2-vl" in result.stdout and "238,464" in result.stdout
     assert "generated:  3 tokens" in result.stdout
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_vlm_inputs_scores_pairs_for_every_family(family, tiny_model_dir):
+    model, processor = load_vlm(tiny_model_dir(family))
+    batch = vlm_inputs(processor, [image(), image("blue")], [PROMPT, PROMPT], [CHOSEN, "blue"])
+    assert model(**batch).logits.shape[:2] == batch["input_ids"].shape

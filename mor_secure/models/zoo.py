@@ -88,9 +88,33 @@ def _llava() -> tuple[PreTrainedModel, ProcessorMixin]:
     return LlavaForConditionalGeneration(config), processor
 
 
+def _idefics3() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Idefics3: a tiny SigLIP-style vision tower (patch 8) with 2x2 pixel shuffle and a tiny Llama: 16 image tokens."""
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor,
+                              Idefics3VisionConfig, LlamaConfig)
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    tokenizer = build_tokenizer(["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"],
+                                "<image>", extra_attributes={"image_token": "<image>"})
+    patch, scale = 8, 2
+    vision = Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=patch)
+    text = LlamaConfig(**TEXT, vocab_size=len(tokenizer), **_special_ids(tokenizer))
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=scale,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_len=(IMAGE_SIZE // patch // scale) ** 2,
+                                  chat_template=tokenizer.chat_template)
+    return Idefics3ForConditionalGeneration(config), processor
+
+
 FAMILIES: dict[str, Builder] = {
     "qwen2-vl": _qwen2_vl,
     "llava": _llava,
+    "idefics3": _idefics3,
 }
 """Model family name -> builder of a random tiny model and its processor."""
 
