@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_reloads_through_auto_classes_and_generates(family, tiny_model_dir, no_n
     processor = load_processor(folder)
     assert family_of(model) == family == family_of(model.config.to_dict())
     assert model.generation_config.eos_token_id == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert len(processor.tokenizer) == model.get_input_embeddings().num_embeddings
     inputs = vlm_inputs(processor, [image()], [PROMPT])
     image_id = model.config.image_token_id
     assert (inputs["input_ids"] == image_id).sum().item() == IMAGE_TOKENS[family]
@@ -68,6 +70,17 @@ def test_qwen2_vl_folder_is_standard_and_loads_without_torchvision(tiny_model_di
     assert saved["video_processor"]["patch_size"] == 8  # a torchvision install loads it whole
     processor = load_processor(folder)
     assert type(processor).__name__ in ("Qwen2VLProcessor", "Qwen2VLProcessorImageOnly")
+
+
+def test_hub_style_qwen2_vl_folder_loads(tiny_model_dir, tmp_path):
+    """Hub checkpoints of Qwen2-VL keep the image settings in preprocessor_config.json."""
+    folder = shutil.copytree(tiny_model_dir("qwen2-vl"), tmp_path / "hub-style")
+    nested = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").unlink()
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({**nested["image_processor"], "processor_class": "Qwen2VLProcessor"}))
+    _, processor = load_vlm(folder)
+    assert vlm_inputs(processor, [image()], [PROMPT])["image_grid_thw"].tolist() == [[1, 8, 8]]
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

@@ -8,7 +8,6 @@ model inputs, so reward models and GRPO share one rendering of the chat template
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ import transformers
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from PIL import Image
-from transformers import (AutoModelForImageTextToText, AutoProcessor, BatchFeature,
+from transformers import (AutoConfig, AutoModelForImageTextToText, AutoProcessor, BatchFeature,
                           PreTrainedConfig, PreTrainedModel, ProcessorMixin)
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from mor_secure.logs import get_logger
 from mor_secure.models.processors import image_only, needs_video_processor
@@ -67,13 +67,10 @@ def resolve_model(name_or_path: str | Path) -> str:
     return snapshot
 
 
-def _declared_processor_class(folder: str) -> type[ProcessorMixin] | None:
-    """The processor class a model folder names in processor_config.json, if transformers has it."""
-    config_file = Path(folder) / "processor_config.json"
-    if not config_file.is_file():
-        return None
-    name = json.loads(config_file.read_text(encoding="utf-8")).get("processor_class")
-    return getattr(transformers, name, None) if isinstance(name, str) else None
+def _standard_processor_class(folder: str) -> type[ProcessorMixin] | None:
+    """The processor class transformers registers for the folder's model type, if any."""
+    name = PROCESSOR_MAPPING_NAMES.get(AutoConfig.from_pretrained(folder, local_files_only=True).model_type)
+    return getattr(transformers, name, None) if name else None
 
 
 def load_processor(name_or_path: str | Path) -> ProcessorMixin:
@@ -85,10 +82,10 @@ def load_processor(name_or_path: str | Path) -> ProcessorMixin:
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     except ImportError:
-        declared = _declared_processor_class(folder)
-        if declared is None or not needs_video_processor(declared):
+        standard = _standard_processor_class(folder)
+        if standard is None or not needs_video_processor(standard):
             raise
-        processor = image_only(declared).from_pretrained(folder, local_files_only=True)
+        processor = image_only(standard).from_pretrained(folder, local_files_only=True)
     if not isinstance(processor, ProcessorMixin):
         raise ValueError(f"{name_or_path}: has no image processor ({type(processor).__name__} only); "
                          "pass a vision-language model")
