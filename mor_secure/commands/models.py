@@ -39,15 +39,16 @@ def tiny(family: str, out_dir: Path, seed: int, force: bool) -> None:
 
     The folder loads like a hub checkpoint, with `load_vlm(DIR)` or `mor models check DIR`.
     """
-    from mor_secure.models import FAMILIES, build_tiny_vlm, count_parameters, load_vlm
+    from mor_secure.models import build_tiny_vlm, count_parameters, load_vlm
 
     _quiet_transformers()
-    if family not in FAMILIES:
-        raise click.ClickException(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
     try:
         build_tiny_vlm(family, out_dir, seed=seed, overwrite=force)
-    except FileExistsError as exc:
-        raise click.ClickException(str(exc).replace("overwrite=True (`--force`)", "--force")) from None
+    except (ValueError, FileExistsError) as exc:  # unknown family, or a folder we must not replace
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the model to {out_dir}: {exc.strerror or exc}; "
+                                   "choose a folder you can write to") from None
     model, _ = load_vlm(out_dir)
     click.echo(f"built {family} (seed {seed}, {count_parameters(model):,} parameters) in {out_dir}")
     click.echo(f"check it:  mor models check {out_dir}")
@@ -81,8 +82,8 @@ def check(name_or_path: str, max_new_tokens: int) -> None:
     _quiet_transformers()
     try:
         model, processor = load_vlm(name_or_path)
-    except (ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except (ValueError, OSError, ImportError) as exc:
+        raise click.ClickException(f"cannot load {name_or_path}: {exc}") from None
     prompt = [{"role": "user", "content": [{"type": "image"},
                                            {"type": "text", "text": "Describe the image."}]}]
     inputs = vlm_inputs(processor, [Image.new("RGB", (64, 64), "white")], [prompt]).to(model.device)

@@ -131,8 +131,8 @@ def _prepare_target(out_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out_dir} is not empty and does not look like a model folder; "
                               "choose a new or empty output folder")
     if not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a model; pass overwrite=True (`--force`) "
-                              "to replace it, or choose another output folder")
+        raise FileExistsError(f"{out_dir} already holds a model; replace it with overwrite=True "
+                              "(`mor models tiny --force`), or choose another output folder")
 
 
 def build_tiny_vlm(family: str, out_dir: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
