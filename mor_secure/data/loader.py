@@ -209,3 +209,17 @@ def load_preferences(path: str | Path, split: str | None = None, kind: Kind = "p
     validate_preferences(ds, kind)
     log.info("preference data loaded", extra={"rows": len(ds), "kind": kind})
     return ds
+
+
+def verify_images(ds: datasets.Dataset) -> None:
+    """Decode-check every image of ``ds``; raise ``SchemaError`` naming the first bad rows."""
+    bad = []
+    for row, value in enumerate(ds.cast_column("image", datasets.Image(decode=False))["image"]):
+        try:
+            with Image.open(io.BytesIO(value["bytes"]) if value["bytes"] else value["path"]) as image:
+                image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, TypeError, ValueError):
+            bad.append(row)
+    if bad:
+        raise SchemaError(f"column 'image': {len(bad)} row(s) cannot be decoded as images, "
+                          f"first {bad[:5]}")

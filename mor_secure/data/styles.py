@@ -12,7 +12,7 @@ STYLES: dict[str, str] = {
     "concise": "{answer}",
     "clinical": "Finding: {answer}.",
     "sentence": "The answer is {answer}.",
-    "formal": "Based on the image, it is {answer}.",
+    "formal": "Answer: {answer}.",
 }
 """Style name -> template, in the order clients are assigned (client k gets style k % n)."""
 
