@@ -239,6 +239,13 @@ def test_loader_refuses_bad_sources_with_clear_errors(world_dir, tmp_path):
                                "question_type": "t", "answer": "2"}) + "\n")
     with pytest.raises(SchemaError, match="cannot be decoded"):
         load_preferences(bad, kind="eval")
+    bad.write_text(json.dumps({"image": "garbage.png", "prompt": [{"role": "user", "content": [
+        {"type": "text", "text": 5}]}], "domain": "x", "question_type": "t", "answer": "2"}) + "\n{oops\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        load_preferences(bad, kind="eval")
+    bad.write_text(bad.read_text().splitlines()[0] + "\n")
+    with pytest.raises(SchemaError, match="column 'prompt': row 0"):
+        load_preferences(bad, kind="eval")
 
 
 # --- CLI -----------------------------------------------------------------------------------

@@ -131,9 +131,12 @@ def _messages(value: Any, column: str, row: int) -> list[dict]:
         else:
             raise SchemaError(f"column {column!r}: row {row} has a message whose content is "
                               "neither a string nor a list of {type, text} parts")
-        if any(p["type"] not in ("image", "text") for p in parts):
-            raise SchemaError(f"column {column!r}: row {row} has a content part whose type is "
-                              "not 'image' or 'text'")
+        if any(p["type"] not in ("image", "text") or p["type"] == "text" and not isinstance(p["text"], str)
+               for p in parts):
+            raise SchemaError(f"column {column!r}: row {row} has a content part that is neither "
+                              "{type: 'image'} nor {type: 'text', text: <string>}")
+        if not isinstance(message.get("role", role), str):
+            raise SchemaError(f"column {column!r}: row {row} has a message whose role is not a string")
         messages.append({"role": message.get("role", role), "content": parts})
     if column == "prompt" and not any(p["type"] == "image" for m in messages for p in m["content"]):
         first_user = next((m for m in messages if m["role"] == "user"), None)
