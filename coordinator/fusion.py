@@ -1,0 +1,235 @@
+"""Reward fusion strategies behind one interface, and the reward callable that TRL's GRPO calls.
+
+A ``RewardFusion`` turns the clients' raw scores of a batch into one reward per item (None when it
+cannot), like Flower's ``Strategy`` turns client results into a model. Strategies:
+``MixtureOfRewards`` (router-weighted calibrated scores), ``UniformMean`` and ``SingleClient``.
+Behaviour is added by wrapping (``Quorum``), not by subclassing. Baselines that score in process
+(a FedAvg or a centralised reward model) implement the same ``fuse`` and set
+``uses_client_scores = False``: they read ``items`` and ignore the clients.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from coordinator.calibration import Calibrator
+from coordinator.features import strip_images
+from coordinator.router import Router
+from mor_secure.logs import get_logger
+
+log = get_logger("coordinator.fusion")
+
+Message = dict[str, Any]
+ClientScores = Mapping[str, Sequence[float | None] | None]
+"""site -> one raw score per item (None for an item it could not score), or None if it did not answer."""
+Scorer = Callable[[list[Any], list[list[Message]], list[list[Message]]], dict[str, list[float] | None]]
+"""(images, prompts, completions) -> raw scores per site; the client pool, or in-process models."""
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """One thing to reward: an image, the prompt messages, the completion messages, the objective."""
+
+    image: Any
+    prompt: list[Message]
+    completion: list[Message]
+    objective: str | None = None
+
+
+class RewardFusion(ABC):
+    """Turns per-site raw scores of a batch of items into one reward per item (None: no reward)."""
+
+    uses_client_scores: bool = True
+    """False for baselines that score ``items`` themselves; the reward callable then skips the pool."""
+
+    @abstractmethod
+    def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
+        """One reward per item, or None where the strategy cannot give one."""
+
+
+def calibrated_matrix(items: Sequence[ScoreItem], client_scores: ClientScores, calibrator: Calibrator,
+                      sites: Sequence[str]) -> torch.Tensor:
+    """Calibrated scores ``[N, K]`` in the order of ``sites``; NaN where a site gave no usable score.
+
+    A site that did not answer, answered the wrong number of scores, or has no calibration counts as
+    missing for the whole batch (logged by site id); NaN and inf scores count as missing items.
+    """
+    out = torch.full((len(items), len(sites)), float("nan"))
+    for k, site in enumerate(sites):
+        scores = client_scores.get(site)
+        if scores is None:
+            continue
+        if len(scores) != len(items):
+            log.warning("dropped a site's scores: wrong count", extra={"site": site, "got": len(scores),
+                                                                       "expected": len(items)})
+            continue
+        if site not in calibrator:
+            log.warning("dropped an uncalibrated site's scores", extra={"site": site})
+            continue
+        out[:, k] = torch.tensor([math.nan if z is None else z for z in calibrator.transform(site, scores)])
+    return out
+
+
+def _to_rewards(values: torch.Tensor) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values.tolist()]
+
+
+class MixtureOfRewards(RewardFusion):
+    """``sum_k w_k(x) z_k(x, y)`` with router weights over the sites that answered each item."""
+
+    def __init__(self, router: Router, calibrator: Calibrator,
+                 features: Callable[[Sequence[Any], Sequence[list[Message]]], torch.Tensor]) -> None:
+        missing = [s for s in router.sites if s not in calibrator]
+        if missing:
+            raise ValueError(f"router sites {missing} have no calibration; fit the calibrator on every "
+                             "site the router was trained with")
+        self.router, self.calibrator, self.features = router.eval(), calibrator, features
+
+    def _inputs(self, items: Sequence[ScoreItem]) -> tuple[torch.Tensor, list[str] | None]:
+        feats = self.features([it.image for it in items], [it.prompt for it in items])
+        if self.router.objective is None:
+            return feats, None
+        default = self.router.config.objectives[0]
+        return feats, [it.objective or default for it in items]
+
+    @torch.no_grad()
+    def weights(self, items: Sequence[ScoreItem], live: torch.Tensor | None = None) -> torch.Tensor:
+        """Routing weights ``[N, K]`` (sites in ``router.sites`` order) over ``live`` clients."""
+        feats, objectives = self._inputs(items)
+        return self.router.weights(feats, live, objectives)
+
+    @torch.no_grad()
+    def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
+        if not items:
+            return []
+        z = calibrated_matrix(items, client_scores, self.calibrator, self.router.sites)
+        feats, objectives = self._inputs(items)
+        return _to_rewards(self.router(feats, z, objectives))
+
+
+class UniformMean(RewardFusion):
+    """The plain mean of the calibrated scores of the sites that answered each item."""
+
+    def __init__(self, calibrator: Calibrator) -> None:
+        self.calibrator = calibrator
+
+    def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
+        if not items:
+            return []
+        z = calibrated_matrix(items, client_scores, self.calibrator, self.calibrator.sites)
+        return _to_rewards(torch.nanmean(z, dim=1))
+
+
+class SingleClient(RewardFusion):
+    """One site's calibrated score alone (the single-institution baseline)."""
+
+    def __init__(self, site: str, calibrator: Calibrator) -> None:
+        calibrator[site]  # refuses an uncalibrated site now, not mid-training
+        self.site, self.calibrator = site, calibrator
+
+    def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
+        return _to_rewards(calibrated_matrix(items, client_scores, self.calibrator, [self.site])[:, 0])
+
+
+class Quorum(RewardFusion):
+    """Wraps a strategy: None for every item fewer than ``min_clients`` sites scored."""
+
+    def __init__(self, strategy: RewardFusion, min_clients: int) -> None:
+        if min_clients < 1:
+            raise ValueError(f"min_clients must be at least 1, got {min_clients}")
+        self.strategy, self.min_clients = strategy, min_clients
+        self.uses_client_scores = strategy.uses_client_scores
+
+    def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
+        counts = [0] * len(items)
+        for scores in client_scores.values():
+            if scores is None or len(scores) != len(items):
+                continue
+            for i, s in enumerate(scores):
+                if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s):
+                    counts[i] += 1
+        fused = self.strategy.fuse(items, client_scores)
+        return [r if n >= self.min_clients else None for r, n in zip(fused, counts)]
+
+
+def _as_messages(value: Any, role: str) -> list[Message]:
+    """TRL prompts/completions (conversational or plain text) as schema messages without PIL payloads."""
+    if isinstance(value, str):
+        return [{"role": role, "content": [{"type": "text", "text": value}]}]
+    messages = []
+    for message in strip_images(value):
+        content = message.get("content")
+        if isinstance(content, str):
+            message = {**message, "content": [{"type": "text", "text": content}]}
+        messages.append(message)
+    return messages
+
+
+def _image_of(prompt: Any) -> Any:
+    """The first image TRL injected into a conversational prompt, if any."""
+    if isinstance(prompt, str):
+        return None
+    for message in prompt:
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "image" and part.get("image") is not None:
+                    return part["image"]
+    return None
+
+
+def _images_from(n: int, prompts: Sequence[Any], image: Sequence[Any] | None,
+                 images: Sequence[Any] | None) -> list[Any]:
+    """One image per completion from TRL's ``image`` / ``images`` column, else from the prompt."""
+    if images is not None:
+        out = []
+        for imgs in images:
+            if imgs and len(imgs) > 1:
+                raise ValueError(f"a prompt carries {len(imgs)} images; the MoR reward supports one image "
+                                 "per prompt: keep one `image` column")
+            out.append(imgs[0] if imgs else None)
+        return out
+    if image is not None:
+        return list(image)
+    return [_image_of(p) for p in prompts][:n]
+
+
+def reward_callable(fusion: RewardFusion, scorer: Scorer, *, objective: str | None = None,
+                    name: str = "mor_reward") -> Callable[..., list[float | None]]:
+    """A reward function in TRL's signature: ``f(prompts, completions, image=..., **columns)``.
+
+    GRPOTrainer calls it with every data set column (``image`` or ``images``, ``objective`` if the
+    data set has one) plus ``completion_ids``, ``trainer_state``, ``log_metric``, ``log_extra``; it
+    returns one reward per completion, None where the fusion gives none (TRL turns None into NaN
+    and leaves that completion out of the group baseline).
+    """
+
+    def reward(prompts: list[Any], completions: list[Any], image: Sequence[Any] | None = None,
+               images: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+        n = len(prompts)
+        if len(completions) != n:
+            raise ValueError(f"{n} prompts but {len(completions)} completions")
+        objectives = kwargs.get("objective") or [objective] * n
+        items = [ScoreItem(image=img, prompt=_as_messages(p, "user"), completion=_as_messages(c, "assistant"),
+                           objective=obj)
+                 for img, p, c, obj in zip(_images_from(n, prompts, image, images), prompts, completions,
+                                           objectives, strict=True)]
+        client_scores: dict[str, list[float] | None] = {}
+        if fusion.uses_client_scores:
+            client_scores = scorer([it.image for it in items], [it.prompt for it in items],
+                                   [it.completion for it in items])
+        rewards = fusion.fuse(items, client_scores)
+        log_metric = kwargs.get("log_metric")
+        if log_metric is not None and n:
+            log_metric("mor/answered_sites", float(sum(s is not None for s in client_scores.values())))
+            log_metric("mor/unscored_fraction", sum(r is None for r in rewards) / n)
+        return rewards
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
