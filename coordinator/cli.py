@@ -28,6 +28,7 @@ def probe(config_path: Path, wait_s: float) -> None:
     answered.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from coordinator.config import load_coordinator_config
@@ -67,7 +68,7 @@ def probe(config_path: Path, wait_s: float) -> None:
         if site in result.replies:
             status, latency = "[green]ok[/green]", f"{result.latency_s.get(site, 0.0) * 1000:.1f}"
         else:
-            status, latency = f"[red]{result.failures.get(site, 'not connected')}[/red]", "-"
+            status, latency = f"[red]{escape(result.failures.get(site, 'not connected'))}[/red]", "-"
         table.add_row(site, peer.fingerprint[:23] + "..." if peer else "-", status, latency,
                       peer.worker_id if peer else "-", peer.address if peer else "-")
     console.print(table)
@@ -76,7 +77,7 @@ def probe(config_path: Path, wait_s: float) -> None:
         for column in ("address", "identity", "reason"):
             refused.add_column(column)
         for refusal in refusals:
-            refused.add_row(refusal.address or "?", refusal.identity or "?", refusal.reason)
+            refused.add_row(refusal.address or "?", refusal.identity or "?", escape(refusal.reason))
         console.print(refused)
     answered = len(result.replies)
     if answered < config.clients.quorum:
@@ -84,3 +85,11 @@ def probe(config_path: Path, wait_s: float) -> None:
                                    "start the missing agents (`mor client serve`), check the refusals "
                                    "above, or lower [clients] quorum")
     click.echo(f"{answered} of {len(allowed)} sites answered (quorum {config.clients.quorum})", err=True)
+
+
+from coordinator import commands_policy  # noqa: E402  (policy commands: warm start, eval, GRPO)
+
+group.add_command(commands_policy.public_data)
+group.add_command(commands_policy.sft)
+group.add_command(commands_policy.eval_)
+group.add_command(commands_policy.grpo)

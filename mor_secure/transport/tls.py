@@ -44,10 +44,12 @@ _VERIFY_REASONS = {
     "certificate revoked": "certificate revoked",
     "unable to get local issuer certificate": "certificate from another CA",
     "self-signed certificate": "self-signed certificate (not from the project CA)",
+    "self-signed certificate in certificate chain": "certificate from another CA (its chain ends elsewhere)",
     "self signed certificate": "self-signed certificate (not from the project CA)",
     "unable to get certificate CRL": "no CRL for the CA: run `mor certs crl` and reload",
     "CRL has expired": "the CRL is stale: run `mor certs crl` and reload",
     "unsupported certificate purpose": "wrong role: the certificate's extended key usage does not allow it",
+    "unsuitable certificate purpose": "wrong role: the certificate's extended key usage does not allow it",
 }
 
 

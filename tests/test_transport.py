@@ -1,0 +1,308 @@
+"""The live transport on 127.0.0.1: every kind of bad peer is refused with a clear reason while a
+good agent keeps working; fuzzed frames never kill the server; revocation drops live sessions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mor_secure import pki, protocol
+from mor_secure.pki.keys import load_private_key, signing_hash
+from mor_secure.protocol import HealthReply, HealthRequest
+from mor_secure.transport import AgentRefused, ClientOptions, ServerOptions, TLSClient, TLSServer
+from mor_secure.transport.tls import TLSSession
+
+ALLOW = ["site-a", "site-r1", "site-r2", "site-old", "site-new"]
+FAST = ClientOptions(heartbeat_s=0.5, idle_timeout_s=3.0, connect_timeout_s=3.0, backoff_initial_s=0.1,
+                     backoff_max_s=0.5)
+
+
+def _resign(ca_dir: Path, name: str, out: str, *, start: dt.timedelta, end: dt.timedelta) -> Path:
+    """A copy of NAME's certificate with another validity window, signed by the CA (same key)."""
+    cert = pki.load_cert(ca_dir / f"{name}.pem")
+    ca_cert, ca_key = pki.load_cert(ca_dir / "ca.pem"), load_private_key(ca_dir / "ca.key")
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(ca_cert.subject)
+               .public_key(cert.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now + start).not_valid_after(now + end))
+    for ext in cert.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    path = ca_dir / f"{out}.pem"
+    path.write_bytes(builder.sign(ca_key, signing_hash(ca_key)).public_bytes(serialization.Encoding.PEM))
+    (ca_dir / f"{out}.key").write_bytes((ca_dir / f"{name}.key").read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory) -> Path:
+    """A CA of our own (this module revokes certificates), plus certificates no one should accept."""
+    ca_dir = tmp_path_factory.mktemp("transport-pki") / "ca"
+    pki.init_ca(ca_dir)
+    pki.issue(ca_dir, role="coordinator", name="coord")
+    for name in ("site-a", "site-b", "site-r1", "site-r2", "site-old", "site-new"):
+        pki.issue(ca_dir, role="client", name=name)
+    _resign(ca_dir, "site-old", "expired", start=dt.timedelta(days=-10), end=dt.timedelta(days=-1))
+    _resign(ca_dir, "site-new", "future", start=dt.timedelta(days=2), end=dt.timedelta(days=10))
+    other = ca_dir.parent / "other"
+    pki.init_ca(other)
+    pki.issue(other, role="client", name="site-a")
+    return ca_dir
+
+
+def _server_ctx(ca_dir: Path):
+    return lambda: pki.ssl_context("coordinator", ca=ca_dir / "ca.pem", cert=ca_dir / "coord.pem",
+                                   key=ca_dir / "coord.key", crl=ca_dir / "crl.pem")
+
+
+def _client_ctx(ca_dir: Path, cert: Path | None, key: Path | None, *, tls12: bool = False):
+    """A client context built by hand, so it can carry what pki.ssl_context would refuse to load."""
+    def build() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2 if tls12 else ssl.TLSVersion.TLSv1_3
+        ctx.load_verify_locations(cafile=str(ca_dir / "ca.pem"))
+        if cert is not None:
+            ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+    return build
+
+
+def _agent(endpoint: str, factory, site: str = "site-a", coordinators=("coord",)) -> TLSClient:
+    client = TLSClient(endpoint, factory, coordinators=coordinators, worker_id=f"{site}-w", agent_version="t",
+                       options=ClientOptions(**vars(FAST)))
+    client.register(HealthRequest, lambda m: HealthReply(m.request_id, site, "t", ["health_request"]))
+    client.start()
+    client.connected.wait(10)
+    return client
+
+
+def _wait(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def federation(ca):
+    """A server with a good agent (site-a) connected for the whole module."""
+    options = ServerOptions(heartbeat_s=0.5, peer_timeout_s=5.0, handshake_timeout_s=2.0,
+                            max_message_bytes=2 * 1024 * 1024)
+    server = TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW,
+                       crl_path=ca / "crl.pem", options=options)
+    endpoint = server.start()
+    good = _agent(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
+    assert good.connected.is_set() and good.error is None
+    yield server, endpoint, good
+    good.stop()
+    server.stop()
+
+
+def _good_agent_answers(server: TLSServer, good: TLSClient) -> None:
+    future = server.request(good.session_id, HealthRequest(request_id=f"h{time.monotonic_ns()}"))
+    assert future.result(5).site == "site-a"
+
+
+def _refusal(server: TLSServer, text: str) -> bool:
+    return any(text in r.reason for r in server.refusals())
+
+
+@pytest.mark.parametrize("case, server_reason", [
+    ("other CA", "another CA"),
+    ("expired", "certificate expired"),
+    ("not yet valid", "not yet valid"),
+    ("wrong role", "role"),
+    ("not on the allow-list", "not on the allow-list"),
+    ("no certificate", "no client certificate"),
+    ("TLS 1.2", "TLS 1.2"),
+])
+def test_bad_agents_are_refused_with_a_reason_while_the_good_one_works(federation, ca, case, server_reason):
+    server, endpoint, good = federation
+    cert = {"other CA": ca.parent / "other" / "site-a.pem", "expired": ca / "expired.pem",
+            "not yet valid": ca / "future.pem", "wrong role": ca / "coord.pem",
+            "not on the allow-list": ca / "site-b.pem", "no certificate": None,
+            "TLS 1.2": ca / "site-a.pem"}[case]
+    key = cert.with_suffix(".key") if cert else None
+    bad = _agent(endpoint, _client_ctx(ca, cert, key, tls12=case == "TLS 1.2"))
+    try:
+        assert isinstance(bad.error, AgentRefused), f"{case}: {bad.error!r}"
+        assert _wait(lambda: _refusal(server, server_reason)), [r.reason for r in server.refusals()]
+        assert all(p.site == "site-a" for p in server.peers())
+        _good_agent_answers(server, good)
+    finally:
+        bad.stop()
+
+
+def test_agent_refuses_a_coordinator_it_cannot_verify_or_did_not_expect(federation, ca):
+    server, endpoint, good = federation
+    other_ca = ca.parent / "other"
+    untrusting = _agent(endpoint, lambda: _client_ctx(other_ca, other_ca / "site-a.pem", other_ca / "site-a.key")())
+    wrong_name = _agent(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"), coordinators=["elsewhere"])
+    try:
+        assert isinstance(untrusting.error, AgentRefused) and "another CA" in str(untrusting.error)
+        assert isinstance(wrong_name.error, AgentRefused) and "'elsewhere'" in str(wrong_name.error)
+        _good_agent_answers(server, good)
+    finally:
+        untrusting.stop()
+        wrong_name.stop()
+
+
+def test_a_revoked_certificate_is_refused_after_a_crl_reload(federation, ca):
+    server, endpoint, good = federation
+    pki.revoke(ca, "site-r1")
+    server.reload_crl()
+    bad = _agent(endpoint, _client_ctx(ca, ca / "site-r1.pem", ca / "site-r1.key"))
+    try:
+        assert isinstance(bad.error, AgentRefused)
+        assert _wait(lambda: _refusal(server, "certificate revoked"))
+        _good_agent_answers(server, good)
+    finally:
+        bad.stop()
+
+
+def test_revoking_a_connected_agent_drops_it_when_the_crl_file_changes(federation, ca):
+    server, endpoint, good = federation
+    victim = _agent(endpoint, _client_ctx(ca, ca / "site-r2.pem", ca / "site-r2.key"), site="site-r2")
+    try:
+        assert victim.error is None and "site-r2" in server.sites()
+        pki.revoke(ca, "site-r2")  # rewrites crl.pem; the server notices the new mtime by itself
+        assert _wait(lambda: victim.error is not None)
+        assert isinstance(victim.error, AgentRefused) and "revoked" in str(victim.error)
+        assert "site-r2" not in server.sites()
+        assert any(r.identity == "mor://client/site-r2" and "revoked" in r.reason for r in server.refusals())
+        _good_agent_answers(server, good)
+    finally:
+        victim.stop()
+
+
+def test_a_plaintext_zeromq_peer_is_refused(federation):
+    server, endpoint, good = federation
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    sock.send_multipart([b"HEALTH", b"please"])
+    sock.send(protocol.encode(HealthRequest(request_id="x")))
+    try:
+        assert _wait(lambda: _refusal(server, "plaintext or non-TLS peer"))
+        assert sock.poll(300) == 0  # nothing is ever answered in plaintext
+        _good_agent_answers(server, good)
+    finally:
+        sock.close()
+
+
+def _client_hello(ca: Path) -> bytes:
+    frames: list[bytes] = []
+    TLSSession(_client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(), server_side=False, emit=frames.append,
+               max_message_bytes=1024).start()
+    return frames[0]
+
+
+_frames = st.one_of(
+    st.lists(st.binary(max_size=2048), min_size=1, max_size=3),
+    st.builds(lambda cut, tail: ["hello", cut, tail], st.integers(0, 400), st.binary(max_size=64)),
+    st.builds(lambda junk: ["hello", None, b"\x17\x03\x03\xff\xff" + junk], st.binary(max_size=4096)),
+    st.builds(lambda n: [b"\x16\x03\x01" + n.to_bytes(2, "big") + b"\x01\xff\xff\xff"], st.integers(0, 65535)),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(plan=_frames)
+def test_fuzzed_frames_never_kill_the_server(federation, ca, plan):
+    server, endpoint, good = federation
+    hello = _client_hello(ca)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        if plan and plan[0] == "hello":  # a real ClientHello (maybe cut short), then junk records
+            _, cut, tail = plan
+            sock.send(hello if cut is None else hello[:cut] + tail)
+            if cut is None:
+                sock.send(tail)
+        else:
+            sock.send_multipart(plan)
+    finally:
+        sock.close()
+    _good_agent_answers(server, good)
+
+
+def test_a_frame_over_maxmsgsize_only_costs_its_sender(federation):
+    server, endpoint, good = federation
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    sock.send(b"\x16\x03\x01" + bytes(4 * 1024 * 1024))
+    time.sleep(0.2)
+    sock.close()
+    _good_agent_answers(server, good)
+
+
+def test_half_open_handshakes_beyond_the_cap_are_refused_and_time_out(ca):
+    options = ServerOptions(max_pending_handshakes=3, handshake_timeout_s=1.0)
+    with TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW, options=options) as server:
+        context = zmq.Context.instance()
+        socks = []
+        for _ in range(6):
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(server.endpoint)
+            sock.send(_client_hello(ca))
+            socks.append(sock)
+        assert _wait(lambda: _refusal(server, "too many half-open sessions"))
+        assert _wait(lambda: _refusal(server, "handshake timeout"))
+        good = _agent(server.endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
+        try:
+            assert good.error is None
+            _good_agent_answers(server, good)
+        finally:
+            good.stop()
+            for sock in socks:
+                sock.close()
+
+
+def test_several_workers_of_one_site_are_separate_sessions_and_a_large_request_works(federation, ca):
+    server, endpoint, good = federation
+    second = _agent(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
+    png = b"\x89PNG\r\n\x1a\n" + bytes(1024 * 1024)
+    second.register(protocol.ScoreRequest, lambda m: protocol.ScoreReply(m.request_id, [float(len(m.images[0]))],
+                                                                         "x"))
+    try:
+        sessions = [p for p in server.peers() if p.site == "site-a"]
+        assert len(sessions) == 2 and len({p.fingerprint for p in sessions}) == 1
+        request = protocol.ScoreRequest(request_id="big", images=[png], prompts=["p"], completions=["c"])
+        reply = server.request(second.session_id, request).result(10)
+        assert reply.scores == [float(len(png))]
+        unsupported = server.request(good.session_id, request).result(10)  # site-a's first worker lacks it
+        assert isinstance(unsupported, protocol.Error) and unsupported.code == "unsupported"
+    finally:
+        second.stop()
+
+
+def test_the_agent_reconnects_with_a_fresh_handshake_when_the_coordinator_restarts(ca):
+    server = TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW)
+    endpoint = server.start()
+    agent = _agent(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
+    try:
+        first = agent.session_id
+        server.stop()
+        server = TLSServer(endpoint, _server_ctx(ca), name="coord", allow=ALLOW)
+        server.start()
+        assert server.wait_for_sites(["site-a"], 15)
+        assert agent.connections >= 2 and agent.session_id != first
+        _good_agent_answers(server, agent)
+    finally:
+        agent.stop()
+        server.stop()
