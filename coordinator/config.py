@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.grpo_config import GRPORunConfig
 from mor_secure.config import TLSConfig, field, load_config
 
 
@@ -29,6 +30,7 @@ class CoordinatorConfig:
     tls: TLSConfig = field(help="TLS identity of the coordinator.")
     bind: str = field("tcp://0.0.0.0:7000", help="ZeroMQ endpoint the ROUTER binds; agents dial it.")
     clients: ClientsSection = field(help="Who may join and how long to wait for them.", default_factory=ClientsSection)
+    grpo: GRPORunConfig = field(help="GRPO of the policy (`mor coordinator grpo`).", default_factory=GRPORunConfig)
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:

@@ -52,3 +52,11 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for site in ("site-a", "site-b"):
         pki.issue(ca_dir, role="client", name=site)
     return ca_dir
+
+
+@pytest.fixture(scope="session")
+def public_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Public warm-start data: 96 rows, seed 0, 70% verbose answers (coordinator policy tests)."""
+    from mor_secure.data.public import generate_public_sft
+
+    return generate_public_sft(tmp_path_factory.mktemp("public") / "public", seed=0, n=96)

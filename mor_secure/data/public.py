@@ -6,74 +6,54 @@ space (and, given the world, with every image+question the world holds removed),
 style and no preference pairs, and have a deliberate, measurable flaw on easy features, so
 GRPO with the federation's rewards has something to fix:
 
-- ``verbose_share`` of the answers use a verbose frame (``"The answer is red."``) that the
-  federation's rewards do not prefer; the rest are concise (``"red"``);
+- ``verbose_share`` of the answers use a verbose frame (``"It is red."``) that no client's
+  reward prefers; the rest are concise (``"red"``);
 - ``mislabel`` optionally maps true colours to wrong ones in colour questions (e.g.
   ``{"orange": "red"}``): a systematically mislabelled colour.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import random
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from PIL import Image
-
 from mor_secure.data.domains import domain_names, get_domain
+from mor_secure.data.schema import EVAL_FEATURES, assistant_message, content_hash, question_text, user_prompt
+from mor_secure.data.styles import ANSWER_PATTERN
 from mor_secure.logs import get_logger
 
 log = get_logger("data.public")
 
-VERBOSE_FRAME = "The answer is {answer}."
-"""The verbose answer style of the warm-start flaw; concise answers are the bare answer word."""
+VERBOSE_FRAME = "It is {answer}."
+"""The verbose answer style of the warm-start flaw: no client's style (see ``styles.STYLES``), so every
+client's reward prefers something else; the other answers are concise (the bare word)."""
 
 SEED_NAMESPACE = "mor-secure/public-sft"
-"""Prefix of the generator seed: string seeds hash into a space apart from the world's integer seeds."""
+"""Prefix of the generator's string seed: a stream apart from every stream of the benchmark world."""
+
+_VERBOSE = re.compile(re.escape(VERBOSE_FRAME).replace(re.escape("{answer}"), f"({ANSWER_PATTERN})"))
 
 
-def item_key(image: Image.Image, question: str) -> str:
-    """Content hash of one (image, question): equal keys mean the same visual question."""
-    digest = hashlib.sha256(image.convert("RGB").tobytes())
-    digest.update(b"\0" + question.encode("utf-8"))
-    return digest.hexdigest()
-
-
-def _prompt(question: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question}]}]
+def parse_verbose(text: str) -> str | None:
+    """The answer of an exact rendering of ``VERBOSE_FRAME`` ("It is red." -> "red"), else None."""
+    match = _VERBOSE.fullmatch(text)
+    return match.group(1) if match else None
 
 
 def _world_keys(world_dir: Path) -> set[str]:
-    """Keys of every (image, question) in any data set saved under ``world_dir`` (recursively)."""
+    """Content hashes of every (image, question) in any data set saved under ``world_dir``."""
     from datasets import load_from_disk
 
     keys: set[str] = set()
     for info in sorted(Path(world_dir).rglob("dataset_info.json")):
         ds = load_from_disk(str(info.parent))
-        image_col = "image" if "image" in ds.column_names else "images"
-        if image_col not in ds.column_names or "prompt" not in ds.column_names:
-            continue
-        for row in ds:
-            image = row[image_col][0] if isinstance(row[image_col], list) else row[image_col]
-            keys.add(item_key(image, question_of(row["prompt"])))
+        if "image" in ds.column_names and "prompt" in ds.column_names:
+            keys.update(content_hash(row["image"], question_text(row)) for row in ds)
     return keys
-
-
-def question_of(prompt: str | list[dict]) -> str:
-    """The question text of a plain or conversational prompt (its text parts joined)."""
-    if isinstance(prompt, str):
-        return prompt
-    parts = []
-    for message in prompt:
-        content = message["content"]
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts.extend(p["text"] for p in content if p.get("type") == "text" and p.get("text"))
-    return " ".join(parts)
 
 
 def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, verbose_share: float = 0.7,
@@ -86,7 +66,7 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
     style ('verbose' or 'concise'). Domains take turns; ``exclude_world`` drops any item that
     the benchmark world under that folder holds. A summary lands in ``public.json``.
     """
-    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from datasets import Dataset, Features, Value
 
     if not 0.0 <= verbose_share <= 1.0:
         raise ValueError(f"verbose_share must be in [0, 1], got {verbose_share}")
@@ -103,7 +83,7 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
     while len(rows["answer"]) < n:
         domain = generators[len(rows["answer"]) % len(generators)]
         q = domain.sample(rng)
-        key = item_key(q.image, q.question)
+        key = content_hash(q.image, q.question)
         if key in excluded:
             dropped += 1
             continue
@@ -113,18 +93,13 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
         buffer = io.BytesIO()
         q.image.save(buffer, format="PNG")
         rows["image"].append({"bytes": buffer.getvalue(), "path": None})
-        rows["prompt"].append(_prompt(q.question))
-        rows["completion"].append([{"role": "assistant", "content": text}])
+        rows["prompt"].append(user_prompt(q.question))
+        rows["completion"].append(assistant_message(text))
         rows["domain"].append(domain.name)
         rows["question_type"].append(q.question_type)
         rows["answer"].append(q.answer)
         rows["style"].append("verbose" if verbose else "concise")
-    message = [{"role": Value("string"), "content": Value("string")}]
-    prompt = [{"role": Value("string"),
-               "content": [{"type": Value("string"), "text": Value("string")}]}]
-    features = Features({"image": ImageFeature(), "prompt": prompt, "completion": message,
-                         "domain": Value("string"), "question_type": Value("string"),
-                         "answer": Value("string"), "style": Value("string")})
+    features = Features({**EVAL_FEATURES, "completion": EVAL_FEATURES["prompt"], "style": Value("string")})
     out_dir = Path(out_dir)
     Dataset.from_dict(rows, features=features).save_to_disk(str(out_dir))
     summary = {"seed": seed, "n": n, "verbose_share": verbose_share, "mislabel": mislabel,

@@ -1,0 +1,140 @@
+"""`mor coordinator public-data | sft | eval | grpo`: the policy's warm start, GRPO and evaluation.
+
+torch, transformers and TRL are imported inside the commands so `mor --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@click.command(name="public-data")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder to write the data set into (must not exist yet).")
+@click.option("--n", "n", default=2000, show_default=True, type=click.IntRange(min=1), help="Rows to write.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the public generator.")
+@click.option("--verbose-share", default=0.7, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of answers in the verbose style (the warm start's deliberate flaw).")
+@click.option("--exclude-world", type=EXISTING_DIR, default=None,
+              help="A benchmark world folder: drop every image+question it holds, so the public data "
+                   "is disjoint from the clients' and the evaluation data.")
+def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, exclude_world: Path | None) -> None:
+    """Write public warm-start VQA (image, prompt, completion, domain, answer) for `mor coordinator sft`.
+
+    The rows come from the world's domain generators in a separate seed space, carry no client
+    style, and answer --verbose-share of the questions verbosely ("The answer is red."), a flaw
+    the federation's rewards can correct with GRPO.
+    """
+    from mor_secure.data.public import generate_public_sft
+
+    if out_dir.exists():
+        raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
+    path = generate_public_sft(out_dir, seed=seed, n=n, verbose_share=verbose_share, exclude_world=exclude_world)
+    click.echo(f"wrote {n} public rows to {path}")
+
+
+@click.command()
+@click.option("--base", required=True, help="Base VLM: a local model folder or a hub id in the local cache.")
+@click.option("--data", "data_dir", required=True, type=EXISTING_DIR,
+              help="Public warm-start data (`mor coordinator public-data` output).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder to save the warm-started policy (model + processor) into.")
+@click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1), help="Optimizer steps.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Rows per step.")
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Peak AdamW learning rate (warm-up, then linear decay).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of shuffling and initialisation.")
+def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, lr: float, seed: int) -> None:
+    """Supervised warm start: fine-tune --base on public data (loss on the answers only), save to --out.
+
+    The saved folder is the policy GRPO starts from and its frozen KL reference.
+    """
+    from coordinator.sft import run_sft
+    from mor_secure.models import ModelNotFoundError
+
+    _quiet_transformers()
+    try:
+        path = run_sft(base, data_dir, out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    except (ModelNotFoundError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = json.loads((path / "sft.json").read_text(encoding="utf-8"))
+    click.echo(f"saved policy to {path} (loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f})")
+
+
+@click.command(name="eval")
+@click.option("--policy", required=True, help="Policy to evaluate: a model folder or a cached hub id.")
+@click.option("--data", "data_dir", required=True, type=EXISTING_DIR,
+              help="Held-out questions with ground truth (the world's server/eval).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N questions.")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print the result as JSON.")
+def eval_(policy: str, data_dir: Path, limit: int | None, as_json: bool) -> None:
+    """Greedy answers to held-out questions: exact-match accuracy per domain and overall, concise share."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from coordinator.policy_eval import evaluate_policy
+    from mor_secure.models import ModelNotFoundError
+
+    _quiet_transformers()
+    try:
+        result = evaluate_policy(policy, data_dir, limit=limit)
+    except (ModelNotFoundError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"Policy {policy}")
+    for column in ("domain", "n", "accuracy", "concise", "answered"):
+        table.add_column(column)
+    for domain, r in [*result["per_domain"].items(), ("all", result)]:
+        table.add_row(domain, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['concise_share']:.1%}",
+                      f"{r['answered_share']:.1%}")
+    Console().print(table)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="coordinator.toml; its [grpo] section sets the run.")
+@click.option("--resume", is_flag=True, default=False,
+              help="Continue from the last checkpoint in [grpo] out (same global step, optimizer, schedule).")
+def grpo(config_path: Path, resume: bool) -> None:
+    """GRPO of the policy with a KL penalty to its warm start, with the [grpo] reward.
+
+    Writes checkpoints every save_steps, TensorBoard logs (reward, KL, telemetry) under
+    OUT/runs, and the final policy under OUT/policy. Supported reward now: 'oracle' (the
+    ground-truth baseline; the data needs an answer column).
+    """
+    from coordinator.config import load_coordinator_config
+    from coordinator.grpo import run_grpo
+    from coordinator.grpo_config import REWARDS
+    from coordinator.oracle import OracleReward
+    from mor_secure.config import ConfigError
+    from mor_secure.models import ModelNotFoundError
+
+    _quiet_transformers()
+    try:
+        cfg = load_coordinator_config(config_path).grpo
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if cfg.reward not in REWARDS:
+        raise click.ClickException(f"[grpo] reward = {cfg.reward!r} is not available to this command; "
+                                   f"use one of: {', '.join(REWARDS)}")
+    if cfg.data is None:
+        raise click.ClickException(f"{config_path}: [grpo] data is not set; point it at the prompts "
+                                   "(`mor coordinator public-data` output)")
+    try:
+        path = run_grpo(cfg, OracleReward(), cfg.data, resume=resume)
+    except (ModelNotFoundError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"saved policy to {path}; TensorBoard logs: tensorboard --logdir {cfg.out / 'runs'}")

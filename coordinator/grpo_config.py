@@ -1,0 +1,64 @@
+"""Settings of a GRPO run of the coordinator's policy: the [grpo] section of coordinator.toml.
+
+Defaults are the ones measured to learn on CPU with the tiny VLM (DESIGN section 5): beta 0.04
+against the saved warm start, 8 generations, 64 completions per step, lr 1e-4, temperature 1.0,
+at most 8 new tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mor_secure.config import field
+
+REWARDS = ("oracle",)
+"""Reward names `run_grpo`'s command builds itself; federated rewards come from the fusion module."""
+
+
+@dataclass
+class GRPORunConfig:
+    """One GRPO run: which policy, which reward, how long, where it writes (TRL GRPOConfig underneath)."""
+
+    policy: str = field("", help="The policy to train: a saved model folder (the SFT warm start) or a hub id "
+                                 "in the local cache. With beta > 0 TRL reloads the frozen reference from "
+                                 "this same path, so it must be a saved model, not an in-memory one.")
+    data: Path | None = field(None, help="Prompts to train on: a saved data set with image and prompt "
+                                         "columns (and answer, for the oracle reward), e.g. `mor coordinator "
+                                         "public-data` output.", path=True)
+    reward: str = field("oracle", help="Reward: 'oracle' (ground truth: +1 correct, +0.25 concise; needs an "
+                                       "answer column) or a fusion strategy name served by the federation.")
+    out: Path = field("grpo-run", help="Output folder: checkpoints, TensorBoard logs (runs/), final policy "
+                                       "(policy/).", path=True)
+    steps: int = field(400, help="Optimizer steps (each on `batch_size` completions).")
+    beta: float = field(0.04, help="KL penalty to the frozen reference (0 disables it and the reference).")
+    num_generations: int = field(8, help="Completions sampled per prompt (the GRPO group size).")
+    batch_size: int = field(64, help="Completions per device per step; must be a multiple of num_generations.")
+    lr: float = field(1e-4, help="AdamW learning rate (1e-4 was stable on the tiny VLM; 1e-3 collapsed it).")
+    max_completion_length: int = field(8, help="Most new tokens per completion.")
+    temperature: float = field(1.0, help="Sampling temperature of the completions (1.0; lower starves groups "
+                                         "of variety and so of advantage).")
+    lora: bool = field(False, help="Train LoRA adapters on the language model (PEFT) instead of every weight; "
+                                   "the reference is then the base with adapters disabled.")
+    lora_rank: int = field(8, help="LoRA rank r when lora = true.")
+    lora_alpha: float = field(16.0, help="LoRA scaling alpha when lora = true.")
+    logging_steps: int = field(10, help="Log reward, KL and telemetry every N steps.")
+    save_steps: int = field(100, help="Write a checkpoint every N steps (resume continues from the last).")
+    save_total_limit: int = field(2, help="Keep at most this many checkpoints.")
+    report_to: str = field("tensorboard", help="Where metrics go: 'tensorboard' (out/runs) or 'none'.")
+    seed: int = field(0, help="Seed of sampling and initialisation.")
+    quorum: int = field(1, help="Fewest answering agents for a completion's reward to count; below it the "
+                                "reward is None and the completion is left out of its group.")
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be at least 2 (GRPO compares completions in a group)")
+        if self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of num_generations "
+                             f"{self.num_generations}; the batch counts completions, so make it one")
+        for name in ("steps", "max_completion_length", "logging_steps", "save_steps", "quorum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.beta < 0 or self.lr <= 0 or self.temperature <= 0:
+            raise ValueError("beta must be >= 0, lr and temperature > 0")
+        self.out = Path(self.out)

@@ -1,0 +1,74 @@
+"""Public warm-start data (disjoint from held-out data, flawed at the configured rate) and the SFT loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datasets import load_from_disk
+
+from coordinator.sft import completion_batch, run_sft
+from mor_secure.data.public import generate_public_sft, parse_verbose
+from mor_secure.data.schema import answer_text, content_hash, question_text
+
+
+def test_public_data_has_the_flaw_at_the_configured_rate(tmp_path):
+    rows = load_from_disk(str(generate_public_sft(tmp_path / "p", seed=3, n=400, verbose_share=0.7,
+                                                  mislabel={"orange": "red"})))
+    verbose = [parse_verbose(answer_text(c)) is not None for c in rows["completion"]]
+    assert verbose.count(True) == rows["style"].count("verbose")
+    assert 0.62 <= sum(verbose) / len(rows) <= 0.78
+    assert set(rows["domain"]) == {"detail", "medical", "chart"}
+    for row in rows:
+        text = answer_text(row["completion"])
+        said = parse_verbose(text) if row["style"] == "verbose" else text
+        wrong_colour = row["question_type"] == "color" and row["answer"] == "orange"
+        assert said == ("red" if wrong_colour else row["answer"])
+
+
+def _keys(folder) -> set[str]:
+    return {content_hash(r["image"], question_text(r)) for r in load_from_disk(str(folder))}
+
+
+def test_public_data_drops_every_item_the_world_holds(tmp_path):
+    world = tmp_path / "world"
+    generate_public_sft(world / "server" / "eval", seed=0, n=60)
+    held = _keys(world / "server" / "eval")
+    out = generate_public_sft(tmp_path / "p", seed=0, n=60, exclude_world=world)
+    public = _keys(out)
+    assert len(public) > 0 and not public & held
+    assert json.loads((out / "public.json").read_text())["dropped_world_items"] >= 1  # same seed: row 0 clashes
+
+
+def test_public_data_is_disjoint_from_the_world(world_dir, tmp_path):
+    out = generate_public_sft(tmp_path / "p", seed=0, n=300, exclude_world=world_dir)
+    assert not _keys(out) & _keys(world_dir / "server" / "eval")
+    assert json.loads((out / "public.json").read_text())["dropped_world_items"] <= 3  # own seed space
+
+
+def test_labels_cover_only_the_completion(tiny_model_dir, public_data):
+    from mor_secure.models import load_processor
+
+    processor = load_processor(tiny_model_dir("qwen2-vl"))
+    rows = load_from_disk(str(public_data))[:3]
+    batch = completion_batch(processor, rows)
+    for ids, labels, completion in zip(batch["input_ids"], batch["labels"], rows["completion"]):
+        target = processor.tokenizer.decode(ids[labels != -100])
+        assert target.startswith(answer_text(completion)) and target.endswith("<|im_end|>\n")
+
+
+def test_sft_lowers_the_loss_and_saves_a_loadable_policy(tiny_model_dir, public_data, tmp_path):
+    from mor_secure.models import load_vlm
+
+    out = run_sft(tiny_model_dir("qwen2-vl"), public_data, tmp_path / "policy", steps=12, batch_size=16,
+                  lr=3e-3, seed=0)
+    summary = json.loads((out / "sft.json").read_text())
+    assert summary["last_loss"] < summary["first_loss"] - 0.5
+    model, processor = load_vlm(out)
+    assert processor.tokenizer.chat_template
+
+
+def test_sft_refuses_data_without_completions(tiny_model_dir, public_data, tmp_path):
+    rows = load_from_disk(str(public_data)).remove_columns(["completion"])
+    with pytest.raises(ValueError, match="completion"):
+        run_sft(tiny_model_dir("qwen2-vl"), rows, tmp_path / "x", steps=1)
