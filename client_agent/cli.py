@@ -47,3 +47,9 @@ def serve(config_path: Path, worker_id: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         agent.stop()
+
+
+from client_agent.commands import budget, evaluate, train  # noqa: E402  (owned by the training side)
+
+for _command in (train, evaluate, budget):
+    group.add_command(_command)

@@ -46,7 +46,7 @@ class ModelSection:
                                                              "gate_proj", "up_proj", "down_proj"])
     max_length: int = field(256, help="Most tokens of prompt plus answer; longer inputs are truncated "
                                       "from the left of the prompt text.")
-    width: int = field(64, help="dual-encoder: width of the image and text encoders.")
+    width: int = field(32, help="dual-encoder: width of the image and text encoders.")
     image_size: int = field(64, help="dual-encoder: images are resized to this square side in pixels.")
 
 

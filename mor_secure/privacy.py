@@ -9,8 +9,9 @@ at the sample rates and step counts used here).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -172,41 +173,68 @@ def epsilon(history: AccountantHistory, delta: float, accountant: str = DEFAULT_
         return 0.0
     if not history.private:
         return math.inf
-    return get_accountant(accountant).epsilon(history, delta)
+    get_accountant(accountant)
+    return _cached_epsilon(tuple(history.as_opacus()), delta, accountant)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    return ACCOUNTANTS[accountant].epsilon(AccountantHistory(history), delta)
 
 
 def plan_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, *,
                prior_history: AccountantHistory | None = None,
                accountant: str = DEFAULT_ACCOUNTANT, tolerance: float = 0.01) -> float:
     """Smallest noise multiplier (within ``tolerance`` in epsilon) such that ``prior_history``
-    followed by ``steps`` steps at ``sample_rate`` spends at most ``target_epsilon``."""
+    followed by ``steps`` steps at ``sample_rate`` spends at most ``target_epsilon``.
+
+    Brackets with the cheap RDP answer first (PRV is usually a little below it), then bisects.
+    """
     prior = prior_history or AccountantHistory()
 
-    def spend(sigma: float) -> float:
+    def spend(sigma: float, name: str = accountant) -> float:
         planned = AccountantHistory([(sigma, sample_rate, steps)])
-        return epsilon(prior + planned, delta, accountant)
+        return epsilon(prior + planned, delta, name)
 
     if target_epsilon <= 0 or not math.isfinite(target_epsilon):
         raise ValueError(f"target_epsilon must be positive and finite, got {target_epsilon}")
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
     if prior.steps and epsilon(prior, delta, accountant) >= target_epsilon:
         raise BudgetTooLow(f"the prior history alone spends epsilon "
                            f"{epsilon(prior, delta, accountant):.3f} >= target {target_epsilon}")
-    low, high = 0.0, 1.0
-    eps_high = spend(high)
-    while eps_high > target_epsilon:
-        low, high = high, 2 * high
-        if high > MAX_NOISE_MULTIPLIER:
-            raise BudgetTooLow(f"no noise multiplier up to {MAX_NOISE_MULTIPLIER:g} reaches epsilon "
-                               f"{target_epsilon} at delta {delta:g} in {steps} steps")
-        eps_high = spend(high)
-    while target_epsilon - eps_high > tolerance and high - low > 1e-4:
-        mid = (low + high) / 2
-        eps_mid = spend(mid)
-        if eps_mid <= target_epsilon:
-            high, eps_high = mid, eps_mid
+    high = _bracket(lambda sigma: spend(sigma, "rdp"), target_epsilon, 1.0)[1] if accountant != "rdp" else 1.0
+    low, high = _bracket(spend, target_epsilon, high)
+    # Illinois (regula falsi) on eps(sigma) - target: a few accountant calls instead of a bisection's many.
+    f_low, f_high = spend(low) - target_epsilon if low > 0 else math.inf, spend(high) - target_epsilon
+    side = 0
+    for _ in range(40):
+        if -f_high <= tolerance or high - low <= 1e-4:
+            break
+        mid = (low + high) / 2 if math.isinf(f_low) else (low * f_high - high * f_low) / (f_high - f_low)
+        if not low < mid < high:
+            mid = (low + high) / 2
+        f_mid = spend(mid) - target_epsilon
+        if f_mid <= 0:
+            high, f_high = mid, f_mid
+            f_low, side = (f_low / 2 if side == -1 else f_low), -1
         else:
-            low = mid
+            low, f_low = mid, f_mid
+            f_high, side = (f_high / 2 if side == 1 else f_high), 1
     return high
+
+
+def _bracket(spend: Callable[[float], float], target: float, guess: float) -> tuple[float, float]:
+    """(low, high) noise multipliers with spend(low) > target >= spend(high) (low may be 0)."""
+    high = guess
+    while spend(high) > target:
+        high *= 2
+        if high > MAX_NOISE_MULTIPLIER:
+            raise BudgetTooLow(f"no noise multiplier up to {MAX_NOISE_MULTIPLIER:g} reaches epsilon {target}")
+    low = high * 0.75
+    while low > 1e-3 and spend(low) <= target:
+        high, low = low, low * 0.75
+    return (low if low > 1e-3 else 0.0), high
 
 
 REPORT_FORMAT = 1

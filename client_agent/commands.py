@@ -1,0 +1,133 @@
+"""`mor client train | eval | budget`: DP training of the site's reward model, its held-out
+accuracy, and the site's lifetime privacy budget. torch is imported inside the commands."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+                      help="The site's client.toml ([data], [model], [train], [privacy] ...).")
+
+
+def _load(config_path: Path):
+    from client_agent.config import load_client_config
+    from mor_secure.config import ConfigError
+
+    try:
+        return load_client_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions whose message already names the cause and the fix: shown without a traceback."""
+    from client_agent.budget import BudgetExceeded, LedgerCorrupt
+    from client_agent.train import TrainingError
+    from mor_secure.data.schema import DataError
+    from mor_secure.models.loading import ModelNotFoundError
+    from mor_secure.privacy import BudgetTooLow
+
+    return (BudgetExceeded, LedgerCorrupt, TrainingError, DataError, ModelNotFoundError, BudgetTooLow,
+            FileNotFoundError, ValueError)
+
+
+def _eps(value: float) -> str:
+    return "inf (no DP)" if math.isinf(value) else f"{value:.3f}"
+
+
+@click.command("train")
+@CONFIG
+@click.option("--no-dp", is_flag=True, default=False,
+              help="Train WITHOUT differential privacy, as a baseline that shows what DP costs. Its "
+                   "report says epsilon = infinity and baseline = true: never serve such a model.")
+@click.option("--no-resume", is_flag=True, default=False,
+              help="Ignore a checkpoint in [train].out and start a new run (the old run's reserved "
+                   "budget stays spent).")
+@click.option("--quiet", is_flag=True, default=False, help="No progress bar.")
+def train(config_path: Path, no_dp: bool, no_resume: bool, quiet: bool) -> None:
+    """Train the site's reward model with DP-SGD (Opacus) at [privacy].target_epsilon.
+
+    One DP sample is one preference pair. Before any row is read, the planned run is composed with
+    every earlier run on this data set (the ledger at [privacy].ledger) and refused if it would
+    exceed [privacy].max_epsilon. A killed run resumes from its last checkpoint with its privacy
+    accounting intact. Writes model.safetensors, reward_config.json and privacy_report.json into
+    [train].out.
+    """
+    config = _load(config_path)
+    from client_agent.train import train_reward_model
+
+    try:
+        result = train_reward_model(config, no_dp=no_dp, resume=not no_resume, progress=not quiet)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    report = result.report
+    click.echo(f"trained {report.family} on {report.n_pairs} pairs in {report.steps} steps"
+               + (f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else ""))
+    click.echo(f"epsilon {_eps(report.epsilon)} ({report.accountant}), epsilon_rdp {_eps(report.epsilon_rdp)}, "
+               f"delta {report.delta:.2g}, noise multiplier {report.noise_multiplier:.4f}, "
+               f"sample rate {report.sample_rate:.4f}")
+    click.echo(f"model and privacy_report.json in {result.out_dir}")
+
+
+@click.command("eval")
+@CONFIG
+@click.option("--split", default=None, help="Split to score (default [data].test_split).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="A saved reward-model folder (default [train].out).")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print the result as JSON.")
+def evaluate(config_path: Path, split: str | None, model_dir: Path | None, as_json: bool) -> None:
+    """Held-out pairwise accuracy of the trained reward model, overall and per domain.
+
+    A pair counts as right when the chosen answer scores above the rejected one. Evaluation is
+    post-processing of the DP model: it costs no privacy budget.
+    """
+    config = _load(config_path)
+    from client_agent.evaluate import evaluate_saved
+    from client_agent.train import load_pairs
+
+    try:
+        data = load_pairs(config, split or config.data.test_split, limit=False)
+        result = evaluate_saved(model_dir or config.train.out, data)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    click.echo(f"{'domain':<12} {'pairs':>6} {'accuracy':>9}")
+    for domain, row in result.per_domain.items():
+        click.echo(f"{domain:<12} {row['pairs']:>6} {row['accuracy']:>9.3f}")
+    click.echo(f"{'all':<12} {result.pairs:>6} {result.accuracy:>9.3f}")
+
+
+@click.command("budget")
+@CONFIG
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print the status as JSON.")
+def budget(config_path: Path, as_json: bool) -> None:
+    """The lifetime privacy spend on [data].path: every run in the ledger, composed.
+
+    Runs compose through the accountant (two runs at epsilon 2 spend about 2.7, not 4); the
+    budget is never reset. Reads the data set's bytes for its fingerprint, no rows.
+    """
+    config = _load(config_path)
+    from client_agent.budget import site_status
+
+    try:
+        status, runs = site_status(config)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({**vars(status), "remaining": status.remaining, "runs": runs}, indent=2))
+        return
+    click.echo(f"data set   {config.data.path} ({status.data_fingerprint[:19]}...)")
+    click.echo(f"ledger     {status.ledger}")
+    for run in runs:
+        spent = "inf (no DP)" if run["epsilon"] is None else f"{run['epsilon']:.3f}"
+        click.echo(f"  run {run['run_id'][:12]}  {run['status']:<9} {run['family']:<13} "
+                   f"{run['steps']:>6} steps  epsilon {spent}  {run['time']}")
+    click.echo(f"spent      epsilon {status.spent:.3f} at delta {status.delta:.2g} ({status.accountant}, "
+               f"{status.runs} private run(s) composed)")
+    click.echo(f"budget     {status.max_epsilon:g}; remaining {status.remaining:.3f}")

@@ -1,0 +1,62 @@
+"""Family name -> reward-model class; builds one from the [model] config or loads a saved folder."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from client_agent.rewards.base import CONFIG_NAME, FORMAT, RewardModel
+from client_agent.rewards.dual_encoder import DualEncoderReward
+from client_agent.rewards.vlm import LlavaReward, Qwen2VLReward
+
+FAMILIES: dict[str, type[RewardModel]] = {
+    cls.family: cls for cls in (DualEncoderReward, Qwen2VLReward, LlavaReward)
+}
+
+
+def family_class(name: str) -> type[RewardModel]:
+    """The class registered as ``name``; the error lists the known families."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown reward-model family {name!r}; set [model].family to one of "
+                         f"{', '.join(sorted(FAMILIES))}") from None
+
+
+def build_reward_model(model_config: Any, *, seed: int = 0) -> RewardModel:
+    """A fresh model of ``model_config.family``; each constructor takes the [model] fields it names."""
+    cls = family_class(model_config.family)
+    names = inspect.signature(cls.__init__).parameters
+    kwargs = {name: getattr(model_config, name) for name in names if hasattr(model_config, name)}
+    if "seed" in names:
+        kwargs["seed"] = seed
+    return cls(**kwargs)
+
+
+def load_reward_model(path: str | Path) -> RewardModel:
+    """Rebuild a model saved with ``RewardModel.save`` (reward_config.json + model.safetensors)."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; point at the [train].out folder of a "
+                                "finished `mor client train` run")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT or not isinstance(config.get("spec"), dict):
+        raise ValueError(f"{config_path}: not a reward-model config (format {FORMAT})")
+    weights = folder / Path(str(config.get("weights", ""))).name
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: weights missing; re-run training or copy the whole folder")
+    try:
+        model = family_class(str(config.get("family")))(**config["spec"])
+    except TypeError as exc:
+        raise ValueError(f"{config_path}: spec does not fit family {config.get('family')!r} ({exc})") from exc
+    model.load_saved_state_dict(load_file(str(weights)))
+    model.eval()
+    return model

@@ -1,0 +1,362 @@
+"""DP-SGD training of a site's reward model with Opacus: Poisson sampling over preference PAIRS,
+per-pair clipping, noise planned by the accountant for the run's target epsilon, the site's
+lifetime budget checked before any row is read, and resumable checkpoints that carry the
+accountant history (epsilon continues after a restart, it is never reset).
+
+Output in [train].out: model.safetensors, reward_config.json and privacy_report.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from client_agent.budget import (LedgerRecord, SiteLedger, data_fingerprint, default_ledger_path,
+                                 now_utc)
+from client_agent.config import ClientConfig
+from client_agent.rewards import RewardModel, bradley_terry_loss, build_reward_model
+from client_agent.rewards.base import WEIGHTS_NAME
+from mor_secure.logs import get_logger
+from mor_secure.privacy import (AccountantHistory, PrivacyReport, default_delta, epsilon,
+                                plan_noise)
+
+log = get_logger("client.train")
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_NAME = "state.json"
+REPORT_NAME = "privacy_report.json"
+STATE_FORMAT = 1
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message names the cause and the fix."""
+
+
+@dataclass
+class TrainResult:
+    """Where the model went and what it cost."""
+
+    out_dir: Path
+    report: PrivacyReport
+    resumed_from_step: int
+    final_loss: float
+
+
+@dataclass
+class Plan:
+    """Everything fixed before training starts; a resumed run must find the same plan."""
+
+    run_id: str
+    private: bool
+    n_pairs: int
+    sample_rate: float
+    steps_per_epoch: int
+    total_steps: int
+    noise_multiplier: float
+    delta: float
+    fingerprint: str
+
+    def history(self, steps: int | None = None) -> AccountantHistory:
+        steps = self.total_steps if steps is None else steps
+        return AccountantHistory([(self.noise_multiplier, self.sample_rate, steps)])
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sha256_file(path: Path) -> str:
+    """'sha256:...' of one file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def load_pairs(config: ClientConfig, split: str, *, limit: bool = True):
+    """The preference pairs of ``split`` (memory-mapped; rows are decoded only when indexed);
+    ``limit`` applies [data].max_pairs."""
+    from mor_secure.data.loader import load_preferences
+
+    if config.data.path is None:
+        raise TrainingError("no training data: set [data].path to a preference data folder")
+    try:
+        data = load_preferences(config.data.path, split=split, kind="pairs")
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise TrainingError(f"cannot read preference data at {config.data.path} (split {split!r}): {exc}; "
+                            "fix [data].path / [data].train_split") from exc
+    if limit and config.data.max_pairs > 0 and len(data) > config.data.max_pairs:
+        data = data.select(range(config.data.max_pairs))
+    return data
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+
+def _b64(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+
+def _unb64(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text.encode("ascii"), validate=True)), dtype=torch.uint8)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
+    """AdamW moments keyed by parameter name, for a safetensors file (no pickled optimizer state)."""
+    out = {}
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                out[f"{names[id(p)]}::{key}"] = value.detach().cpu().contiguous().clone()
+    return out
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str],
+                            tensors: dict[str, torch.Tensor]) -> None:
+    by_name = {names[id(p)]: p for group in optimizer.param_groups for p in group["params"]}
+    for key, value in tensors.items():
+        name, _, slot = key.rpartition("::")
+        if name in by_name:
+            param = by_name[name]
+            optimizer.state[param][slot] = value.to(param.device)
+
+
+def save_checkpoint(folder: Path, *, model: RewardModel, optimizer: torch.optim.Optimizer,
+                    names: dict[int, str], plan: Plan, step: int, history: AccountantHistory,
+                    generators: dict[str, torch.Generator], config_digest: str) -> None:
+    """Weights and optimizer moments (safetensors) then the JSON state that names them, atomically."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, moments = f"weights-{step}.safetensors", f"optimizer-{step}.safetensors"
+    save_file(model.saved_state_dict(), str(folder / weights))
+    save_file(_optimizer_tensors(optimizer, names), str(folder / moments))
+    state = {"format": STATE_FORMAT, "run_id": plan.run_id, "step": step, "plan": vars(plan),
+             "history": history.state_dict(), "config_digest": config_digest,
+             "rng": {k: _b64(g.get_state()) for k, g in generators.items()},
+             "torch_rng": _b64(torch.get_rng_state()), "weights": weights, "optimizer": moments, "time": now_utc()}
+    tmp = folder / f".{STATE_NAME}.tmp"
+    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / STATE_NAME)
+    for old in folder.iterdir():
+        if old.suffix == ".safetensors" and old.name not in (weights, moments):
+            old.unlink()
+
+
+def load_checkpoint_state(folder: Path) -> dict[str, Any] | None:
+    """The JSON state of the last checkpoint in ``folder``, or None when there is none."""
+    path = folder / STATE_NAME
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"format {state.get('format')!r}")
+        state["plan"] = Plan(**state["plan"])
+        state["history"] = AccountantHistory.from_state_dict(state["history"])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise TrainingError(f"{path}: unreadable checkpoint ({exc}); delete {folder} or pass --no-resume "
+                            "(its reserved budget stays spent)") from exc
+    return state
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+def _config_digest(config: ClientConfig) -> str:
+    """What a resumed run must share with the run it continues (model and training settings)."""
+    import hashlib
+
+    keys = {"model": vars(config.model), "train": {k: v for k, v in vars(config.train).items()
+                                                 if k not in ("out", "device", "checkpoint_every")},
+            "privacy": {k: vars(config.privacy)[k] for k in ("target_epsilon", "delta", "accountant",
+                                                             "max_grad_norm")},
+            "data": {k: vars(config.data)[k] for k in ("train_split", "max_pairs")}}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _make_plan(config: ClientConfig, n_pairs: int, fingerprint: str, private: bool, run_id: str) -> Plan:
+    if n_pairs < 2:
+        raise TrainingError(f"{config.data.path}: only {n_pairs} training pair(s); DP training needs more "
+                            "(hundreds for a useful epsilon)")
+    batch = min(config.train.batch_size, n_pairs)
+    steps_per_epoch = math.ceil(n_pairs / batch)
+    sample_rate = 1.0 / steps_per_epoch  # exactly what Opacus derives from the data loader
+    total = config.train.epochs * steps_per_epoch
+    delta = config.privacy.delta if config.privacy.delta is not None else default_delta(n_pairs)
+    if private:
+        noise = plan_noise(config.privacy.target_epsilon, delta, sample_rate, total,
+                           accountant=config.privacy.accountant)
+    else:
+        noise = 0.0
+    return Plan(run_id, private, n_pairs, sample_rate, steps_per_epoch, total, noise, delta, fingerprint)
+
+
+class _Rows:
+    """The pairs' images and texts, decoded once; ``batch(idx)`` encodes a batch for the model."""
+
+    def __init__(self, data, model: RewardModel) -> None:
+        self.images = list(data["image"])
+        self.prompts, self.chosen, self.rejected = list(data["prompt"]), list(data["chosen"]), list(data["rejected"])
+        self.model = model
+
+    def batch(self, idx: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        batch = self.model.encode_pairs(pick(self.images), pick(self.prompts), pick(self.chosen), pick(self.rejected))
+        return {k: v.to(device) for k, v in batch.items()}
+
+
+def check_pair_grad_samples(module: torch.nn.Module, n_pairs: int) -> None:
+    """Guard: every per-sample gradient has one row per PAIR (a [2B] flattening makes epsilon wrong)."""
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            grad_sample = p.grad_sample
+            rows = grad_sample.shape[0] if torch.is_tensor(grad_sample) else None
+            if rows != n_pairs:
+                raise RuntimeError(f"per-sample gradient of {name} has {rows} rows for {n_pairs} pairs: "
+                                   "one DP sample must be one preference pair")
+
+
+def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: bool = True,
+                       progress: bool = True) -> TrainResult:
+    """Train [model] on [data] with DP-SGD at [privacy].target_epsilon (or without DP as a baseline).
+
+    Raises ``BudgetExceeded`` before reading any row when the site's lifetime budget would be
+    exceeded, and ``TrainingError`` for unusable data, checkpoints or settings.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(config.train.out)
+    ckpt_dir = out / CHECKPOINT_DIR
+    data = load_pairs(config, config.data.train_split)  # memory-mapped: len() reads metadata only
+    fingerprint = data_fingerprint(config.data.path)
+    digest = _config_digest(config)
+    state = load_checkpoint_state(ckpt_dir) if resume else None
+    if state is not None:
+        plan = state["plan"]
+        if (plan.fingerprint, plan.private, state["config_digest"]) != (fingerprint, not no_dp, digest):
+            raise TrainingError(f"the checkpoint in {ckpt_dir} belongs to another data set or settings "
+                                "(or to a run with/without DP); pass --no-resume to start a new run "
+                                "(its reserved budget stays spent) or restore the settings")
+        log.info("resuming", extra={"run_id": plan.run_id, "step": state["step"]})
+    else:
+        if ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        plan = _make_plan(config, len(data), fingerprint, not no_dp, uuid.uuid4().hex)
+
+    ledger = SiteLedger(config.privacy.ledger or default_ledger_path(config.data.path))
+    record = lambda status, history: LedgerRecord(  # noqa: E731
+        plan.run_id, fingerprint, status, history, plan.n_pairs, config.model.family, now_utc())
+    ledger.reserve(record("planned" if plan.private else "baseline", plan.history()),
+                   max_epsilon=config.privacy.max_epsilon, delta=plan.delta,
+                   accountant=config.privacy.accountant)
+
+    # ---- only now is the data read ----
+    device = _resolve_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    model = build_reward_model(config.model, seed=config.train.seed)
+    rows = _Rows(data, model)
+    start_step = state["step"] if state else 0
+    if state:
+        from safetensors.torch import load_file
+
+        model.load_saved_state_dict(load_file(str(ckpt_dir / state["weights"])))
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    if state:
+        from safetensors.torch import load_file
+
+        _load_optimizer_tensors(optimizer, names, load_file(str(ckpt_dir / state["optimizer"])))
+
+    generators = {"sampler": torch.Generator().manual_seed(config.train.seed),
+                  "noise": torch.Generator(device=device).manual_seed(config.train.seed + 1)}
+    index_loader = DataLoader(TensorDataset(torch.arange(plan.n_pairs)),
+                              batch_size=min(config.train.batch_size, plan.n_pairs),
+                              shuffle=True, generator=generators["sampler"])
+    history = state["history"] if state else AccountantHistory()
+    if plan.private:
+        from opacus import PrivacyEngine
+
+        engine = PrivacyEngine(accountant=config.privacy.accountant)
+        module, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=index_loader,
+            noise_multiplier=plan.noise_multiplier, max_grad_norm=config.privacy.max_grad_norm,
+            poisson_sampling=True, grad_sample_mode=config.train.grad_sample_mode,
+            noise_generator=generators["noise"])
+        if len(loader) != plan.steps_per_epoch or abs(loader.sample_rate - plan.sample_rate) > 1e-12:
+            raise RuntimeError(f"Opacus samples at {loader.sample_rate} with {len(loader)} steps per "
+                               f"epoch; the plan assumed {plan.sample_rate} and {plan.steps_per_epoch}")
+        engine.accountant.history = history.as_opacus()
+    else:
+        module, loader = model, index_loader
+    if state:
+        for key, generator in generators.items():
+            generator.set_state(_unb64(state["rng"][key]))
+        torch.set_rng_state(_unb64(state["torch_rng"]))
+
+    step, loss_value = start_step, float("nan")
+    bar = tqdm(total=plan.total_steps, initial=start_step, disable=not progress, unit="step",
+               desc=f"{config.model.family} {'DP' if plan.private else 'non-private'}")
+    while step < plan.total_steps:
+        remaining_in_epoch = plan.steps_per_epoch - step % plan.steps_per_epoch
+        for (idx,) in itertools.islice(loader, remaining_in_epoch):  # never draws a batch it skips
+            optimizer.zero_grad(set_to_none=True)
+            n = len(idx)
+            if n:
+                chosen, rejected = module(**rows.batch(idx.tolist(), device))
+                loss = bradley_terry_loss(chosen, rejected)
+                loss.backward()
+                loss_value = float(loss.detach())
+                if plan.private:
+                    check_pair_grad_samples(module, n)
+            elif plan.private:  # an empty Poisson batch still takes a (pure-noise) step
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            if n or plan.private:
+                optimizer.step()
+            step += 1
+            history = AccountantHistory(engine.accountant.history) if plan.private else plan.history(step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", pairs=n)
+            if step % config.train.checkpoint_every == 0 and step < plan.total_steps:
+                save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, names=names, plan=plan, step=step,
+                                history=history, generators=generators, config_digest=digest)
+    bar.close()
+    if history.steps != plan.total_steps:
+        raise RuntimeError(f"accountant counted {history.steps} steps, the plan {plan.total_steps}")
+
+    model.eval()
+    weights = model.save(out)
+    report = PrivacyReport(
+        family=config.model.family, base=config.model.base, private=plan.private,
+        epsilon=epsilon(history, plan.delta, config.privacy.accountant),
+        epsilon_rdp=epsilon(history, plan.delta, "rdp"), delta=plan.delta, accountant=config.privacy.accountant,
+        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=history.steps,
+        n_pairs=plan.n_pairs, max_grad_norm=config.privacy.max_grad_norm, data_fingerprint=fingerprint,
+        model_sha256=sha256_file(weights), run_id=plan.run_id, time=now_utc(), history=history.state_dict())
+    (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    ledger.append(record("finished" if plan.private else "baseline", history))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info("reward model trained", extra={"run_id": plan.run_id, "steps": history.steps,
+                                            "epsilon": report.epsilon, "family": config.model.family})
+    return TrainResult(out, report, start_step, loss_value)
