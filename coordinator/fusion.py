@@ -47,6 +47,8 @@ class RewardFusion(ABC):
 
     uses_client_scores: bool = True
     """False for baselines that score ``items`` themselves; the reward callable then skips the pool."""
+    sites: tuple[str, ...] = ()
+    """The sites whose scores this strategy reads (what the pool should ask; what Quorum counts)."""
 
     @abstractmethod
     def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
@@ -90,6 +92,7 @@ class MixtureOfRewards(RewardFusion):
             raise ValueError(f"router sites {missing} have no calibration; fit the calibrator on every "
                              "site the router was trained with")
         self.router, self.calibrator, self.features = router.eval(), calibrator, features
+        self.sites = tuple(router.sites)
 
     def _inputs(self, items: Sequence[ScoreItem]) -> tuple[torch.Tensor, list[str] | None]:
         feats = self.features([it.image for it in items], [it.prompt for it in items])
@@ -117,12 +120,12 @@ class UniformMean(RewardFusion):
     """The plain mean of the calibrated scores of the sites that answered each item."""
 
     def __init__(self, calibrator: Calibrator) -> None:
-        self.calibrator = calibrator
+        self.calibrator, self.sites = calibrator, calibrator.sites
 
     def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
         if not items:
             return []
-        z = calibrated_matrix(items, client_scores, self.calibrator, self.calibrator.sites)
+        z = calibrated_matrix(items, client_scores, self.calibrator, self.sites)
         return _to_rewards(torch.nanmean(z, dim=1))
 
 
@@ -131,24 +134,25 @@ class SingleClient(RewardFusion):
 
     def __init__(self, site: str, calibrator: Calibrator) -> None:
         calibrator[site]  # refuses an uncalibrated site now, not mid-training
-        self.site, self.calibrator = site, calibrator
+        self.site, self.calibrator, self.sites = site, calibrator, (site,)
 
     def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
         return _to_rewards(calibrated_matrix(items, client_scores, self.calibrator, [self.site])[:, 0])
 
 
 class Quorum(RewardFusion):
-    """Wraps a strategy: None for every item fewer than ``min_clients`` sites scored."""
+    """Wraps a strategy: None for every item fewer than ``min_clients`` of its sites scored."""
 
     def __init__(self, strategy: RewardFusion, min_clients: int) -> None:
         if min_clients < 1:
             raise ValueError(f"min_clients must be at least 1, got {min_clients}")
         self.strategy, self.min_clients = strategy, min_clients
-        self.uses_client_scores = strategy.uses_client_scores
+        self.uses_client_scores, self.sites = strategy.uses_client_scores, strategy.sites
 
     def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
         counts = [0] * len(items)
-        for scores in client_scores.values():
+        for site in self.sites:
+            scores = client_scores.get(site)
             if scores is None or len(scores) != len(items):
                 continue
             for i, s in enumerate(scores):
@@ -184,7 +188,7 @@ def _image_of(prompt: Any) -> Any:
     return None
 
 
-def _images_from(n: int, prompts: Sequence[Any], image: Sequence[Any] | None,
+def _images_from(prompts: Sequence[Any], image: Sequence[Any] | None,
                  images: Sequence[Any] | None) -> list[Any]:
     """One image per completion from TRL's ``image`` / ``images`` column, else from the prompt."""
     if images is not None:
@@ -197,7 +201,7 @@ def _images_from(n: int, prompts: Sequence[Any], image: Sequence[Any] | None,
         return out
     if image is not None:
         return list(image)
-    return [_image_of(p) for p in prompts][:n]
+    return [_image_of(p) for p in prompts]
 
 
 def reward_callable(fusion: RewardFusion, scorer: Scorer, *, objective: str | None = None,
@@ -218,7 +222,7 @@ def reward_callable(fusion: RewardFusion, scorer: Scorer, *, objective: str | No
         objectives = kwargs.get("objective") or [objective] * n
         items = [ScoreItem(image=img, prompt=_as_messages(p, "user"), completion=_as_messages(c, "assistant"),
                            objective=obj)
-                 for img, p, c, obj in zip(_images_from(n, prompts, image, images), prompts, completions,
+                 for img, p, c, obj in zip(_images_from(prompts, image, images), prompts, completions,
                                            objectives, strict=True)]
         client_scores: dict[str, list[float] | None] = {}
         if fusion.uses_client_scores:

@@ -47,12 +47,21 @@ class RouterConfig:
     objective_dim: int = field(8, help="Size of the learned objective embedding.")
 
     def __post_init__(self) -> None:
-        if not self.sites or len(set(self.sites)) != len(self.sites):
-            raise RouterError(f"router sites must be a non-empty list of distinct names, got {self.sites!r}")
-        if self.feature_dim < 1 or self.hidden < 1:
-            raise RouterError("feature_dim and hidden must be positive")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise RouterError(f"temperature must be positive, got {self.temperature!r}")
+        for name in ("sites", "objectives"):
+            names = getattr(self, name)
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+                    or len(set(names)) != len(names):
+                raise RouterError(f"router {name} must be a list of distinct names, got {names!r}")
+        if not self.sites:
+            raise RouterError("a router needs at least one site")
+        for name in ("feature_dim", "hidden", "objective_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RouterError(f"router {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.temperature, (int, float)) or not 0 < self.temperature < math.inf:
+            raise RouterError(f"router temperature must be a finite positive number, got {self.temperature!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise RouterError(f"router dropout must lie in [0, 1), got {self.dropout!r}")
 
 
 def live_mask(scores: torch.Tensor) -> torch.Tensor:
@@ -133,8 +142,9 @@ class Router(nn.Module):
         try:
             raw = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
             config = RouterConfig(**raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
-            raise RouterError(f"{folder / CONFIG_NAME}: invalid router config ({exc}); retrain the router") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RouterError) as exc:
+            raise RouterError(f"{folder / CONFIG_NAME}: invalid router config ({exc}); "
+                              "retrain the router") from None
         router = cls(config)
         try:
             router.load_state_dict(load_file(folder / WEIGHTS_NAME))

@@ -153,7 +153,9 @@ def test_uniform_single_and_quorum(setup: Setup):
     scores = {a: [2.0, None, 0.0], b: [30.0, None, math.inf], "unknown-site": [5.0, 5.0, 5.0]}
     assert UniformMean(cal).fuse(items, scores) == [1.0, None, -1.0]
     assert SingleClient(b, cal).fuse(items, scores) == [1.0, None, None]
-    assert Quorum(UniformMean(cal), min_clients=2).fuse(items, {a: scores[a], b: scores[b]}) == [1.0, None, None]
+    # Quorum counts only the sites its strategy reads: the uncalibrated site does not make up numbers.
+    assert Quorum(UniformMean(cal), min_clients=2).fuse(items, scores) == [1.0, None, None]
+    assert Quorum(SingleClient(a, cal), min_clients=1).fuse(items, scores) == [1.0, None, -1.0]
     with pytest.raises(ValueError, match="at least 1"):
         Quorum(UniformMean(cal), min_clients=0)
 

@@ -117,5 +117,8 @@ def test_save_load_round_trip_and_bad_folders(tmp_path):
     (tmp_path / "router" / "router.json").write_text('{"sites": ["x"], "feature_dim": 16}')
     with pytest.raises(RouterError, match="(?s)do not match.*retrain"):
         Router.load(tmp_path / "router")
+    (tmp_path / "router" / "router.json").write_text('{"sites": "abc", "feature_dim": 16}')
+    with pytest.raises(RouterError, match="invalid router config.*sites must be a list"):
+        Router.load(tmp_path / "router")
     with pytest.raises(RouterError, match=r"\[N, 3, 2\]"):
         train_router(feats, scores[:, :2], sites=SITES, epochs=1)
