@@ -10,17 +10,19 @@ Behaviour is added by wrapping (``Quorum``), not by subclassing. Baselines that 
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from coordinator.calibration import Calibrator
-from coordinator.features import strip_images
-from coordinator.router import Router
+from coordinator.features import PromptFeatures, strip_images
+from coordinator.router import Router, RouterError
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.fusion")
@@ -28,6 +30,8 @@ log = get_logger("coordinator.fusion")
 Message = dict[str, Any]
 ClientScores = Mapping[str, Sequence[float | None] | None]
 """site -> one raw score per item (None for an item it could not score), or None if it did not answer."""
+Features = Callable[[Sequence[Any], Sequence[list[Message]]], torch.Tensor]
+"""(images, prompts) -> router features ``[N, D]``, e.g. a ``PromptFeatures``."""
 Scorer = Callable[[list[Any], list[list[Message]], list[list[Message]]], dict[str, list[float] | None]]
 """(images, prompts, completions) -> raw scores per site; the client pool, or in-process models."""
 
@@ -85,8 +89,7 @@ def _to_rewards(values: torch.Tensor) -> list[float | None]:
 class MixtureOfRewards(RewardFusion):
     """``sum_k w_k(x) z_k(x, y)`` with router weights over the sites that answered each item."""
 
-    def __init__(self, router: Router, calibrator: Calibrator,
-                 features: Callable[[Sequence[Any], Sequence[list[Message]]], torch.Tensor]) -> None:
+    def __init__(self, router: Router, calibrator: Calibrator, features: Features) -> None:
         missing = [s for s in router.sites if s not in calibrator]
         if missing:
             raise ValueError(f"router sites {missing} have no calibration; fit the calibrator on every "
@@ -114,6 +117,30 @@ class MixtureOfRewards(RewardFusion):
         z = calibrated_matrix(items, client_scores, self.calibrator, self.router.sites)
         feats, objectives = self._inputs(items)
         return _to_rewards(self.router(feats, z, objectives))
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``router/``, ``calibration.json`` and ``mixture.json`` (the feature model's name)."""
+        out = Path(out_dir)
+        self.router.save(out / "router")
+        self.calibrator.save(out / "calibration.json")
+        meta = {"format": "mor-mixture", "features": getattr(self.features, "name", None)}
+        (out / "mixture.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, in_dir: str | Path, *, features: Features | None = None) -> MixtureOfRewards:
+        """Read a mixture written by ``save``; ``features`` defaults to the recorded feature model."""
+        folder = Path(in_dir)
+        if features is None:
+            try:
+                name = json.loads((folder / "mixture.json").read_text(encoding="utf-8"))["features"]
+            except (OSError, ValueError, TypeError, KeyError):
+                raise RouterError(f"{folder / 'mixture.json'}: missing or invalid; pass the mixture folder "
+                                  "written with the router, or pass features explicitly") from None
+            if not isinstance(name, str):
+                raise RouterError(f"{folder / 'mixture.json'} names no feature model; pass features explicitly")
+            features = PromptFeatures(name)
+        return cls(Router.load(folder / "router"), Calibrator.load(folder / "calibration.json"), features)
 
 
 class UniformMean(RewardFusion):
@@ -205,13 +232,14 @@ def _images_from(prompts: Sequence[Any], image: Sequence[Any] | None,
 
 
 def reward_callable(fusion: RewardFusion, scorer: Scorer, *, objective: str | None = None,
-                    name: str = "mor_reward") -> Callable[..., list[float | None]]:
+                    decimals: int | None = 4, name: str = "mor_reward") -> Callable[..., list[float | None]]:
     """A reward function in TRL's signature: ``f(prompts, completions, image=..., **columns)``.
 
     GRPOTrainer calls it with every data set column (``image`` or ``images``, ``objective`` if the
     data set has one) plus ``completion_ids``, ``trainer_state``, ``log_metric``, ``log_extra``; it
     returns one reward per completion, None where the fusion gives none (TRL turns None into NaN
-    and leaves that completion out of the group baseline).
+    and leaves that completion out of the group baseline). Rewards are rounded to ``decimals`` so
+    float noise from batched client models cannot fake a spread in a group of equal answers.
     """
 
     def reward(prompts: list[Any], completions: list[Any], image: Sequence[Any] | None = None,
@@ -229,6 +257,8 @@ def reward_callable(fusion: RewardFusion, scorer: Scorer, *, objective: str | No
             client_scores = scorer([it.image for it in items], [it.prompt for it in items],
                                    [it.completion for it in items])
         rewards = fusion.fuse(items, client_scores)
+        if decimals is not None:
+            rewards = [None if r is None else round(r, decimals) for r in rewards]
         log_metric = kwargs.get("log_metric")
         if log_metric is not None and n:
             log_metric("mor/answered_sites", float(sum(s is not None for s in client_scores.values())))

@@ -251,3 +251,25 @@ def mean_weights_by(router: Router, features: torch.Tensor, groups: Sequence[str
         means = w[rows].mean(dim=0)
         out[group] = {site: float(means[k]) for k, site in enumerate(router.sites)}
     return out
+
+
+@torch.no_grad()
+def evaluate_router(router: Router, features: torch.Tensor, pair_scores: torch.Tensor,
+                    groups: Sequence[str], *, objectives: Sequence[str] | None = None) -> dict:
+    """A JSON-ready report on held-out pairs: fused, uniform and per-site accuracy, weights per group."""
+    check_pair_inputs(features, pair_scores, router.sites)
+    diff = pair_scores[:, :, 0] - pair_scores[:, :, 1]
+
+    def wins(margin: torch.Tensor) -> float:
+        margin = margin[torch.isfinite(margin)]
+        return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean()) if margin.numel() else math.nan
+
+    return {
+        "pairs": int(features.shape[0]),
+        "accuracy": pairwise_accuracy(router, features, pair_scores, objectives=objectives),
+        "uniform_accuracy": wins(torch.nanmean(diff, dim=1)),
+        "site_accuracy": {site: wins(diff[:, k]) for k, site in enumerate(router.sites)},
+        "weights_by": mean_weights_by(router, features, groups, live=live_mask(pair_scores),
+                                      objectives=objectives),
+    }
+
