@@ -41,11 +41,14 @@ class SiteCalibration:
     count: int
 
 
+def is_score(value: object) -> bool:
+    """Whether a client's answer for one item is a usable score: a finite real number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _finite(scores: Sequence[float | None]) -> np.ndarray:
-    """The scores that are real finite numbers (None, NaN and inf are treated as missing)."""
-    values = [s for s in scores if isinstance(s, (int, float)) and not isinstance(s, bool)]
-    arr = np.asarray(values, dtype=np.float64)
-    return arr[np.isfinite(arr)]
+    """The usable scores (None, NaN and inf are treated as missing)."""
+    return np.asarray([s for s in scores if is_score(s)], dtype=np.float64)
 
 
 class Calibrator:
@@ -102,11 +105,7 @@ class Calibrator:
     def transform(self, site: str, scores: Sequence[float | None]) -> list[float | None]:
         """Calibrated scores of ``site``; None, NaN and inf stay missing (None)."""
         cal = self[site]
-        out: list[float | None] = []
-        for s in scores:
-            ok = isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
-            out.append((float(s) - cal.center) / cal.scale if ok else None)
-        return out
+        return [(float(s) - cal.center) / cal.scale if is_score(s) else None for s in scores]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description of the fitted state."""
@@ -131,9 +130,7 @@ class Calibrator:
                 center, scale, count = entry["center"], entry["scale"], entry["count"]
             except (TypeError, KeyError):
                 raise CalibrationError(f"calibration of site {site!r} needs center, scale and count") from None
-            numbers_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                             for v in (center, scale))
-            if not numbers_ok or scale <= 0 or not isinstance(count, int) or count < 0:
+            if not (is_score(center) and is_score(scale)) or scale <= 0 or not isinstance(count, int) or count < 0:
                 raise CalibrationError(f"calibration of site {site!r} is invalid (center and scale must "
                                        "be finite, scale > 0, count a non-negative integer); refit it")
             sites[site] = SiteCalibration(center=float(center), scale=float(scale), count=count)

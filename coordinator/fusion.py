@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from coordinator.calibration import Calibrator
+from coordinator.calibration import Calibrator, is_score
 from coordinator.features import PromptFeatures, strip_images
 from coordinator.router import Router, RouterError
 from mor_secure.logs import get_logger
@@ -182,9 +182,7 @@ class Quorum(RewardFusion):
             scores = client_scores.get(site)
             if scores is None or len(scores) != len(items):
                 continue
-            for i, s in enumerate(scores):
-                if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s):
-                    counts[i] += 1
+            counts = [n + is_score(s) for n, s in zip(counts, scores)]
         fused = self.strategy.fuse(items, client_scores)
         return [r if n >= self.min_clients else None for r, n in zip(fused, counts)]
 

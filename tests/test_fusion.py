@@ -231,3 +231,26 @@ def test_reward_callable_under_trl_grpo(setup: Setup, tiny_model_dir, tmp_path: 
                              lambda i, p, c: {setup.sites[1]: [0.3 + 1e-6 * k for k in range(len(p))]})
     trainer.reward_funcs = [jitter]
     assert trainer._calculate_rewards(inputs, prompts, completions, [[1]] * 4).unique().numel() == 1
+
+
+def test_objective_column_reaches_the_router(setup: Setup):
+    from coordinator.router import Router, RouterConfig
+
+    torch.manual_seed(0)
+    router = Router(RouterConfig(sites=setup.sites, feature_dim=setup.features.dim,
+                                 objectives=["accuracy", "style"])).eval()
+    mixture = MixtureOfRewards(router, setup.calibrator, setup.features)
+    rows = setup.test.select(range(3))
+    completions = [[{"role": "assistant", "content": "red"}]] * 3
+    reward = reward_callable(mixture, setup.clients, decimals=None)
+    by_objective = {}
+    for name in ("accuracy", "style"):
+        by_objective[name] = reward(prompts=rows["prompt"], completions=completions, image=rows["image"],
+                                    objective=[name] * 3)
+        items = [ScoreItem(r["image"], r["prompt"], _as_completion("red"), name) for r in rows]
+        assert by_objective[name] == pytest.approx(mixture.fuse(items, _raw(setup.clients, items)), abs=1e-6)
+    assert by_objective["accuracy"] != pytest.approx(by_objective["style"], abs=1e-4)
+
+
+def _as_completion(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
