@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,17 +48,21 @@ def content_key(image: Any, prompt: Sequence[dict[str, Any]]) -> str:
 
 
 class PromptFeatures:
-    """Frozen mean-pooled prompt features of a VLM (``[N, hidden]``), cached by content hash."""
+    """Frozen mean-pooled prompt features of a VLM (``[N, hidden]``), cached by content hash.
 
-    def __init__(self, model_name_or_path: str | Path, *, batch_size: int = 16) -> None:
+    The cache keeps the ``max_cached`` most recently used items (a GRPO data set's prompts, typically).
+    """
+
+    def __init__(self, model_name_or_path: str | Path, *, batch_size: int = 16, device: str | None = None,
+                 max_cached: int = 50_000) -> None:
         from mor_secure.models.loading import load_vlm
 
         self.name = str(model_name_or_path)
-        self.model, self.processor = load_vlm(model_name_or_path)
+        self.model, self.processor = load_vlm(model_name_or_path, device=device)
         self.model.eval().requires_grad_(False)
-        self.batch_size = batch_size
+        self.batch_size, self.max_cached = batch_size, max_cached
         self.dim = int(self.model.config.get_text_config().hidden_size)
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def __len__(self) -> int:
         """How many distinct items are cached."""
@@ -69,7 +74,9 @@ class PromptFeatures:
 
         inputs = vlm_inputs(self.processor, images, prompts)
         inputs = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        hidden = self.model(**inputs, output_hidden_states=True, return_dict=True).hidden_states[-1]
+        # logits_to_keep=1: only the hidden states are wanted, not a [batch, length, vocab] logit tensor.
+        out = self.model(**inputs, output_hidden_states=True, return_dict=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1]
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).float().cpu()
 
@@ -93,7 +100,12 @@ class PromptFeatures:
             log.debug("embedded prompts", extra={"new": len(pending), "cached": len(self._cache)})
         if not keys:
             return torch.zeros(0, self.dim)
-        return torch.stack([self._cache[k] for k in keys])
+        out = torch.stack([self._cache[k] for k in keys])
+        for key in keys:
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return out
 
 
 class ObjectiveEmbedding(nn.Module):

@@ -145,11 +145,14 @@ def test_mixture_save_load_round_trip(setup: Setup, tmp_path: Path):
     assert loaded.features.name == setup.features.name
 
 
-def test_features_are_cached_by_content(setup: Setup):
+def test_features_are_cached_by_content(setup: Setup, tiny_model_dir):
     cached = len(setup.features)
     rows = setup.test.select(range(4))
     again = setup.features([r["image"] for r in rows], [r["prompt"] for r in rows])
     assert len(setup.features) == cached and torch.equal(again, setup.test_features[:4])
+    small = PromptFeatures(tiny_model_dir("qwen2-vl"), max_cached=2)
+    alone = torch.cat([small([r["image"]], [r["prompt"]]) for r in rows])  # batch size never matters
+    assert len(small) == 2 and torch.allclose(alone, again, atol=1e-5)
 
 
 def test_missing_client_renormalises_and_none_when_nobody_answers(setup: Setup):
