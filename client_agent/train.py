@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,8 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
             generator.set_state(_unb64(state["rng"][key]))
         torch.set_rng_state(_unb64(state["torch_rng"]))
 
+    # Opacus' hooks on the first trainable layer find inputs that need no gradient: expected, not a fault.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
     step, loss_value = start_step, float("nan")
     bar = tqdm(total=plan.total_steps, initial=start_step, disable=not progress, unit="step",
                desc=f"{config.model.family} {'DP' if plan.private else 'non-private'}")

@@ -1,0 +1,218 @@
+"""DP training end to end on the benchmark world: accuracy, epsilon, budget, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from click.testing import CliRunner
+
+from client_agent.budget import (BudgetExceeded, LedgerRecord, SiteLedger, data_fingerprint, now_utc,
+                                 site_status)
+from client_agent.config import load_client_config
+from client_agent.evaluate import evaluate_saved
+from client_agent.train import load_pairs, sha256_file, train_reward_model
+from mor_secure.privacy import AccountantHistory, epsilon
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_config(folder: Path, data: Path, *, family: str = "dual-encoder", base: str = "",
+                 train: str = "", privacy: str = "", data_extra: str = "") -> Path:
+    """A client.toml for a training run inside ``folder`` (TLS files need not exist to train)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "client.toml"
+    path.write_text(f"""site = "site-a"
+[tls]
+ca = "ca.pem"
+cert = "site.pem"
+key = "site.key"
+crl = "crl.pem"
+[coordinator]
+endpoint = "tcp://127.0.0.1:7000"
+name = "coord"
+[data]
+path = "{data}"
+{data_extra}
+[model]
+family = "{family}"
+base = "{base}"
+[train]
+out = "model"
+{train}
+[privacy]
+ledger = "ledger.jsonl"
+{privacy}
+""")
+    return path
+
+
+def recomputed_epsilon(report) -> float:
+    """Opacus' own PRV accountant on the logged noise, sample rate and steps (no project code)."""
+    from opacus.accountants import PRVAccountant
+
+    accountant = PRVAccountant()
+    accountant.history = [(report.noise_multiplier, report.sample_rate, report.steps)]
+    return accountant.get_epsilon(delta=report.delta)
+
+
+@pytest.fixture(scope="module")
+def dual_run(world_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dual")
+    config = load_client_config(write_config(
+        folder, world_dir / "client-0", train="epochs = 10\nlr = 0.01\nbatch_size = 32",
+        privacy="target_epsilon = 8.0\nmax_epsilon = 20.0"))
+    return config, train_reward_model(config, progress=False)
+
+
+def test_dp_dual_encoder_learns_and_reports_its_epsilon(dual_run):
+    config, result = dual_run
+    report = result.report
+    assert report.private and report.family == "dual-encoder"
+    assert report.epsilon <= config.privacy.target_epsilon
+    assert report.epsilon == pytest.approx(recomputed_epsilon(report), rel=1e-9)
+    assert report.epsilon_rdp >= report.epsilon
+    n = len(load_pairs(config, "train"))
+    assert report.n_pairs == n and report.sample_rate == 1 / math.ceil(n / 32)
+    assert report.steps == 10 * math.ceil(n / 32)
+    assert report.delta == 1e-5
+    accuracy = evaluate_saved(result.out_dir, load_pairs(config, "test")).accuracy
+    assert accuracy > 0.6
+
+
+def test_outputs_are_safetensors_and_json_with_matching_hashes(dual_run):
+    config, result = dual_run
+    out = result.out_dir
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "privacy_report.json",
+                                                     "reward_config.json"]
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["model_sha256"] == sha256_file(out / "model.safetensors")
+    assert report["data_fingerprint"] == data_fingerprint(config.data.path)
+    assert {"epsilon", "epsilon_rdp", "delta", "accountant", "noise_multiplier", "sample_rate", "steps",
+            "n_pairs", "family", "base", "time", "history", "baseline"} <= set(report)
+    records = SiteLedger(config.privacy.ledger).records()
+    assert [r.status for r in records] == ["planned", "finished"]
+    assert records[-1].history.steps == report["steps"]
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "llava"])
+def test_dp_vlm_families_learn_the_answer_style(family, world_dir, tiny_model_dir, tmp_path):
+    config = load_client_config(write_config(
+        tmp_path, world_dir / "client-0", family=family, base=str(tiny_model_dir(family)),
+        train="epochs = 5\nlr = 0.003", privacy="target_epsilon = 8.0\nmax_epsilon = 20.0"))
+    report = train_reward_model(config, progress=False).report
+    assert report.epsilon <= 8.0 and report.epsilon == pytest.approx(recomputed_epsilon(report), rel=1e-9)
+    assert evaluate_saved(config.train.out, load_pairs(config, "test")).accuracy > 0.55
+
+
+def test_runs_compose_and_the_budget_refuses_the_next(world_dir, tmp_path):
+    config = load_client_config(write_config(
+        tmp_path, world_dir / "client-1", data_extra="max_pairs = 64",
+        train="epochs = 2\nbatch_size = 16", privacy="target_epsilon = 2.0\nmax_epsilon = 3.0"))
+    first = train_reward_model(config, progress=False).report
+    second = train_reward_model(config, progress=False).report
+    assert first.run_id != second.run_id
+    status, runs = site_status(config)
+    assert len(runs) == 2 and status.runs == 2
+    both = epsilon(AccountantHistory.from_state_dict(first.history)
+                   + AccountantHistory.from_state_dict(second.history), 1e-5)
+    assert status.spent == pytest.approx(both)
+    assert 2.0 < status.spent < first.epsilon + second.epsilon
+    with pytest.raises(BudgetExceeded) as refused:
+        train_reward_model(config, progress=False)
+    message, error = str(refused.value), refused.value
+    assert error.spent == pytest.approx(status.spent) and 1.9 < error.asked <= 2.0 < error.total
+    assert f"spent epsilon {status.spent:.3f}" in message and f"asks {error.asked:.3f}" in message
+    assert f"remaining {3.0 - status.spent:.3f}" in message
+    assert len(SiteLedger(config.privacy.ledger).records()) == 4  # the refused run wrote nothing
+
+
+def test_budget_refuses_before_reading_a_row(world_dir, tmp_path):
+    """The data's images are garbage: a run that decoded any row would fail differently."""
+    train = datasets.load_from_disk(str(world_dir / "client-0" / "train"))
+    broken = train.cast_column("image", datasets.Image(decode=False)).map(
+        lambda row: {"image": {"bytes": b"not an image", "path": None}})
+    broken.cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "broken"))
+    path = write_config(tmp_path, tmp_path / "broken", privacy="target_epsilon = 2.0\nmax_epsilon = 4.0")
+    config = load_client_config(path)
+    spent = AccountantHistory([(0.6, 0.2, 50)])  # an earlier run that spent most of the budget
+    SiteLedger(config.privacy.ledger).append(LedgerRecord(
+        "earlier", data_fingerprint(config.data.path), "finished", spent, len(train), "dual-encoder", now_utc()))
+    result = CliRunner().invoke(_client_group(), ["train", "--config", str(path), "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "privacy budget exceeded: spent epsilon" in result.output
+    assert re.search(r"this run asks 1\.9\d\d|this run asks 2\.000", result.output)
+    assert re.search(r"remaining \d\.\d{3}", result.output)
+    assert not config.train.out.exists()
+
+
+def test_no_dp_baseline_records_infinity_and_spends_nothing(world_dir, tmp_path):
+    path = write_config(tmp_path, world_dir / "client-2", data_extra="max_pairs = 64",
+                        train="epochs = 2\nbatch_size = 16")
+    runner = CliRunner()
+    result = runner.invoke(_client_group(), ["train", "--config", str(path), "--no-dp", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "epsilon inf (no DP)" in result.output
+    config = load_client_config(path)
+    report = json.loads((config.train.out / "privacy_report.json").read_text())
+    assert report["epsilon"] is None and report["baseline"] is True and report["private"] is False
+    assert report["noise_multiplier"] == 0.0
+    budget = json.loads(runner.invoke(_client_group(), ["budget", "--config", str(path), "--json"]).output)
+    assert budget["spent"] == 0.0 and budget["runs"][0]["status"] == "baseline"
+    assert budget["runs"][0]["epsilon"] is None
+    evaluation = runner.invoke(_client_group(), ["eval", "--config", str(path), "--json"])
+    assert evaluation.exit_code == 0 and 0.0 <= json.loads(evaluation.output)["accuracy"] <= 1.0
+
+
+def test_resume_after_kill_continues_the_accounting(world_dir, tmp_path):
+    path = write_config(tmp_path, world_dir / "client-0", data_extra="max_pairs = 64",
+                        train="epochs = 40\nbatch_size = 16\ncheckpoint_every = 3",
+                        privacy="target_epsilon = 4.0\nmax_epsilon = 4.5")
+    config = load_client_config(path)
+    state_file = config.train.out / "checkpoint" / "state.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mor_secure.cli", "client", "train", "--config", str(path),
+                             "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not state_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state_file.exists(), "the run never wrote a checkpoint"
+    state = json.loads(state_file.read_text())
+    assert state["step"] > 0 and AccountantHistory.from_state_dict(state["history"]).steps == state["step"]
+
+    result = train_reward_model(config, progress=False)
+    report = result.report
+    assert result.resumed_from_step == state["step"]
+    assert report.run_id == state["run_id"]
+    assert report.steps == 40 * 4  # the whole plan, counted once: not reset, not doubled
+    assert report.epsilon == pytest.approx(recomputed_epsilon(report), rel=1e-9) and report.epsilon <= 4.0
+    status, runs = site_status(config)
+    assert len(runs) == 1 and status.spent == pytest.approx(report.epsilon)
+    assert not (config.train.out / "checkpoint").exists()
+
+
+def _client_group():
+    from client_agent.cli import group
+
+    return group
