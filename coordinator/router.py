@@ -199,29 +199,32 @@ def train_router(features: torch.Tensor, pair_scores: torch.Tensor, *, sites: Se
     pair from ``objective_vocab`` when the router should also read the alignment objective.
     """
     check_pair_inputs(features, pair_scores, sites)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    router = Router(RouterConfig(sites=list(sites), feature_dim=features.shape[1], hidden=hidden,
-                                 temperature=temperature, objectives=list(objective_vocab)))
+    if (objectives is None) != (not objective_vocab) or (objectives is not None
+                                                         and len(objectives) != features.shape[0]):
+        raise RouterError("pass objectives (one name per pair) together with objective_vocab, or neither")
     features, pair_scores = features.float(), pair_scores.float()
     live = live_mask(pair_scores)
-    usable = live.any(dim=1)
-    if int(usable.sum()) == 0:
+    index = live.any(dim=1).nonzero(as_tuple=True)[0]
+    if len(index) == 0:
         raise RouterError("no pair has a score from any site; fetch client scores before training")
-    opt = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=weight_decay)
-    index = usable.nonzero(as_tuple=True)[0]
-    router.train()
-    for _ in range(epochs):
-        order = index[torch.randperm(len(index), generator=generator)]
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            batch_live = _drop_clients(live[batch], drop_prob, generator)
-            objs = [objectives[i] for i in batch.tolist()] if objectives is not None else None
-            margin = _pair_margin(router, features[batch], pair_scores[batch], batch_live, objs)
-            loss = nn.functional.softplus(-router.log_scale.exp() * margin).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's global RNG
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        router = Router(RouterConfig(sites=list(sites), feature_dim=features.shape[1], hidden=hidden,
+                                     temperature=temperature, objectives=list(objective_vocab)))
+        opt = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=weight_decay)
+        router.train()
+        for _ in range(epochs):
+            order = index[torch.randperm(len(index), generator=generator)]
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                batch_live = _drop_clients(live[batch], drop_prob, generator)
+                objs = [objectives[i] for i in batch.tolist()] if objectives is not None else None
+                margin = _pair_margin(router, features[batch], pair_scores[batch], batch_live, objs)
+                loss = nn.functional.softplus(-router.log_scale.exp() * margin).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     router.eval()
     log.info("trained router", extra={"pairs": int(len(index)), "sites": len(sites), "epochs": epochs})
     return router
@@ -230,11 +233,17 @@ def train_router(features: torch.Tensor, pair_scores: torch.Tensor, *, sites: Se
 @torch.no_grad()
 def pairwise_accuracy(router: Router, features: torch.Tensor, pair_scores: torch.Tensor, *,
                       live: torch.Tensor | None = None, objectives: Sequence[str] | None = None) -> float:
-    """Fraction of pairs whose fused chosen score beats the rejected one (ties count half)."""
+    """Fraction of pairs with a live site whose fused chosen score beats the rejected one (ties half)."""
     check_pair_inputs(features, pair_scores, router.sites)
     live = live_mask(pair_scores) if live is None else live & live_mask(pair_scores)
     margin = _pair_margin(router, features.float(), pair_scores.float(), live, objectives)
-    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+    return _wins(torch.where(live.any(dim=1), margin, torch.full_like(margin, math.nan)))
+
+
+def _wins(margin: torch.Tensor) -> float:
+    """Share of positive margins among the finite ones (zero counts half); NaN if none is finite."""
+    margin = margin[torch.isfinite(margin)]
+    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean()) if margin.numel() else math.nan
 
 
 @torch.no_grad()
@@ -259,16 +268,11 @@ def evaluate_router(router: Router, features: torch.Tensor, pair_scores: torch.T
     """A JSON-ready report on held-out pairs: fused, uniform and per-site accuracy, weights per group."""
     check_pair_inputs(features, pair_scores, router.sites)
     diff = pair_scores[:, :, 0] - pair_scores[:, :, 1]
-
-    def wins(margin: torch.Tensor) -> float:
-        margin = margin[torch.isfinite(margin)]
-        return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean()) if margin.numel() else math.nan
-
     return {
         "pairs": int(features.shape[0]),
         "accuracy": pairwise_accuracy(router, features, pair_scores, objectives=objectives),
-        "uniform_accuracy": wins(torch.nanmean(diff, dim=1)),
-        "site_accuracy": {site: wins(diff[:, k]) for k, site in enumerate(router.sites)},
+        "uniform_accuracy": _wins(torch.nanmean(diff, dim=1)),
+        "site_accuracy": {site: _wins(diff[:, k]) for k, site in enumerate(router.sites)},
         "weights_by": mean_weights_by(router, features, groups, live=live_mask(pair_scores),
                                       objectives=objectives),
     }
