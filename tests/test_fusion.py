@@ -97,8 +97,7 @@ def setup(world_dir: Path, tiny_model_dir) -> Setup:
 
     # Scores are fetched once; the calibration set is the router set's training answers.
     chosen, rejected = _pair_items(train)
-    raw_c, raw_r = _raw(clients, chosen), _raw(clients, rejected)
-    calibrator = Calibrator().fit({s: raw_c[s] + raw_r[s] for s in sites})
+    calibrator = Calibrator().fit(_raw(clients, chosen + rejected))
     features = PromptFeatures(tiny_model_dir("qwen2-vl"))
     train_features = features([r["image"] for r in train], [r["prompt"] for r in train])
     router = train_router(train_features, _pair_scores(clients, calibrator, sites, train), sites=sites,
