@@ -306,15 +306,57 @@ def validate(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
 
 def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Validate ``msg`` and pack it as ``{"v", "t", "b"}`` msgpack bytes."""
+    parts = encode_parts(msg, limits)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+# Byte strings at least this large are passed through by reference, not copied into the packing.
+_BY_REFERENCE = 64 * 1024
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def _is_big(value: Any) -> bool:
+    return isinstance(value, (bytes, bytearray, memoryview)) and len(value) >= _BY_REFERENCE
+
+
+def _pack_parts(value: Any, parts: list, pending: bytearray) -> None:
+    """Append ``value``'s msgpack encoding: small pieces into ``pending``, large byte strings as is."""
+    if _is_big(value):
+        pending += b"\xc6" + len(value).to_bytes(4, "big")  # bin32 header; the bytes follow uncopied
+        parts.append(bytes(pending))
+        pending.clear()
+        parts.append(value)
+    elif isinstance(value, list) and any(_is_big(v) for v in value):
+        pending += _packb.pack_array_header(len(value))
+        for item in value:
+            _pack_parts(item, parts, pending)
+    else:
+        pending += _packb.pack(value)
+
+
+def encode_parts(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | bytearray | memoryview]:
+    """Like ``encode`` but as a list of buffers whose concatenation is the message; large images
+    stay the caller's objects (no copy), so the transport encrypts them straight from memory."""
     if type(msg).TYPE not in _REGISTRY or _REGISTRY[type(msg).TYPE] is not type(msg):
         raise ProtocolError(f"{type(msg).__name__} is not a registered message type")
     validate(msg, limits)
     body = {name: getattr(msg, name) for name in _HINTS[type(msg)]}
-    data = msgpack.packb({"v": PROTOCOL_VERSION, "t": msg.TYPE, "b": body}, use_bin_type=True)
-    if len(data) > limits.max_message_bytes:
-        raise ProtocolError(f"{msg.TYPE}: {len(data)} bytes encoded, more than the limit "
+    if not any(_is_big(v) or isinstance(v, list) and any(_is_big(i) for i in v) for v in body.values()):
+        parts: list = [_packb.pack({"v": PROTOCOL_VERSION, "t": msg.TYPE, "b": body})]
+    else:
+        parts, pending = [], bytearray(_packb.pack_map_header(3))
+        pending += _packb.pack("v") + _packb.pack(PROTOCOL_VERSION) + _packb.pack("t") + _packb.pack(msg.TYPE)
+        pending += _packb.pack("b") + _packb.pack_map_header(len(body))
+        for name, value in body.items():
+            pending += _packb.pack(name)
+            _pack_parts(value, parts, pending)
+        if pending:
+            parts.append(bytes(pending))
+    size = sum(len(p) for p in parts)
+    if size > limits.max_message_bytes:
+        raise ProtocolError(f"{msg.TYPE}: {size} bytes encoded, more than the limit "
                             f"{limits.max_message_bytes}; send fewer items per request")
-    return data
+    return parts
 
 
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Message:

@@ -301,6 +301,7 @@ def test_the_agent_reconnects_with_a_fresh_handshake_when_the_coordinator_restar
         server = TLSServer(endpoint, _server_ctx(ca), name="coord", allow=ALLOW)
         server.start()
         assert server.wait_for_sites(["site-a"], 15)
+        assert _wait(lambda: agent.session_id in {p.session_id for p in server.peers()})
         assert agent.connections >= 2 and agent.session_id != first
         _good_agent_answers(server, agent)
     finally:

@@ -152,6 +152,7 @@ class TLSClient:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._outbox.fileno(), zmq.POLLIN)
+        self._outbox.consumer = threading.get_ident()
         tls.start()
         last_heard = next_beat = time.monotonic()
         while not self._stopping.is_set():
@@ -244,12 +245,12 @@ class TLSClient:
             return
         try:
             try:
-                data = protocol.encode(reply, self.limits)
+                data = protocol.encode_parts(reply, self.limits)
             except ProtocolError as exc:
-                data = protocol.encode(Error(request_id, "bad_reply", str(exc)[:200]), self.limits)
+                data = protocol.encode_parts(Error(request_id, "bad_reply", str(exc)[:200]), self.limits)
             tls.send(data)
         except TLSError:
             log.info("reply dropped: the session it belongs to is gone", extra={"type": reply.TYPE})
 
     def _send(self, tls: TLSSession, msg: Message) -> None:
-        tls.send(protocol.encode(msg, self.limits))
+        tls.send(protocol.encode_parts(msg, self.limits))

@@ -7,6 +7,7 @@ here; the first put after a drain writes one byte to a pipe so ``zmq.Poller`` wa
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from typing import Any
 
@@ -21,6 +22,7 @@ class Outbox:
         os.set_blocking(self._write_fd, False)
         self._signalled = False
         self._closed = False
+        self.consumer: int | None = None  # thread id of the consumer; its own puts need no wake-up
 
     def fileno(self) -> int:
         """The descriptor to register with a poller (readable while items may be waiting)."""
@@ -31,7 +33,7 @@ class Outbox:
         if self._closed:
             return
         self._items.append(item)
-        if not self._signalled:
+        if not self._signalled and threading.get_ident() != self.consumer:
             self._signalled = True
             try:
                 os.write(self._write_fd, b"\0")

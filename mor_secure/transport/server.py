@@ -34,6 +34,9 @@ log = get_logger("transport.server")
 ZERO_COPY_BYTES = 64 * 1024
 # Smaller frames are decrypted in the loop thread: a hand-off to the pool costs more than the crypto.
 INLINE_BYTES = 16 * 1024
+# Requests at least this large are encrypted on the pool (several sessions at once, or when the
+# caller is the loop thread); smaller ones are cheaper to encrypt than to hand over.
+PARALLEL_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class TLSServer:
 
     def peers(self) -> list[Peer]:
         """Every welcomed agent session, oldest first."""
-        return sorted((s.peer for s in list(self._sessions.values()) if s.peer is not None),
+        return sorted((s.peer for s in list(self._sessions.values()) if s.peer is not None and not s.dead),
                       key=lambda p: p.connected_at)
 
     def sites(self) -> set[str]:
@@ -207,7 +210,8 @@ class TLSServer:
         request_id = protocol.request_id_of(msg)
         if not request_id:
             raise ValueError(f"{msg.TYPE} carries no request_id")
-        data = protocol.encode(msg, self.limits)
+        data = protocol.encode_parts(msg, self.limits)
+        size = sum(len(part) for part in data)
         futures: dict[str, Future] = {}
         targets = []
         for session_id in session_ids:
@@ -222,7 +226,10 @@ class TLSServer:
             session.requests.add(key)
             future.add_done_callback(lambda _, s=session, k=key: self._forget(s, k))
             targets.append((session, future))
-        parallel = self._pool is not None and len(data) >= INLINE_BYTES and len(targets) > 1
+        # Large messages are encrypted on the pool when there are several, or when called from the
+        # loop thread (a reply callback), which must stay free to move frames.
+        parallel = self._pool is not None and size >= PARALLEL_BYTES and (
+            len(targets) > 1 or threading.current_thread() is self._thread)
         for session, future in targets:
             if parallel:
                 self._pool.submit(self._send_for, session, data, future)
@@ -230,7 +237,7 @@ class TLSServer:
                 self._send_for(session, data, future)
         return futures
 
-    def _send_for(self, session: _Session, data: bytes, future: Future) -> None:
+    def _send_for(self, session: _Session, data: list, future: Future) -> None:
         try:
             session.tls.send(data)
         except TLSError as exc:
@@ -271,6 +278,7 @@ class TLSServer:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._outbox.fileno(), zmq.POLLIN)
+        self._outbox.consumer = threading.get_ident()
         next_tick = 0.0
         try:
             while not self._stopping.is_set():
@@ -449,7 +457,7 @@ class TLSServer:
         self._call_soon(self._drop, session, reason)
 
     def _send(self, session: _Session, msg: Message) -> None:
-        session.tls.send(protocol.encode(msg, self.limits))
+        session.tls.send(protocol.encode_parts(msg, self.limits))
 
     def _call_soon(self, fn: Callable, *args: object) -> None:
         self._outbox.put(lambda: fn(*args))
@@ -528,6 +536,7 @@ class TLSServer:
         for session in list(self._sessions.values()):
             if session.serial in revoked:
                 self._refuse(session, "certificate revoked (CRL reloaded)")
+                self._drop(session, "certificate revoked (CRL reloaded)")
                 dropped += 1
         log.info("CRL reloaded", extra={"revoked": len(revoked), "dropped": dropped})
         return dropped

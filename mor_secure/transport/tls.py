@@ -20,7 +20,7 @@ HEADER_BYTES = 4
 # Ciphertext overhead bound per 16 KiB record (5-byte header, type byte, 16-byte tag, padding).
 _RECORD_OVERHEAD = 256
 _RECORD_PLAINTEXT = 16 * 1024
-# Writes at least this large go to OpenSSL without first being copied behind their header.
+# A first part smaller than this is copied behind the length header (one record instead of two).
 _SPLIT_WRITE = 16 * 1024
 
 # Reasons OpenSSL gives, mapped to what an operator should read (cause and fix).
@@ -127,9 +127,11 @@ class TLSSession:
                 return []
             return self._read_messages()
 
-    def send(self, payload: bytes | bytearray | memoryview) -> None:
-        """Encrypt one message and emit its records."""
-        n = len(payload)
+    def send(self, payload: bytes | bytearray | memoryview | list) -> None:
+        """Encrypt one message, given whole or as a list of parts (``protocol.encode_parts``), and
+        emit its records; large parts are encrypted straight from the caller's buffers."""
+        parts = payload if isinstance(payload, list) else [payload]
+        n = sum(len(p) for p in parts)
         if n > self.max_message_bytes:
             raise TLSError(f"message of {n} bytes exceeds the limit {self.max_message_bytes}")
         header = n.to_bytes(HEADER_BYTES, "big")
@@ -137,11 +139,14 @@ class TLSSession:
             if self.closed or not self.handshake_done:
                 raise TLSError("session is not established")
             try:
-                if n >= _SPLIT_WRITE:
-                    self._ssl.write(header)
-                    self._ssl.write(payload)
+                if parts and len(parts[0]) < _SPLIT_WRITE:  # one record for header and a small head
+                    self._ssl.write(header + bytes(parts[0]))
+                    parts = parts[1:]
                 else:
-                    self._ssl.write(header + bytes(payload))
+                    self._ssl.write(header)
+                for part in parts:
+                    if len(part):
+                        self._ssl.write(part)
             except ssl.SSLError as exc:
                 self.closed = True
                 raise TLSError(describe_ssl_error(exc)) from None

@@ -1,0 +1,395 @@
+"""Transport benchmark: plaintext ZeroMQ vs our TLS 1.3 in ZeroMQ vs gRPC with mutual TLS, on loopback.
+
+The coordinator (this process) keeps one ``ScoreRequest`` in flight per agent (closed loop) and
+each agent process answers with a one-score ``ScoreReply``; the request carries one image of
+1 KB, 64 KB or 1 MB. All three transports carry the same msgpack messages, so the difference is
+the transport. Reports requests/s and latency (median, p99) with 1 and 8 agents, and the time
+from dialling to the first answer (handshake). Transports are interleaved and repeated; the
+median repeat is reported, because the machine may be shared.
+
+    python benchmarks/transport.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import zmq
+
+from mor_secure import pki, protocol
+from mor_secure.protocol import ScoreReply, ScoreRequest
+from mor_secure.transport import ClientOptions, ServerOptions, TLSClient, TLSServer
+
+SIZES = {"1 KB": 1024, "64 KB": 64 * 1024, "1 MB": 1024 * 1024}
+AGENTS = (1, 8)
+TRANSPORTS = ("plain ZeroMQ", "TLS-in-ZeroMQ (ours)", "gRPC mutual TLS")
+MAX_BYTES = 32 * 1024 * 1024
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _answer(data: bytes | memoryview) -> bytes:
+    """What every agent does with a request: decode, score (a constant), encode the reply."""
+    request = protocol.decode(data)
+    return protocol.encode(ScoreReply(request.request_id, [0.5] * len(request.prompts), "bench"))
+
+
+def _ctx(ca: Path, role: str, name: str):
+    return lambda: pki.ssl_context(role, ca=ca / "ca.pem", cert=ca / f"{name}.pem", key=ca / f"{name}.key",
+                                   crl=ca / "crl.pem")
+
+
+# ----- agent processes -----
+
+def plain_agent(endpoint: str) -> None:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send(b"ready")
+    while True:
+        frame = sock.recv(copy=False)
+        sock.send(_answer(frame.buffer))
+
+
+def tls_agent(endpoint: str, ca: str, worker: str) -> None:
+    client = TLSClient(endpoint, _ctx(Path(ca), "client", "site-a"), coordinators=["coord"], worker_id=worker,
+                       agent_version="bench", options=ClientOptions(max_message_bytes=MAX_BYTES))
+    client.register(ScoreRequest, lambda m: ScoreReply(m.request_id, [0.5] * len(m.prompts), "bench"))
+    client.run()
+
+
+def grpc_agent(ca: str, port_queue) -> None:
+    import grpc
+
+    ca_dir = Path(ca)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4),
+                         options=[("grpc.max_receive_message_length", MAX_BYTES),
+                                  ("grpc.max_send_message_length", MAX_BYTES)])
+    handler = grpc.method_handlers_generic_handler(
+        "mor.Agent", {"Score": grpc.unary_unary_rpc_method_handler(lambda data, context: _answer(data))})
+    server.add_generic_rpc_handlers((handler,))
+    # gRPC's server side needs a serverAuth certificate: the agent borrows the coordinator's here
+    # (who holds which certificate does not change the cost being measured).
+    creds = grpc.ssl_server_credentials([((ca_dir / "coord.key").read_bytes(), (ca_dir / "coord.pem").read_bytes())],
+                                        root_certificates=(ca_dir / "ca.pem").read_bytes(), require_client_auth=True)
+    port_queue.put(server.add_secure_port("127.0.0.1:0", creds))
+    server.start()
+    server.wait_for_termination()
+
+
+# ----- coordinator-side drivers: keep one request in flight per agent for `seconds` -----
+
+class Loop:
+    """Closed-loop bookkeeping shared by the drivers: latencies inside the measured window."""
+
+    def __init__(self, seconds: float, warmup: float) -> None:
+        self.start = time.perf_counter() + warmup
+        self.end = self.start + seconds
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+        self.outstanding = 0
+        self.idle = threading.Event()
+
+    def record(self, sent: float) -> bool:
+        """Note one reply; True while more requests should be sent."""
+        now = time.perf_counter()
+        if self.start <= sent and now <= self.end:
+            self.latencies.append(now - sent)
+        return now < self.end
+
+
+_IMAGES: dict[int, bytes] = {}
+
+
+def _request(size: int, i: int) -> ScoreRequest:
+    """Request number ``i`` with one image of ``size`` bytes (built once per size, like a real batch)."""
+    image = _IMAGES.setdefault(size, PNG + bytes(size - len(PNG)))
+    return ScoreRequest(request_id=f"r{i}", images=[image], prompts=["p"], completions=["c"])
+
+
+class PlainDriver:
+    def __init__(self, n_agents: int) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.procs = [mp.Process(target=plain_agent, args=(self.endpoint,), daemon=True) for _ in range(n_agents)]
+        for p in self.procs:
+            p.start()
+        self.agents = [self.sock.recv_multipart()[0] for _ in range(n_agents)]
+
+    def run(self, size: int, n: int, seconds: float, warmup: float) -> Loop:
+        loop, counter = Loop(seconds, warmup), 0
+        sent = {}
+        for rid in self.agents[:n]:
+            counter += 1
+            sent[rid] = time.perf_counter()
+            self.sock.send_multipart([rid, protocol.encode(_request(size, counter))], copy=False)
+        while sent:
+            rid, reply = self.sock.recv_multipart(copy=False)
+            rid = rid.bytes
+            protocol.decode(reply.buffer)
+            if loop.record(sent.pop(rid)):
+                counter += 1
+                sent[rid] = time.perf_counter()
+                self.sock.send_multipart([rid, protocol.encode(_request(size, counter))], copy=False)
+        return loop
+
+    def handshake(self) -> float:
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        router = zmq.Context.instance().socket(zmq.ROUTER)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        t = time.perf_counter()
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.send(b"ping")
+        rid, _ = router.recv_multipart()
+        router.send_multipart([rid, b"pong"])
+        dealer.recv()
+        elapsed = time.perf_counter() - t
+        dealer.close(0)
+        router.close(0)
+        return elapsed
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+        self.sock.close(0)
+
+
+class TLSDriver:
+    def __init__(self, n_agents: int, ca: Path) -> None:
+        self.ca = ca
+        self.server = TLSServer("tcp://127.0.0.1:0", _ctx(ca, "coordinator", "coord"), name="coord",
+                                options=ServerOptions(max_message_bytes=MAX_BYTES))
+        self.endpoint = self.server.start()
+        self.procs = [mp.Process(target=tls_agent, args=(self.endpoint, str(ca), f"w{i}"), daemon=True)
+                      for i in range(n_agents)]
+        for p in self.procs:
+            p.start()
+        deadline = time.monotonic() + 60
+        while len(self.server.peers()) < n_agents and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.sessions = [p.session_id for p in self.server.peers()]
+
+    def run(self, size: int, n: int, seconds: float, warmup: float) -> Loop:
+        loop = Loop(seconds, warmup)
+        counter = iter(range(1 << 62))
+
+        def issue(session_id: str) -> None:
+            sent = time.perf_counter()
+            future = self.server.request(session_id, _request(size, next(counter)))
+            future.add_done_callback(lambda f: done(session_id, sent, f))
+
+        def done(session_id: str, sent: float, future) -> None:
+            future.result()
+            if loop.record(sent):
+                issue(session_id)
+            else:
+                with loop.lock:
+                    loop.outstanding -= 1
+                    if loop.outstanding == 0:
+                        loop.idle.set()
+
+        loop.outstanding = n
+        for session_id in self.sessions[:n]:
+            issue(session_id)
+        loop.idle.wait(seconds + warmup + 30)
+        return loop
+
+    def handshake(self) -> float:
+        client = TLSClient(self.endpoint, _ctx(self.ca, "client", "site-a"), coordinators=["coord"],
+                           worker_id="hs", agent_version="bench")
+        t = time.perf_counter()
+        client.start()
+        client.connected.wait(10)
+        elapsed = time.perf_counter() - t
+        client.stop()
+        return elapsed
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+        self.server.stop()
+
+
+class GRPCDriver:
+    def __init__(self, n_agents: int, ca: Path) -> None:
+        import grpc
+
+        self.grpc, self.ca = grpc, ca
+        queue = mp.Queue()
+        self.procs = [mp.Process(target=grpc_agent, args=(str(ca), queue), daemon=True) for _ in range(n_agents)]
+        for p in self.procs:
+            p.start()
+        self.ports = [queue.get(timeout=60) for _ in range(n_agents)]
+        self.calls = [self._channel(port)[1] for port in self.ports]
+
+    def _channel(self, port: int):
+        grpc = self.grpc
+        creds = grpc.ssl_channel_credentials(root_certificates=(self.ca / "ca.pem").read_bytes(),
+                                             private_key=(self.ca / "site-a.key").read_bytes(),
+                                             certificate_chain=(self.ca / "site-a.pem").read_bytes())
+        channel = grpc.secure_channel(f"127.0.0.1:{port}", creds,
+                                      options=[("grpc.ssl_target_name_override", "coord"),
+                                               ("grpc.max_receive_message_length", MAX_BYTES),
+                                               ("grpc.max_send_message_length", MAX_BYTES)])
+        return channel, channel.unary_unary("/mor.Agent/Score")
+
+    def run(self, size: int, n: int, seconds: float, warmup: float) -> Loop:
+        loop = Loop(seconds, warmup)
+        counter = iter(range(1 << 62))
+
+        def issue(call) -> None:
+            sent = time.perf_counter()
+            future = call.future(protocol.encode(_request(size, next(counter))))
+            future.add_done_callback(lambda f: done(call, sent, f))
+
+        def done(call, sent: float, future) -> None:
+            protocol.decode(future.result())
+            if loop.record(sent):
+                issue(call)
+            else:
+                with loop.lock:
+                    loop.outstanding -= 1
+                    if loop.outstanding == 0:
+                        loop.idle.set()
+
+        loop.outstanding = n
+        for call in self.calls[:n]:
+            issue(call)
+        loop.idle.wait(seconds + warmup + 30)
+        return loop
+
+    def handshake(self) -> float:
+        t = time.perf_counter()
+        channel, call = self._channel(self.ports[0])
+        protocol.decode(call(protocol.encode(_request(16, 0))))
+        elapsed = time.perf_counter() - t
+        channel.close()
+        return elapsed
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+
+
+# ----- report -----
+
+def _machine() -> list[str]:
+    import grpc
+    import msgpack
+    import ssl
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return [f"- CPU: {cpu}, `nproc` = {os.cpu_count()}; load average at start {os.getloadavg()[0]:.2f} "
+            "(the machine is shared: the numbers are medians of interleaved repeats)",
+            f"- Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, pyzmq {zmq.__version__} "
+            f"(libzmq {zmq.zmq_version()}), grpcio {grpc.__version__}, msgpack {msgpack.version}",
+            f"- {platform.platform()}"]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="Folder for transport.md/.png.")
+    parser.add_argument("--seconds", type=float, default=1.0, help="Measured seconds per cell and repeat.")
+    parser.add_argument("--warmup", type=float, default=0.3, help="Unmeasured seconds before each measurement.")
+    parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats per cell (median reported).")
+    parser.add_argument("--handshakes", type=int, default=20, help="Connections timed per transport.")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="Payloads to run.")
+    parser.add_argument("--agents", nargs="+", type=int, default=list(AGENTS), help="Agent counts to run.")
+    parser.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=list(TRANSPORTS),
+                        help="Transports to run (the first is the baseline of the 'vs plain' column).")
+    args = parser.parse_args(argv)
+    mp.set_start_method("spawn", force=True)
+    machine = _machine()
+    began = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = Path(tmp) / "ca"
+        pki.init_ca(ca)
+        pki.issue(ca, role="coordinator", name="coord")
+        pki.issue(ca, role="client", name="site-a")
+        makers = {TRANSPORTS[0]: lambda: PlainDriver(max(args.agents)),
+                  TRANSPORTS[1]: lambda: TLSDriver(max(args.agents), ca),
+                  TRANSPORTS[2]: lambda: GRPCDriver(max(args.agents), ca)}
+        drivers = {name: makers[name]() for name in args.transports}
+        try:
+            results: dict[tuple[str, int, str], list[Loop]] = {}
+            for label in args.sizes:
+                size = SIZES[label]
+                for n in args.agents:
+                    for _ in range(args.repeats):
+                        for name, driver in drivers.items():
+                            loop = driver.run(size, n, args.seconds, args.warmup)
+                            results.setdefault((label, n, name), []).append(loop)
+                    print(f"done {label} x{n}", file=sys.stderr)
+            handshakes = {name: statistics.median(driver.handshake() for _ in range(args.handshakes))
+                          for name, driver in drivers.items()}
+        finally:
+            for driver in drivers.values():
+                driver.close()
+    rows = []
+    for (label, n, name), loops in results.items():
+        rates = [len(loop.latencies) / args.seconds for loop in loops]
+        best = sorted(zip(rates, range(len(loops))))[len(loops) // 2]
+        latencies = loops[best[1]].latencies
+        rows.append((label, n, name, best[0], statistics.median(latencies) * 1e3, _percentile(latencies, 0.99) * 1e3))
+    write_report(args, rows, handshakes, machine, time.time() - began)
+
+
+def write_report(args: argparse.Namespace, rows: list[tuple], handshakes: dict[str, float], machine: list[str],
+                 took: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plain = {(r[0], r[1]): r[3] for r in rows if r[2] == args.transports[0]}
+    lines = ["# Transport benchmark", "",
+             "One `ScoreRequest` (one image of the given size) in flight per agent, answered with a one-score "
+             "`ScoreReply`; the same msgpack messages over each transport; loopback; agents are separate "
+             f"processes. Median of {args.repeats} interleaved repeats of {args.seconds:g} s each.", "",
+             f"Command: `python benchmarks/transport.py --seconds {args.seconds:g} --repeats {args.repeats}` "
+             f"(took {took:.0f} s)", "", *machine, "",
+             f"| payload | agents | transport | req/s | vs {args.transports[0]} | median ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    for label, n, name, rate, median, p99 in rows:
+        lines.append(f"| {label} | {n} | {name} | {rate:.0f} | {rate / plain[(label, n)]:.2f} | {median:.2f} | "
+                     f"{p99:.2f} |")
+    lines += ["", "Connection set-up to the first answer (median of "
+              f"{args.handshakes}; ours includes the TLS 1.3 handshake with client certificate and "
+              "the hello/welcome round trip):", "", "| transport | ms |", "|---|---|"]
+    lines += [f"| {name} | {seconds * 1e3:.1f} |" for name, seconds in handshakes.items()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "transport.md").write_text("\n".join(lines) + "\n")
+
+    cells = [(label, n) for label in args.sizes for n in args.agents]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.27
+    for i, name in enumerate(args.transports):
+        values = [next(r[3] for r in rows if (r[0], r[1], r[2]) == (label, n, name)) for label, n in cells]
+        ax.bar([x + (i - 1) * width for x in range(len(cells))], values, width, label=name)
+    ax.set_xticks(range(len(cells)), [f"{label}\n{n} agent{'s' if n > 1 else ''}" for label, n in cells])
+    ax.set_ylabel("requests / s")
+    ax.set_yscale("log")
+    ax.set_title(f"Scoring requests over loopback ({os.cpu_count()} cores)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out / "transport.png", dpi=120)
+    print((args.out / "transport.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
