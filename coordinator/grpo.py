@@ -95,8 +95,11 @@ def prompt_dataset(data: Any) -> Any:
     return rows.remove_columns([c for c in ("completion",) if c in rows.column_names])
 
 
-def trl_config(cfg: GRPORunConfig) -> Any:
-    """The TRL ``GRPOConfig`` of a run (CPU-safe precision, no vLLM, checkpoints and TensorBoard in ``cfg.out``)."""
+def trl_config(cfg: GRPORunConfig, suppress_tokens: Sequence[int] = ()) -> Any:
+    """The TRL ``GRPOConfig`` of a run (CPU-safe precision, no vLLM, checkpoints and TensorBoard in ``cfg.out``).
+
+    ``suppress_tokens`` are never sampled (special tokens other than end-of-turn).
+    """
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -120,6 +123,7 @@ def trl_config(cfg: GRPORunConfig) -> Any:
         disable_tqdm=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
+        generation_kwargs={"suppress_tokens": list(suppress_tokens)} if suppress_tokens else None,
     )
 
 
@@ -135,6 +139,7 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
     from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
+    from coordinator.policy_eval import suppressed_tokens
     from mor_secure.models import load_processor, resolve_model
 
     if not cfg.policy:
@@ -156,8 +161,9 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
                                  target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|"
                                                 r"up_proj|down_proj)")
     processor = load_processor(policy)
+    processor.tokenizer.padding_side = "left"  # TRL pads prompts left and re-processes them with this processor
     trainer = GRPOTrainer(model=policy, reward_funcs=[with_telemetry(f) for f in funcs],
-                          args=trl_config(cfg), train_dataset=prompt_dataset(train_dataset),
+                          args=trl_config(cfg, suppressed_tokens(processor)), train_dataset=prompt_dataset(train_dataset),
                           processing_class=processor, peft_config=peft_config, callbacks=[_drop_pickled_args_callback(), *callbacks])
     log.info("grpo start", extra={"steps": cfg.steps, "beta": cfg.beta, "resume_from": Path(last).name if resume
                                   else None, "rewards": len(funcs)})

@@ -53,6 +53,13 @@ def is_correct(completion: str | list[dict[str, Any]], answer: str) -> bool:
     return parse_answer(completion).answer == answer
 
 
+def suppressed_tokens(processor: Any) -> list[int]:
+    """Special token ids a policy must never sample: all but end-of-turn (a sampled image or vision
+    marker token would not match the image features and breaks the next forward pass)."""
+    tokenizer = processor.tokenizer
+    return sorted(set(tokenizer.all_special_ids) - {tokenizer.eos_token_id})
+
+
 @torch.no_grad()
 def generate_answers(model: Any, processor: Any, images: list, prompts: list, *, max_new_tokens: int = 8,
                      batch_size: int = 64, progress: bool = True) -> list[str]:
@@ -65,7 +72,8 @@ def generate_answers(model: Any, processor: Any, images: list, prompts: list, *,
     for start in tqdm(starts, desc="eval", unit="batch", disable=not progress):
         batch = vlm_inputs(processor, images[start:start + batch_size], prompts[start:start + batch_size],
                            padding_side="left").to(device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             suppress_tokens=suppressed_tokens(processor))
         new = out[:, batch["input_ids"].shape[1]:]
         texts.extend(processor.batch_decode(new, skip_special_tokens=True))
     return texts
