@@ -93,8 +93,8 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
     domain, answer), overall and per domain.
 
     ``model_or_path`` is a policy folder / hub id, or a ``(model, processor)`` pair. Returns
-    ``{"accuracy", "concise_share", "answered_share", "style_shares", "n", "per_domain": {domain:
-    {same keys but per_domain}}}``.
+    ``{"accuracy", "concise_share", "answered_share", "style_shares", "n", "per_domain": {domain: {...}},
+    "per_question_type": {"domain/type": {...}}}`` (the inner dicts have the same keys as the top level).
     """
     from datasets import Dataset
 
@@ -119,10 +119,15 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     finally:
         model.train(was_training)
-    parsed, answers, domains = [parse_answer(t) for t in texts], list(rows["answer"]), list(rows["domain"])
-    per_domain = {d: _summary([p for p, x in zip(parsed, domains) if x == d],
-                              [a for a, x in zip(answers, domains) if x == d]) for d in sorted(set(domains))}
-    result = {**_summary(parsed, answers), "per_domain": per_domain}
+    parsed, answers = [parse_answer(t) for t in texts], list(rows["answer"])
+
+    def per(groups: list[str]) -> dict[str, dict[str, Any]]:
+        return {g: _summary([p for p, x in zip(parsed, groups) if x == g], [a for a, x in zip(answers, groups) if x == g])
+                for g in sorted(set(groups))}
+
+    types = [f"{d}/{t}" for d, t in zip(rows["domain"], rows["question_type"] if "question_type" in rows.column_names
+                                        else ["all"] * len(rows))]
+    result = {**_summary(parsed, answers), "per_domain": per(list(rows["domain"])), "per_question_type": per(types)}
     log.info("policy evaluated", extra={"n": result["n"], "accuracy": round(result["accuracy"], 4),
                                         "concise_share": round(result["concise_share"], 4)})
     return result

@@ -78,3 +78,18 @@ def test_resume_without_checkpoint_is_refused(warm_start, public_data, tmp_path)
 def test_config_refuses_a_batch_that_does_not_divide_into_groups():
     with pytest.raises(ValueError, match="multiple of num_generations"):
         GRPORunConfig(policy="x", batch_size=12, num_generations=8)
+
+
+def test_grpo_command_reads_the_grpo_section_and_refuses_unknown_rewards(tmp_path):
+    from click.testing import CliRunner
+
+    from coordinator.cli import group
+    from coordinator.config import load_coordinator_config
+
+    config = tmp_path / "coordinator.toml"
+    config.write_text('name = "coord"\n[tls]\nca = "ca.pem"\ncert = "c.pem"\nkey = "c.key"\ncrl = "crl.pem"\n'
+                      '[grpo]\npolicy = "warm"\ndata = "prompts"\nsteps = 3\nreward = "mixture"\n')
+    cfg = load_coordinator_config(config).grpo
+    assert (cfg.steps, cfg.beta, cfg.data, cfg.out) == (3, 0.04, tmp_path / "prompts", tmp_path / "grpo-run")
+    result = CliRunner().invoke(group, ["grpo", "--config", str(config)])
+    assert result.exit_code != 0 and "oracle" in result.output and "Traceback" not in result.output

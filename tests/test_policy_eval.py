@@ -49,6 +49,8 @@ def test_evaluate_policy_reports_per_domain(tiny_model_dir, public_data):
     assert result["n"] == 12
     assert set(result["per_domain"]) == {"detail", "medical", "chart"}
     assert sum(d["n"] for d in result["per_domain"].values()) == 12
+    assert sum(d["n"] for d in result["per_question_type"].values()) == 12
+    assert all(key.split("/")[0] in result["per_domain"] for key in result["per_question_type"])
     for stats in (result, *result["per_domain"].values()):
         assert 0.0 <= stats["accuracy"] <= stats["answered_share"] <= 1.0
         assert 0.0 <= stats["concise_share"] <= 1.0
