@@ -163,10 +163,11 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
     processor = load_processor(policy)
     processor.tokenizer.padding_side = "left"  # TRL pads prompts left and re-processes them with this processor
     trainer = GRPOTrainer(model=policy, reward_funcs=[with_telemetry(f) for f in funcs],
-                          args=trl_config(cfg, suppressed_tokens(processor)), train_dataset=prompt_dataset(train_dataset),
-                          processing_class=processor, peft_config=peft_config, callbacks=[_drop_pickled_args_callback(), *callbacks])
-    log.info("grpo start", extra={"steps": cfg.steps, "beta": cfg.beta, "resume_from": Path(last).name if resume
-                                  else None, "rewards": len(funcs)})
+                          args=trl_config(cfg, suppressed_tokens(processor)),
+                          train_dataset=prompt_dataset(train_dataset), processing_class=processor,
+                          peft_config=peft_config, callbacks=[_drop_pickled_args_callback(), *callbacks])
+    log.info("grpo start", extra={"steps": cfg.steps, "beta": cfg.beta, "rewards": len(funcs),
+                                  "resume_from": Path(last).name if resume else "-"})
     trainer.train(resume_from_checkpoint=last if resume else None)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora:

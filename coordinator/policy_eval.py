@@ -122,11 +122,11 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
     parsed, answers = [parse_answer(t) for t in texts], list(rows["answer"])
 
     def per(groups: list[str]) -> dict[str, dict[str, Any]]:
-        return {g: _summary([p for p, x in zip(parsed, groups) if x == g], [a for a, x in zip(answers, groups) if x == g])
-                for g in sorted(set(groups))}
+        picks = {g: [i for i, x in enumerate(groups) if x == g] for g in sorted(set(groups))}
+        return {g: _summary([parsed[i] for i in idx], [answers[i] for i in idx]) for g, idx in picks.items()}
 
-    types = [f"{d}/{t}" for d, t in zip(rows["domain"], rows["question_type"] if "question_type" in rows.column_names
-                                        else ["all"] * len(rows))]
+    kinds = rows["question_type"] if "question_type" in rows.column_names else ["all"] * len(rows)
+    types = [f"{d}/{t}" for d, t in zip(rows["domain"], kinds)]
     result = {**_summary(parsed, answers), "per_domain": per(list(rows["domain"])), "per_question_type": per(types)}
     log.info("policy evaluated", extra={"n": result["n"], "accuracy": round(result["accuracy"], 4),
                                         "concise_share": round(result["concise_share"], 4)})
