@@ -48,6 +48,26 @@ def completion_batch(processor: Any, rows: dict[str, list]) -> dict[str, torch.T
     return {**full, "labels": labels}
 
 
+SEQUENCE_PADDING = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX, "mm_token_type_ids": 0,
+                    "token_type_ids": 0}
+"""Per-token inputs (padded right when rows are batched; None: the tokenizer's pad id); every other
+input (pixel values, image grids) is concatenated along its first dimension."""
+
+
+def collate(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch from rows encoded one at a time by :func:`completion_batch` (same tensors as encoding them together)."""
+    length = max(row["input_ids"].shape[-1] for row in encoded)
+    batch = {}
+    for key in encoded[0]:
+        if key in SEQUENCE_PADDING:
+            value = pad_id if SEQUENCE_PADDING[key] is None else SEQUENCE_PADDING[key]
+            batch[key] = torch.cat([torch.nn.functional.pad(row[key], (0, length - row[key].shape[-1]), value=value)
+                                    for row in encoded])
+        else:
+            batch[key] = torch.cat([row[key] for row in encoded])
+    return batch
+
+
 def run_sft(base: str | Path, data: Any, out_dir: str | Path, *, steps: int = 1500, batch_size: int = 32,
             lr: float = 1e-3, warmup_ratio: float = 0.05, seed: int = 0) -> Path:
     """Fine-tune ``base`` on ``data`` for ``steps`` batches and save model and processor to ``out_dir``.
@@ -76,13 +96,17 @@ def run_sft(base: str | Path, data: Any, out_dir: str | Path, *, steps: int = 15
     schedule = get_linear_schedule_with_warmup(optimizer, max(1, int(warmup_ratio * steps)), steps)
     order: list[int] = []
     losses: list[float] = []
+    cache: dict[int, dict[str, torch.Tensor]] = {}  # rows are encoded once and reused every epoch
     with tqdm(range(steps), desc="sft", unit="step") as bar:
         for _ in bar:
             if len(order) < batch_size:
                 fresh = list(range(len(rows)))
                 rng.shuffle(fresh)
                 order.extend(fresh)
-            batch = completion_batch(processor, rows[order[:batch_size]])
+            for i in order[:batch_size]:
+                if i not in cache:
+                    cache[i] = completion_batch(processor, rows[i:i + 1])
+            batch = collate([cache[i] for i in order[:batch_size]], processor.tokenizer.pad_token_id)
             del order[:batch_size]
             loss = model(**batch).loss
             loss.backward()

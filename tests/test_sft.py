@@ -7,7 +7,7 @@ import json
 import pytest
 from datasets import load_from_disk
 
-from coordinator.sft import completion_batch, run_sft
+from coordinator.sft import collate, completion_batch, run_sft
 from mor_secure.data.public import generate_public_sft, parse_verbose
 from mor_secure.data.schema import answer_text, content_hash, question_text
 
@@ -55,6 +55,21 @@ def test_labels_cover_only_the_completion(tiny_model_dir, public_data):
     for ids, labels, completion in zip(batch["input_ids"], batch["labels"], rows["completion"]):
         target = processor.tokenizer.decode(ids[labels != -100])
         assert target.startswith(answer_text(completion)) and target.endswith("<|im_end|>\n")
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "llava"])
+def test_rows_encoded_one_by_one_collate_to_the_batch_encoding(tiny_model_dir, public_data, family):
+    import torch
+
+    from mor_secure.models import load_processor
+
+    processor = load_processor(tiny_model_dir(family))
+    rows = load_from_disk(str(public_data))
+    together = completion_batch(processor, rows[:6])
+    one_by_one = collate([completion_batch(processor, rows[i:i + 1]) for i in range(6)],
+                         processor.tokenizer.pad_token_id)
+    assert together.keys() == one_by_one.keys()
+    assert all(torch.equal(together[k], one_by_one[k]) for k in together)
 
 
 def test_sft_lowers_the_loss_and_saves_a_loadable_policy(tiny_model_dir, public_data, tmp_path):
