@@ -55,7 +55,10 @@ input (pixel values, image grids) is concatenated along its first dimension."""
 
 
 def collate(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch from rows encoded one at a time by :func:`completion_batch` (same tensors as encoding them together)."""
+    """One batch from rows encoded one at a time by :func:`completion_batch`.
+
+    The tensors equal those of encoding the rows together (right padding).
+    """
     length = max(row["input_ids"].shape[-1] for row in encoded)
     batch = {}
     for key in encoded[0]:
