@@ -14,7 +14,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import zmq
@@ -25,6 +24,7 @@ from mor_secure.protocol import Error, Heartbeat, Hello, Message, ProtocolError,
 from mor_secure.transport.outbox import Outbox
 from mor_secure.transport.server import ZERO_COPY_BYTES
 from mor_secure.transport.tls import TLSError, TLSSession
+from mor_secure.transport.workers import Workers
 
 log = get_logger("transport.client")
 
@@ -72,6 +72,7 @@ class TLSClient:
         self._context_factory = context_factory
         self._zmq = zmq.Context.instance()
         self._outbox = Outbox()
+        self._woken = False
         self._heartbeat_s = self.options.heartbeat_s
         self._stopping = threading.Event()
         self.connected = threading.Event()
@@ -87,7 +88,8 @@ class TLSClient:
     def run(self) -> None:
         """Connect, serve and reconnect until ``stop()``; raises ``AgentRefused`` when refused."""
         attempt = 0
-        with ThreadPoolExecutor(self.options.handler_threads, thread_name_prefix="mor-handler") as pool:
+        pool = Workers(self.options.handler_threads, "mor-handler")
+        try:
             while not self._stopping.is_set():
                 try:
                     self._serve_once(pool)
@@ -99,7 +101,9 @@ class TLSClient:
                 delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2 ** attempt)
                 attempt += 1
                 self._stopping.wait(delay * random.uniform(0.5, 1.5))
-        self._outbox.close()
+        finally:
+            pool.shutdown()
+            self._outbox.close()
 
     def start(self) -> None:
         """Run in a background thread (tests, benchmarks); a refusal is kept in ``error``."""
@@ -121,7 +125,7 @@ class TLSClient:
 
     # ----- network thread -----
 
-    def _serve_once(self, pool: ThreadPoolExecutor) -> None:
+    def _serve_once(self, pool: Workers) -> None:
         sock = self._zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.options.max_message_bytes + self.options.max_message_bytes // 32
@@ -144,11 +148,12 @@ class TLSClient:
 
     def _flush(self, sock: zmq.Socket, tls: TLSSession) -> None:
         """Send queued records of the current session; records of earlier sessions are dropped."""
-        for owner, data in self._outbox.drain():
+        woken, self._woken = self._woken, False
+        for owner, data in self._outbox.drain(woken):
             if owner is tls:
                 sock.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_BYTES)
 
-    def _loop(self, sock: zmq.Socket, tls: TLSSession, pool: ThreadPoolExecutor) -> None:
+    def _loop(self, sock: zmq.Socket, tls: TLSSession, pool: Workers) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._outbox.fileno(), zmq.POLLIN)
@@ -160,14 +165,10 @@ class TLSClient:
                 self._flush(sock, tls)
             except zmq.Again:
                 raise _Lost("send queue full (coordinator not reading)") from None
-            poller.poll(0 if len(self._outbox) else 100)
-            while True:
-                try:
-                    frame = sock.recv(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
+            self._woken = self._outbox.fileno() in dict(poller.poll(0 if len(self._outbox) else 100))
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 last_heard = time.monotonic()
-                self._on_frame(frame, tls, pool)
+                self._on_frame(sock.recv(zmq.NOBLOCK, copy=False), tls, pool)
             now = time.monotonic()
             if not self.connected.is_set():
                 if now > tls.handshake_deadline:
@@ -184,7 +185,7 @@ class TLSClient:
         except zmq.Again:
             pass
 
-    def _on_frame(self, frame: zmq.Frame, tls: TLSSession, pool: ThreadPoolExecutor) -> None:
+    def _on_frame(self, frame: zmq.Frame, tls: TLSSession, pool: Workers) -> None:
         was_done = tls.handshake_done
         try:
             messages = tls.feed(frame.buffer)
@@ -213,7 +214,7 @@ class TLSClient:
                                f"{' or '.join(sorted(map(repr, self.coordinators)))}: check [coordinator] "
                                "name and endpoint ([serve] allow_coordinators)")
 
-    def _on_message(self, msg: Message, tls: TLSSession, pool: ThreadPoolExecutor) -> None:
+    def _on_message(self, msg: Message, tls: TLSSession, pool: Workers) -> None:
         if isinstance(msg, Welcome):
             self.session_id = msg.session_id
             self._heartbeat_s = min(self.options.heartbeat_s, msg.heartbeat_s)

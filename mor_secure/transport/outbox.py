@@ -43,13 +43,15 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def drain(self) -> list[Any]:
-        """Take every queued item (consumer thread only), oldest first."""
+    def drain(self, woken: bool = True) -> list[Any]:
+        """Take every queued item (consumer thread only), oldest first; ``woken`` says the poller saw
+        the descriptor readable, so the wake-up byte is consumed (a syscall saved when it was not)."""
         self._signalled = False
-        try:
-            os.read(self._read_fd, 4096)
-        except (BlockingIOError, OSError):
-            pass
+        if woken:
+            try:
+                os.read(self._read_fd, 4096)
+            except (BlockingIOError, OSError):
+                pass
         items = []
         pop = self._items.popleft
         while self._items:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +27,13 @@ from mor_secure.logs import get_logger
 from mor_secure.protocol import Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
 from mor_secure.transport.outbox import Outbox
 from mor_secure.transport.tls import TLSError, TLSSession, looks_like_client_hello
+from mor_secure.transport.workers import Workers
 
 log = get_logger("transport.server")
 
-# Frames at least this large are handed to libzmq without a copy.
-ZERO_COPY_BYTES = 64 * 1024
+# Frames at least this large are handed to libzmq without a copy (pyzmq's zero-copy hand-back
+# costs more than copying below about this size; measured).
+ZERO_COPY_BYTES = 512 * 1024
 # Smaller frames are decrypted in the loop thread: a hand-off to the pool costs more than the crypto.
 INLINE_BYTES = 16 * 1024
 # Requests at least this large are encrypted on the pool (several sessions at once, or when the
@@ -131,8 +133,7 @@ class TLSServer:
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._ready = threading.Event()
-        self._pool = (ThreadPoolExecutor(self.options.crypto_threads, thread_name_prefix="mor-tls")
-                      if self.options.crypto_threads > 0 else None)
+        self._pool = Workers(self.options.crypto_threads, "mor-tls") if self.options.crypto_threads > 0 else None
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
         self.endpoint = ""
@@ -155,7 +156,7 @@ class TLSServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
         for future in list(self._pending.values()):
             if not future.done():
                 future.set_exception(ConnectionError("server stopped"))
@@ -281,15 +282,14 @@ class TLSServer:
         self._outbox.consumer = threading.get_ident()
         next_tick = 0.0
         try:
+            wake = self._outbox.fileno()
             while not self._stopping.is_set():
-                poller.poll(0 if len(self._outbox) else 100)
+                events = dict(poller.poll(0 if len(self._outbox) else 100))
                 for _ in range(512):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                    if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                         break
-                    self._on_frames(frames)
-                for item in self._outbox.drain():
+                    self._on_frames(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                for item in self._outbox.drain(wake in events):
                     if callable(item):
                         item()
                     else:
