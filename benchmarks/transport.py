@@ -209,7 +209,7 @@ class TLSDriver:
 
     def handshake(self) -> float:
         client = TLSClient(self.endpoint, _ctx(self.ca, "client", "site-a"), coordinators=["coord"],
-                           worker_id="hs", agent_version="bench")
+                           worker_id="hs", agent_version="bench")  # builds (and checks) its SSL context
         t = time.perf_counter()
         client.start()
         client.connected.wait(10)

@@ -30,7 +30,6 @@ class Agent:
     def __init__(self, config: ClientConfig, *, worker_id: str | None = None) -> None:
         self.config = config
         factory = context_factory(config.tls, "client")
-        factory()  # fail now, with the PKI's explanation, rather than on the first dial
         identity = own_identity(config.tls)
         if identity.name != config.site:
             raise pki.PKIError(f"certificate {config.tls.cert} speaks for site {identity.name!r} but the "

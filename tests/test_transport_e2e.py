@@ -142,3 +142,14 @@ def test_an_agent_killed_mid_request_is_reported_and_its_restart_is_served(pki_d
         finally:
             restarted.kill()
             restarted.wait()
+
+
+def test_serve_refuses_unusable_configs_with_the_fix(tmp_path, pki_dir):
+    from client_agent.cli import group as client_group
+
+    config = _client_toml(tmp_path, pki_dir, _free_port(), "site-a")
+    config.write_text(config.read_text().replace('site = "site-a"', 'site = "site-b"'))
+    result = CliRunner().invoke(client_group, ["serve", "--config", str(config)])
+    assert result.exit_code == 1 and "speaks for site 'site-a'" in result.output
+    result = CliRunner().invoke(client_group, ["serve", "--config", str(tmp_path / "missing.toml")])
+    assert result.exit_code == 1 and "config file not found" in result.output

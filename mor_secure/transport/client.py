@@ -70,6 +70,7 @@ class TLSClient:
         self.options = options or ClientOptions()
         self.limits = limits or protocol.Limits(max_message_bytes=self.options.max_message_bytes)
         self._context_factory = context_factory
+        self._context: ssl.SSLContext | None = context_factory()  # PKI problems surface here, not on dial
         self._zmq = zmq.Context.instance()
         self._outbox = Outbox()
         self._woken = False
@@ -95,6 +96,7 @@ class TLSClient:
                     self._serve_once(pool)
                 except _Lost as exc:
                     log.warning("connection lost; reconnecting", extra={"reason": str(exc)})
+                    self._context = None
                 self.connected.clear()
                 if self.session_id:  # we were welcomed: start the back-off from scratch
                     attempt, self.session_id = 0, ""
@@ -138,7 +140,9 @@ class TLSClient:
             def emit(data: bytes) -> None:
                 self._outbox.put((tls, data))
 
-            tls = TLSSession(self._context_factory(), server_side=False, emit=emit,
+            if self._context is None:  # rebuilt after a lost connection: picks up a renewed cert or CRL
+                self._context = self._context_factory()
+            tls = TLSSession(self._context, server_side=False, emit=emit,
                              max_message_bytes=self.options.max_message_bytes,
                              handshake_timeout_s=self.options.connect_timeout_s)
             self.connections += 1

@@ -122,6 +122,7 @@ class TLSServer:
         self._context = context_factory()
         self._crl_path = Path(crl_path) if crl_path else None
         self._crl_mtime = self._mtime()
+        self._crl_checked = 0.0
         self._on_message = on_message
         self._zmq = zmq.Context.instance()
         self._outbox = Outbox()
@@ -511,7 +512,7 @@ class TLSServer:
                     self._drop(session, exc.reason)
         while self._banned and next(iter(self._banned.values())) < now:
             self._banned.popitem(last=False)
-        if self._crl_path is not None and now - getattr(self, "_crl_checked", 0.0) >= self.options.crl_check_s:
+        if self._crl_path is not None and now - self._crl_checked >= self.options.crl_check_s:
             self._crl_checked = now
             if self._mtime() != self._crl_mtime:
                 try:
