@@ -251,6 +251,9 @@ class PrivacyReportMsg(Message):
     TYPE: ClassVar[str] = "privacy_report"
     report: dict[str, Any]
     signature: bytes
+    cert_pem: bytes = b""
+    """The signer's certificate (PEM); the coordinator accepts it only if it is the certificate the
+    TLS session authenticated (same fingerprint)."""
 
 
 @message
@@ -271,6 +274,21 @@ def message_types() -> dict[str, type[Message]]:
 def request_id_of(msg: Message) -> str | None:
     """The request id a message carries, or None."""
     return getattr(msg, "request_id", None)
+
+
+def peek_request_id(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """The ``request_id`` of a message that failed to ``decode``, when its envelope still shows one
+    (so the reply can be an ``Error`` naming it); None when even that much is unreadable."""
+    try:
+        envelope = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, max_bin_len=max(limits.max_image_bytes, 4096),
+            max_str_len=limits.max_string_bytes, max_array_len=limits.max_items,
+            max_map_len=max(limits.max_items, 16), max_ext_len=0)
+    except Exception:  # garbage: no request to name
+        return None
+    body = envelope.get("b") if isinstance(envelope, dict) else None
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    return request_id if isinstance(request_id, str) and 0 < len(request_id) <= 200 else None
 
 
 def _check_score_request(msg: ScoreRequest, limits: Limits) -> None:

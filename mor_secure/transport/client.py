@@ -79,6 +79,9 @@ class TLSClient:
         self.connected = threading.Event()
         self.session_id = ""
         self.connections = 0
+        self.on_welcome: Callable[[], Iterable[Message]] | None = None
+        """Called in the network thread after each Welcome; the messages it returns are sent at once
+        (the agent's signed privacy report)."""
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
@@ -205,7 +208,12 @@ class TLSClient:
             try:
                 msg = protocol.decode(raw, self.limits)
             except ProtocolError as exc:
-                raise _Lost(f"protocol violation by the coordinator: {exc}") from None
+                request_id = protocol.peek_request_id(raw, self.limits)
+                if request_id is None or not self.connected.is_set():
+                    raise _Lost(f"protocol violation by the coordinator: {exc}") from None
+                log.warning("malformed request refused", extra={"request": request_id})
+                self._send(tls, Error(request_id, "malformed", str(exc)[:500]))
+                continue
             self._on_message(msg, tls, pool)
 
     def _check_coordinator(self, tls: TLSSession) -> None:
@@ -225,6 +233,8 @@ class TLSClient:
             log.info("welcomed by the coordinator", extra={"coordinator": msg.coordinator,
                                                           "session": msg.session_id})
             self.connected.set()
+            for extra in self.on_welcome() if self.on_welcome is not None else ():
+                self._send(tls, extra)
         elif isinstance(msg, Refused):
             raise AgentRefused(f"the coordinator refused this agent: {msg.reason}")
         elif isinstance(msg, Heartbeat):
