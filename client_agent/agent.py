@@ -48,6 +48,11 @@ class Agent:
         """Serve requests of type ``kind`` with ``handler`` (e.g. ``ScoreRequest``)."""
         self.client.register(kind, handler)
 
+    def send(self, msg: Message) -> None:
+        """Send an unsolicited message (a signed privacy report) to the coordinator; ``ConnectionError``
+        when not connected."""
+        self.client.send(msg)
+
     def run(self) -> None:
         """Dial, serve and reconnect until ``stop()``; raises ``AgentRefused`` when refused."""
         log.info("agent starting", extra={"site": self.config.site, "worker": self.worker_id,

@@ -307,3 +307,69 @@ def test_the_agent_reconnects_with_a_fresh_handshake_when_the_coordinator_restar
     finally:
         agent.stop()
         server.stop()
+
+
+class RawAgent:
+    """A hand-driven agent: real handshake and hello, then whatever the test sends."""
+
+    def __init__(self, endpoint: str, ca: Path) -> None:
+        self.out: list[bytes] = []
+        self.tls = TLSSession(_client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(), server_side=False,
+                              emit=self.out.append, max_message_bytes=1 << 20)
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.tls.start()
+        welcomed = False
+        while not welcomed:
+            self.flush()
+            assert self.sock.poll(5000), "no answer from the server"
+            was_done = self.tls.handshake_done
+            messages = self.tls.feed(self.sock.recv())
+            if self.tls.handshake_done and not was_done:
+                self.send(protocol.encode(protocol.Hello(agent_version="t", worker_id="raw")))
+            welcomed = any(isinstance(protocol.decode(m), protocol.Welcome) for m in messages)
+
+    def flush(self) -> None:
+        while self.out:
+            self.sock.send(self.out.pop(0))
+
+    def send(self, payload: bytes) -> None:
+        self.tls.send(payload)
+        self.flush()
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"\xc1 not msgpack", "protocol violation"),
+    (protocol.encode(protocol.ScoreReply(request_id="nobody-asked", scores=[1.0], model_sha256="x")), None),
+])
+def test_garbage_after_the_welcome_drops_only_that_session(federation, ca, payload, reason):
+    server, endpoint, good = federation
+    raw = RawAgent(endpoint, ca)
+    try:
+        assert len([p for p in server.peers() if p.worker_id == "raw"]) == 1
+        raw.send(payload)
+        if reason:  # garbage: dropped with the reason; an unsolicited reply is just ignored
+            assert _wait(lambda: not any(p.worker_id == "raw" for p in server.peers()))
+            assert _refusal(server, reason)
+        else:
+            time.sleep(0.2)
+            assert any(p.worker_id == "raw" for p in server.peers())
+        _good_agent_answers(server, good)
+    finally:
+        raw.sock.close()
+
+
+def test_unsolicited_agent_messages_reach_on_message_with_the_certified_site(ca):
+    received = []
+    with TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW,
+                   on_message=lambda peer, msg: received.append((peer.site, msg))) as server:
+        agent = _agent(server.endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
+        try:
+            report = protocol.PrivacyReportMsg(report={"epsilon": 1.5}, signature=b"sig")
+            agent.send(report)
+            assert _wait(lambda: received == [("site-a", report)])
+        finally:
+            agent.stop()
+        with pytest.raises(ConnectionError):
+            agent.send(report)

@@ -74,6 +74,7 @@ class TLSClient:
         self._zmq = zmq.Context.instance()
         self._outbox = Outbox()
         self._woken = False
+        self._tls: TLSSession | None = None
         self._heartbeat_s = self.options.heartbeat_s
         self._stopping = threading.Event()
         self.connected = threading.Event()
@@ -88,6 +89,17 @@ class TLSClient:
     def register(self, kind: type[Message], handler: Handler) -> None:
         """Serve requests of type ``kind`` with ``handler`` (before ``run``)."""
         self.handlers[kind] = handler
+
+    def send(self, msg: Message) -> None:
+        """Send an unsolicited message (e.g. a privacy report) on the current session, any thread;
+        ``ConnectionError`` when not welcomed."""
+        tls = self._tls
+        if tls is None or not self.connected.is_set():
+            raise ConnectionError(f"not connected to the coordinator at {self.endpoint}")
+        try:
+            self._send(tls, msg)
+        except TLSError as exc:
+            raise ConnectionError(f"connection lost: {exc.reason}") from None
 
     def run(self) -> None:
         """Connect, serve and reconnect until ``stop()``; raises ``AgentRefused`` when refused."""
@@ -149,6 +161,7 @@ class TLSClient:
                              max_message_bytes=self.options.max_message_bytes,
                              handshake_timeout_s=self.options.connect_timeout_s)
             self.connections += 1
+            self._tls = tls
             self._loop(sock, tls, pool)
         finally:
             sock.close(linger=0)

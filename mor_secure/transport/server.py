@@ -106,7 +106,9 @@ class TLSServer:
 
     ``context_factory`` builds the server ``SSLContext`` (``pki.ssl_context("coordinator", ...)``);
     it is called again, inside the loop thread, whenever the CRL file changes or ``reload_crl()``
-    is called, and live sessions whose certificate the new CRL revokes are dropped.
+    is called, and live sessions whose certificate the new CRL revokes are dropped. Messages that
+    are neither replies nor heartbeats (a privacy report) go to ``on_message(peer, msg)``, called
+    on a TLS thread: hand long work elsewhere.
     """
 
     def __init__(self, endpoint: str, context_factory: Callable[[], ssl.SSLContext], *, name: str,
