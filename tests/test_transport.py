@@ -373,3 +373,19 @@ def test_unsolicited_agent_messages_reach_on_message_with_the_certified_site(ca)
             agent.stop()
         with pytest.raises(ConnectionError):
             agent.send(report)
+
+
+def test_heartbeats_continue_while_a_handler_runs_longer_than_the_peer_timeout(ca):
+    options = ServerOptions(heartbeat_s=0.2, peer_timeout_s=0.8)
+    with TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW, options=options) as server:
+        agent = TLSClient(server.endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"),
+                          coordinators=["coord"], worker_id="slow", agent_version="t",
+                          options=ClientOptions(heartbeat_s=0.2, idle_timeout_s=3.0))
+        agent.register(HealthRequest, lambda m: time.sleep(2.0) or HealthReply(m.request_id, "site-a", "t", []))
+        agent.start()
+        try:
+            assert agent.connected.wait(10) and agent.error is None
+            reply = server.request(agent.session_id, HealthRequest(request_id="long")).result(10)
+            assert reply.request_id == "long" and agent.connections == 1
+        finally:
+            agent.stop()

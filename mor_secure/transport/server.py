@@ -229,6 +229,9 @@ class TLSServer:
             self._pending[key] = future
             session.requests.add(key)
             future.add_done_callback(lambda _, s=session, k=key: self._forget(s, k))
+            if session.dead:  # dropped while we registered: its drop may have missed this request
+                future.set_exception(ConnectionError("disconnected"))
+                continue
             targets.append((session, future))
         # Large messages are encrypted on the pool when there are several, or when called from the
         # loop thread (a reply callback), which must stay free to move frames.
