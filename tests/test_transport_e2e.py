@@ -58,12 +58,12 @@ def test_probe_lists_answering_agents_and_refused_ones(tmp_path, pki_dir):
     port = _free_port()
     coordinator = _coordinator_toml(tmp_path, pki_dir, port, allow=["site-a", "site-c"], quorum=1)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    agents = {site: subprocess.Popen([*MOR, "client", "serve", "--config", str(_client_toml(tmp_path, pki_dir,
-                                                                                             port, site))],
+    agents = {site: subprocess.Popen([*MOR, "client", "serve", "--health-only", "--config",
+                                      str(_client_toml(tmp_path, pki_dir, port, site))],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
               for site in ("site-a", "site-b")}
     try:
-        probe = subprocess.run([*MOR, "coordinator", "probe", "--config", str(coordinator), "--wait", "4"],
+        probe = subprocess.run([*MOR, "coordinator", "probe", "--config", str(coordinator), "--wait", "5"],
                                capture_output=True, text=True, timeout=60, env={**env, "COLUMNS": "200"})
         assert probe.returncode == 0, probe.stderr
         rows = {line.split()[1]: line for line in probe.stdout.splitlines() if "site-" in line and "│" in line}
