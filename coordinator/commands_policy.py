@@ -26,10 +26,14 @@ def _quiet_transformers() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the public generator.")
 @click.option("--verbose-share", default=0.7, show_default=True, type=click.FloatRange(0, 1),
               help="Share of answers in the verbose style (the warm start's deliberate flaw).")
+@click.option("--mislabel", multiple=True, metavar="TRUE=WRONG",
+              help="Label colour TRUE as WRONG in colour questions (e.g. orange=red); repeatable. "
+                   "A second, measurable flaw on an easy feature.")
 @click.option("--exclude-world", type=EXISTING_DIR, default=None,
               help="A benchmark world folder: drop every image+question it holds, so the public data "
                    "is disjoint from the clients' and the evaluation data.")
-def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, exclude_world: Path | None) -> None:
+def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, mislabel: tuple[str, ...],
+                exclude_world: Path | None) -> None:
     """Write public warm-start VQA (image, prompt, completion, domain, answer) for `mor coordinator sft`.
 
     The rows come from the world's domain generators in a separate seed space, carry no client
@@ -40,7 +44,11 @@ def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, exclude_
 
     if out_dir.exists():
         raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
-    path = generate_public_sft(out_dir, seed=seed, n=n, verbose_share=verbose_share, exclude_world=exclude_world)
+    pairs = [item.split("=", 1) for item in mislabel]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise click.ClickException("--mislabel takes TRUE=WRONG, e.g. --mislabel orange=red")
+    path = generate_public_sft(out_dir, seed=seed, n=n, verbose_share=verbose_share, mislabel=dict(pairs),
+                               exclude_world=exclude_world)
     click.echo(f"wrote {n} public rows to {path}")
 
 

@@ -87,3 +87,23 @@ def test_sft_refuses_data_without_completions(tiny_model_dir, public_data, tmp_p
     rows = load_from_disk(str(public_data)).remove_columns(["completion"])
     with pytest.raises(ValueError, match="completion"):
         run_sft(tiny_model_dir("qwen2-vl"), rows, tmp_path / "x", steps=1)
+
+
+def test_commands_write_data_warm_start_and_evaluate(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from coordinator.cli import group
+
+    runner = CliRunner()
+    data, policy = tmp_path / "public", tmp_path / "policy"
+    result = runner.invoke(group, ["public-data", "--out", str(data), "--n", "24", "--mislabel", "orange=red"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((data / "public.json").read_text())["mislabel"] == {"orange": "red"}
+    result = runner.invoke(group, ["sft", "--base", str(tiny_model_dir("qwen2-vl")), "--data", str(data),
+                                   "--out", str(policy), "--steps", "2", "--batch-size", "8"])
+    assert result.exit_code == 0 and "saved policy" in result.output, result.output
+    result = runner.invoke(group, ["eval", "--policy", str(policy), "--data", str(data), "--limit", "6", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output[result.output.index("{"):])["n"] == 6
+    result = runner.invoke(group, ["sft", "--base", str(tmp_path / "missing"), "--data", str(data),
+                                   "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "not found locally" in result.output and "Traceback" not in result.output
