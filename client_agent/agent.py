@@ -12,7 +12,7 @@ import socket
 from client_agent.config import ClientConfig
 from mor_secure import __version__, pki
 from mor_secure.logs import get_logger
-from mor_secure.protocol import HealthReply, HealthRequest, Message
+from mor_secure.protocol import HealthReply, HealthRequest, Message, ScoreRequest
 from mor_secure.transport import ClientOptions, TLSClient
 from mor_secure.transport.client import Handler
 from mor_secure.transport.contexts import context_factory, own_identity
@@ -52,6 +52,12 @@ class Agent:
         """Send an unsolicited message (a signed privacy report) to the coordinator; ``ConnectionError``
         when not connected."""
         self.client.send(msg)
+
+    def serve_scores(self, handler: Handler, report: Message | None) -> None:
+        """Answer ``ScoreRequest`` with ``handler`` (a ``ScoringService``) and send ``report`` (the
+        signed ``PrivacyReportMsg``) after each welcome, so the coordinator can verify who spent what."""
+        self.register(ScoreRequest, handler)
+        self.client.on_welcome = (lambda: [report]) if report is not None else None
 
     def run(self) -> None:
         """Dial, serve and reconnect until ``stop()``; raises ``AgentRefused`` when refused."""

@@ -24,11 +24,17 @@ def group() -> None:
 @CONFIG
 @click.option("--worker-id", default=None, help="Name of this worker in logs and the coordinator's "
                                                 "peer list (default HOST-PID); run several per site to share load.")
-def serve(config_path: Path, worker_id: str | None) -> None:
-    """Dial the coordinator and answer its requests until stopped (Ctrl-C or SIGTERM).
+@click.option("--health-only", is_flag=True, default=False,
+              help="Connect and answer health checks only, without a reward model: test the connection "
+                   "(certificates, allow-lists, firewall) before training.")
+def serve(config_path: Path, worker_id: str | None, health_only: bool) -> None:
+    """Dial the coordinator and answer its scoring requests until stopped (Ctrl-C or SIGTERM).
 
-    Retries with exponential back-off while the coordinator is unreachable; exits non-zero with
-    the reason when the coordinator refuses this site or cannot be verified.
+    Loads the reward model trained into [train].out, sends its privacy report signed with the
+    site's key after each connection, and scores under the [serve] policy (allowed coordinators,
+    max batch, requests per minute, max pixels); refused requests get an error reply. Retries with
+    exponential back-off while the coordinator is unreachable; exits non-zero with the reason when
+    the coordinator refuses this site or cannot be verified.
     """
     from client_agent.agent import Agent
     from client_agent.config import load_client_config
@@ -37,9 +43,21 @@ def serve(config_path: Path, worker_id: str | None) -> None:
     from mor_secure.transport import AgentRefused
 
     try:
-        agent = Agent(load_client_config(config_path), worker_id=worker_id)
+        config = load_client_config(config_path)
+        agent = Agent(config, worker_id=worker_id)
     except (ConfigError, pki.PKIError) as exc:
         raise click.ClickException(str(exc)) from None
+    if not health_only:
+        from client_agent.scoring import ScoringService, ServeError, load_served_model, signed_report
+
+        try:
+            served = load_served_model(config, config_path)
+            report = signed_report(config, served.report)
+        except ServeError as exc:
+            raise click.ClickException(str(exc)) from None
+        agent.serve_scores(ScoringService(served.model, served.sha256, config.serve), report)
+        click.echo(f"serving {served.report.get('family')} model {served.sha256[:19]}... from {served.folder}",
+                   err=True)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     try:
         agent.run()

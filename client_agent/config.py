@@ -81,7 +81,17 @@ class ServeSection:
     allow_coordinators: list[str] = field(help="Coordinator names this agent answers; empty means the "
                                                "one named in [coordinator].", default_factory=list)
     max_batch: int = field(256, help="Largest number of items one scoring request may carry.")
-    requests_per_minute: int = field(600, help="Scoring requests accepted per minute; more get an error reply.")
+    requests_per_minute: int = field(600, help="Scoring requests accepted per minute (a token bucket holding "
+                                               "one minute's worth); more get an error reply.")
+    max_pixels: int = field(2048 * 2048, help="Largest image (width x height) a request may carry; larger ones "
+                                              "are refused from their header, before any pixel is decoded.")
+    allow_no_dp: bool = field(False, help="Serve a model trained with --no-dp (epsilon = infinity). For "
+                                          "measurements only: such a model carries no privacy guarantee.")
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "requests_per_minute", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"[serve] {name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
