@@ -93,3 +93,7 @@ group.add_command(commands_policy.public_data)
 group.add_command(commands_policy.sft)
 group.add_command(commands_policy.eval_)
 group.add_command(commands_policy.grpo)
+
+from coordinator.commands_router import router  # noqa: E402  (router training from the federation)
+
+group.add_command(router)

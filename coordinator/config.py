@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.grpo_config import GRPORunConfig
+from coordinator.router_config import RouterRunConfig
 from mor_secure.config import TLSConfig, field, load_config
 
 
@@ -25,14 +26,48 @@ class ClientsSection:
 
 
 @dataclass
+class PoolSection:
+    max_batch: int = field(64, help="Most items per scoring request; larger batches are split. Keep it at most "
+                                    "the smallest [serve] max_batch of the sites.")
+    parallel: int = field(4, help="Sub-batches of one large batch in flight at once.")
+    retries: int = field(2, help="Extra attempts, within one request's deadline, for a site that failed fast "
+                                 "(disconnected, busy); a timeout is not retried.")
+    backoff_s: float = field(0.2, help="Wait before the first retry; it doubles at each further retry.")
+    max_failures: int = field(3, help="Consecutive failures after which a site is put aside (circuit breaker); "
+                                      "a timeout puts it aside at once.")
+    cooldown_s: float = field(30.0, help="Seconds a site stays aside before one trial request; a site that "
+                                         "reconnects with a verified report rejoins at once.")
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.parallel < 1 or self.retries < 0 or self.max_failures < 1:
+            raise ValueError("[pool] max_batch, parallel and max_failures must be >= 1, retries >= 0")
+        if self.backoff_s < 0 or self.cooldown_s < 0:
+            raise ValueError("[pool] backoff_s and cooldown_s must be >= 0")
+
+
+@dataclass
+class LedgerSection:
+    path: Path | None = field(None, help="The privacy ledger (hash-chained JSON lines) of signed reports, "
+                                         "scoring sessions and refusals; default privacy-ledger.jsonl beside "
+                                         "this config.", path=True)
+
+
+@dataclass
 class CoordinatorConfig:
     name: str = field(help="This coordinator's name; must match its certificate's SAN mor://coordinator/NAME.")
     tls: TLSConfig = field(help="TLS identity of the coordinator.")
     bind: str = field("tcp://0.0.0.0:7000", help="ZeroMQ endpoint the ROUTER binds; agents dial it.")
     clients: ClientsSection = field(help="Who may join and how long to wait for them.", default_factory=ClientsSection)
     grpo: GRPORunConfig = field(help="GRPO of the policy (`mor coordinator grpo`).", default_factory=GRPORunConfig)
+    pool: PoolSection = field(help="Fan-out scoring: batching, retries, circuit breaker.", default_factory=PoolSection)
+    ledger: LedgerSection = field(help="Where the privacy ledger is written.", default_factory=LedgerSection)
+    router: RouterRunConfig = field(help="Router training (`mor coordinator router`).",
+                                    default_factory=RouterRunConfig)
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
-    """Read and validate coordinator.toml."""
-    return load_config(CoordinatorConfig, path)
+    """Read and validate coordinator.toml (the ledger defaults to privacy-ledger.jsonl beside it)."""
+    config = load_config(CoordinatorConfig, path)
+    if config.ledger.path is None:
+        config.ledger.path = Path(path).resolve().parent / "privacy-ledger.jsonl"
+    return config

@@ -2,14 +2,18 @@
 
 ``ClientPool.fanout`` sends one request to every chosen site, gathers replies until a deadline and
 says for each failed site why (timeout, error reply, disconnected, refused, not connected).
-Retries and circuit breaking compose on top of it.
+``ResilientPool`` composes on top of it: retries with backoff inside the request's deadline, and a
+``CircuitBreaker`` that puts a failing site aside and tries it again after a cool-down, so a dead
+site costs one deadline, not one per request.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
@@ -40,15 +44,22 @@ class FanoutResult:
 
 
 class ClientPool:
-    """A ``TLSServer`` seen as a set of sites; picks one session per site (round robin over workers)."""
+    """A ``TLSServer`` seen as a set of sites; picks one session per site (round robin over workers).
 
-    def __init__(self, server: TLSServer, *, deadline_s: float = 10.0) -> None:
+    ``admit``, when given, says which sessions the pool may use (e.g. only those whose signed privacy
+    report was verified); the others are neither listed nor asked.
+    """
+
+    def __init__(self, server: TLSServer, *, deadline_s: float = 10.0,
+                 admit: Callable[[Peer], bool] | None = None) -> None:
         self.server = server
         self.deadline_s = deadline_s
+        self.admit = admit
         self._turn = itertools.count()
 
     @classmethod
-    def from_config(cls, config: CoordinatorConfig, **server_kwargs: Any) -> ClientPool:
+    def from_config(cls, config: CoordinatorConfig, *, admit: Callable[[Peer], bool] | None = None,
+                    **server_kwargs: Any) -> ClientPool:
         """Build the server from coordinator.toml (PKIError/CRLError name the fix if the PKI is unusable)."""
         section = config.clients
         options = ServerOptions(heartbeat_s=section.heartbeat_s, peer_timeout_s=section.peer_timeout_s,
@@ -58,7 +69,7 @@ class ClientPool:
                                 crypto_threads=section.crypto_threads)
         server = TLSServer(config.bind, context_factory(config.tls, "coordinator"), name=config.name,
                            allow=section.allow, crl_path=config.tls.crl, options=options, **server_kwargs)
-        return cls(server, deadline_s=section.deadline_s)
+        return cls(server, deadline_s=section.deadline_s, admit=admit)
 
     def start(self) -> str:
         """Bind and start serving; returns the bound endpoint."""
@@ -76,12 +87,13 @@ class ClientPool:
         self.stop()
 
     def sites(self) -> list[str]:
-        """Sites with at least one live session, sorted."""
-        return sorted(self.server.sites())
+        """Sites with at least one live (admitted) session, sorted."""
+        return sorted({peer.site for peer in self.peers()})
 
     def peers(self) -> list[Peer]:
-        """Every live session (several per site when a site runs several workers)."""
-        return self.server.peers()
+        """Every live admitted session (several per site when a site runs several workers)."""
+        peers = self.server.peers()
+        return peers if self.admit is None else [p for p in peers if self.admit(p)]
 
     def wait_for(self, sites: list[str], timeout: float) -> bool:
         """Wait until every site in ``sites`` is connected, or ``timeout`` seconds pass."""
@@ -134,6 +146,8 @@ class ClientPool:
         return chosen
 
     def _absence_reason(self, site: str) -> str:
+        if any(peer.site == site for peer in self.server.peers()):
+            return "connected but not admitted (no verified privacy report)"
         uri = f"mor://client/{site}"
         for refusal in reversed(self.server.refusals()):
             if refusal.identity == uri:
@@ -151,3 +165,130 @@ class ClientPool:
             result.failures[site] = f"error reply: {reply.code}: {reply.message}"
         else:
             result.replies[site] = reply
+
+
+# Error codes that say the request itself is wrong: retrying it, or blaming the site, would not help.
+REQUEST_ERRORS = frozenset({"malformed", "bad_image", "image_too_large", "batch_too_large", "unsupported",
+                            "bad_reply"})
+
+
+def is_request_error(reason: str) -> bool:
+    """Whether a failure reason is an agent's refusal of the request's content (not the site's fault)."""
+    return reason.startswith("error reply: ") and reason[len("error reply: "):].split(":", 1)[0] in REQUEST_ERRORS
+
+
+@dataclass
+class SiteHealth:
+    """One site's breaker state and failure counts (for status reporting)."""
+
+    state: str = "closed"
+    consecutive: int = 0
+    failures: int = 0
+    successes: int = 0
+    opened_at: float = 0.0
+    last_failure: str = ""
+
+
+class CircuitBreaker:
+    """Per-site breaker: open after ``max_failures`` consecutive failures (at once on a timeout, which
+    costs a whole deadline), half-open after ``cooldown_s`` (one trial request), closed on a success."""
+
+    def __init__(self, *, max_failures: int = 3, cooldown_s: float = 30.0, clock=time.monotonic) -> None:
+        if max_failures < 1 or cooldown_s < 0:
+            raise ValueError("max_failures must be >= 1 and cooldown_s >= 0")
+        self.max_failures, self.cooldown_s = max_failures, cooldown_s
+        self._clock = clock
+        self._sites: dict[str, SiteHealth] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, site: str) -> bool:
+        """Whether to send ``site`` a request now; an open breaker past its cool-down lets one trial through."""
+        with self._lock:
+            health = self._sites.setdefault(site, SiteHealth())
+            if health.state == "open" and self._clock() - health.opened_at >= self.cooldown_s:
+                health.state = "half-open"
+            return health.state != "open"
+
+    def success(self, site: str) -> None:
+        """The site answered: close its breaker."""
+        with self._lock:
+            health = self._sites.setdefault(site, SiteHealth())
+            health.state, health.consecutive = "closed", 0
+            health.successes += 1
+
+    def failure(self, site: str, reason: str) -> None:
+        """The site failed a request; open the breaker after too many, or at once on a timeout or a failed trial."""
+        with self._lock:
+            health = self._sites.setdefault(site, SiteHealth())
+            health.consecutive += 1
+            health.failures += 1
+            health.last_failure = reason
+            if (health.state == "half-open" or reason.startswith("timeout")
+                    or health.consecutive >= self.max_failures):
+                if health.state != "open":
+                    log.warning("site put aside", extra={"site": site, "failures": health.consecutive,
+                                                         "cooldown_s": self.cooldown_s})
+                health.state, health.opened_at = "open", self._clock()
+
+    def reset(self, site: str) -> None:
+        """Close the breaker (the site reconnected with a fresh session)."""
+        with self._lock:
+            health = self._sites.setdefault(site, SiteHealth())
+            health.state, health.consecutive = "closed", 0
+
+    def health(self) -> dict[str, SiteHealth]:
+        """A snapshot of every site seen, by name."""
+        with self._lock:
+            return {site: replace(h) for site, h in sorted(self._sites.items())}
+
+
+class ResilientPool:
+    """``ClientPool.fanout`` with a deadline per request, retries with backoff and a circuit breaker.
+
+    Within one request's deadline, a site that failed fast (disconnected, not connected, busy) is
+    asked again after ``backoff_s`` (doubling), at most ``retries`` times; a timeout uses the whole
+    deadline and is not retried. Sites whose breaker is open are not asked at all.
+    """
+
+    def __init__(self, pool: ClientPool, *, retries: int = 2, backoff_s: float = 0.2,
+                 breaker: CircuitBreaker | None = None) -> None:
+        self.pool, self.retries, self.backoff_s = pool, retries, backoff_s
+        self.breaker = breaker or CircuitBreaker()
+
+    def fanout(self, request: Message, sites: list[str], deadline_s: float | None = None) -> FanoutResult:
+        """Send ``request`` to ``sites``; replies and failures by site, as ``ClientPool.fanout``."""
+        deadline_s = self.pool.deadline_s if deadline_s is None else deadline_s
+        end = time.monotonic() + deadline_s
+        result = FanoutResult()
+        todo = []
+        for site in sites:
+            if self.breaker.allow(site):
+                todo.append(site)
+            else:
+                result.failures[site] = f"put aside: circuit open after {self.breaker.health()[site].consecutive} " \
+                                        "failure(s); tried again after the cool-down"
+        attempt = 0
+        while todo:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            if attempt:
+                request = replace(request, request_id=uuid.uuid4().hex)  # type: ignore[type-var]
+            got = self.pool.fanout(request, todo, deadline_s=left)
+            result.replies.update(got.replies)
+            result.latency_s.update(got.latency_s)
+            result.failures.update(got.failures)
+            for site in got.replies:
+                result.failures.pop(site, None)
+            todo = [site for site, reason in got.failures.items()
+                    if not reason.startswith("timeout") and not is_request_error(reason)]
+            if attempt >= self.retries or not todo:
+                break
+            time.sleep(min(self.backoff_s * 2 ** attempt, max(0.0, end - time.monotonic())))
+            attempt += 1
+        for site in result.replies:
+            self.breaker.success(site)
+        for site, reason in result.failures.items():
+            if not reason.startswith("put aside") and not is_request_error(reason):
+                self.breaker.failure(site, reason)
+        return result

@@ -1,0 +1,68 @@
+"""`mor coordinator router`: train the Mixture-of-Rewards router from the live federation and print how
+the fused reward compares with the baselines. torch is imported inside the command."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+@click.command("router")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="The coordinator.toml ([tls], [clients], [router], [pool], [ledger]).")
+def router(config_path: Path) -> None:
+    """Train the router on the labelled pairs of [router] data, with the sites' scores fetched once.
+
+    Binds, waits for the allowed agents (their signed privacy reports go to the ledger), fetches
+    each site's scores of every pair over mutual TLS (cached in [router] out/scores by data
+    fingerprint, site and model sha256, so a re-run asks only sites whose model changed), fits the
+    per-site calibration, embeds the prompts with the reference [router] policy, trains the router
+    and saves the mixture (router + calibration) in [router] out/mixture. Prints held-out pairwise
+    accuracy of the fused reward beside each baseline, and the mean routing weight per domain.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from coordinator.calibration import CalibrationError
+    from coordinator.config import load_coordinator_config
+    from coordinator.router import RouterError
+    from coordinator.router_run import RouterRunError, accuracy_rows, run_router
+    from mor_secure import pki
+    from mor_secure.config import ConfigError
+    from mor_secure.data.schema import DataError
+    from mor_secure.ledger import LedgerError
+    from mor_secure.models.loading import ModelNotFoundError
+
+    try:
+        config = load_coordinator_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        report = run_router(config)
+    except (ConfigError, pki.PKIError, RouterRunError, RouterError, CalibrationError, DataError, LedgerError,
+            ModelNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot bind {config.bind} or write {config.router.out}: {exc}") from None
+
+    console = Console()
+    accuracy = Table(title=f"Held-out pairwise accuracy ({report['test_pairs']} pairs of {config.router.data})")
+    accuracy.add_column("reward")
+    accuracy.add_column("accuracy", justify="right")
+    for name, value in accuracy_rows(report):
+        accuracy.add_row(name, _pct(value))
+    console.print(accuracy)
+    weights = Table(title="Mean routing weight per domain (held-out prompts)")
+    weights.add_column("domain")
+    for site in report["sites"]:
+        weights.add_column(site, justify="right")
+    for domain, row in report["weights_by"].items():
+        weights.add_row(domain, *(f"{row[site]:.2f}" for site in report["sites"]))
+    console.print(weights)
+    click.echo(f"mixture saved in {report['mixture']}; report in {config.router.out / 'report.json'}", err=True)
