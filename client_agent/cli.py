@@ -71,3 +71,8 @@ from client_agent.commands import budget, evaluate, train  # noqa: E402  (owned 
 
 for _command in (train, evaluate, budget):
     group.add_command(_command)
+
+from client_agent.site_commands import doctor, init  # noqa: E402  (site set-up and checks)
+
+for _command in (init, doctor):
+    group.add_command(_command)

@@ -1,0 +1,66 @@
+"""`mor client init`: the site folder it writes trains and serves with no edit but the data path."""
+
+from __future__ import annotations
+
+import stat
+import tomllib
+
+from click.testing import CliRunner
+
+from client_agent.cli import group as client_group
+from client_agent.config import ClientConfig
+from mor_secure.config import describe
+from mor_secure.protocol import ScoreReply
+from tests.site_helpers import coordinator_pool, enrol_site, free_port, make_ca, score_request
+
+
+def test_init_writes_key_csr_and_a_config_listing_every_setting(tmp_path):
+    out = tmp_path / "site"
+    result = CliRunner().invoke(client_group, ["init", "--site", "site-a", "--coordinator",
+                                               "tcp://coord.example.org:7000", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    key, csr, config = out / "certs" / "site-a.key", out / "certs" / "site-a.csr", out / "client.toml"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and csr.read_text().startswith("-----BEGIN CERTIFICATE REQ")
+    text = config.read_text()
+    for key_name, _default, help_text in describe(ClientConfig):
+        name = key_name.rpartition(".")[2]
+        assert f"{name} =" in text and help_text.split()[0] in text, key_name
+    values = tomllib.loads(text)
+    assert values["coordinator"] == {"endpoint": "tcp://coord.example.org:7000", "name": "coord.example.org"}
+    assert values["tls"]["cert"] == "certs/site-a.pem" and values["data"] == {}
+    assert "1. Send" in result.output and "8. Serve it" in result.output
+
+    again = CliRunner().invoke(client_group, ["init", "--site", "site-a", "--coordinator",
+                                              "tcp://coord.example.org:7000", "--out", str(out)])
+    assert again.exit_code == 1 and "refusing to overwrite" in again.output
+    bad = CliRunner().invoke(client_group, ["init", "--site", "site-b", "--coordinator", "coord:7000",
+                                            "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 1 and "tcp://HOST:PORT" in bad.output and "Traceback" not in bad.output
+
+
+def test_init_output_trains_and_serves_with_only_the_data_path_set(tmp_path, world_dir):
+    ca_dir = make_ca(tmp_path / "ca")
+    port = free_port()
+    config_path = enrol_site(tmp_path, ca_dir, "site-a", port, data=world_dir / "client-0")
+    trained = CliRunner().invoke(client_group, ["train", "--config", str(config_path), "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    assert "epsilon 4.000" in trained.output
+
+    from client_agent.agent import Agent
+    from client_agent.config import load_client_config
+    from client_agent.scoring import ScoringService, load_served_model
+
+    config = load_client_config(config_path)
+    served = load_served_model(config, config_path)
+    agent = Agent(config, worker_id="w1")
+    agent.serve_scores(ScoringService(served.model, served.sha256, config.serve), None)
+    pool = coordinator_pool(tmp_path, ca_dir, port, ["site-a"])
+    agent.start()
+    try:
+        assert pool.wait_for(["site-a"], 15)
+        result = pool.fanout(score_request(3))
+        reply = result.replies["site-a"]
+        assert isinstance(reply, ScoreReply) and len(reply.scores) == 3 and reply.model_sha256 == served.sha256
+    finally:
+        agent.stop()
+        pool.stop()
