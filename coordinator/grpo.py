@@ -160,9 +160,18 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
         peft_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
                                  target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|"
                                                 r"up_proj|down_proj)")
+    model: Any = policy
+    if resume and not cfg.lora:
+        # transformers resumes with load_state_dict(strict=False), which silently skips weights saved under
+        # their checkpoint names (all of Qwen2-VL's language model): load the checkpoint with from_pretrained,
+        # and keep the warm start as the reference TRL reloads from config._name_or_path.
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(last, local_files_only=True, dtype="auto")
+        model.config._name_or_path = policy
     processor = load_processor(policy)
     processor.tokenizer.padding_side = "left"  # TRL pads prompts left and re-processes them with this processor
-    trainer = GRPOTrainer(model=policy, reward_funcs=[with_telemetry(f) for f in funcs],
+    trainer = GRPOTrainer(model=model, reward_funcs=[with_telemetry(f) for f in funcs],
                           args=trl_config(cfg, suppressed_tokens(processor)),
                           train_dataset=prompt_dataset(train_dataset), processing_class=processor,
                           peft_config=peft_config, callbacks=[_drop_pickled_args_callback(), *callbacks])

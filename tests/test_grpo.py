@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from coordinator.grpo import UNSCORED_METRIC, RewardTelemetry, run_grpo
@@ -49,8 +50,20 @@ def test_grpo_learns_logs_kl_checkpoints_and_resumes(warm_start, public_data, tm
 
     with pytest.raises(FileExistsError, match="--resume"):
         run_grpo(_config(warm_start, out, steps=4), OracleReward(), public_data)
-    run_grpo(_config(warm_start, out, steps=4), OracleReward(), public_data, resume=True)
+    from transformers import AutoModelForImageTextToText, TrainerCallback
+
+    class FirstWeights(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    probe = FirstWeights()
+    run_grpo(_config(warm_start, out, steps=4), OracleReward(), public_data, resume=True, callbacks=[probe])
     assert [h["step"] for h in _history(out) if "kl" in h] == [1, 2, 3, 4]
+    saved = AutoModelForImageTextToText.from_pretrained(out / "checkpoint-2").state_dict()
+    assert probe.weights.keys() == saved.keys()
+    assert all(torch.equal(probe.weights[k], saved[k]) for k in saved)  # resumed from the checkpoint's weights
+    reference = AutoModelForImageTextToText.from_pretrained(warm_start).state_dict()
+    assert not all(torch.equal(probe.weights[k], reference[k]) for k in reference)
 
 
 def test_none_rewards_are_left_out_and_counted(warm_start, public_data, tmp_path):
