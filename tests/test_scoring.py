@@ -76,10 +76,10 @@ class World:
         return path
 
     def coordinator_toml(self, folder: Path, extra: str = "", *, bind: str = "tcp://127.0.0.1:0",
-                         quorum: int = 1, deadline_s: float = 5.0) -> Path:
+                         quorum: int = 1, deadline_s: float = 5.0, allow: list[str] = SITES) -> Path:
         path = folder / "coordinator.toml"
         path.write_text(f'name = "coord"\nbind = "{bind}"\n' + _tls(self.ca, "coord")
-                        + f'[clients]\nallow = {SITES!r}\nquorum = {quorum}\ndeadline_s = {deadline_s}\n'
+                        + f'[clients]\nallow = {allow!r}\nquorum = {quorum}\ndeadline_s = {deadline_s}\n'
                           'heartbeat_s = 0.5\n' + extra)
         return path
 
@@ -174,7 +174,8 @@ def test_signed_reports_land_in_the_ledger_and_verify(world, tmp_path):
     assert sorted(reports) == SITES
     for site in SITES:
         on_disk = json.loads((world.root / f"{site}-model" / "privacy_report.json").read_text())
-        assert reports[site]["epsilon"] == on_disk["epsilon"] and reports[site]["model_sha256"] == on_disk["model_sha256"]
+        assert reports[site]["epsilon"] == on_disk["epsilon"]
+        assert reports[site]["model_sha256"] == on_disk["model_sha256"]
         assert reports[site]["cert_fingerprint"] == pki.fingerprint(pki.load_cert(world.ca / f"{site}.pem"))
     result = CliRunner().invoke(ledger_group, ["verify", str(fed.ledger.path), "--ca", str(world.ca / "ca.pem")])
     assert result.exit_code == 0, result.output
@@ -283,17 +284,38 @@ def test_a_hung_agent_trips_the_breaker_and_rejoins_after_the_cooldown(world, tm
         assert asked["n"] == 2
 
 
-def test_an_agent_refuses_a_coordinator_not_on_its_allow_list(world, tmp_path):
-    with federation(world, tmp_path) as fed:
-        agent = start_agent(world, "client-2", fed.pool.server.endpoint, tmp_path,
+def test_allow_lists_on_both_sides_refuse_and_the_coordinators_refusal_is_recorded(world, tmp_path):
+    with federation(world, tmp_path, allow=["client-0", "client-1"]) as fed:
+        picky = start_agent(world, "client-1", fed.pool.server.endpoint, tmp_path,
                             serve='allow_coordinators = ["other-coordinator"]')
+        unknown = start_agent(world, "client-2", fed.pool.server.endpoint, tmp_path)
         try:
-            assert _until(lambda: agent.client.error is not None)
-            assert isinstance(agent.client.error, AgentRefused)
-            assert "is coordinator 'coord', not 'other-coordinator'" in str(agent.client.error)
+            assert _until(lambda: picky.client.error is not None and unknown.client.error is not None)
+            assert isinstance(picky.client.error, AgentRefused)
+            assert "is coordinator 'coord', not 'other-coordinator'" in str(picky.client.error)
+            assert "not on the allow-list" in str(unknown.client.error)
             assert fed.live_sites() == [] and not [e for e in fed.ledger.entries() if e.kind == "privacy_report"]
+            assert _until(lambda: any(e.kind == "refusal" and e.body["peer"] == "mor://client/client-2"
+                                      and "allow-list" in e.body["reason"] for e in fed.ledger.entries()))
         finally:
-            agent.stop()
+            picky.stop()
+            unknown.stop()
+
+
+def test_scores_from_a_model_without_a_received_report_are_not_used(world, tmp_path):
+    rows = _rows(world, 2)
+
+    def swapped(service: ScoringService) -> ScoringService:
+        service.model_sha256 = "sha256:" + "0" * 64  # as if the weights were swapped after the report
+        return service
+
+    with federation(world, tmp_path) as fed, agents(world, fed, tmp_path, sites=["client-0"], handler=swapped):
+        assert fed.wait_for(1, timeout=30)
+        scores = fed.scorer(list(rows["image"]), list(rows["prompt"]), list(rows["chosen"]))
+        assert scores["client-0"] is None
+        assert "privacy report was not received" in fed.last_round.failures["client-0"]
+    assert not [e for e in fed.ledger.entries() if e.kind == "scoring_session"]
+
 
 
 def test_serve_refuses_without_a_trained_model_or_with_edited_weights(world, tmp_path):
