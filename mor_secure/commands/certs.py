@@ -47,6 +47,10 @@ def group() -> None:
     Adding a site (its key never leaves it):
       site:  mor certs request --role client --name site-a --out DIR
       CA:    mor certs sign --ca-dir CA --csr site-a.csr      (send back site-a.pem, ca.pem, crl.pem)
+    Renewing (no downtime):
+      site:  mor certs request --renew --role client --name site-a --out DIR
+      CA:    mor certs sign --ca-dir CA --csr site-a.csr
+      site:  mor certs install --cert NEW.pem --dir DIR
     Removing a site:  mor certs revoke --ca-dir CA --name site-a, then copy crl.pem to every site.
     See certs/README.md for the whole procedure.
     """
@@ -78,12 +82,39 @@ def init(ca_dir: Path, common_name: str, days: int, crl_days: int) -> None:
 @KEY_TYPE
 @click.option("--reuse-key", is_flag=True, default=False,
               help="Renewal: sign the request with the existing NAME.key instead of making a new key.")
-def request(role: str, name: str, out_dir: Path, key_type: str, reuse_key: bool) -> None:
+@click.option("--renew", is_flag=True, default=False,
+              help="Renewal with a new key, without downtime: writes NAME.next.key beside the live key; "
+                   "the agent keeps serving until `mor certs install` swaps in the new certificate.")
+def request(role: str, name: str, out_dir: Path, key_type: str, reuse_key: bool, renew: bool) -> None:
     """Make this party's private key and a certificate request (run at the site)."""
     with _clear_errors():
-        key, csr = pki.make_request(role, name, out_dir, key_type=key_type, reuse_key=reuse_key)
+        key, csr = pki.make_request(role, name, out_dir, key_type=key_type, reuse_key=reuse_key, renew=renew)
     click.echo(f"key:  {key} ({'reused' if reuse_key else 'new'}, 0600: it never leaves this machine)")
     click.echo(f"CSR:  {csr} (send it to the CA operator: `mor certs sign --csr {csr.name}`)")
+    if renew or reuse_key:
+        click.echo(f"then: `mor certs install --cert {name}.NEW.pem --dir {out_dir}` with the certificate "
+                   "that comes back (keep the live files until then)")
+
+
+@group.command()
+@click.option("--cert", "cert_path", type=click.Path(path_type=Path), required=True,
+              help="The renewed certificate the CA operator sent back (save it outside --dir or under "
+                   "another name than NAME.pem).")
+@click.option("--dir", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The folder of the live NAME.pem and NAME.key (where `request --renew` ran).")
+def install(cert_path: Path, out_dir: Path) -> None:
+    """Swap in a renewed certificate (run at the site; no restart needed).
+
+    Checks it against NAME.next.key (or NAME.key after --reuse-key) and ca.pem, then moves key and
+    certificate into place atomically. A running agent keeps its session and presents the new
+    certificate at its next reconnect.
+    """
+    with _clear_errors():
+        done = pki.install_certificate(cert_path, out_dir)
+    click.echo(f"installed: {done.cert} ({done.fingerprint[:23]}...) until {done.not_after:%Y-%m-%d %H:%M} UTC"
+               + (f", key {done.key} replaced" if done.new_key else ", same key"))
+    click.echo("running agents present it at their next reconnect; once they have, the CA operator may "
+               "revoke the old certificate")
 
 
 @group.command()
@@ -126,10 +157,17 @@ def issue(ca_dir: Path, role: str, name: str, days: int, out_dir: Path | None, k
 @CA_DIR
 @NAME
 @CRL_DAYS
-def revoke(ca_dir: Path, name: str, crl_days: int) -> None:
-    """Revoke every live certificate of NAME and publish a new CRL."""
+@click.option("--serial", default=None, help="Revoke only this certificate (hex serial from `mor certs list`), "
+                                             "e.g. the one a renewal replaced; the site stays enrolled.")
+def revoke(ca_dir: Path, name: str, crl_days: int, serial: str | None) -> None:
+    """Revoke every live certificate of NAME (or only --serial) and publish a new CRL."""
+    try:
+        number = int(serial, 16) if serial is not None else None
+    except ValueError:
+        raise click.BadParameter(f"{serial!r} is not a hex serial; copy it from `mor certs list`",
+                                 param_hint="--serial") from None
     with _clear_errors():
-        serials = pki.revoke(ca_dir, name, crl_days=crl_days)
+        serials = pki.revoke(ca_dir, name, crl_days=crl_days, serial=number)
     if serials:
         click.echo(f"revoked {len(serials)} certificate(s) of {name}: " + ", ".join(f"{s:x}" for s in serials))
     else:

@@ -11,11 +11,12 @@ from mor_secure.pki.crl import check_crl
 from mor_secure.pki.identity import (ROLES, CRLError, Identity, PKIError, Role, fingerprint, identity_of,
                                      load_cert, load_crl)
 from mor_secure.pki.keys import KEY_TYPES, make_request
+from mor_secure.pki.renewal import Installed, install_certificate
 from mor_secure.pki.report import describe
 from mor_secure.pki.tls import peer_identity, ssl_context
 
 __all__ = [
-    "KEY_TYPES", "ROLES", "CRLError", "Identity", "PKIError", "Role", "ca_fingerprint", "certificates",
-    "check_crl", "describe", "fingerprint", "identity_of", "init_ca", "issue", "load_cert", "load_crl",
+    "KEY_TYPES", "ROLES", "CRLError", "Identity", "Installed", "PKIError", "Role", "ca_fingerprint", "certificates",
+    "check_crl", "describe", "fingerprint", "identity_of", "init_ca", "install_certificate", "issue", "load_cert", "load_crl",
     "make_request", "peer_identity", "revoke", "sign_request", "ssl_context", "write_crl",
 ]

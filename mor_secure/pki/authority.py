@@ -268,8 +268,9 @@ def write_crl(ca_dir: Path, *, days: int = 7) -> Path:
     return ca_dir / CRL_FILE
 
 
-def revoke(ca_dir: Path, name: str, *, crl_days: int = 7) -> list[int]:
-    """Revoke every live certificate of ``name`` and publish a new CRL; returns the revoked serials."""
+def revoke(ca_dir: Path, name: str, *, crl_days: int = 7, serial: int | None = None) -> list[int]:
+    """Revoke every live certificate of ``name`` (or only the one with ``serial``, e.g. the certificate a
+    renewal replaced) and publish a new CRL; returns the revoked serials."""
     ca_dir = Path(ca_dir)
     _load_ca(ca_dir)
     now = _now()
@@ -281,7 +282,7 @@ def revoke(ca_dir: Path, name: str, *, crl_days: int = 7) -> list[int]:
                            f"known names: {', '.join(sorted(known)) or 'none'}")
         serials = []
         for entry in index["certificates"]:
-            if entry["name"] == name and _is_live(entry, now):
+            if entry["name"] == name and _is_live(entry, now) and serial in (None, int(entry["serial"])):
                 entry["revoked_at"] = _iso(now)
                 serials.append(int(entry["serial"]))
         _save_index(ca_dir, index)

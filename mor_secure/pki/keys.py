@@ -98,16 +98,22 @@ def load_private_key(path: Path) -> PrivateKey:
 
 
 def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
-                 reuse_key: bool = False) -> tuple[Path, Path]:
+                 reuse_key: bool = False, renew: bool = False) -> tuple[Path, Path]:
     """Make ``out_dir/NAME.key`` (0600) and ``out_dir/NAME.csr`` asking for ``mor://ROLE/NAME``.
 
-    ``reuse_key=True`` signs a renewal request with the existing NAME.key instead of a new key.
-    Returns (key path, CSR path).
+    ``reuse_key=True`` signs a renewal request with the existing NAME.key instead of a new key;
+    ``renew=True`` makes a new key as NAME.next.key beside the live one, which keeps serving until
+    ``mor certs install`` swaps in the signed certificate. Returns (key path, CSR path).
     """
     ident = check_identity(role, name)
+    if reuse_key and renew:
+        raise PKIError("--renew makes a new key and --reuse-key keeps the old one: choose one")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key_path, csr_path = out_dir / f"{name}.key", out_dir / f"{name}.csr"
+    key_path, csr_path = out_dir / f"{name}{'.next' if renew else ''}.key", out_dir / f"{name}.csr"
+    if renew and key_path.exists():
+        raise PKIError(f"{key_path} exists: a renewal is already pending. Install its certificate "
+                       f"(`mor certs install --cert NAME.pem --dir {out_dir}`), or delete {key_path} to start over")
     if reuse_key:
         key = load_private_key(key_path)
     else:
@@ -120,5 +126,5 @@ def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
                           critical=False)
            .sign(key, signing_hash(key)))
     write_public(csr_path, csr.public_bytes(serialization.Encoding.PEM))
-    log.info("request made", extra={"role": role, "site": name, "reused_key": reuse_key})
+    log.info("request made", extra={"role": role, "site": name, "reused_key": reuse_key, "renewal": renew})
     return key_path, csr_path
