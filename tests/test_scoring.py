@@ -248,7 +248,7 @@ def test_rate_limited_requests_get_error_replies(world, tmp_path):
         assert fed.pool.fanout(HealthRequest(request_id="")).replies["client-1"].site == "client-1"
 
 
-def test_a_hung_agent_trips_the_breaker_and_rejoins_after_the_cooldown(world, tmp_path):
+def test_a_hung_agent_trips_the_breaker_keeps_its_session_and_rejoins_after_the_cooldown(world, tmp_path):
     alive = threading.Event()
     asked = {"n": 0}
 
@@ -265,7 +265,7 @@ def test_a_hung_agent_trips_the_breaker_and_rejoins_after_the_cooldown(world, tm
     with ExitStack() as stack:
         fed = stack.enter_context(federation(world, tmp_path, extra, deadline_s=1.0))
         stack.enter_context(agents(world, fed, tmp_path, sites=["client-0"]))
-        stack.enter_context(agents(world, fed, tmp_path, sites=["client-1"], handler=hang_until_alive))
+        (hung,) = stack.enter_context(agents(world, fed, tmp_path, sites=["client-1"], handler=hang_until_alive))
         stack.callback(alive.set)
         assert fed.wait_for(2, timeout=30)
         first = fed.scorer(*args)
@@ -277,11 +277,26 @@ def test_a_hung_agent_trips_the_breaker_and_rejoins_after_the_cooldown(world, tm
             assert later["client-1"] is None and later["client-0"] is not None
             assert fed.last_round.failures["client-1"].startswith("put aside")
         assert asked["n"] == 1 and fed.health()["client-1"].failures == 1
+        # The hung batch outlives the agent's idle timeout (2 s): heartbeats run off the handler threads,
+        # so the session survives; by then the cool-down (1.5 s) has passed too.
+        threading.Event().wait(2.5)
         alive.set()
-        threading.Event().wait(1.6)  # the cool-down passes
         back = fed.scorer(*args)
         assert back["client-1"] is not None and fed.health()["client-1"].state == "closed"
-        assert asked["n"] == 2
+        assert asked["n"] == 2 and hung.client.connections == 1
+
+
+def test_a_site_that_fails_fast_is_retried_within_the_deadline(world, tmp_path):
+    extra = "[pool]\nretries = 6\nbackoff_s = 0.1\n"
+    with federation(world, tmp_path, extra, deadline_s=20.0) as fed:
+        outcome: dict = {}
+        asking = threading.Thread(target=lambda: outcome.update(
+            r=fed.resilient.fanout(HealthRequest(request_id="r"), ["client-2"])))
+        asking.start()  # the first attempt finds no admitted agent ...
+        with agents(world, fed, tmp_path, sites=["client-2"]):
+            asking.join(30)  # ... a later one, after the backoff, finds it
+        assert outcome["r"].replies["client-2"].site == "client-2" and outcome["r"].failures == {}
+        assert fed.health()["client-2"].failures == 0
 
 
 def test_allow_lists_on_both_sides_refuse_and_the_coordinators_refusal_is_recorded(world, tmp_path):
