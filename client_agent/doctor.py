@@ -181,18 +181,23 @@ def check_model(config: ClientConfig, config_path: Path) -> str:
         served = load_served_model(config, config_path)
     except ServeError as exc:
         raise CheckFailed(str(exc), f"`mor client train --config {config_path}`") from None
-    return f"{served.report.get('family')} model {served.sha256[:19]}... epsilon {served.report.get('epsilon')}"
+    eps = served.report.get("epsilon")
+    shown = f"{eps:.3f}" if isinstance(eps, (int, float)) else str(eps)
+    return f"{served.report.get('family')} model {served.sha256[:19]}... trained at epsilon {shown}"
 
 
 def check_budget(config: ClientConfig) -> str:
     """Privacy budget remains on this data set (the ledger's runs composed)."""
-    from client_agent.budget import BudgetExceeded, LedgerCorrupt, site_status
+    from client_agent.budget import LedgerCorrupt, site_status
+    from client_agent.train import TrainingError
 
     if config.data.path is None:
         raise CheckFailed("not checked: [data] path is not set", "set [data] path first")
     try:
         status, _ = site_status(config)
-    except (BudgetExceeded, LedgerCorrupt, OSError, ValueError) as exc:
+    except (TrainingError, OSError, ValueError) as exc:
+        raise CheckFailed(f"not checked: {exc}", "fix the data check first") from None
+    except LedgerCorrupt as exc:
         raise CheckFailed(str(exc), "restore the site ledger from backup; never delete it") from None
     if status.remaining <= 0:
         raise CheckFailed(f"spent epsilon {status.spent:.3f} of {status.max_epsilon:g}: no budget left for training",
