@@ -97,3 +97,7 @@ group.add_command(commands_policy.grpo)
 from coordinator.commands_router import router  # noqa: E402  (router training from the federation)
 
 group.add_command(router)
+
+from coordinator.commands_status import status  # noqa: E402  (operator view of the running federation)
+
+group.add_command(status)

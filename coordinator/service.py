@@ -24,6 +24,7 @@ from PIL import Image
 
 from coordinator.config import CoordinatorConfig
 from coordinator.pool import CircuitBreaker, ClientPool, FanoutResult, ResilientPool, SiteHealth
+from coordinator.status import StatusWriter, status_path
 from mor_secure import pki
 from mor_secure.data.schema import answer_text, question_text
 from mor_secure.ledger import LedgerError, PrivacyLedger
@@ -130,12 +131,14 @@ class Federation:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.last_round = ScoringRound()
+        self.status = StatusWriter(self, status_path(config))  # status.json for `mor coordinator status`
 
     # ----- life cycle -----
 
     def start(self) -> str:
         """Bind and serve; returns the bound endpoint."""
         endpoint = self.pool.start()
+        self.status.start()
         self._watcher = threading.Thread(target=self._watch_refusals, name="mor-refusals", daemon=True)
         self._watcher.start()
         return endpoint
@@ -143,6 +146,7 @@ class Federation:
     def stop(self) -> None:
         """Stop serving; pending ledger writes finish first."""
         self._stopping.set()
+        self.status.stop()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self.pool.stop()

@@ -31,15 +31,62 @@ def make_ca(folder: Path) -> Path:
     return folder
 
 
-def coordinator_pool(tmp: Path, ca_dir: Path, port: int, allow: list[str], **pool_kwargs) -> ClientPool:
-    """A started ClientPool for coordinator 'coord' admitting ``allow`` (stop it when done)."""
+def coordinator_toml(tmp: Path, ca_dir: Path, port: int, allow: list[str], extra: str = "") -> Path:
+    """coordinator.toml for coordinator 'coord' on 127.0.0.1:``port`` admitting ``allow``."""
     path = tmp / "coordinator.toml"
     path.write_text(f'name = "coord"\nbind = "tcp://127.0.0.1:{port}"\n[tls]\nca = "{ca_dir}/ca.pem"\n'
                     f'cert = "{ca_dir}/coord.pem"\nkey = "{ca_dir}/coord.key"\ncrl = "{ca_dir}/crl.pem"\n'
-                    f"[clients]\nallow = {allow!r}\ndeadline_s = 5.0\nheartbeat_s = 0.5\n")
-    pool = ClientPool.from_config(load_coordinator_config(path), **pool_kwargs)
+                    f"[clients]\nallow = {allow!r}\ndeadline_s = 5.0\nheartbeat_s = 0.5\n{extra}")
+    return path
+
+
+def coordinator_pool(tmp: Path, ca_dir: Path, port: int, allow: list[str]) -> ClientPool:
+    """A started ClientPool for coordinator 'coord' admitting ``allow`` (stop it when done)."""
+    pool = ClientPool.from_config(load_coordinator_config(coordinator_toml(tmp, ca_dir, port, allow)))
     pool.start()
     return pool
+
+
+def train_small(config: Path) -> None:
+    """Train the site's DP reward model on 48 pairs for one epoch (seconds, one torch thread)."""
+    import torch
+
+    from client_agent.config import load_client_config
+    from client_agent.train import train_reward_model
+
+    text = config.read_text()
+    for old, new in (("# max_pairs = 0", "max_pairs = 48"), ("# epochs = 3", "epochs = 1"),
+                     ("# batch_size = 32", "batch_size = 16")):
+        text = text.replace(old + "   (default)", new)
+    config.write_text(text)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_reward_model(load_client_config(config), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def serving_agent(config: Path, worker_id: str, served_by: list[str] | None = None):
+    """A started agent serving the site's trained model with its signed report; each request it scores
+    appends ``worker_id`` to ``served_by``."""
+    from client_agent.agent import Agent
+    from client_agent.config import load_client_config
+    from client_agent.scoring import ScoringService, load_served_model, signed_report
+
+    site = load_client_config(config)
+    served = load_served_model(site, config)
+    service = ScoringService(served.model, served.sha256, site.serve)
+
+    def handler(msg):
+        if served_by is not None:
+            served_by.append(worker_id)
+        return service(msg)
+
+    agent = Agent(site, worker_id=worker_id)
+    agent.serve_scores(handler, signed_report(site, served.report))
+    agent.start()
+    return agent
 
 
 def enrol_site(tmp: Path, ca_dir: Path, site: str, port: int, data: Path | None = None) -> Path:

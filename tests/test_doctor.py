@@ -12,9 +12,8 @@ from click.testing import CliRunner
 from client_agent.cli import group as client_group
 from client_agent.config import load_client_config
 from client_agent.doctor import run_checks
-from client_agent.train import train_reward_model
 from mor_secure import pki
-from tests.site_helpers import coordinator_pool, enrol_site, free_port, make_ca
+from tests.site_helpers import coordinator_pool, enrol_site, free_port, make_ca, train_small
 
 CHECKS = ["config", "certificate", "crl", "ca pin", "coordinator", "data", "model", "budget"]
 
@@ -22,23 +21,13 @@ CHECKS = ["config", "certificate", "crl", "ca pin", "coordinator", "data", "mode
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, world_dir):
     """A site made by `mor client init`, signed, pinned, trained (small run), with its coordinator up."""
-    import torch
-
     tmp = tmp_path_factory.mktemp("doctor")
     ca_dir = make_ca(tmp / "ca")
     port = free_port()
     config = enrol_site(tmp, ca_dir, "site-a", port, data=world_dir / "client-0")
     text = config.read_text().replace('ca_fingerprint = ""', f'ca_fingerprint = "{pki.ca_fingerprint(ca_dir)}"')
-    for old, new in (("# max_pairs = 0", "max_pairs = 48"), ("# epochs = 3", "epochs = 1"),
-                     ("# batch_size = 32", "batch_size = 16"), ("# connect_timeout_s = 10.0", "connect_timeout_s = 1.5")):
-        text = text.replace(old + "   (default)", new)
-    config.write_text(text)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_reward_model(load_client_config(config), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    config.write_text(text.replace("# connect_timeout_s = 10.0   (default)", "connect_timeout_s = 1.5"))
+    train_small(config)
     state = {"pool": coordinator_pool(tmp, ca_dir, port, ["site-a"]), "tmp": tmp, "ca": ca_dir, "port": port,
              "config": config}
     yield state
