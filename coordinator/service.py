@@ -5,7 +5,11 @@ verifies against the CA (and was signed with the very certificate its TLS sessio
 the report lands in the ledger, a bad one is refused and recorded as a refusal. ``scorer`` fans a
 batch out to every admitted site (split to ``[pool] max_batch``, with deadline, retries and circuit
 breaker) and records each site's scoring session; its signature is what ``fusion.reward_callable``
-expects.
+expects::
+
+    with Federation(load_coordinator_config("coordinator.toml")) as federation:
+        federation.wait_for()  # [clients] quorum admitted sites
+        reward = reward_callable(Quorum(MixtureOfRewards.load("router-run/mixture"), 2), federation.scorer)
 """
 
 from __future__ import annotations
