@@ -47,24 +47,36 @@ def coordinator_pool(tmp: Path, ca_dir: Path, port: int, allow: list[str]) -> Cl
     return pool
 
 
-def train_small(config: Path) -> None:
-    """Train the site's DP reward model on 48 pairs for one epoch (seconds, one torch thread)."""
-    import torch
+_TRAINED: dict[Path, Path] = {}
 
-    from client_agent.config import load_client_config
-    from client_agent.train import train_reward_model
 
+def trained_site(world_dir: Path) -> Path:
+    """client.toml of a site made by `mor client init` whose only edit is [data] path (a copy of client-0),
+    trained with `mor client train` at the defaults; built once per session."""
+    if world_dir not in _TRAINED:
+        from click.testing import CliRunner
+
+        from client_agent.cli import group as client_group
+
+        root = world_dir.parent / "trained-site"
+        shutil.copytree(world_dir / "client-0", root / "data")
+        folder = init_site("site-a", f"tcp://127.0.0.1:{free_port()}", root / "site", coordinator_name="coord")
+        text = folder.config.read_text()
+        assert DATA_TODO in text
+        folder.config.write_text(text.replace(DATA_TODO, f'path = "{root / "data"}"'))
+        result = CliRunner().invoke(client_group, ["train", "--config", str(folder.config), "--quiet"])
+        assert result.exit_code == 0 and "epsilon 4.000" in result.output, result.output
+        _TRAINED[world_dir] = folder.config
+    return _TRAINED[world_dir]
+
+
+def install_model(config: Path, world_dir: Path) -> None:
+    """Give the site at ``config`` the session's trained model and its data set (whose ledger it spent)."""
+    trained = trained_site(world_dir)
+    shutil.copytree(trained.parent / "reward-model", config.parent / "reward-model")
     text = config.read_text()
-    for old, new in (("# max_pairs = 0", "max_pairs = 48"), ("# epochs = 3", "epochs = 1"),
-                     ("# batch_size = 32", "batch_size = 16")):
-        text = text.replace(old + "   (default)", new)
-    config.write_text(text)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_reward_model(load_client_config(config), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    assert DATA_TODO in text
+    config.write_text(text.replace(DATA_TODO, f'path = "{trained.parent.parent / "data"}"'))
 
 
 def serving_agent(config: Path, worker_id: str, served_by: list[str] | None = None):

@@ -13,7 +13,7 @@ from client_agent.cli import group as client_group
 from client_agent.config import load_client_config
 from client_agent.doctor import run_checks
 from mor_secure import pki
-from tests.site_helpers import coordinator_pool, enrol_site, free_port, make_ca, train_small
+from tests.site_helpers import coordinator_pool, enrol_site, free_port, install_model, make_ca
 
 CHECKS = ["config", "certificate", "crl", "ca pin", "coordinator", "data", "model", "budget"]
 
@@ -24,12 +24,12 @@ def site(tmp_path_factory, world_dir):
     tmp = tmp_path_factory.mktemp("doctor")
     ca_dir = make_ca(tmp / "ca")
     port = free_port()
-    config = enrol_site(tmp, ca_dir, "site-a", port, data=world_dir / "client-0")
+    config = enrol_site(tmp, ca_dir, "site-a", port)
+    install_model(config, world_dir)
     text = config.read_text().replace('ca_fingerprint = ""', f'ca_fingerprint = "{pki.ca_fingerprint(ca_dir)}"')
     config.write_text(text.replace("# connect_timeout_s = 10.0   (default)", "connect_timeout_s = 1.5"))
-    train_small(config)
     state = {"pool": coordinator_pool(tmp, ca_dir, port, ["site-a"]), "tmp": tmp, "ca": ca_dir, "port": port,
-             "config": config}
+             "config": config, "world": world_dir}
     yield state
     state["pool"].stop()
 
@@ -90,8 +90,8 @@ def test_each_check_fails_when_broken_and_passes_when_mended(site):
     breaks("coordinator", coordinator_down, "no welcome")
     breaks("coordinator", lambda: restart(["site-b"]), "not on the allow-list")
 
-    world = Path(load_client_config(config).data.path).parent
-    breaks("data", lambda: _edit(config, str(world / "client-0"), str(world / "server" / "eval")), "chosen")
+    data = str(load_client_config(config).data.path)
+    breaks("data", lambda: _edit(config, data, str(site["world"] / "server" / "eval")), "chosen")
 
     def weights_gone() -> Callable[[], None]:
         weights = config.parent / "reward-model" / "model.safetensors"

@@ -15,7 +15,7 @@ from coordinator.cli import group as coordinator_group
 from coordinator.config import load_coordinator_config
 from coordinator.service import Federation
 from coordinator.status import read_status, status_path
-from tests.site_helpers import coordinator_toml, enrol_site, free_port, make_ca, serving_agent, train_small
+from tests.site_helpers import coordinator_toml, enrol_site, free_port, install_model, make_ca, serving_agent
 
 
 def _until(condition, timeout: float = 20.0) -> bool:
@@ -28,9 +28,9 @@ def _until(condition, timeout: float = 20.0) -> bool:
 def test_status_shows_workers_expiry_epsilon_and_failures_while_running_and_after(tmp_path, world_dir):
     ca_dir = make_ca(tmp_path / "ca")
     port = free_port()
-    site_a = enrol_site(tmp_path, ca_dir, "site-a", port, data=world_dir / "client-0")
+    site_a = enrol_site(tmp_path, ca_dir, "site-a", port)
+    install_model(site_a, world_dir)
     site_b = enrol_site(tmp_path, ca_dir, "site-b", port)  # enrolled at the CA but not allowed here
-    train_small(site_a)
     config_path = coordinator_toml(tmp_path, ca_dir, port, ["site-a", "site-c"])
     config = load_coordinator_config(config_path)
     with Federation(config) as fed:

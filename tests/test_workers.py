@@ -9,15 +9,15 @@ from PIL import Image
 
 from coordinator.config import load_coordinator_config
 from coordinator.service import Federation
-from tests.site_helpers import (coordinator_toml, enrol_site, free_port, make_ca, score_request, serving_agent,
-                                train_small)
+from tests.site_helpers import (coordinator_toml, enrol_site, free_port, install_model, make_ca, score_request,
+                                serving_agent)
 
 
 def test_two_workers_of_one_site_share_the_load_and_count_as_one_site(tmp_path, world_dir):
     ca_dir = make_ca(tmp_path / "ca")
     port = free_port()
-    config = enrol_site(tmp_path, ca_dir, "site-a", port, data=world_dir / "client-0")
-    train_small(config)
+    config = enrol_site(tmp_path, ca_dir, "site-a", port)
+    install_model(config, world_dir)
     coordinator = load_coordinator_config(coordinator_toml(tmp_path, ca_dir, port, ["site-a"],
                                                            extra="[pool]\nmax_batch = 4\nparallel = 2\n"))
     served_by: list[str] = []
