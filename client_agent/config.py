@@ -41,9 +41,10 @@ class ModelSection:
                                        "(every language-model weight). The vision tower stays frozen.")
     lora_rank: int = field(8, help="LoRA rank r (VLM families, finetune = 'lora').")
     lora_alpha: float = field(16.0, help="LoRA scaling alpha; the update is scaled by alpha / r.")
-    lora_targets: list[str] = field(help="Language-model linear layers that get LoRA adapters.",
-                                    default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"])
+    lora_targets: list[str] = field(help="Language-model linear layers that get LoRA adapters (attention "
+                                         "by default; adding the MLP's gate_proj/up_proj/down_proj costs "
+                                         "more DP overhead per step).",
+                                    default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     max_length: int = field(256, help="Most tokens of prompt plus answer; longer inputs are truncated "
                                       "from the left of the prompt text.")
     width: int = field(32, help="dual-encoder: width of the image and text encoders.")

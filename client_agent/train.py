@@ -27,7 +27,6 @@ from client_agent.budget import (LedgerRecord, SiteLedger, data_fingerprint, def
                                  now_utc)
 from client_agent.config import ClientConfig
 from client_agent.rewards import RewardModel, bradley_terry_loss, build_reward_model
-from client_agent.rewards.base import WEIGHTS_NAME
 from mor_secure.logs import get_logger
 from mor_secure.privacy import (AccountantHistory, PrivacyReport, default_delta, epsilon,
                                 plan_noise)

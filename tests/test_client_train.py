@@ -185,7 +185,7 @@ def test_no_dp_baseline_records_infinity_and_spends_nothing(world_dir, tmp_path)
 
 def test_resume_after_kill_continues_the_accounting(world_dir, tmp_path):
     path = write_config(tmp_path, world_dir / "client-0", data_extra="max_pairs = 64",
-                        train="epochs = 40\nbatch_size = 16\ncheckpoint_every = 3",
+                        train="epochs = 20\nbatch_size = 16\ncheckpoint_every = 3",
                         privacy="target_epsilon = 4.0\nmax_epsilon = 4.5")
     config = load_client_config(path)
     state_file = config.train.out / "checkpoint" / "state.json"
@@ -205,7 +205,7 @@ def test_resume_after_kill_continues_the_accounting(world_dir, tmp_path):
     report = result.report
     assert result.resumed_from_step == state["step"]
     assert report.run_id == state["run_id"]
-    assert report.steps == 40 * 4  # the whole plan, counted once: not reset, not doubled
+    assert report.steps == 20 * 4  # the whole plan, counted once: not reset, not doubled
     assert report.epsilon == pytest.approx(recomputed_epsilon(report), rel=1e-9) and report.epsilon <= 4.0
     status, runs = site_status(config)
     assert len(runs) == 1 and status.spent == pytest.approx(report.epsilon)

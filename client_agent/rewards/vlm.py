@@ -17,7 +17,7 @@ from torch import nn
 
 from client_agent.rewards.base import Batch, RewardModel, Text
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 FINETUNE_MODES = ("lora", "full")
 
 
