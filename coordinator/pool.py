@@ -126,8 +126,9 @@ class ClientPool:
             self._settle(site, future, result)
         for site in result.failures:
             result.latency_s.pop(site, None)
-        log.info("fan-out done", extra={"type": request.TYPE, "sites": len(chosen),
-                                        "answered": len(result.replies), "failed": len(result.failures)})
+        log.info("fan-out done", extra={"type": request.TYPE, "request": protocol.request_id_of(request),
+                                        "sites": len(chosen), "answered": len(result.replies),
+                                        "failed": len(result.failures)})
         return result
 
     def _choose(self, sites: list[str], result: FanoutResult) -> dict[str, str]:
