@@ -3,7 +3,11 @@ batch is split across them, requests go round robin) and counts them as one site
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+import uuid
+from dataclasses import replace
 
 from PIL import Image
 
@@ -13,7 +17,7 @@ from tests.site_helpers import (coordinator_toml, enrol_site, free_port, install
                                 serving_agent)
 
 
-def test_two_workers_of_one_site_share_the_load_and_count_as_one_site(tmp_path, world_dir):
+def test_two_workers_of_one_site_share_the_load_and_count_as_one_site(tmp_path, world_dir, caplog):
     ca_dir = make_ca(tmp_path / "ca")
     port = free_port()
     config = enrol_site(tmp_path, ca_dir, "site-a", port)
@@ -37,10 +41,20 @@ def test_two_workers_of_one_site_share_the_load_and_count_as_one_site(tmp_path, 
             assert sorted(set(served_by)) == ["w1", "w2"] and len(served_by) == 4  # 4 chunks over both
 
             served_by.clear()
-            for _ in range(4):
-                result = fed.pool.fanout(score_request(2))
-                assert list(result.replies) == ["site-a"] and result.failures == {}
+            caplog.set_level(logging.INFO, logger="mor")
+            logging.getLogger("mor").addHandler(caplog.handler)  # `mor` may not propagate (configure_logging)
+            ids = [uuid.uuid4().hex for _ in range(4)]
+            try:
+                for request_id in ids:
+                    result = fed.pool.fanout(replace(score_request(2), request_id=request_id))
+                    assert list(result.replies) == ["site-a"] and result.failures == {}
+            finally:
+                logging.getLogger("mor").removeHandler(caplog.handler)
             assert served_by.count("w1") == served_by.count("w2") == 2
+            # One request id per scoring request in the site's and the coordinator's logs; no content.
+            logged = {(r.getMessage(), getattr(r, "request", None)) for r in caplog.records}
+            assert all(("scored", i) in logged and ("fan-out done", i) in logged for i in ids)
+            assert not any("colour" in json.dumps(vars(r), default=str) for r in caplog.records)
         finally:
             for worker in workers:
                 worker.stop()
