@@ -60,3 +60,15 @@ def public_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mor_secure.data.public import generate_public_sft
 
     return generate_public_sft(tmp_path_factory.mktemp("public") / "public", seed=0, n=96)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tiny-model training: on two shared cores two threads
+    oversubscribe and run several times slower (use with ``pytest.mark.usefixtures``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

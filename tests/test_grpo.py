@@ -14,7 +14,7 @@ from coordinator.grpo_config import GRPORunConfig
 from coordinator.oracle import OracleReward
 from coordinator.sft import run_sft
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import pytest
 from coordinator.oracle import CONCISE_BONUS, CORRECT_REWARD, OracleReward
 from coordinator.policy_eval import evaluate_policy, is_correct, parse_answer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.parametrize("completion, answer, correct, concise", [
     ("red", "red", True, True),

@@ -11,6 +11,8 @@ from coordinator.sft import collate, completion_batch, run_sft
 from mor_secure.data.public import generate_public_sft, parse_verbose
 from mor_secure.data.schema import answer_text, content_hash, question_text
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_public_data_has_the_flaw_at_the_configured_rate(tmp_path):
     rows = load_from_disk(str(generate_public_sft(tmp_path / "p", seed=3, n=400, verbose_share=0.7,
