@@ -89,6 +89,7 @@ def test_each_check_fails_when_broken_and_passes_when_mended(site):
         return lambda: restart(["site-a"]) and None
     breaks("coordinator", coordinator_down, "no welcome")
     breaks("coordinator", lambda: restart(["site-b"]), "not on the allow-list")
+    breaks("coordinator", lambda: _edit(config, 'name = "coord"', 'name = "other"'), "is coordinator 'coord'")
 
     data = str(load_client_config(config).data.path)
     breaks("data", lambda: _edit(config, data, str(site["world"] / "server" / "eval")), "chosen")
