@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mor_secure.config import TLSConfig, field, load_config
+from mor_secure.rewards.config import ModelSection
 
 
 @dataclass
@@ -30,25 +31,6 @@ class DataSection:
     test_split: str = field("test", help="Held-out split that `mor client eval` scores.")
     max_pairs: int = field(0, help="Use only the first N training pairs (0 = all); for quick trials. "
                                    "The sample rate, delta and budget follow the pairs actually used.")
-
-
-@dataclass
-class ModelSection:
-    family: str = field("dual-encoder", help="Reward-model family: 'qwen2-vl', 'llava' or 'dual-encoder'.")
-    base: str = field("", help="Backbone: a local path or a hub id already in the local cache; may be "
-                              "empty for families that build from scratch.")
-    finetune: str = field("lora", help="VLM families: 'lora' (adapters on the language model) or 'full' "
-                                       "(every language-model weight). The vision tower stays frozen.")
-    lora_rank: int = field(8, help="LoRA rank r (VLM families, finetune = 'lora').")
-    lora_alpha: float = field(16.0, help="LoRA scaling alpha; the update is scaled by alpha / r.")
-    lora_targets: list[str] = field(help="Language-model linear layers that get LoRA adapters (attention "
-                                         "by default; adding the MLP's gate_proj/up_proj/down_proj costs "
-                                         "more DP overhead per step).",
-                                    default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    max_length: int = field(256, help="Most tokens of prompt plus answer; longer inputs are truncated "
-                                      "from the left of the prompt text.")
-    width: int = field(32, help="dual-encoder: width of the image and text encoders.")
-    image_size: int = field(64, help="dual-encoder: images are resized to this square side in pixels.")
 
 
 @dataclass

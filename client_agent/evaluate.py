@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client_agent.rewards import RewardModel, load_reward_model
+from mor_secure.rewards import RewardModel, load_reward_model
 
 
 @dataclass

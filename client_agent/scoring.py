@@ -151,8 +151,8 @@ class ServedModel:
 
 def load_served_model(config: ClientConfig, config_path: str | Path = "FILE") -> ServedModel:
     """Load [train].out and check its privacy report describes exactly these weights (``ServeError``)."""
-    from client_agent.rewards import load_reward_model
-    from client_agent.rewards.base import WEIGHTS_NAME
+    from mor_secure.rewards import load_reward_model
+    from mor_secure.rewards.base import WEIGHTS_NAME
     from client_agent.train import sha256_file
 
     folder = Path(config.train.out)

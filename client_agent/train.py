@@ -11,25 +11,24 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import math
 import os
 import shutil
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from client_agent.budget import (LedgerRecord, SiteLedger, data_fingerprint, default_ledger_path,
                                  now_utc)
 from client_agent.config import ClientConfig
-from client_agent.rewards import RewardModel, bradley_terry_loss, build_reward_model
 from mor_secure.logs import get_logger
 from mor_secure.privacy import (AccountantHistory, PrivacyReport, default_delta, epsilon,
                                 plan_noise)
+from mor_secure.rewards import RewardModel, build_reward_model
+from mor_secure.rewards.training import (PairRows, index_loader, make_private, pair_step, resolve_device,
+                                         steps_per_epoch)
 
 log = get_logger("client.train")
 
@@ -70,12 +69,6 @@ class Plan:
     def history(self, steps: int | None = None) -> AccountantHistory:
         steps = self.total_steps if steps is None else steps
         return AccountantHistory([(self.noise_multiplier, self.sample_rate, steps)])
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def sha256_file(path: Path) -> str:
@@ -197,42 +190,16 @@ def _make_plan(config: ClientConfig, n_pairs: int, fingerprint: str, private: bo
     if n_pairs < 2:
         raise TrainingError(f"{config.data.path}: only {n_pairs} training pair(s); DP training needs more "
                             "(hundreds for a useful epsilon)")
-    batch = min(config.train.batch_size, n_pairs)
-    steps_per_epoch = math.ceil(n_pairs / batch)
-    sample_rate = 1.0 / steps_per_epoch  # exactly what Opacus derives from the data loader
-    total = config.train.epochs * steps_per_epoch
+    per_epoch = steps_per_epoch(n_pairs, config.train.batch_size)
+    sample_rate = 1.0 / per_epoch  # exactly what Opacus derives from the data loader
+    total = config.train.epochs * per_epoch
     delta = config.privacy.delta if config.privacy.delta is not None else default_delta(n_pairs)
     if private:
         noise = plan_noise(config.privacy.target_epsilon, delta, sample_rate, total,
                            accountant=config.privacy.accountant)
     else:
         noise = 0.0
-    return Plan(run_id, private, n_pairs, sample_rate, steps_per_epoch, total, noise, delta, fingerprint)
-
-
-class _Rows:
-    """The pairs' images and texts, decoded once; ``batch(idx)`` encodes a batch for the model."""
-
-    def __init__(self, data, model: RewardModel) -> None:
-        self.images = list(data["image"])
-        self.prompts, self.chosen, self.rejected = list(data["prompt"]), list(data["chosen"]), list(data["rejected"])
-        self.model = model
-
-    def batch(self, idx: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
-        batch = self.model.encode_pairs(pick(self.images), pick(self.prompts), pick(self.chosen), pick(self.rejected))
-        return {k: v.to(device) for k, v in batch.items()}
-
-
-def check_pair_grad_samples(module: torch.nn.Module, n_pairs: int) -> None:
-    """Guard: every per-sample gradient has one row per PAIR (a [2B] flattening makes epsilon wrong)."""
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            grad_sample = p.grad_sample
-            rows = grad_sample.shape[0] if torch.is_tensor(grad_sample) else None
-            if rows != n_pairs:
-                raise RuntimeError(f"per-sample gradient of {name} has {rows} rows for {n_pairs} pairs: "
-                                   "one DP sample must be one preference pair")
+    return Plan(run_id, private, n_pairs, sample_rate, per_epoch, total, noise, delta, fingerprint)
 
 
 def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: bool = True,
@@ -270,10 +237,10 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
                    accountant=config.privacy.accountant)
 
     # ---- only now is the data read ----
-    device = _resolve_device(config.train.device)
+    device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
     model = build_reward_model(config.model, seed=config.train.seed)
-    rows = _Rows(data, model)
+    rows = PairRows(data, model)
     start_step = state["step"] if state else 0
     if state:
         from safetensors.torch import load_file
@@ -290,52 +257,30 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
 
     generators = {"sampler": torch.Generator().manual_seed(config.train.seed),
                   "noise": torch.Generator(device=device).manual_seed(config.train.seed + 1)}
-    index_loader = DataLoader(TensorDataset(torch.arange(plan.n_pairs)),
-                              batch_size=min(config.train.batch_size, plan.n_pairs),
-                              shuffle=True, generator=generators["sampler"])
+    loader = index_loader(plan.n_pairs, config.train.batch_size, generators["sampler"])
     history = state["history"] if state else AccountantHistory()
     if plan.private:
-        from opacus import PrivacyEngine
-
-        engine = PrivacyEngine(accountant=config.privacy.accountant)
-        module, optimizer, loader = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=index_loader,
-            noise_multiplier=plan.noise_multiplier, max_grad_norm=config.privacy.max_grad_norm,
-            poisson_sampling=True, grad_sample_mode=config.train.grad_sample_mode,
-            noise_generator=generators["noise"])
-        if len(loader) != plan.steps_per_epoch or abs(loader.sample_rate - plan.sample_rate) > 1e-12:
-            raise RuntimeError(f"Opacus samples at {loader.sample_rate} with {len(loader)} steps per "
-                               f"epoch; the plan assumed {plan.sample_rate} and {plan.steps_per_epoch}")
+        engine, module, optimizer, loader = make_private(
+            model, optimizer, loader, noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=config.privacy.max_grad_norm, accountant=config.privacy.accountant,
+            grad_sample_mode=config.train.grad_sample_mode, noise_generator=generators["noise"])
         engine.accountant.history = history.as_opacus()
     else:
-        module, loader = model, index_loader
+        module = model
     if state:
         for key, generator in generators.items():
             generator.set_state(_unb64(state["rng"][key]))
         torch.set_rng_state(_unb64(state["torch_rng"]))
 
-    # Opacus' hooks on the first trainable layer find inputs that need no gradient: expected, not a fault.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
     step, loss_value = start_step, float("nan")
     bar = tqdm(total=plan.total_steps, initial=start_step, disable=not progress, unit="step",
                desc=f"{config.model.family} {'DP' if plan.private else 'non-private'}")
     while step < plan.total_steps:
         remaining_in_epoch = plan.steps_per_epoch - step % plan.steps_per_epoch
         for (idx,) in itertools.islice(loader, remaining_in_epoch):  # never draws a batch it skips
-            optimizer.zero_grad(set_to_none=True)
             n = len(idx)
-            if n:
-                chosen, rejected = module(**rows.batch(idx.tolist(), device))
-                loss = bradley_terry_loss(chosen, rejected)
-                loss.backward()
-                loss_value = float(loss.detach())
-                if plan.private:
-                    check_pair_grad_samples(module, n)
-            elif plan.private:  # an empty Poisson batch still takes a (pure-noise) step
-                for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
-            if n or plan.private:
-                optimizer.step()
+            loss = pair_step(module, optimizer, rows, idx.tolist(), device, private=plan.private)
+            loss_value = loss_value if loss is None else loss
             step += 1
             history = AccountantHistory(engine.accountant.history) if plan.private else plan.history(step)
             bar.update(1)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from client_agent.config import ModelSection
-from client_agent.rewards import FAMILIES, bradley_terry_loss, build_reward_model, load_reward_model
-from client_agent.train import check_pair_grad_samples
+from mor_secure.rewards import FAMILIES, bradley_terry_loss, build_reward_model, load_reward_model
+from mor_secure.rewards.config import ModelSection
+from mor_secure.rewards.training import check_pair_grad_samples
 
 B = 3
 PROMPT = [{"role": "user", "content": [{"type": "image", "text": None},
@@ -57,7 +57,7 @@ def test_per_sample_gradients_have_one_row_per_pair(family, finetune, tiny_model
     assert chosen.shape == rejected.shape == (B,)
     bradley_terry_loss(chosen, rejected).backward()
     assert all(p.grad_sample.shape[0] == B for p in trainable)
-    check_pair_grad_samples(module, B)  # the guard train.py runs at every DP step passes
+    check_pair_grad_samples(module, B)  # the guard every DP step runs (site training, baselines) passes
     module._close()
 
 

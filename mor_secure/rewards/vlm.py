@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from client_agent.rewards.base import Batch, RewardModel, Text
+from mor_secure.rewards.base import Batch, RewardModel, Text
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 FINETUNE_MODES = ("lora", "full")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from client_agent.rewards.base import Batch, RewardModel, Text
+from mor_secure.rewards.base import Batch, RewardModel, Text
 from mor_secure.data.schema import answer_text, question_text
 
 GRID = 8

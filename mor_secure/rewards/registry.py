@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from client_agent.rewards.base import CONFIG_NAME, FORMAT, RewardModel
-from client_agent.rewards.dual_encoder import DualEncoderReward
-from client_agent.rewards.vlm import LlavaReward, Qwen2VLReward
+from mor_secure.rewards.base import CONFIG_NAME, FORMAT, RewardModel
+from mor_secure.rewards.dual_encoder import DualEncoderReward
+from mor_secure.rewards.vlm import LlavaReward, Qwen2VLReward
 
 FAMILIES: dict[str, type[RewardModel]] = {
     cls.family: cls for cls in (DualEncoderReward, Qwen2VLReward, LlavaReward)

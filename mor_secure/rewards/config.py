@@ -1,0 +1,29 @@
+"""The [model] section: which reward-model family to build and how (a site's client.toml and the
+coordinator's in-process baselines share it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mor_secure.config import field
+
+
+@dataclass
+class ModelSection:
+    """Which reward-model family to build, on which backbone, and what of it trains."""
+
+    family: str = field("dual-encoder", help="Reward-model family: 'qwen2-vl', 'llava' or 'dual-encoder'.")
+    base: str = field("", help="Backbone: a local path or a hub id already in the local cache; may be "
+                              "empty for families that build from scratch.")
+    finetune: str = field("lora", help="VLM families: 'lora' (adapters on the language model) or 'full' "
+                                       "(every language-model weight). The vision tower stays frozen.")
+    lora_rank: int = field(8, help="LoRA rank r (VLM families, finetune = 'lora').")
+    lora_alpha: float = field(16.0, help="LoRA scaling alpha; the update is scaled by alpha / r.")
+    lora_targets: list[str] = field(help="Language-model linear layers that get LoRA adapters (attention "
+                                         "by default; adding the MLP's gate_proj/up_proj/down_proj costs "
+                                         "more DP overhead per step).",
+                                    default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    max_length: int = field(256, help="Most tokens of prompt plus answer; longer inputs are truncated "
+                                      "from the left of the prompt text.")
+    width: int = field(32, help="dual-encoder: width of the image and text encoders.")
+    image_size: int = field(64, help="dual-encoder: images are resized to this square side in pixels.")
