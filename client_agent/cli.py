@@ -61,7 +61,7 @@ def serve(config_path: Path, worker_id: str | None, health_only: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     try:
         agent.run()
-    except AgentRefused as exc:
+    except (AgentRefused, pki.PKIError) as exc:  # refused, or own PKI unusable at a reconnect (stale CRL)
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         agent.stop()
