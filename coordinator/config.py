@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.baselines.config import BaselinesConfig
 from coordinator.grpo_config import GRPORunConfig
 from coordinator.router_config import RouterRunConfig
 from mor_secure.config import TLSConfig, field, load_config
@@ -63,6 +64,9 @@ class CoordinatorConfig:
     ledger: LedgerSection = field(help="Where the privacy ledger is written.", default_factory=LedgerSection)
     router: RouterRunConfig = field(help="Router training (`mor coordinator router`).",
                                     default_factory=RouterRunConfig)
+    baselines: BaselinesConfig = field(help="FedAvg and centralised reward baselines trained in process for the "
+                                            "router's comparison table (simulation; off while data is empty).",
+                                       default_factory=BaselinesConfig)
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mor_secure.rewards.base import Batch, RewardModel, Text
 from mor_secure.data.schema import answer_text, question_text
+from mor_secure.rewards.base import Batch, RewardModel, Text
 
 GRID = 8
 """Images are summarised as the mean colour of each cell of a GRID x GRID grid ..."""
