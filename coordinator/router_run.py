@@ -141,6 +141,7 @@ def collect_scores(config: CoordinatorConfig, splits: list[Any]) -> list[Split]:
 
 def run_router(config: CoordinatorConfig, *, features: Callable | None = None) -> dict[str, Any]:
     """The whole run; returns the JSON report (also written to [router] out/report.json)."""
+    from coordinator.baselines import baseline_accuracies
     from coordinator.features import PromptFeatures
     from coordinator.fusion import MixtureOfRewards
     from coordinator.router import evaluate_router, train_router
@@ -175,8 +176,9 @@ def run_router(config: CoordinatorConfig, *, features: Callable | None = None) -
     report = evaluate_router(router, test_features, pair_scores(test, calibrator, sites), groups,
                              objectives=list(test.rows["objective"]) if objectives else None)
     mixture_dir = MixtureOfRewards(router, calibrator, features).save(section.out / "mixture")
+    baselines = baseline_accuracies(config.baselines, test.rows, section.out / "baselines")
     report.update({"sites": sites, "train_pairs": train.size, "test_pairs": test.size,
-                   "mixture": str(mixture_dir), "baselines": {}})
+                   "mixture": str(mixture_dir), "baselines": baselines})
     (section.out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
