@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.baselines.config import BaselinesConfig
+from coordinator.baselines_config import BaselinesConfig
 from coordinator.grpo_config import GRPORunConfig
 from coordinator.router_config import RouterRunConfig
 from mor_secure.config import TLSConfig, field, load_config

@@ -1,22 +1,14 @@
 """In-process reward baselines behind the fusion interface: a FedAvg reward model (parameter sharing,
 simulated in one process) and a centralised reward model on pooled data (an upper bound, not
-federated). Each is a ``RewardFusion``, so ``reward_callable`` and GRPO use it unchanged.
-
-Names are resolved lazily, so reading coordinator.toml's [baselines] section never imports torch.
-"""
+federated). Each is a ``RewardFusion``, so ``reward_callable`` and GRPO use it unchanged."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from coordinator.baselines.centralised import train_centralised
+from coordinator.baselines.compare import baseline_accuracies
+from coordinator.baselines.fedavg import FedAvg, RoundRecord, train_fedavg
+from coordinator.baselines.strategy import ModelReward
+from coordinator.baselines_config import BaselinesConfig
 
-_EXPORTS = {"BaselinesConfig": "config", "FedAvg": "fedavg", "RoundRecord": "fedavg", "train_fedavg": "fedavg",
-            "train_centralised": "centralised", "ModelReward": "strategy", "baseline_accuracies": "compare"}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__all__ = ["BaselinesConfig", "FedAvg", "ModelReward", "RoundRecord", "baseline_accuracies", "train_centralised",
+           "train_fedavg"]
