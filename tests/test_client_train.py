@@ -17,8 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from client_agent.budget import (BudgetExceeded, LedgerRecord, SiteLedger, data_fingerprint, now_utc,
-                                 site_status)
+from client_agent.budget import (BudgetExceeded, LedgerCorrupt, LedgerRecord, SiteLedger, data_fingerprint,
+                                 now_utc, site_status)
 from client_agent.config import load_client_config
 from client_agent.evaluate import evaluate_saved
 from client_agent.train import load_pairs, sha256_file, train_reward_model
@@ -216,3 +216,15 @@ def _client_group():
     from client_agent.cli import group
 
     return group
+
+
+def test_a_corrupt_ledger_fails_closed(world_dir, tmp_path):
+    config = load_client_config(write_config(tmp_path, world_dir / "client-0"))
+    ledger = SiteLedger(config.privacy.ledger)
+    ledger.append(LedgerRecord("earlier", data_fingerprint(config.data.path), "finished",
+                               AccountantHistory([(1.0, 0.1, 10)]), 200, "dual-encoder", now_utc()))
+    with config.privacy.ledger.open("a") as fh:
+        fh.write('{"format": 1, "status": "finished", "history": "edited by hand"}\n')
+    with pytest.raises(LedgerCorrupt, match=r"ledger.jsonl:2: .*fails closed"):
+        train_reward_model(config, progress=False)
+    assert not config.train.out.exists()
