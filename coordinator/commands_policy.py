@@ -113,36 +113,68 @@ def eval_(policy: str, data_dir: Path, limit: int | None, as_json: bool) -> None
 
 @click.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-              help="coordinator.toml; its [grpo] section sets the run.")
+              help="coordinator.toml; its [grpo] section sets the run ([tls], [clients] for federated rewards).")
 @click.option("--resume", is_flag=True, default=False,
               help="Continue from the last checkpoint in [grpo] out (same global step, optimizer, schedule).")
 def grpo(config_path: Path, resume: bool) -> None:
     """GRPO of the policy with a KL penalty to its warm start, with the [grpo] reward.
 
-    Writes checkpoints every save_steps, TensorBoard logs (reward, KL, telemetry) under
-    OUT/runs, and the final policy under OUT/policy. Supported reward now: 'oracle' (the
-    ground-truth baseline; the data needs an answer column).
+    Rewards: 'oracle' (ground truth), 'mor' (the router's Mixture-of-Rewards over the live agents),
+    'uniform', 'single:<site>', or a registered in-process baseline ('fedavg', 'centralised').
+    A client-score reward binds, waits for the allowed agents (at least [grpo] quorum) and scores
+    every batch over mutual TLS; completions fewer than quorum agents scored get no reward (the
+    run goes on; the count is logged). Writes checkpoints every save_steps, TensorBoard logs
+    (reward, KL, routing weights, agents live) under OUT/runs, and the final policy under OUT/policy.
     """
+    from contextlib import ExitStack
+
     from coordinator.config import load_coordinator_config
     from coordinator.grpo import run_grpo
-    from coordinator.grpo_config import REWARDS
-    from coordinator.oracle import OracleReward
+    from coordinator.fusion import RewardFusion
+    from coordinator.rewards import FederatedReward, RewardContext, RewardError, build_reward, needs_federation
+    from coordinator.service import Federation
+    from mor_secure import pki
     from mor_secure.config import ConfigError
+    from mor_secure.ledger import LedgerError
     from mor_secure.models import ModelNotFoundError
 
     _quiet_transformers()
     try:
-        cfg = load_coordinator_config(config_path).grpo
+        config = load_coordinator_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if cfg.reward not in REWARDS:
-        raise click.ClickException(f"[grpo] reward = {cfg.reward!r} is not available to this command; "
-                                   f"use one of: {', '.join(REWARDS)}")
+    cfg = config.grpo
     if cfg.data is None:
         raise click.ClickException(f"{config_path}: [grpo] data is not set; point it at the prompts "
                                    "(`mor coordinator public-data` output)")
     try:
-        path = run_grpo(cfg, OracleReward(), cfg.data, resume=resume)
-    except (ModelNotFoundError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        strategy = build_reward(cfg.reward, RewardContext(cfg.mixture or config.router.out / "mixture", config))
+    except RewardError as exc:
         raise click.ClickException(str(exc)) from None
+    name = cfg.reward.replace(":", "_")
+    with ExitStack() as stack:
+        if needs_federation(strategy):
+            try:
+                federation = stack.enter_context(Federation(config))
+            except (pki.PKIError, LedgerError, OSError) as exc:
+                raise click.ClickException(f"cannot start the federation on {config.bind}: {exc}") from None
+            allowed = sorted(config.clients.allow)
+            federation.wait_for(sites=allowed, timeout=cfg.wait_s)
+            live = federation.live_sites()
+            if len(live) < cfg.quorum:
+                raise click.ClickException(f"only {len(live)} of the quorum {cfg.quorum} agents joined within "
+                                           f"{cfg.wait_s:g}s ({', '.join(live) or 'none'}): start the agents "
+                                           "(`mor client serve`), check `mor coordinator probe`, or lower "
+                                           "[grpo] quorum")
+            click.echo(f"federation: {len(live)} of {len(allowed)} agents live ({', '.join(live)})", err=True)
+            reward = FederatedReward(strategy, federation.scorer, quorum=cfg.quorum,
+                                     live_sites=federation.live_sites, name=name)
+        elif isinstance(strategy, RewardFusion):
+            reward = FederatedReward(strategy, name=name)
+        else:
+            reward = strategy
+        try:
+            path = run_grpo(cfg, reward, cfg.data, resume=resume)
+        except (ModelNotFoundError, FileNotFoundError, FileExistsError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(f"saved policy to {path}; TensorBoard logs: tensorboard --logdir {cfg.out / 'runs'}")

@@ -12,10 +12,6 @@ from pathlib import Path
 
 from mor_secure.config import field
 
-REWARDS = ("oracle",)
-"""Reward names `run_grpo`'s command builds itself; federated rewards come from the fusion module."""
-
-
 @dataclass
 class GRPORunConfig:
     """One GRPO run: which policy, which reward, how long, where it writes (TRL GRPOConfig underneath)."""
@@ -27,7 +23,14 @@ class GRPORunConfig:
                                          "columns (and answer, for the oracle reward), e.g. `mor coordinator "
                                          "public-data` output.", path=True)
     reward: str = field("oracle", help="Reward: 'oracle' (ground truth: +1 correct, +0.25 concise; needs an "
-                                       "answer column) or a fusion strategy name served by the federation.")
+                                       "answer column), 'mor' (the router's mixture over the live agents), "
+                                       "'uniform', 'single:<site>', or a registered baseline ('fedavg', "
+                                       "'centralised').")
+    mixture: Path | None = field(None, help="The mixture bundle (router + calibration) of `mor coordinator "
+                                            "router`, read by 'mor', 'uniform' and 'single:<site>'; default "
+                                            "[router] out/mixture.", path=True)
+    wait_s: float = field(60.0, help="Seconds to wait for every allowed agent before training starts with a "
+                                     "client-score reward (at least `quorum` must be live).")
     out: Path = field("grpo-run", help="Output folder: checkpoints, TensorBoard logs (runs/), final policy "
                                        "(policy/).", path=True)
     steps: int = field(400, help="Optimizer steps (each on `batch_size` completions).")

@@ -1,0 +1,273 @@
+"""The whole federation on one machine, stage by stage, every side a separate `mor` process over mutual TLS.
+
+world -> tiny models -> CA + coordinator certificate -> each site's key and CSR (`mor client init`),
+signed by the CA -> DP reward models (a different family and target epsilon per site) -> warm start of
+the policy (public data + SFT) -> agents dial in -> probe -> router -> policy eval -> GRPO with the MoR
+reward -> policy eval -> ledger verify -> report. The core drives the sides only through the CLI,
+which is also how they are deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mor_secure.demo.stages import DemoError, Stage, StageContext, StageRunner, child_env, mor_command, stop_group
+
+SITES = ("client-0", "client-1", "client-2")
+FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
+EPSILONS = (2.0, 4.0, 8.0)
+COORDINATOR = "coord"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one demo run (quick or full); every field is part of the stage markers it affects."""
+
+    pairs: int
+    router_pairs: int
+    eval_questions: int
+    site_pairs: int
+    site_epochs: int
+    site_batch: int
+    public_rows: int
+    sft_steps: int
+    router_epochs: int
+    grpo_steps: int
+    grpo_batch: int
+    eval_limit: int
+
+
+QUICK = Profile(pairs=80, router_pairs=60, eval_questions=30, site_pairs=48, site_epochs=1, site_batch=16,
+                public_rows=256, sft_steps=60, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30)
+FULL = Profile(pairs=300, router_pairs=240, eval_questions=150, site_pairs=200, site_epochs=2, site_batch=32,
+               public_rows=2000, sft_steps=500, router_epochs=100, grpo_steps=60, grpo_batch=32, eval_limit=150)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> None:
+    """Write a two-level TOML file (top-level keys, then one table per dict value)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def merge_toml(path: Path, updates: dict[str, dict[str, Any]]) -> None:
+    """Set keys in the tables of an existing TOML file (the file `mor client init` wrote)."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    for section, values in updates.items():
+        data.setdefault(section, {}).update(values)
+    write_toml(path, data)
+
+
+class Demo:
+    """Paths, profile and stages of one demo in ``workdir``; ``run()`` builds everything and the report."""
+
+    def __init__(self, workdir: Path, profile: Profile, console: Any, *, name: str = "full",
+                 fresh: bool = False) -> None:
+        self.w, self.profile, self.console, self.fresh = workdir.resolve(), profile, console, fresh
+        self.profile_name, self.timings = name, dict[str, float]()
+        self.world, self.models, self.ca = self.w / "world", self.w / "models", self.w / "ca"
+        self.coord_toml, self.ledger = self.w / "coordinator" / "coordinator.toml", self.w / "coordinator" / "ledger.jsonl"
+        self.public, self.warm, self.grpo_out = self.w / "policy" / "public", self.w / "policy" / "warm", self.w / "grpo"
+        self.router_out, self.results = self.w / "router", self.w / "results"
+        self.port = free_port()
+        self.agents: list[subprocess.Popen] = []
+
+    def site_dir(self, site: str) -> Path:
+        return self.w / "sites" / site
+
+    # ----- stages -----
+
+    def stages(self) -> list[Stage]:
+        p = self.profile
+        return [
+            Stage("world", "generate the benchmark world (3 clients, 3 domains)", self._world,
+                  {"pairs": p.pairs, "router": p.router_pairs, "eval": p.eval_questions}, [self.world]),
+            Stage("models", "build the tiny models (qwen2-vl, llava)", self._models, {"families": FAMILIES},
+                  [self.models]),
+            Stage("pki", "create the CA and the coordinator certificate", self._pki, {}, [self.ca]),
+            Stage("sites", "enrol the sites: key + CSR at each site, signed by the CA", self._sites,
+                  {"sites": SITES}, [self.w / "sites"]),
+            Stage("train", "train each site's reward model with DP (eps 2 / 4 / 8)", self._train,
+                  {"pairs": p.site_pairs, "epochs": p.site_epochs, "batch": p.site_batch, "eps": EPSILONS,
+                   "families": FAMILIES}),
+            Stage("warmstart", "warm-start the policy (public data + SFT)", self._warmstart,
+                  {"rows": p.public_rows, "steps": p.sft_steps}, [self.w / "policy"]),
+            Stage("agents", "start the three agents (they dial the coordinator over mTLS)", self._start_agents,
+                  always=True),
+            Stage("probe", "probe the federation", self._probe, always=True),
+            Stage("router", "train the router on the sites' scores (MoR)", self._router,
+                  {"epochs": p.router_epochs}, [self.router_out]),
+            Stage("eval_before", "evaluate the warm-start policy on held-out questions", self._eval_before,
+                  {"limit": p.eval_limit}, [self.results / "eval_before.json"]),
+            Stage("grpo", "GRPO with the MoR reward and a KL penalty", self._grpo,
+                  {"steps": p.grpo_steps, "batch": p.grpo_batch}, [self.grpo_out]),
+            Stage("eval_after", "evaluate the GRPO policy on held-out questions", self._eval_after,
+                  {"limit": p.eval_limit}, [self.results / "eval_after.json"]),
+            Stage("ledger", "verify the privacy ledger and read each site's epsilon", self._ledger, always=True),
+            Stage("report", "write the report (markdown + plot)", self._report, always=True),
+        ]
+
+    def _world(self, ctx: StageContext) -> None:
+        p = self.profile
+        ctx.run("data", "synth", "--out", self.world, "--clients", len(SITES), "--pairs", p.pairs,
+                "--router-pairs", p.router_pairs, "--eval", p.eval_questions, "--force")
+
+    def _models(self, ctx: StageContext) -> None:
+        families = [f for f in FAMILIES if f != "dual-encoder"]
+        ctx.run(*self._tiny(families[0]), parallel=[self._tiny(f) for f in families[1:]])
+
+    def _tiny(self, family: str) -> list[object]:
+        return ["models", "tiny", "--family", family, "--out", self.models / family, "--force"]
+
+    def _pki(self, ctx: StageContext) -> None:
+        ctx.run("certs", "init", "--ca-dir", self.ca)
+        ctx.run("certs", "issue", "--ca-dir", self.ca, "--role", "coordinator", "--name", COORDINATOR)
+
+    def _sites(self, ctx: StageContext) -> None:
+        for site in SITES:
+            folder = self.site_dir(site)
+            ctx.run("client", "init", "--site", site, "--coordinator", f"tcp://127.0.0.1:{self.port}",
+                    "--coordinator-name", COORDINATOR, "--out", folder, "--data", self.world / site)
+            ctx.run("certs", "sign", "--ca-dir", self.ca, "--csr", folder / "certs" / f"{site}.csr")
+            for name in ("ca.pem", "crl.pem"):  # what the CA operator sends back with the certificate
+                (folder / "certs" / name).write_bytes((self.ca / name).read_bytes())
+
+    def _train(self, ctx: StageContext) -> None:
+        p = self.profile
+        commands = []
+        for site, family, eps in zip(SITES, FAMILIES, EPSILONS):
+            config = self.site_dir(site) / "client.toml"
+            merge_toml(config, {
+                "model": {"family": family, "base": "" if family == "dual-encoder" else str(self.models / family)},
+                "data": {"max_pairs": p.site_pairs},
+                "train": {"epochs": p.site_epochs, "batch_size": p.site_batch, "lr": 0.01, "checkpoint_every": 1000},
+                "privacy": {"target_epsilon": eps, "max_epsilon": 1000.0},
+            })
+            commands.append(["client", "train", "--config", config, "--quiet", "--no-resume"])
+        # one intra-op thread each: three trainings share the cores better than they take turns
+        ctx.run(*commands[0], parallel=commands[1:], env={**child_env(), "OMP_NUM_THREADS": "1"})
+
+    def _warmstart(self, ctx: StageContext) -> None:
+        p = self.profile
+        ctx.run("coordinator", "public-data", "--out", self.public, "--n", p.public_rows, "--exclude-world", self.world)
+        ctx.run("coordinator", "sft", "--base", self.models / "qwen2-vl", "--data", self.public, "--out", self.warm,
+                "--steps", p.sft_steps, "--batch-size", 32, "--lr", 3e-3)
+
+    def _write_coordinator_config(self) -> None:
+        p = self.profile
+        self.coord_toml.parent.mkdir(parents=True, exist_ok=True)
+        write_toml(self.coord_toml, {
+            "name": COORDINATOR, "bind": f"tcp://127.0.0.1:{self.port}",
+            "tls": {"ca": str(self.ca / "ca.pem"), "cert": str(self.ca / f"{COORDINATOR}.pem"),
+                    "key": str(self.ca / f"{COORDINATOR}.key"), "crl": str(self.ca / "crl.pem")},
+            "clients": {"allow": list(SITES), "quorum": 2, "deadline_s": 60.0, "heartbeat_s": 2.0,
+                        "peer_timeout_s": 120.0},
+            "pool": {"max_batch": 64, "cooldown_s": 10.0},
+            "ledger": {"path": str(self.ledger)},
+            "router": {"policy": str(self.warm), "data": str(self.world / "server" / "router"),
+                       "out": str(self.router_out), "epochs": p.router_epochs, "wait_s": 120.0},
+            "grpo": {"policy": str(self.warm), "data": str(self.public), "reward": "mor",
+                     "mixture": str(self.router_out / "mixture"), "out": str(self.grpo_out), "steps": p.grpo_steps,
+                     "beta": 0.04, "num_generations": 8, "batch_size": p.grpo_batch, "lr": 1e-4,
+                     "max_completion_length": 8, "temperature": 1.0, "logging_steps": 1,
+                     "save_steps": p.grpo_steps, "quorum": 2, "wait_s": 120.0, "report_to": "tensorboard"},
+        })
+
+    def _start_agents(self, ctx: StageContext) -> None:
+        self._write_coordinator_config()
+        for site in SITES:
+            config = self.site_dir(site) / "client.toml"
+            merge_toml(config, {"coordinator": {"endpoint": f"tcp://127.0.0.1:{self.port}", "heartbeat_s": 2.0,
+                                                "idle_timeout_s": 120.0, "backoff_max_s": 2.0}})
+            log = open(self.w / "logs" / f"agent-{site}.log", "a", encoding="utf-8")
+            try:
+                self.agents.append(subprocess.Popen(
+                    mor_command("client", "serve", "--config", config, "--worker-id", f"{site}-demo"),
+                    stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**child_env(), "OMP_NUM_THREADS": "1"},
+                    start_new_session=True))
+            finally:
+                log.close()
+            ctx.log.open("a").write(f"started agent {site} (pid {self.agents[-1].pid})\n")
+
+    def stop_agents(self) -> None:
+        """Stop every agent this demo started (their whole process groups)."""
+        for proc in self.agents:
+            stop_group(proc)
+        self.agents.clear()
+
+    def _check_agents(self, ctx: StageContext) -> None:
+        dead = [site for site, proc in zip(SITES, self.agents) if proc.poll() is not None]
+        if dead:
+            raise DemoError(ctx.name, self.w / "logs" / f"agent-{dead[0]}.log", f"agent(s) {', '.join(dead)} exited")
+
+    def _probe(self, ctx: StageContext) -> None:
+        ctx.run("coordinator", "probe", "--config", self.coord_toml, "--wait", 120)
+        self._check_agents(ctx)
+
+    def _router(self, ctx: StageContext) -> None:
+        ctx.run("coordinator", "router", "--config", self.coord_toml)
+
+    def _eval(self, ctx: StageContext, policy: Path, name: str) -> None:
+        self.results.mkdir(parents=True, exist_ok=True)
+        ctx.run("coordinator", "eval", "--policy", policy, "--data", self.world / "server" / "eval",
+                "--limit", self.profile.eval_limit, "--json", stdout=self.results / name)
+
+    def _eval_before(self, ctx: StageContext) -> None:
+        self._eval(ctx, self.warm, "eval_before.json")
+
+    def _grpo(self, ctx: StageContext) -> None:
+        self._check_agents(ctx)
+        ctx.run("coordinator", "grpo", "--config", self.coord_toml)
+
+    def _eval_after(self, ctx: StageContext) -> None:
+        self._eval(ctx, self.grpo_out / "policy", "eval_after.json")
+
+    def _ledger(self, ctx: StageContext) -> None:
+        self.stop_agents()  # every session is recorded before the ledger is read
+        self.results.mkdir(parents=True, exist_ok=True)
+        ctx.run("ledger", "verify", self.ledger, "--ca", self.ca / "ca.pem", stdout=self.results / "ledger_verify.txt")
+        ctx.run("ledger", "show", self.ledger, "--json", stdout=self.results / "ledger.json")
+
+    def _report(self, ctx: StageContext) -> None:
+        from mor_secure.demo.report import write_report
+
+        path = write_report(self.w, self.profile_name, asdict(self.profile), self.timings)
+        ctx.log.open("a").write(f"report: {path}\n")
+
+    # ----- the run -----
+
+    def run(self) -> Path:
+        """Every stage in order (agents always stopped at the end); returns the report's path."""
+        runner = StageRunner(self.w, self.console, fresh=self.fresh)
+        self.timings = runner.timings
+        try:
+            runner.run(self.stages())
+        finally:
+            self.stop_agents()
+        return self.w / "report.md"
