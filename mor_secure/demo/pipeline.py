@@ -45,9 +45,9 @@ class Profile:
 
 
 QUICK = Profile(pairs=80, router_pairs=60, eval_questions=30, site_pairs=48, site_epochs=1, site_batch=16,
-                public_rows=256, sft_steps=60, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30)
+                public_rows=256, sft_steps=40, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30)
 FULL = Profile(pairs=300, router_pairs=240, eval_questions=150, site_pairs=200, site_epochs=2, site_batch=32,
-               public_rows=2000, sft_steps=500, router_epochs=100, grpo_steps=60, grpo_batch=32, eval_limit=150)
+               public_rows=2000, sft_steps=300, router_epochs=100, grpo_steps=60, grpo_batch=32, eval_limit=150)
 
 
 def free_port() -> int:
@@ -186,7 +186,7 @@ class Demo:
             "name": COORDINATOR, "bind": f"tcp://127.0.0.1:{self.port}",
             "tls": {"ca": str(self.ca / "ca.pem"), "cert": str(self.ca / f"{COORDINATOR}.pem"),
                     "key": str(self.ca / f"{COORDINATOR}.key"), "crl": str(self.ca / "crl.pem")},
-            "clients": {"allow": list(SITES), "quorum": 2, "deadline_s": 60.0, "heartbeat_s": 2.0,
+            "clients": {"allow": list(SITES), "quorum": 2, "deadline_s": 60.0, "heartbeat_s": 1.0,
                         "peer_timeout_s": 120.0},
             "pool": {"max_batch": 64, "cooldown_s": 10.0},
             "ledger": {"path": str(self.ledger)},
@@ -203,8 +203,9 @@ class Demo:
         self._write_coordinator_config()
         for site in SITES:
             config = self.site_dir(site) / "client.toml"
-            merge_toml(config, {"coordinator": {"endpoint": f"tcp://127.0.0.1:{self.port}", "heartbeat_s": 2.0,
-                                                "idle_timeout_s": 120.0, "backoff_max_s": 2.0}})
+            # each stage's coordinator is a new process: a short idle timeout lets the agents redial the next one fast
+            merge_toml(config, {"coordinator": {"endpoint": f"tcp://127.0.0.1:{self.port}", "heartbeat_s": 1.0,
+                                                "idle_timeout_s": 5.0, "backoff_max_s": 1.0}})
             log = open(self.w / "logs" / f"agent-{site}.log", "a", encoding="utf-8")
             try:
                 self.agents.append(subprocess.Popen(
