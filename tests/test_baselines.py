@@ -122,6 +122,24 @@ def test_baseline_is_a_trl_reward(fedavg: ModelReward, held_out, tiny_model_dir,
         assert rewards.tolist() == pytest.approx(fedavg.fuse(items, {}), abs=1e-4)
 
 
+def test_grpo_reward_names_load_saved_baselines(fedavg: ModelReward, held_out, tmp_path: Path):
+    from coordinator.rewards import FederatedReward, RewardContext, RewardError, build_reward, reward_names
+
+    assert {"fedavg", "centralised"} <= set(reward_names())
+    folder = fedavg.save(tmp_path / "fedavg")
+    loaded = build_reward(f"fedavg:{folder}", RewardContext(None))
+    assert isinstance(loaded, ModelReward) and loaded.record["kind"] == "fedavg"
+    with pytest.raises(RewardError, match="not 'centralised'"):
+        build_reward(f"centralised:{folder}", RewardContext(None))
+    with pytest.raises(RewardError, match="Run `mor coordinator router`"):
+        build_reward(f"fedavg:{tmp_path / 'missing'}", RewardContext(None))
+    rows = held_out.select(range(3))
+    reward = FederatedReward(loaded, name="fedavg")  # no scorer: the agents are never asked
+    items = [ScoreItem(r["image"], r["prompt"], r["chosen"]) for r in rows]
+    got = reward(prompts=rows["prompt"], completions=rows["chosen"], image=rows["image"])
+    assert got == pytest.approx(fedavg.fuse(items, {}), abs=1e-4)
+
+
 def test_dp_reports_a_finite_epsilon(clients):
     sim = FedAvg(_config(rounds=2, local_steps=3, dp=True, target_epsilon=2.0), clients)
     record = sim.run().record
