@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mor_secure.logs import get_logger
-from mor_secure.privacy import AccountantHistory, compose, epsilon
+from mor_secure.privacy import AccountantHistory, BudgetTooLow, compose, epsilon, plan_noise
 
 log = get_logger("client.budget")
 
@@ -32,16 +32,38 @@ _SKIPPED_FILES = ("cache-", ".")
 
 
 class BudgetExceeded(RuntimeError):
-    """The planned run would take the data set's composed epsilon above the lifetime budget."""
+    """The planned run would take the data set's composed epsilon above the lifetime budget.
 
-    def __init__(self, spent: float, asked: float, total: float, max_epsilon: float, delta: float) -> None:
-        self.spent, self.asked, self.total, self.max_epsilon = spent, asked, total, max_epsilon
+    ``fits`` is the largest target_epsilon that the same run (steps, sample rate) could still
+    spend within the budget, or None when nothing fits any more.
+    """
+
+    def __init__(self, spent: float, asked: float, total: float, max_epsilon: float, delta: float,
+                 fits: float | None = None) -> None:
+        self.spent, self.asked, self.total, self.max_epsilon, self.fits = spent, asked, total, max_epsilon, fits
         remaining = max(max_epsilon - spent, 0.0)
+        fix = (f"Set [privacy].target_epsilon to at most {fits:.3f} (runs compose, so the room is not "
+               "simply max minus spent), or train on new data" if fits else
+               "Nothing more fits: train on new data")
         super().__init__(
             f"privacy budget exceeded: spent epsilon {spent:.3f} of {max_epsilon:g} on this data set "
             f"(delta {delta:.2g}); this run asks {asked:.3f}, which composes to {total:.3f}; "
-            f"remaining {remaining:.3f}. Lower [privacy].target_epsilon below the remaining budget, "
-            "or train on new data; the budget is never reset.")
+            f"remaining {remaining:.3f}. {fix}; the budget is never reset.")
+
+
+def largest_fitting_epsilon(prior: AccountantHistory, planned: AccountantHistory, *, max_epsilon: float,
+                            delta: float, accountant: str) -> float | None:
+    """The epsilon of the largest run shaped like ``planned`` (same steps and sample rate, more noise)
+    that ``prior`` leaves room for under ``max_epsilon``; None if there is none."""
+    if len(planned) != 1 or epsilon(prior, delta, accountant) >= max_epsilon:
+        return None
+    (mechanism,) = planned.entries
+    try:
+        sigma = plan_noise(max_epsilon, delta, mechanism.sample_rate, mechanism.steps,
+                           prior_history=prior, accountant=accountant)
+    except BudgetTooLow:
+        return None
+    return epsilon(AccountantHistory([(sigma, mechanism.sample_rate, mechanism.steps)]), delta, accountant)
 
 
 class LedgerCorrupt(RuntimeError):
@@ -201,7 +223,9 @@ class SiteLedger:
                 asked = epsilon(record.history, delta, accountant)
                 total = epsilon(prior + record.history, delta, accountant)
                 if not total <= max_epsilon or math.isinf(total):
-                    raise BudgetExceeded(spent, asked, total, max_epsilon, delta)
+                    fits = largest_fitting_epsilon(prior, record.history, max_epsilon=max_epsilon,
+                                                   delta=delta, accountant=accountant)
+                    raise BudgetExceeded(spent, asked, total, max_epsilon, delta, fits)
                 spent = total
             self._append(fh, record)
         log.info("privacy budget reserved", extra={"run_id": record.run_id, "status": record.status,

@@ -203,7 +203,9 @@ def plan_noise(target_epsilon: float, delta: float, sample_rate: float, steps: i
     if prior.steps and epsilon(prior, delta, accountant) >= target_epsilon:
         raise BudgetTooLow(f"the prior history alone spends epsilon "
                            f"{epsilon(prior, delta, accountant):.3f} >= target {target_epsilon}")
-    high = _bracket(lambda sigma: spend(sigma, "rdp"), target_epsilon, 1.0)[1] if accountant != "rdp" else 1.0
+    high = 1.0
+    if accountant != "rdp" and epsilon(prior, delta, "rdp") < target_epsilon:  # RDP may exceed where PRV fits
+        high = _bracket(lambda sigma: spend(sigma, "rdp"), target_epsilon, 1.0)[1]
     low, high = _bracket(spend, target_epsilon, high)
     # Illinois (regula falsi) on eps(sigma) - target: a few accountant calls instead of a bisection's many.
     f_low, f_high = spend(low) - target_epsilon if low > 0 else math.inf, spend(high) - target_epsilon

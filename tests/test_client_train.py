@@ -22,7 +22,7 @@ from client_agent.budget import (BudgetExceeded, LedgerCorrupt, LedgerRecord, Si
 from client_agent.config import load_client_config
 from client_agent.evaluate import evaluate_saved
 from client_agent.train import load_pairs, sha256_file, train_reward_model
-from mor_secure.privacy import AccountantHistory, epsilon
+from mor_secure.privacy import AccountantHistory, epsilon, plan_noise
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +143,9 @@ def test_runs_compose_and_the_budget_refuses_the_next(world_dir, tmp_path):
     assert error.spent == pytest.approx(status.spent) and 1.9 < error.asked <= 2.0 < error.total
     assert f"spent epsilon {status.spent:.3f}" in message and f"asks {error.asked:.3f}" in message
     assert f"remaining {3.0 - status.spent:.3f}" in message
+    assert error.fits is not None and f"target_epsilon to at most {error.fits:.3f}" in message
+    fitting = AccountantHistory([(plan_noise(3.0, 1e-5, first.sample_rate, first.steps, prior_history=AccountantHistory.from_state_dict(first.history) + AccountantHistory.from_state_dict(second.history)), first.sample_rate, first.steps)])
+    assert epsilon(fitting, 1e-5) == pytest.approx(error.fits)
     assert len(SiteLedger(config.privacy.ledger).records()) == 4  # the refused run wrote nothing
 
 
