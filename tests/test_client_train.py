@@ -144,8 +144,9 @@ def test_runs_compose_and_the_budget_refuses_the_next(world_dir, tmp_path):
     assert f"spent epsilon {status.spent:.3f}" in message and f"asks {error.asked:.3f}" in message
     assert f"remaining {3.0 - status.spent:.3f}" in message
     assert error.fits is not None and f"target_epsilon to at most {error.fits:.3f}" in message
-    fitting = AccountantHistory([(plan_noise(3.0, 1e-5, first.sample_rate, first.steps, prior_history=AccountantHistory.from_state_dict(first.history) + AccountantHistory.from_state_dict(second.history)), first.sample_rate, first.steps)])
-    assert epsilon(fitting, 1e-5) == pytest.approx(error.fits)
+    prior = AccountantHistory.from_state_dict(first.history) + AccountantHistory.from_state_dict(second.history)
+    room = plan_noise(3.0, 1e-5, first.sample_rate, first.steps, prior_history=prior)
+    assert epsilon(AccountantHistory([(room, first.sample_rate, first.steps)]), 1e-5) == pytest.approx(error.fits)
     assert len(SiteLedger(config.privacy.ledger).records()) == 4  # the refused run wrote nothing
 
 
