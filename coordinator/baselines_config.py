@@ -23,11 +23,12 @@ class BaselinesConfig:
     model: ModelSection = field(help="Reward-model architecture shared by every FedAvg client and the "
                                      "centralised model (same keys as a site's [model]).",
                                 default_factory=ModelSection)
-    rounds: int = field(10, help="FedAvg: communication rounds (parameters down, local steps, parameters up).")
+    rounds: int = field(20, help="FedAvg: communication rounds (parameters down, local steps, parameters up).")
     local_steps: int = field(5, help="FedAvg: optimizer steps each client takes per round.")
-    epochs: int = field(3, help="Centralised: passes over the pooled pairs.")
+    epochs: int = field(10, help="Centralised: passes over the pooled pairs (the default matches FedAvg's "
+                                  "default compute: 20 rounds x 5 steps is about 10 local epochs of 340 pairs).")
     batch_size: int = field(32, help="Expected pairs per step; Poisson sampling varies the real size under DP.")
-    lr: float = field(1e-3, help="AdamW learning rate (each client keeps its own moments).")
+    lr: float = field(1e-2, help="AdamW learning rate (each FedAvg client keeps its own moments, never sent).")
     weight_decay: float = field(0.0, help="AdamW weight decay.")
     dp: bool = field(False, help="Train every client (and the centralised model) with DP-SGD, one pair = one "
                                  "sample, noise planned for target_epsilon over all its steps.")

@@ -81,7 +81,7 @@ def test_fedavg_beats_chance_on_held_out_pairs(fedavg: ModelReward, held_out):
 
 
 def test_centralised_trains_saves_and_says_it_is_not_federated(clients, held_out, tmp_path: Path):
-    central = train_centralised(_config(), clients)
+    central = train_centralised(_config(epochs=4), clients)
     assert central.label == "centralised (upper bound, not federated)"
     assert central.record["pairs"] == sum(len(c) for c in clients)
     assert central.pairwise_accuracy(held_out) > 0.55
