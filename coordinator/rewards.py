@@ -146,8 +146,27 @@ class FederatedReward:
         self.mixture = fusion if isinstance(fusion, MixtureOfRewards) else None
         self.live_sites = live_sites
         self.__name__ = name
-        self._reward = reward_callable(self.fusion, scorer or (lambda *a: {}), name=name)
+        self._scorer = scorer
+        self._last_scores: dict[str, Any] = {}
+        self._reward = reward_callable(self.fusion, self._score, name=name)
         self._stats: dict[str, float] = {}
+
+    def _score(self, *args: Any) -> dict[str, Any]:
+        self._last_scores = self._scorer(*args) if self._scorer is not None else {}
+        return self._last_scores
+
+    def _live(self, n: int) -> Any:
+        """``[N, K]`` mask of the router's sites that gave a usable score for each item."""
+        import torch
+
+        from coordinator.calibration import is_score
+
+        rows = []
+        for site in self.mixture.sites:
+            scores = self._last_scores.get(site)
+            ok = scores is not None and len(scores) == n
+            rows.append([ok and is_score(s) for s in scores] if ok else [False] * n)
+        return torch.tensor(rows, dtype=torch.bool).T
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         rewards = self._reward(prompts, completions, **kwargs)
@@ -160,11 +179,12 @@ class FederatedReward:
             items = [ScoreItem(img, _as_messages(p, "user"), _as_messages(c, "assistant"))
                      for img, p, c in zip(_images_from(prompts, kwargs.get("image"), kwargs.get("images")),
                                           prompts, completions)]
-            weights = self.mixture.weights(items).mean(dim=0)  # features are cached: no second forward pass
+            # over the sites that answered, as the fused reward used them; features are cached (no new forward)
+            weights = self.mixture.weights(items, self._live(len(items))).mean(dim=0)
             stats.update({f"weight/{site}": float(w) for site, w in zip(self.mixture.sites, weights)})
         self._stats = stats
         return rewards
 
     def last_stats(self) -> dict[str, float]:
-        """Unscored share, agents live and mean routing weight per client of the last batch."""
+        """Unscored share, agents live and mean routing weight per client (0 for a silent one) of the last batch."""
         return dict(self._stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def command(workdir: Path, quick: bool, fresh: bool) -> None:
     from mor_secure.demo.pipeline import FULL, QUICK, Demo
     from mor_secure.demo.stages import DemoError
 
+    def stop(signum: int, frame: object) -> None:  # SIGTERM unwinds like Ctrl-C: the agents are stopped
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     console = Console()
     name = "quick" if quick else "full"
     try:

@@ -170,8 +170,7 @@ class Demo:
                 "privacy": {"target_epsilon": eps, "max_epsilon": 1000.0},
             })
             commands.append(["client", "train", "--config", config, "--quiet", "--no-resume"])
-        # one intra-op thread each: three trainings share the cores better than they take turns
-        ctx.run(*commands[0], parallel=commands[1:], env={**child_env(), "OMP_NUM_THREADS": "1"})
+        ctx.run(*commands[0], parallel=commands[1:])  # at the same time, one intra-op thread each
 
     def _warmstart(self, ctx: StageContext) -> None:
         p = self.profile
@@ -210,11 +209,11 @@ class Demo:
             try:
                 self.agents.append(subprocess.Popen(
                     mor_command("client", "serve", "--config", config, "--worker-id", f"{site}-demo"),
-                    stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**child_env(), "OMP_NUM_THREADS": "1"},
-                    start_new_session=True))
+                    stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True))
             finally:
                 log.close()
-            ctx.log.open("a").write(f"started agent {site} (pid {self.agents[-1].pid})\n")
+            with ctx.log.open("a", encoding="utf-8") as out:
+                out.write(f"started agent {site} (pid {self.agents[-1].pid}), log: {log.name}\n")
 
     def stop_agents(self) -> None:
         """Stop every agent this demo started (their whole process groups)."""
@@ -259,7 +258,8 @@ class Demo:
         from mor_secure.demo.report import write_report
 
         path = write_report(self.w, self.profile_name, asdict(self.profile), self.timings)
-        ctx.log.open("a").write(f"report: {path}\n")
+        with ctx.log.open("a", encoding="utf-8") as out:
+            out.write(f"report: {path}\n")
 
     # ----- the run -----
 
