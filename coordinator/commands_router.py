@@ -25,6 +25,8 @@ def router(config_path: Path) -> None:
     per-site calibration, embeds the prompts with the reference [router] policy, trains the router
     and saves the mixture (router + calibration) in [router] out/mixture. Prints held-out pairwise
     accuracy of the fused reward beside each baseline, and the mean routing weight per domain.
+    With [router] defence = "agreement", sites no better than chance on the labelled pairs are left
+    out of the router and the mixture, and a per-site trust report is printed and written to the ledger.
     """
     from rich.console import Console
     from rich.table import Table
@@ -33,6 +35,7 @@ def router(config_path: Path) -> None:
     from coordinator.config import load_coordinator_config
     from coordinator.router import RouterError
     from coordinator.router_run import RouterRunError, accuracy_rows, run_router
+    from coordinator.trust import TrustError
     from mor_secure import pki
     from mor_secure.config import ConfigError
     from mor_secure.data.schema import DataError
@@ -46,12 +49,20 @@ def router(config_path: Path) -> None:
     try:
         report = run_router(config)
     except (ConfigError, pki.PKIError, RouterRunError, RouterError, CalibrationError, DataError, LedgerError,
-            ModelNotFoundError) as exc:
+            ModelNotFoundError, TrustError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot bind {config.bind} or write {config.router.out}: {exc}") from None
 
     console = Console()
+    if report["trust"]:
+        trust = Table(title=f"Client trust ([router] defence = {report['defence']}; also in the ledger)")
+        for column in ("site", "agreement", "lower bound", "pairs", "decision"):
+            trust.add_column(column, justify="left" if column in ("site", "decision") else "right")
+        for site, t in report["trust"].items():
+            trust.add_row(site, _pct(t["agreement"]), _pct(t["lower_bound"]), str(t["pairs"]),
+                          "trusted" if t["trusted"] else "excluded")
+        console.print(trust)
     accuracy = Table(title=f"Held-out pairwise accuracy ({report['test_pairs']} pairs of {config.router.data})")
     accuracy.add_column("reward")
     accuracy.add_column("accuracy", justify="right")

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from mor_secure.config import field
 
+DEFENCES = ("none", "agreement")
+"""Values of [router] defence: fuse every site, or only the sites that agree with the labelled pairs."""
+
 
 @dataclass
 class RouterRunConfig:
@@ -31,10 +34,21 @@ class RouterRunConfig:
     drop_prob: float = field(0.2, help="Chance of hiding each site per pair while training, so the router "
                                        "degrades gracefully when a site is offline.")
     seed: int = field(0, help="Seed of the router's initialisation and batches.")
+    defence: str = field("none", help="Poisoned-client defence: 'none', or 'agreement' to train and fuse only "
+                                      "the sites whose calibrated scores agree with the labelled training "
+                                      "pairs better than trust_threshold (trust report in the ledger).")
+    trust_threshold: float = field(0.55, help="Pairwise accuracy (0.5 = chance) that a site's lower 95% bound "
+                                              "on the training pairs must exceed to be trusted (defence on).")
 
     def __post_init__(self) -> None:
         if self.max_pairs < 0 or self.epochs < 1 or self.hidden < 1:
             raise ValueError("[router] max_pairs must be >= 0, epochs and hidden >= 1")
         if not 0 <= self.drop_prob < 1 or self.temperature <= 0 or self.lr <= 0 or self.wait_s < 0:
             raise ValueError("[router] drop_prob must be in [0, 1); temperature and lr > 0; wait_s >= 0")
+        if self.defence not in DEFENCES:
+            raise ValueError(f"[router] defence = {self.defence!r} is not known; use one of "
+                             f"{', '.join(repr(d) for d in DEFENCES)}")
+        if not 0 <= self.trust_threshold < 1:
+            raise ValueError(f"[router] trust_threshold must lie in [0, 1) (0.5 = chance), "
+                             f"got {self.trust_threshold!r}")
         self.out = Path(self.out)

@@ -139,12 +139,27 @@ def collect_scores(config: CoordinatorConfig, splits: list[Any]) -> list[Split]:
         return [Split(rows, fetch_scores(federation, rows, cache)) for rows in splits]
 
 
+def screen_sites(config: CoordinatorConfig, train_pairs: torch.Tensor, sites: list[str]) -> dict[str, Any]:
+    """With ``[router] defence = "agreement"``: each site's trust on the calibrated training pairs, recorded
+    in the ledger (one ``trust`` entry per site); with ``"none"``: nothing (every site is fused)."""
+    from coordinator.trust import agreement_trust, record_trust
+    from mor_secure.ledger import PrivacyLedger
+
+    section = config.router
+    if section.defence == "none":
+        return {}
+    trust = agreement_trust(train_pairs, sites, threshold=section.trust_threshold)
+    record_trust(PrivacyLedger(config.ledger.path), trust, defence=section.defence)
+    return trust
+
+
 def run_router(config: CoordinatorConfig, *, features: Callable | None = None) -> dict[str, Any]:
     """The whole run; returns the JSON report (also written to [router] out/report.json)."""
     from coordinator.baselines import baseline_accuracies
     from coordinator.features import PromptFeatures
     from coordinator.fusion import MixtureOfRewards
     from coordinator.router import evaluate_router, train_router
+    from coordinator.trust import trusted_sites
 
     section = config.router
     if features is None and not section.policy:
@@ -157,6 +172,9 @@ def run_router(config: CoordinatorConfig, *, features: Callable | None = None) -
         raise RouterRunError(f"only {len(sites)} site(s) returned scores ({', '.join(sites) or 'none'}); "
                              f"the quorum is {config.clients.quorum}: see the agents' logs")
     calibrator = Calibrator(section.calibration).fit({site: train.scores[site] for site in sites})
+    trust = screen_sites(config, pair_scores(train, calibrator, sites), sites)
+    if trust:
+        sites = trusted_sites(trust)  # the router (and the saved mixture) use only the trusted sites
     features = features or PromptFeatures(section.policy)
     train_features = features(list(train.rows["image"]), list(train.rows["prompt"]))
     test_features = features(list(test.rows["image"]), list(test.rows["prompt"]))
@@ -178,7 +196,8 @@ def run_router(config: CoordinatorConfig, *, features: Callable | None = None) -
     mixture_dir = MixtureOfRewards(router, calibrator, features).save(section.out / "mixture")
     baselines = baseline_accuracies(config.baselines, test.rows, section.out / "baselines")
     report.update({"sites": sites, "train_pairs": train.size, "test_pairs": test.size,
-                   "mixture": str(mixture_dir), "baselines": baselines})
+                   "mixture": str(mixture_dir), "baselines": baselines, "defence": section.defence,
+                   "trust": {site: t.to_dict() for site, t in sorted(trust.items())}})
     (section.out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
