@@ -5,6 +5,9 @@ parameters down, every client takes ``local_steps`` steps on its own pairs (DP-S
 client accounting for its own data), sends its parameters up, and the coordinator averages them
 weighted by client size (McMahan et al., 2017). Bytes are counted per round, both ways, from the
 sizes of the trainable tensors, which is what a real deployment would ship.
+
+Under DP the accountant covers every iterate of a client's DP-SGD, so the parameters it sends each
+round spend nothing beyond its reported epsilon; the averaged model is post-processing.
 """
 
 from __future__ import annotations
@@ -106,6 +109,10 @@ class FedAvg:
         model = build_reward_model(self.config.model, seed=self.config.seed)
         model.load_saved_state_dict(self.global_state)
         epsilons = self.epsilons()
+        planned = self.config.rounds * self.config.local_steps
+        if any(client.history.steps != planned for client in self.clients):
+            raise RuntimeError(f"the accountants counted {[c.history.steps for c in self.clients]} steps, "
+                               f"the plan {planned} per client")
         record = {"kind": "fedavg", "label": LABEL, "family": self.config.model.family,
                   "clients": len(self.clients), "client_pairs": self.sizes, "rounds": [asdict(r) for r in self.rounds],
                   "local_steps": self.config.local_steps, "parameter_bytes": state_bytes(self.global_state),

@@ -42,7 +42,7 @@ class LocalTrainer:
             raise ValueError(f"a trainer needs at least 2 pairs, got {len(self.rows)}")
         self.total_steps, self.steps, self.dp = total_steps, 0, dp
         self.sample_rate = 1.0 / steps_per_epoch(len(self.rows), batch_size)
-        self.delta = (dp.delta if dp and dp.delta is not None else default_delta(len(self.rows)))
+        self.delta = dp.delta if dp and dp.delta is not None else default_delta(len(self.rows))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         loader = index_loader(len(self.rows), batch_size, torch.Generator().manual_seed(seed))
