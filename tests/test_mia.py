@@ -99,3 +99,21 @@ def test_attack_reads_only_returned_scores(mia, world_dir, tmp_path):
     tight = ScoringService(service.model, "sha256:x", ServeSection(max_batch=2))
     with pytest.raises(RuntimeError, match="refused"):
         mia.membership_statistics(mia.service_scorer(tight, max_batch=4), pairs)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_tiny_audit_end_to_end_with_tls(mia, tmp_path):
+    mia.main(["--members", "8", "--seeds", "0", "--epsilons", "8", "inf", "--epochs", "2", "--shadows", "1",
+              "--bootstrap", "20", "--out", str(tmp_path)])
+    import json
+
+    raw = json.loads((tmp_path / "mia_audit.json").read_text())
+    assert [r["target_epsilon"] for r in raw["rows"]] == [8.0, None]
+    dp, no_dp = raw["rows"]
+    assert dp["epsilon"] == pytest.approx(8.0, abs=0.1) and no_dp["epsilon"] is None  # strict JSON: inf -> null
+    assert dp["tls_auc"] == pytest.approx(dp["auc"]) and dp["tls_max_diff"] < 1e-6  # same scores over TLS
+    assert 0 <= dp["ci"][0] <= dp["auc"] <= dp["ci"][1] <= 1 and "shadow_auc" in dp
+    report = (tmp_path / "mia_audit.md").read_text()
+    assert "max AUC = (1 - delta)(e^eps + delta) / (e^eps + 1) + delta" in report
+    assert "Command: `python benchmarks/mia_audit.py --members 8" in report and "- CPU:" in report
+    assert (tmp_path / "mia_audit.png").stat().st_size > 0
