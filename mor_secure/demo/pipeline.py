@@ -46,8 +46,8 @@ class Profile:
 
 QUICK = Profile(pairs=80, router_pairs=60, eval_questions=30, site_pairs=48, site_epochs=1, site_batch=16,
                 public_rows=256, sft_steps=40, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30)
-FULL = Profile(pairs=300, router_pairs=240, eval_questions=150, site_pairs=200, site_epochs=2, site_batch=32,
-               public_rows=2000, sft_steps=300, router_epochs=100, grpo_steps=60, grpo_batch=32, eval_limit=150)
+FULL = Profile(pairs=600, router_pairs=300, eval_questions=150, site_pairs=480, site_epochs=3, site_batch=32,
+               public_rows=2000, sft_steps=800, router_epochs=100, grpo_steps=200, grpo_batch=64, eval_limit=150)
 
 
 def free_port() -> int:
