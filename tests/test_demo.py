@@ -22,19 +22,24 @@ def _mor(*args, **kwargs) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "160"}, **kwargs)
 
 
-@pytest.mark.timeout(900)
-def test_quick_demo_end_to_end(tmp_path):
-    workdir = tmp_path / "demo"
+def _demo(workdir, timeout: float) -> str:
     demo = subprocess.Popen([sys.executable, "-m", "mor_secure.cli", "demo", "--workdir", str(workdir), "--quick"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "160"})
     try:
-        output, _ = demo.communicate(timeout=840)
+        output, _ = demo.communicate(timeout=timeout)
     finally:
         if demo.poll() is None:  # SIGTERM: the demo stops its agents on the way out
             demo.terminate()
             demo.communicate(timeout=60)
     assert demo.returncode == 0, output[-5000:]
+    return output
+
+
+@pytest.mark.timeout(900)
+def test_quick_demo_end_to_end_and_a_second_run_reuses_it(tmp_path):
+    workdir = tmp_path / "demo"
+    _demo(workdir, 600)
     report = (workdir / "report.md").read_text()
     positions = [report.index(section) for section in SECTIONS]
     assert positions == sorted(positions)
@@ -55,13 +60,17 @@ def test_quick_demo_end_to_end(tmp_path):
     assert not list((workdir / "ca").glob("client-*.key"))
     assert all((workdir / "sites" / s / "certs" / f"{s}.key").is_file() for s in ("client-0", "client-1", "client-2"))
 
+    again = _demo(workdir, 240)  # only the agents, probe, ledger and report run again
+    assert again.count("reused (built earlier") == 10, again
+    assert "ok:" in (workdir / "report.md").read_text()
+
 
 def test_stages_are_reused_until_their_parameters_change_and_a_failure_names_the_stage(tmp_path):
     calls: list[str] = []
     console = Console(file=open(os.devnull, "w"))
 
     def stages(pairs: int) -> list[Stage]:
-        return [Stage("first", "first", lambda ctx: calls.append("first"), {"n": 1}),
+        return [Stage("first", "first", lambda ctx: calls.append("first"), {"n": 1, "names": ("a", "b")}),
                 Stage("second", "second", lambda ctx: calls.append("second"), {"pairs": pairs})]
 
     StageRunner(tmp_path, console).run(stages(10))

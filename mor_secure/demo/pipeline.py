@@ -42,12 +42,16 @@ class Profile:
     grpo_steps: int
     grpo_batch: int
     eval_limit: int
+    baseline_rounds: int
+    baseline_epochs: int
 
 
 QUICK = Profile(pairs=80, router_pairs=60, eval_questions=30, site_pairs=48, site_epochs=1, site_batch=16,
-                public_rows=256, sft_steps=40, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30)
+                public_rows=256, sft_steps=40, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30,
+                baseline_rounds=3, baseline_epochs=1)
 FULL = Profile(pairs=600, router_pairs=300, eval_questions=150, site_pairs=480, site_epochs=3, site_batch=32,
-               public_rows=2000, sft_steps=800, router_epochs=100, grpo_steps=200, grpo_batch=64, eval_limit=150)
+               public_rows=2000, sft_steps=800, router_epochs=100, grpo_steps=200, grpo_batch=64, eval_limit=150,
+               baseline_rounds=20, baseline_epochs=10)
 
 
 def free_port() -> int:
@@ -110,7 +114,9 @@ class Demo:
                   {"pairs": p.pairs, "router": p.router_pairs, "eval": p.eval_questions}, [self.world]),
             Stage("models", "build the tiny models (qwen2-vl, llava)", self._models, {"families": FAMILIES},
                   [self.models]),
-            Stage("pki", "create the CA and the coordinator certificate", self._pki, {}, [self.ca]),
+            # a new CA starts a new ledger: the old one's reports are signed under the old CA
+            Stage("pki", "create the CA and the coordinator certificate", self._pki, {},
+                  [self.ca, self.coord_toml.parent]),
             Stage("sites", "enrol the sites: key + CSR at each site, signed by the CA", self._sites,
                   {"sites": SITES}, [self.w / "sites"]),
             Stage("train", "train each site's reward model with DP (eps 2 / 4 / 8)", self._train,
@@ -121,8 +127,9 @@ class Demo:
             Stage("agents", "start the three agents (they dial the coordinator over mTLS)", self._start_agents,
                   always=True),
             Stage("probe", "probe the federation", self._probe, always=True),
-            Stage("router", "train the router on the sites' scores (MoR)", self._router,
-                  {"epochs": p.router_epochs}, [self.router_out]),
+            Stage("router", "train the router on the sites' scores (MoR) and the FedAvg/centralised baselines",
+                  self._router, {"epochs": p.router_epochs, "baselines": [p.baseline_rounds, p.baseline_epochs]},
+                  [self.router_out]),
             Stage("eval_before", "evaluate the warm-start policy on held-out questions", self._eval_before,
                   {"limit": p.eval_limit}, [self.results / "eval_before.json"]),
             Stage("grpo", "GRPO with the MoR reward and a KL penalty", self._grpo,
@@ -191,6 +198,11 @@ class Demo:
             "ledger": {"path": str(self.ledger)},
             "router": {"policy": str(self.warm), "data": str(self.world / "server" / "router"),
                        "out": str(self.router_out), "epochs": p.router_epochs, "wait_s": 120.0},
+            # the parameter-sharing baselines the paper replaces, simulated in process on the sites' data at
+            # the middle epsilon (the coordinator never holds that data in a real deployment)
+            "baselines": {"data": [str(self.world / s) for s in SITES], "max_pairs": p.site_pairs,
+                          "rounds": p.baseline_rounds, "epochs": p.baseline_epochs, "dp": True,
+                          "target_epsilon": EPSILONS[1]},
             "grpo": {"policy": str(self.warm), "data": str(self.public), "reward": "mor",
                      "mixture": str(self.router_out / "mixture"), "out": str(self.grpo_out), "steps": p.grpo_steps,
                      "beta": 0.04, "num_generations": 8, "batch_size": p.grpo_batch, "lr": 1e-4,

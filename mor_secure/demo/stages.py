@@ -146,7 +146,8 @@ class StageRunner:
             marker = json.loads(self._marker(stage).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        return marker.get("params") == stage.params and all(Path(p).exists() for p in stage.outputs)
+        params = json.loads(json.dumps(stage.params))  # as the marker stores them (tuples become lists)
+        return marker.get("params") == params and all(Path(p).exists() for p in stage.outputs)
 
     def run(self, stages: Sequence[Stage]) -> None:
         """Run or skip each stage; a failure raises ``DemoError`` (its marker is removed, the workdir stays)."""
