@@ -115,7 +115,8 @@ def test_grpo_with_the_mor_reward_over_tls_survives_a_killed_agent(world_dir, ti
     assert result.exit_code == 0, result.output
     assert victim.returncode == -signal.SIGKILL
     assert all(proc.returncode == 0 for proc in agents[:2])
-    before, after = load_file(policy / "model.safetensors"), load_file(tmp_path / "grpo" / "policy" / "model.safetensors")
+    before = load_file(policy / "model.safetensors")
+    after = load_file(tmp_path / "grpo" / "policy" / "model.safetensors")
     assert any((before[k] - after[k]).abs().max() > 0 for k in before)
     history = json.loads((tmp_path / "grpo" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     steps = [h for h in history if "kl" in h]

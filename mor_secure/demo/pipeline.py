@@ -96,9 +96,10 @@ class Demo:
         self.w, self.profile, self.console, self.fresh = workdir.resolve(), profile, console, fresh
         self.profile_name, self.timings = name, dict[str, float]()
         self.world, self.models, self.ca = self.w / "world", self.w / "models", self.w / "ca"
-        self.coord_toml, self.ledger = self.w / "coordinator" / "coordinator.toml", self.w / "coordinator" / "ledger.jsonl"
-        self.public, self.warm, self.grpo_out = self.w / "policy" / "public", self.w / "policy" / "warm", self.w / "grpo"
-        self.router_out, self.results = self.w / "router", self.w / "results"
+        self.coord_toml = self.w / "coordinator" / "coordinator.toml"
+        self.ledger = self.w / "coordinator" / "ledger.jsonl"
+        self.public, self.warm = self.w / "policy" / "public", self.w / "policy" / "warm"
+        self.grpo_out, self.router_out, self.results = self.w / "grpo", self.w / "router", self.w / "results"
         self.port = free_port()
         self.agents: list[subprocess.Popen] = []
 
