@@ -76,6 +76,17 @@ def _plot(path: Path, before: dict, after: dict, accuracy: list[tuple[str, float
     plt.close(fig)
 
 
+def _policy_verdict(before: float, after: float, reward_accuracy: float, history: list[dict]) -> str:
+    """One sentence on what GRPO did to the policy and what bounds it (the fused reward's own accuracy)."""
+    kl = f"; KL to the warm start at the end {history[-1]['kl']:.3f}" if history else ""
+    if after > before:
+        return f"GRPO raised overall accuracy from {_pct(before)} to {_pct(after)}{kl}."
+    verb = "lowered" if after < before else "did not change"
+    return (f"GRPO {verb} overall accuracy ({_pct(before)} -> {_pct(after)}){kl}. The fused reward ranks held-out "
+            f"pairs right only {_pct(reward_accuracy)} of the time, so the policy also follows the reward models' "
+            "errors; stronger site models (more pairs, larger epsilon) or a larger KL penalty are the levers.")
+
+
 def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timings: dict[str, float]) -> Path:
     """Write ``report.md`` and ``report.png`` into ``workdir``; returns the markdown's path."""
     results = workdir / "results"
@@ -94,7 +105,11 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
     lines += _table(["site", "epsilon", "delta", "accountant", "signed reports", "items scored", "refusals"],
                     [[s, f"{r['epsilon']:.3f}" if r.get("epsilon") is not None else "-", f"{r.get('delta') or 0:.3g}",
                       str(r.get("accountant") or "-"), str(r.get("reports", 0)), str(r.get("items_scored", 0)),
-                      str(r.get("refusals", 0))] for s, r in sorted(ledger["sites"].items())])
+                      str(r.get("refusals", 0))] for s, r in sorted(ledger["sites"].items()) if s in sites])
+    strangers = sum(r.get("refusals", 0) for s, r in ledger["sites"].items() if s not in sites)
+    if strangers:
+        lines += ["", f"Refused peers without a site certificate: {strangers} (for example stale TLS records an "
+                      "agent's socket resent to a newly started coordinator; each is a ledger entry)."]
     lines += ["", SECTIONS[1], "", f"Mean routing weight of each site on the router's held-out prompts "
               f"({router['test_pairs']} pairs)."
               " client-k holds mostly the k-th domain (detail, medical, chart).", ""]
@@ -114,6 +129,7 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
     rows.append(["all", _pct(before["accuracy"]), _pct(after["accuracy"]), _pct(before["concise_share"]),
                  _pct(after["concise_share"])])
     lines += _table(["domain", "accuracy before", "accuracy after", "concise before", "concise after"], rows)
+    lines += ["", _policy_verdict(before["accuracy"], after["accuracy"], mor, history)]
     lines += ["", SECTIONS[4], ""]
     if history:
         last = history[-1]
