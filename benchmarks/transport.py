@@ -115,7 +115,9 @@ _IMAGES: dict[int, bytes] = {}
 
 def _request(size: int, i: int) -> ScoreRequest:
     """Request number ``i`` with one image of ``size`` bytes (built once per size, like a real batch)."""
-    image = _IMAGES.setdefault(size, PNG + bytes(size - len(PNG)))
+    image = _IMAGES.get(size)
+    if image is None:  # not setdefault: its argument would rebuild the image on every call
+        image = _IMAGES[size] = PNG + bytes(size - len(PNG))
     return ScoreRequest(request_id=f"r{i}", images=[image], prompts=["p"], completions=["c"])
 
 

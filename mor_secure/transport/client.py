@@ -3,13 +3,15 @@
 The agent counts as connected only after the coordinator's explicit ``Welcome`` (TLS 1.3 lets a
 client finish its handshake before the server judged its certificate). Requests are served by a
 handler registry on a thread pool, off the network thread, so heartbeats continue during long
-batches. When the coordinator goes silent the agent reconnects with a fresh socket and a fresh
+batches; a handler thread sends its reply itself under the socket lock (one thread hand-off per
+request instead of two). When the coordinator goes silent the agent reconnects with a fresh socket and a fresh
 handshake, backing off exponentially with jitter; a refusal is final and raised to the caller.
 """
 
 from __future__ import annotations
 
 import random
+import select
 import ssl
 import threading
 import time
@@ -72,8 +74,8 @@ class TLSClient:
         self._context_factory = context_factory
         self._context: ssl.SSLContext | None = context_factory()  # PKI problems surface here, not on dial
         self._zmq = zmq.Context.instance()
-        self._outbox = Outbox()
-        self._woken = False
+        self._outbox = Outbox()  # wake-ups of the network thread; a string is a failed send
+        self._sock_lock = threading.Lock()
         self._tls: TLSSession | None = None
         self._heartbeat_s = self.options.heartbeat_s
         self._stopping = threading.Event()
@@ -150,10 +152,20 @@ class TLSClient:
         sock.setsockopt(zmq.SNDHWM, 64)
         try:
             sock.connect(self.endpoint)
-            tls: TLSSession | None = None
 
             def emit(data: bytes) -> None:
-                self._outbox.put((tls, data))
+                """Send records at once from the thread that made them (under the TLS lock, so in
+                sequence order); the socket lock keeps the socket in one thread at a time."""
+                with self._sock_lock:
+                    if sock.closed:
+                        return  # records of an earlier session are dropped
+                    try:
+                        sock.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_BYTES)
+                    except zmq.Again:
+                        self._outbox.put("send queue full (coordinator not reading)")
+                        return
+                    if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        self._outbox.put(None)  # the send may have consumed the wake-up for waiting input
 
             if self._context is None:  # rebuilt after a lost connection: picks up a renewed cert or CRL
                 self._context = self._context_factory()
@@ -164,31 +176,34 @@ class TLSClient:
             self._tls = tls
             self._loop(sock, tls, pool)
         finally:
-            sock.close(linger=0)
+            with self._sock_lock:
+                sock.close(linger=0)
 
-    def _flush(self, sock: zmq.Socket, tls: TLSSession) -> None:
-        """Send queued records of the current session; records of earlier sessions are dropped."""
-        woken, self._woken = self._woken, False
-        for owner, data in self._outbox.drain(woken):
-            if owner is tls:
-                sock.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_BYTES)
+    def _recv(self, sock: zmq.Socket) -> zmq.Frame | None:
+        """One waiting frame, or None (under the socket lock, which senders share)."""
+        with self._sock_lock:
+            return sock.recv(zmq.NOBLOCK, copy=False) if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN else None
 
     def _loop(self, sock: zmq.Socket, tls: TLSSession, pool: Workers) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._outbox.fileno(), zmq.POLLIN)
+        # The thread sleeps on the socket's notification descriptor, not in zmq_poll, so handler
+        # threads may send meanwhile; ZMQ_FD is edge-triggered: the socket's EVENTS are checked
+        # under the lock before each sleep, and by senders after each send.
+        poller = select.poll()
+        poller.register(sock.getsockopt(zmq.FD), select.POLLIN)
+        poller.register(self._outbox.fileno(), select.POLLIN)
+        wake = self._outbox.fileno()
         self._outbox.consumer = threading.get_ident()
+        self._outbox.drain(woken=False)  # failures noted for an earlier session
         tls.start()
         last_heard = next_beat = time.monotonic()
+        woken = False
         while not self._stopping.is_set():
-            try:
-                self._flush(sock, tls)
-            except zmq.Again:
-                raise _Lost("send queue full (coordinator not reading)") from None
-            self._woken = self._outbox.fileno() in dict(poller.poll(0 if len(self._outbox) else 100))
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            for reason in self._outbox.drain(woken):
+                if reason is not None:
+                    raise _Lost(reason)
+            while (frame := self._recv(sock)) is not None:
                 last_heard = time.monotonic()
-                self._on_frame(sock.recv(zmq.NOBLOCK, copy=False), tls, pool)
+                self._on_frame(frame, tls, pool)
             now = time.monotonic()
             if not self.connected.is_set():
                 if now > tls.handshake_deadline:
@@ -199,11 +214,10 @@ class TLSClient:
             elif now >= next_beat:
                 self._send(tls, Heartbeat(sent_at=time.time()))
                 next_beat = now + self._heartbeat_s
+            with self._sock_lock:
+                busy = len(self._outbox) or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            woken = any(fd == wake for fd, _ in poller.poll(0 if busy else 100))
         tls.close()
-        try:
-            self._flush(sock, tls)
-        except zmq.Again:
-            pass
 
     def _on_frame(self, frame: zmq.Frame, tls: TLSSession, pool: Workers) -> None:
         was_done = tls.handshake_done
