@@ -4,8 +4,9 @@ The agent counts as connected only after the coordinator's explicit ``Welcome`` 
 client finish its handshake before the server judged its certificate). Requests are served by a
 handler registry on a thread pool, off the network thread, so heartbeats continue during long
 batches; a handler thread sends its reply itself under the socket lock (one thread hand-off per
-request instead of two). When the coordinator goes silent the agent reconnects with a fresh socket and a fresh
-handshake, backing off exponentially with jitter; a refusal is final and raised to the caller.
+request instead of two). When the coordinator goes silent the agent reconnects with a fresh socket
+and a fresh handshake, backing off exponentially with jitter; a refusal is final and raised to the
+caller.
 """
 
 from __future__ import annotations
