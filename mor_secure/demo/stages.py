@@ -49,8 +49,9 @@ def child_env() -> dict[str, str]:
 
 
 def mor_command(*args: object) -> list[str]:
-    """``mor ARGS`` through the running interpreter (the same install, no PATH lookup)."""
-    return [sys.executable, "-m", "mor_secure.cli", *(str(a) for a in args)]
+    """``mor ARGS`` through the running interpreter (the same install, no PATH lookup; ``-P``: a folder named
+    like a package in the current directory cannot shadow the installed one)."""
+    return [sys.executable, "-P", "-m", "mor_secure.cli", *(str(a) for a in args)]
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
