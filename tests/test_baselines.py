@@ -17,14 +17,7 @@ from coordinator.fusion import ScoreItem, reward_callable
 from mor_secure.data.loader import load_preferences
 from mor_secure.privacy import AccountantHistory, epsilon
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

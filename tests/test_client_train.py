@@ -14,7 +14,6 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 from click.testing import CliRunner
 
 from client_agent.budget import (BudgetExceeded, LedgerCorrupt, LedgerRecord, SiteLedger, data_fingerprint,
@@ -24,16 +23,7 @@ from client_agent.evaluate import evaluate_saved
 from client_agent.train import load_pairs, sha256_file, train_reward_model
 from mor_secure.privacy import AccountantHistory, epsilon, plan_noise
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def write_config(folder: Path, data: Path, *, family: str = "dual-encoder", base: str = "",

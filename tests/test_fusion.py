@@ -28,14 +28,7 @@ from mor_secure.data.loader import load_preferences
 from mor_secure.data.schema import answer_text, content_hash, question_text
 from mor_secure.data.styles import render
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only spin against other processes on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

@@ -13,6 +13,8 @@ from mor_secure.rewards import FAMILIES, bradley_terry_loss, build_reward_model,
 from mor_secure.rewards.config import ModelSection
 from mor_secure.rewards.training import check_pair_grad_samples
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 B = 3
 PROMPT = [{"role": "user", "content": [{"type": "image", "text": None},
                                        {"type": "text", "text": "What colour is the shape?"}]}]
@@ -20,15 +22,6 @@ PROMPT = [{"role": "user", "content": [{"type": "image", "text": None},
 
 def _answer(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

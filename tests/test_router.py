@@ -11,16 +11,9 @@ import torch
 from coordinator.router import (Router, RouterConfig, RouterError, _drop_clients, mean_weights_by,
                                 pairwise_accuracy, train_router)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SITES = ["site-a", "site-b", "site-c"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny MLP steps: intra-op threads only spin against other processes on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _expert_world(n: int, seed: int, experts: dict[int, list[int]] | None = None):

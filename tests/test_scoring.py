@@ -20,7 +20,6 @@ from pathlib import Path
 
 import msgpack
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -36,16 +35,9 @@ from mor_secure.data.loader import load_preferences
 from mor_secure.protocol import HealthRequest, ScoreRequest
 from mor_secure.transport import AgentRefused
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SITES = ["client-0", "client-1", "client-2"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tls(ca: Path, name: str) -> str:
