@@ -257,7 +257,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], summary: dict[s
     lines.append(f"{'Met' if met else 'Not met'}: the reward call takes {summary['remote']['median_reward_s']:.3f} s "
                  f"remote vs {summary['local']['median_reward_s']:.3f} s in process (median), {share:.0f}% of the "
                  "remote step; the rest is sampling, reference log-probs and the policy update, the same in both "
-                 "modes. Remote, the three agents score in parallel processes, which offsets the TLS round trip "
+                 "modes. Remote, the three agents score in parallel processes, which likely offsets the TLS round trip "
                  "and PNG encoding; in process the three models run one after the other. Caveats: the agents "
                  "share this machine's cores (on real sites they do not), the link is loopback (a WAN adds its "
                  "round-trip time per step, the payload above is small), and the models and batch are tiny.")
