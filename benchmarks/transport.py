@@ -430,7 +430,7 @@ def write_report(args: argparse.Namespace, rows: list[tuple], handshakes: dict[s
              "CPU time of the coordinator and agent processes together per answered request: unlike req/s "
              "it hardly depends on what else the (shared) machine is running.", "",
              f"Command: `python benchmarks/transport.py --seconds {args.seconds:g} --repeats {args.repeats}` "
-             f"(took {took:.0f} s)", "", *machine, "",
+             f"(took {took:.0f} s; load average at the end {os.getloadavg()[0]:.2f})", "", *machine, "",
              f"| payload | agents | transport | req/s | vs {args.transports[0]} | median ms | p99 ms "
              "| CPU µs/req |", "|---|---|---|---|---|---|---|---|"]
     for label, n, name, rate, median, p99, cpu_us in rows:
