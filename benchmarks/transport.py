@@ -109,6 +109,35 @@ class Loop:
             self.latencies.append(now - sent)
         return now < self.end
 
+    def drive(self, targets: list, submit, check) -> "Loop":
+        """Keep one request in flight per target until the window closes.
+
+        ``submit(target, i)`` sends request number ``i`` and returns a future; ``check(future)``
+        reads (and validates) its reply.
+        """
+        counter = iter(range(1 << 62))
+
+        def issue(target) -> None:
+            sent = time.perf_counter()
+            future = submit(target, next(counter))
+            future.add_done_callback(lambda f: done(target, sent, f))
+
+        def done(target, sent: float, future) -> None:
+            check(future)
+            if self.record(sent):
+                issue(target)
+            else:
+                with self.lock:
+                    self.outstanding -= 1
+                    if self.outstanding == 0:
+                        self.idle.set()
+
+        self.outstanding = len(targets)
+        for target in targets:
+            issue(target)
+        self.idle.wait(self.end - time.perf_counter() + 30)
+        return self
+
 
 _IMAGES: dict[int, bytes] = {}
 
@@ -185,29 +214,9 @@ class TLSDriver:
         self.sessions = [p.session_id for p in self.server.peers()]
 
     def run(self, size: int, n: int, seconds: float, warmup: float) -> Loop:
-        loop = Loop(seconds, warmup)
-        counter = iter(range(1 << 62))
-
-        def issue(session_id: str) -> None:
-            sent = time.perf_counter()
-            future = self.server.request(session_id, _request(size, next(counter)))
-            future.add_done_callback(lambda f: done(session_id, sent, f))
-
-        def done(session_id: str, sent: float, future) -> None:
-            future.result()
-            if loop.record(sent):
-                issue(session_id)
-            else:
-                with loop.lock:
-                    loop.outstanding -= 1
-                    if loop.outstanding == 0:
-                        loop.idle.set()
-
-        loop.outstanding = n
-        for session_id in self.sessions[:n]:
-            issue(session_id)
-        loop.idle.wait(seconds + warmup + 30)
-        return loop
+        return Loop(seconds, warmup).drive(
+            self.sessions[:n], lambda session_id, i: self.server.request(session_id, _request(size, i)),
+            lambda future: future.result())
 
     def handshake(self) -> float:
         client = TLSClient(self.endpoint, _ctx(self.ca, "client", "site-a"), coordinators=["coord"],
@@ -249,29 +258,9 @@ class GRPCDriver:
         return channel, channel.unary_unary("/mor.Agent/Score")
 
     def run(self, size: int, n: int, seconds: float, warmup: float) -> Loop:
-        loop = Loop(seconds, warmup)
-        counter = iter(range(1 << 62))
-
-        def issue(call) -> None:
-            sent = time.perf_counter()
-            future = call.future(protocol.encode(_request(size, next(counter))))
-            future.add_done_callback(lambda f: done(call, sent, f))
-
-        def done(call, sent: float, future) -> None:
-            protocol.decode(future.result())
-            if loop.record(sent):
-                issue(call)
-            else:
-                with loop.lock:
-                    loop.outstanding -= 1
-                    if loop.outstanding == 0:
-                        loop.idle.set()
-
-        loop.outstanding = n
-        for call in self.calls[:n]:
-            issue(call)
-        loop.idle.wait(seconds + warmup + 30)
-        return loop
+        return Loop(seconds, warmup).drive(
+            self.calls[:n], lambda call, i: call.future(protocol.encode(_request(size, i))),
+            lambda future: protocol.decode(future.result()))
 
     def handshake(self) -> float:
         t = time.perf_counter()
