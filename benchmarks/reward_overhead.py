@@ -146,11 +146,11 @@ def one_run(cfg: Any, rewards: dict[str, Any], first: str, scratch: Path, steps:
 
 def wire_bytes(config: Any, prompts: list[Any], completions: list[Any], kwargs: dict, sites: int) -> dict[str, int]:
     """Application bytes (msgpack, before TLS framing) of one step's score requests and replies over ``sites``."""
-    from coordinator.fusion import _images_from  # noqa: PLC2701  (the images the reward callable scores)
+    from coordinator.fusion import images_from  # noqa: PLC2701  (the images the reward callable scores)
     from coordinator.service import build_requests
     from mor_secure.protocol import ScoreReply, encode
 
-    images = _images_from(prompts, kwargs.get("image"), kwargs.get("images"))
+    images = images_from(prompts, kwargs.get("image"), kwargs.get("images"))
     requests = build_requests(images, prompts, completions, config.pool.max_batch)
     sent = sum(len(encode(dataclasses.replace(r, request_id="r" * 32))) for _, r in requests)
     replies = sum(len(encode(ScoreReply(request_id="r" * 32, scores=[0.5] * len(r.prompts),

@@ -47,7 +47,7 @@ def settings() -> list[tuple[str, int]]:
     return [("clean", 0)] + [(attack, n) for n in ADVERSARIES for attack in ATTACKS]
 
 
-def _wins(margin: torch.Tensor) -> float:
+def pairwise_wins(margin: torch.Tensor) -> float:
     margin = margin[torch.isfinite(margin)]
     return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
 
@@ -91,11 +91,11 @@ def run_setting(attack: str, n_adv: int, seed: int, args: argparse.Namespace) ->
         "MoR + defence": _router_accuracy(train, z_train, test, z_test, keep, seed, args.epochs)[0],
         "MoR honest only": _router_accuracy(train, z_train, test, z_test,
                                             [k for k, s in enumerate(SITES) if s not in bad], seed, args.epochs)[0],
-        "uniform": _wins(diff.mean(dim=1)),
-        "uniform + defence": _wins(diff[:, keep].mean(dim=1)),
+        "uniform": pairwise_wins(diff.mean(dim=1)),
+        "uniform + defence": pairwise_wins(diff[:, keep].mean(dim=1)),
         # FedAvg of same-architecture linear-in-output reward heads is the mean of the client functions:
         # the average of raw (uncalibrated) scores, poisoned clients included.
-        "FedAvg proxy": _wins(raw_diff.mean(dim=1)),
+        "FedAvg proxy": pairwise_wins(raw_diff.mean(dim=1)),
     }
     adversarial = [k for k, s in enumerate(SITES) if s in bad]
     return {"attack": attack, "adversaries": n_adv, "seed": seed, "accuracy": accuracy,

@@ -187,7 +187,7 @@ class Quorum(RewardFusion):
         return [r if n >= self.min_clients else None for r, n in zip(fused, counts)]
 
 
-def _as_messages(value: Any, role: str) -> list[Message]:
+def as_messages(value: Any, role: str) -> list[Message]:
     """TRL prompts/completions (conversational or plain text) as schema messages without PIL payloads."""
     if isinstance(value, str):
         return [{"role": role, "content": [{"type": "text", "text": value}]}]
@@ -213,7 +213,7 @@ def _image_of(prompt: Any) -> Any:
     return None
 
 
-def _images_from(prompts: Sequence[Any], image: Sequence[Any] | None,
+def images_from(prompts: Sequence[Any], image: Sequence[Any] | None,
                  images: Sequence[Any] | None) -> list[Any]:
     """One image per completion from TRL's ``image`` / ``images`` column, else from the prompt."""
     if images is not None:
@@ -246,9 +246,9 @@ def reward_callable(fusion: RewardFusion, scorer: Scorer, *, objective: str | No
         if len(completions) != n:
             raise ValueError(f"{n} prompts but {len(completions)} completions")
         objectives = kwargs.get("objective") or [objective] * n
-        items = [ScoreItem(image=img, prompt=_as_messages(p, "user"), completion=_as_messages(c, "assistant"),
+        items = [ScoreItem(image=img, prompt=as_messages(p, "user"), completion=as_messages(c, "assistant"),
                            objective=obj)
-                 for img, p, c, obj in zip(_images_from(prompts, image, images), prompts, completions,
+                 for img, p, c, obj in zip(images_from(prompts, image, images), prompts, completions,
                                            objectives, strict=True)]
         client_scores: dict[str, list[float] | None] = {}
         if fusion.uses_client_scores:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.fusion import MixtureOfRewards, Quorum, RewardFusion, Scorer, ScoreItem, reward_callable
-from coordinator.fusion import _as_messages, _images_from  # noqa: PLC2701  (same item building as the callable)
+from coordinator.fusion import as_messages, images_from
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.rewards")
@@ -176,8 +176,8 @@ class FederatedReward:
             live = set(self.live_sites())
             stats["agents_live"] = float(len(live))
         if self.mixture is not None and rewards:
-            items = [ScoreItem(img, _as_messages(p, "user"), _as_messages(c, "assistant"))
-                     for img, p, c in zip(_images_from(prompts, kwargs.get("image"), kwargs.get("images")),
+            items = [ScoreItem(img, as_messages(p, "user"), as_messages(c, "assistant"))
+                     for img, p, c in zip(images_from(prompts, kwargs.get("image"), kwargs.get("images")),
                                           prompts, completions)]
             # over the sites that answered, as the fused reward used them; features are cached (no new forward)
             weights = self.mixture.weights(items, self._live(len(items))).mean(dim=0)

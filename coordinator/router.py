@@ -237,10 +237,10 @@ def pairwise_accuracy(router: Router, features: torch.Tensor, pair_scores: torch
     check_pair_inputs(features, pair_scores, router.sites)
     live = live_mask(pair_scores) if live is None else live & live_mask(pair_scores)
     margin = _pair_margin(router, features.float(), pair_scores.float(), live, objectives)
-    return _wins(torch.where(live.any(dim=1), margin, torch.full_like(margin, math.nan)))
+    return pairwise_wins(torch.where(live.any(dim=1), margin, torch.full_like(margin, math.nan)))
 
 
-def _wins(margin: torch.Tensor) -> float:
+def pairwise_wins(margin: torch.Tensor) -> float:
     """Share of positive margins among the finite ones (zero counts half); NaN if none is finite."""
     margin = margin[torch.isfinite(margin)]
     return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean()) if margin.numel() else math.nan
@@ -271,8 +271,8 @@ def evaluate_router(router: Router, features: torch.Tensor, pair_scores: torch.T
     return {
         "pairs": int(features.shape[0]),
         "accuracy": pairwise_accuracy(router, features, pair_scores, objectives=objectives),
-        "uniform_accuracy": _wins(torch.nanmean(diff, dim=1)),
-        "site_accuracy": {site: _wins(diff[:, k]) for k, site in enumerate(router.sites)},
+        "uniform_accuracy": pairwise_wins(torch.nanmean(diff, dim=1)),
+        "site_accuracy": {site: pairwise_wins(diff[:, k]) for k, site in enumerate(router.sites)},
         "weights_by": mean_weights_by(router, features, groups, live=live_mask(pair_scores),
                                       objectives=objectives),
     }

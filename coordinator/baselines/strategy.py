@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from coordinator.fusion import ClientScores, RewardFusion, ScoreItem
-from coordinator.router import _wins
+from coordinator.router import pairwise_wins
 from mor_secure.rewards import RewardModel, load_reward_model
 
 RECORD_NAME = "baseline.json"
@@ -52,7 +52,7 @@ class ModelReward(RewardFusion):
         images, prompts = list(rows["image"]), list(rows["prompt"])
         chosen = self.model.score(images, prompts, list(rows["chosen"]), batch_size=self.batch_size)
         rejected = self.model.score(images, prompts, list(rows["rejected"]), batch_size=self.batch_size)
-        return _wins(torch.tensor(chosen) - torch.tensor(rejected))
+        return pairwise_wins(torch.tensor(chosen) - torch.tensor(rejected))
 
     def save(self, out_dir: str | Path) -> Path:
         """The reward-model folder plus ``baseline.json``; returns the folder."""
