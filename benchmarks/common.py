@@ -1,11 +1,13 @@
-"""What every benchmark report carries: the machine it ran on (CPU, load, accelerator, versions) and
-a markdown file written in one go."""
+"""What every benchmark report carries: the machine it ran on (CPU, load, accelerator, versions), a
+markdown file written in one go, and means with 95% t-intervals over seeds."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,3 +41,15 @@ def write_markdown(path: Path, lines: Sequence[str]) -> None:
     """Write ``lines`` as one markdown file (folders made as needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+"""Two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond)."""
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval over seeds (NaN half-width for a single value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_lines, write_markdown  # noqa: E402
+from common import machine_lines, mean_interval, write_markdown  # noqa: E402
 
 from coordinator.calibration import Calibrator  # noqa: E402
-from coordinator.router import pairwise_accuracy, train_router  # noqa: E402
+from coordinator.router import pairwise_accuracy, pairwise_wins, train_router  # noqa: E402
 from coordinator.synthetic import PairWorld, SyntheticClient, make_world, raw_pair_scores  # noqa: E402
 from coordinator.trust import agreement_trust  # noqa: E402
 
@@ -39,17 +39,11 @@ CLIENTS = [SyntheticClient("expert", (0,), noise=0.3, offset=0.0, scale=1.0),
 ADVERSARIES = {1: ["a-sharp"], 2: ["a-sharp", "b-sharp"]}
 ATTACKS = ("inverted", "random", "fixed-wrong")
 STRATEGIES = ("MoR", "MoR + defence", "MoR honest only", "uniform", "uniform + defence", "FedAvg proxy")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
 
 def settings() -> list[tuple[str, int]]:
     """(attack, number of adversaries): the clean federation first."""
     return [("clean", 0)] + [(attack, n) for n in ADVERSARIES for attack in ATTACKS]
-
-
-def pairwise_wins(margin: torch.Tensor) -> float:
-    margin = margin[torch.isfinite(margin)]
-    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
 
 
 def _calibrate(raw_train: torch.Tensor, raw: torch.Tensor, method: str) -> torch.Tensor:
@@ -105,14 +99,6 @@ def run_setting(attack: str, n_adv: int, seed: int, args: argparse.Namespace) ->
             "excluded": sorted(s for s, t in trust.items() if not t.trusted), "adversarial": sorted(bad)}
 
 
-def _interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval over seeds."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per setting: mean and 95% interval of each strategy, and how often the defence got it right."""
     out = []
@@ -122,7 +108,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         entry: dict[str, Any] = {"attack": attack, "adversaries": n_adv, "seeds": len(runs)}
         for name in STRATEGIES:
-            entry[name] = _interval([r["accuracy"][name] for r in runs])
+            entry[name] = mean_interval([r["accuracy"][name] for r in runs])
         for key in ("adversary_weight", "adversary_weight_unseen"):
             entry[key] = statistics.fmean(r[key] for r in runs)
         entry["adversaries_excluded"] = sum(len(set(r["excluded"]) & set(r["adversarial"])) for r in runs)

@@ -64,12 +64,15 @@ def _read_cache(path: Path, site: str, model_sha256: str, fingerprint: str, n: i
     return scores if ok else None
 
 
+def pair_items(rows: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    """(images, prompts, completions) to score for labelled pairs: every chosen answer, then every rejected one."""
+    return list(rows["image"]) * 2, list(rows["prompt"]) * 2, list(rows["chosen"]) + list(rows["rejected"])
+
+
 def fetch_scores(federation: Federation, rows: Any, cache_dir: Path) -> dict[str, list[float | None]]:
     """Each admitted site's raw scores of every pair's chosen then rejected answer, from the cache or once
     over the wire (then cached)."""
-    images = list(rows["image"]) * 2
-    prompts = list(rows["prompt"]) * 2
-    completions = list(rows["chosen"]) + list(rows["rejected"])
+    images, prompts, completions = pair_items(rows)
     fingerprint = items_fingerprint(build_requests(images, prompts, completions, federation.config.pool.max_batch))
     models = {site: report.model_sha256 for site, report in federation.reports().items()}
     scores: dict[str, list[float | None]] = {}
@@ -153,8 +156,17 @@ def screen_sites(config: CoordinatorConfig, train_pairs: torch.Tensor, sites: li
     return trust
 
 
-def run_router(config: CoordinatorConfig, *, features: Callable | None = None) -> dict[str, Any]:
-    """The whole run; returns the JSON report (also written to [router] out/report.json)."""
+Collector = Callable[[CoordinatorConfig, list[Any]], list[Split]]
+"""(config, splits of labelled pairs) -> each split with every site's raw scores."""
+
+
+def run_router(config: CoordinatorConfig, *, features: Callable | None = None,
+               collect: Collector = collect_scores) -> dict[str, Any]:
+    """The whole run; returns the JSON report (also written to [router] out/report.json).
+
+    ``collect`` gets the sites' scores: over the secure channel by default (:func:`collect_scores`);
+    benchmarks pass an in-process federation that answers the same requests.
+    """
     from coordinator.baselines import baseline_accuracies
     from coordinator.features import PromptFeatures
     from coordinator.fusion import MixtureOfRewards
@@ -165,8 +177,8 @@ def run_router(config: CoordinatorConfig, *, features: Callable | None = None) -
     if features is None and not section.policy:
         raise RouterRunError("[router] policy is not set: name the reference policy (a saved model folder) "
                              "whose hidden states are the router's features")
-    train, test = collect_scores(config, [_load_split(config, section.train_split),
-                                          _load_split(config, section.test_split)])
+    train, test = collect(config, [_load_split(config, section.train_split),
+                                   _load_split(config, section.test_split)])
     sites = sorted(train.scores)
     if len(sites) < config.clients.quorum:
         raise RouterRunError(f"only {len(sites)} site(s) returned scores ({', '.join(sites) or 'none'}); "
