@@ -1,0 +1,51 @@
+"""The federation in one process, for benchmarks: each site's ``ScoringService`` answers the very
+``ScoreRequest`` messages the coordinator would send it over mutual TLS (built by the same
+``build_requests``), so the scores equal the agents' (tested over TLS in tests/test_scoring.py);
+only the transport is skipped. Counts the encoded bytes of every request and reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from client_agent.config import ServeSection
+from client_agent.scoring import ScoringService
+from coordinator.router_run import Split, pair_items
+from coordinator.service import build_requests
+from mor_secure import protocol
+from mor_secure.protocol import ScoreReply
+from mor_secure.rewards import load_reward_model
+
+
+class LocalFederation:
+    """Sites' saved reward models behind their scoring services; ``scorer`` is a coordinator ``Scorer``."""
+
+    def __init__(self, models: Mapping[str, str | Path], *, max_batch: int = 256) -> None:
+        policy = ServeSection(max_batch=max_batch, requests_per_minute=10**9)
+        self.services = {site: ScoringService(load_reward_model(path), f"local:{site}", policy)
+                         for site, path in sorted(models.items())}
+        self.max_batch = max_batch
+        self.bytes_sent = self.bytes_received = 0
+
+    def scorer(self, images: Sequence[Any], prompts: Sequence[Any], completions: Sequence[Any],
+               sites: Sequence[str] | None = None) -> dict[str, list[float] | None]:
+        """Raw scores per site, in item order; every site receives every request."""
+        requests = build_requests(list(images), list(prompts), list(completions), self.max_batch)
+        out: dict[str, list[float] | None] = {}
+        for site in sites or self.services:
+            scores: list[float] = []
+            for _, request in requests:
+                reply = self.services[site](request)
+                if not isinstance(reply, ScoreReply):
+                    raise RuntimeError(f"site {site} refused a request: {reply.code}: {reply.message}")
+                self.bytes_sent += len(protocol.encode(request))
+                self.bytes_received += len(protocol.encode(reply))
+                scores.extend(reply.scores)
+            out[site] = scores
+        return out
+
+    def collect(self, config: Any, splits: list[Any]) -> list[Split]:
+        """The router's score collector (``coordinator.router_run.run_router(collect=...)``) in process."""
+        return [Split(rows, self.scorer(*pair_items(rows))) for rows in splits]

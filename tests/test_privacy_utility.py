@@ -1,0 +1,70 @@
+"""The privacy/utility benchmark's reduced grid end to end: sites trained with DP through the product's
+trainer, the router and baselines at each epsilon, GRPO per fusion and the oracle, the report and its
+resumable cache; and the in-process federation answering exactly what the agents answer."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+pytestmark = pytest.mark.slow
+
+
+def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, capsys):
+    import privacy_utility
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    privacy_utility.main(["--quick", "--out", str(out), "--workdir", str(work), "--jobs", "2"])
+    report = (out / "privacy_utility.md").read_text()
+    for heading in ("## Held-out pairwise reward accuracy", "## Policy accuracy after GRPO", "## Communication"):
+        assert heading in report
+    assert (out / "privacy_utility.png").stat().st_size > 10_000
+    data = json.loads((out / "privacy_utility.json").read_text())
+    cells = {c["epsilon"]: c for c in data["results"]["cells"]}
+    assert set(cells) == {"1", "inf"}
+    # every site's epsilon is what its DP run states, within the target; no DP is infinity
+    assert all(0.5 < s["epsilon"] <= 1.0 + 1e-6 for s in cells["1"]["sites"].values())
+    assert all(s["epsilon"] is None or math.isinf(s["epsilon"]) for s in cells["inf"]["sites"].values())
+    for cell in cells.values():
+        assert set(cell["policy"]) == {"mor", "uniform", "fedavg", "centralised"}
+        assert all(0.0 <= p["accuracy"] <= 1.0 for p in cell["policy"].values())
+        assert {"mor", "uniform", "fedavg", "centralised", "single:client-0"} <= set(cell["reward_accuracy"])
+        # scores travel, parameters do not: a GRPO step of scores is far smaller than one FedAvg round
+        assert 0 < cell["policy"]["mor"]["bytes_per_step"] < cell["fedavg_round_bytes"]
+        assert "bytes_per_step" not in cell["policy"]["fedavg"]
+    seed = data["results"]["seeds"]["0"]
+    assert 0.0 <= seed["warm"]["accuracy"] <= 1.0 and 0.0 <= seed["oracle"]["accuracy"] <= 1.0
+    capsys.readouterr()
+
+    privacy_utility.main(["--quick", "--out", str(out), "--workdir", str(work)])
+    log = capsys.readouterr().out
+    assert log.count("cached:") == 3  # the seed and both cells: nothing recomputed
+
+
+def test_local_federation_answers_what_the_scoring_service_answers(world_dir, tmp_path):
+    from local_federation import LocalFederation
+
+    from client_agent.config import ServeSection
+    from client_agent.scoring import ScoringService
+    from coordinator.service import build_requests
+    from mor_secure.data.loader import load_preferences
+    from mor_secure.rewards import build_reward_model, load_reward_model
+    from mor_secure.rewards.config import ModelSection
+
+    build_reward_model(ModelSection(), seed=3).save(tmp_path / "site-model")
+    rows = load_preferences(world_dir / "client-0", split="test").select(range(6))
+    federation = LocalFederation({"client-0": tmp_path / "site-model"}, max_batch=4)
+    images, prompts, chosen = list(rows["image"]), list(rows["prompt"]), list(rows["chosen"])
+    scores = federation.scorer(images, prompts, chosen)["client-0"]
+    direct = load_reward_model(tmp_path / "site-model").score(images, prompts, chosen)
+    assert scores == pytest.approx(direct, abs=1e-5)
+    service = ScoringService(load_reward_model(tmp_path / "site-model"), "x", ServeSection())
+    replies = [service(request) for _, request in build_requests(images, prompts, chosen, 4)]
+    assert scores == [s for reply in replies for s in reply.scores]
+    assert federation.bytes_sent > federation.bytes_received > 0  # two requests with images, two small replies
