@@ -24,6 +24,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
@@ -71,10 +72,11 @@ def eps_name(eps: float) -> str:
 
 # ----- one seed: world, public data, pretrained bases -----
 
-def prepare_seed(root: Path, seed: int, sizes: Sizes) -> dict[str, Any]:
-    """World, public data, the policy's warm start (tiny qwen2-vl after SFT on public data) and a public-data
-    SFT of the tiny llava; both pretrained models are the sites' reward-model backbones, as a real site
-    would start from a public pretrained VLM. Also the warm start's and the oracle run's policy accuracy."""
+def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES) -> dict[str, Any]:
+    """World (one client per site), public data, the policy's warm start (tiny qwen2-vl after SFT on public
+    data) and a public-data SFT of the tiny llava; both pretrained models are the sites' reward-model
+    backbones, as a real site would start from a public pretrained VLM. Also the warm start's and the
+    oracle run's policy accuracy."""
     import torch
 
     from coordinator.sft import run_sft
@@ -87,7 +89,7 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes) -> dict[str, Any]:
     if folder.exists():  # a seed not prepared before: its cells depend on what is rebuilt here
         shutil.rmtree(folder)
     world, public = folder / "world", folder / "public"
-    generate_world(world, seed=seed, clients=len(SITES), pairs=sizes.pairs, router_pairs=sizes.router_pairs,
+    generate_world(world, seed=seed, clients=len(sites), pairs=sizes.pairs, router_pairs=sizes.router_pairs,
                    eval_questions=sizes.eval_questions)
     generate_public_sft(public, seed=seed, n=sizes.public_rows, exclude_world=world)
     for family in ("qwen2-vl", "llava"):
@@ -101,7 +103,8 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes) -> dict[str, Any]:
 
 # ----- one cell: (seed, epsilon) -----
 
-def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes) -> dict[str, Any]:
+def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES,
+                families: Sequence[str] = FAMILIES) -> dict[str, Any]:
     """Each site's DP reward model via ``client_agent.train`` (epsilon infinity: ``no_dp``); returns paths and
     the epsilon each site's report states."""
     from client_agent.config import load_client_config
@@ -109,7 +112,7 @@ def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes)
     from mor_secure.demo.pipeline import write_toml
 
     out = {}
-    for site, family in zip(SITES, FAMILIES):
+    for site, family in zip(sites, families, strict=True):
         folder = cell / "sites" / site
         folder.mkdir(parents=True, exist_ok=True)
         tls = {name: str(folder / f"unused.{name}") for name in ("ca", "cert", "key", "crl")}
@@ -129,7 +132,8 @@ def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes)
     return out
 
 
-def coordinator_config(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes) -> Any:
+def coordinator_config(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes, *,
+                       sites: Sequence[str] = SITES) -> Any:
     """The coordinator's config for the router and the in-process baselines at the cell's epsilon."""
     from coordinator.config import load_coordinator_config
     from mor_secure.demo.pipeline import write_toml
@@ -138,11 +142,11 @@ def coordinator_config(cell: Path, seed_dir: Path, eps: float, seed: int, sizes:
     path = cell / "coordinator.toml"
     write_toml(path, {
         "name": "coord", "bind": "tcp://127.0.0.1:1", "tls": tls,
-        "clients": {"allow": list(SITES), "quorum": 2},
+        "clients": {"allow": list(sites), "quorum": 2},
         "ledger": {"path": str(cell / "ledger.jsonl")},
         "router": {"policy": str(seed_dir / "pretrained" / "qwen2-vl"), "data": str(seed_dir / "world" / "server" /
                    "router"), "out": str(cell / "router"), "epochs": sizes.router_epochs, "seed": seed},
-        "baselines": {"data": [str(seed_dir / "world" / s) for s in SITES], "rounds": sizes.baseline_rounds,
+        "baselines": {"data": [str(seed_dir / "world" / s) for s in sites], "rounds": sizes.baseline_rounds,
                       "epochs": sizes.baseline_epochs, "dp": not math.isinf(eps),
                       "target_epsilon": 1.0 if math.isinf(eps) else eps, "seed": seed},
     })
