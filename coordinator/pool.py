@@ -120,7 +120,7 @@ class ClientPool:
         done, late = wait_futures(by_future, timeout=deadline_s)
         for future in late:
             future.cancel()
-            result.failures[by_future[future]] = f"timeout: no reply within {deadline_s:g}s"
+            result.failures[by_future[future]] = f"timeout: no reply within {deadline_s:.3g}s"
         for future in done:
             site = by_future[future]
             self._settle(site, future, result)
@@ -228,7 +228,7 @@ class CircuitBreaker:
                     or health.consecutive >= self.max_failures):
                 if health.state != "open":
                     log.warning("site put aside", extra={"site": site, "failures": health.consecutive,
-                                                         "cooldown_s": self.cooldown_s})
+                                                         "cooldown_s": self.cooldown_s, "reason": reason})
                 health.state, health.opened_at = "open", self._clock()
 
     def reset(self, site: str) -> None:
