@@ -311,10 +311,11 @@ class Scene:
         """Sites whose agent process is running."""
         return [site for site, proc in self.agents.items() if proc.poll() is None]
 
-    def checkpoints(self) -> list[Path]:
-        """Complete checkpoints of the run (trainer_state.json is written last), oldest first."""
-        found = [p for p in self.grpo_out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    def checkpoint(self) -> Path | None:
+        """The run's newest complete checkpoint (the one `--resume` continues from)."""
+        from coordinator.grpo import last_checkpoint
+
+        return last_checkpoint(self.grpo_out)
 
 
 # --------------------------------------------------------------------------- the faults
@@ -497,8 +498,8 @@ class Revocation(Fault):
         late = [r for r in scene.ledger_rows() if r["kind"] == "scoring_session" and r["body"]["site"] == self.site
                 and cut is not None and r["t"] - r["body"]["duration_s"] > cut]
         reloads = records(events, "CRL reloaded", self.revoked)
-        self.expect(cut is not None and cut - self.revoked <= deadline,
-                    f"cut off {'never' if cut is None else f'after {cut - self.revoked:.1f} s'} (deadline {deadline:g} s)")
+        latency = f"{cut - self.revoked:.2f} s" if cut is not None else "never"
+        self.expect(cut is not None and cut - self.revoked <= deadline, f"cut off: {latency} (deadline {deadline:g} s)")
         self.expect(refusals, "no ledger refusal of the revoked site")
         self.expect(not late, f"{len(late)} scoring session(s) of {self.site} began after it was cut off")
         self.expect(self.first_exit not in (None, 0), "the revoked agent did not exit with an error")
@@ -507,7 +508,6 @@ class Revocation(Fault):
         self.expect(redial_ledgered, "the refusal on reconnect is not in the ledger")
         self.expect("revoked" in scene.agent_logs[self.site].read_text(encoding="utf-8", errors="replace"),
                     "the refused agent's own log does not say it is revoked")
-        latency = f"{cut - self.revoked:.2f} s" if cut is not None else "never"
         return self.outcome(scene, f"CRL reloaded (dropped {_first(reloads, 'dropped')}); agent left "
                                    f"(certificate revoked); on reconnect: peer refused ({_first(redial, 'reason')})",
                             f"cut off {latency} after the new CRL (deadline {deadline:g} s), ledger refusal "
@@ -604,14 +604,14 @@ class CoordinatorKill(Fault):
         self.entries_before = 0
 
     def inject(self, scene: Scene) -> None:
-        scene.wait("a checkpoint to resume from", scene.checkpoints)
+        scene.wait("a checkpoint to resume from", scene.checkpoint)
         self.begin(scene)  # the step of the kill, not of the first wait
         rows = scene.ledger_rows()
         self.anchor, self.entries_before = rows[-1]["hash"], len(rows)
         _signal_group(scene.coordinator, signal.SIGKILL)
         self.returncode = scene.coordinator.wait(timeout=30)
         self.killed = time.time()
-        self.checkpoint = scene.checkpoints()[-1].name
+        self.checkpoint = scene.checkpoint().name
         live = scene.live_sites()
         scene.start_coordinator(resume=True)
         scene.wait("the resumed run to start", lambda: records(scene.events(len(scene.coordinators) - 1),

@@ -12,6 +12,7 @@ get their ``last_stats()`` logged beside TRL's reward and KL.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -80,6 +81,16 @@ def _drop_pickled_args_callback() -> Any:
     return DropPickledArgs()
 
 
+def last_checkpoint(out: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` folder in ``out``, or None. The trainer writes trainer_state.json
+    last, so a folder without it was cut short (the coordinator killed mid-save) and is not resumed from."""
+    if not out.is_dir():
+        return None
+    complete = [p for p in out.iterdir()
+                if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 def prompt_dataset(data: Any) -> Any:
     """The GRPO training rows from a data set (or its folder): image and prompt, plus any reward columns.
 
@@ -136,7 +147,6 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
     existing checkpoint is refused rather than silently overwritten. Returns the policy folder,
     loadable by :func:`mor_secure.models.load_vlm`.
     """
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
     from coordinator.policy_eval import suppressed_tokens
@@ -145,12 +155,12 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
     if not cfg.policy:
         raise ValueError("no policy to train: set [grpo] policy to the saved warm start (`mor coordinator sft`)")
     policy = resolve_model(cfg.policy)
-    last = get_last_checkpoint(str(cfg.out)) if cfg.out.is_dir() else None
+    last = last_checkpoint(cfg.out)
     if resume and last is None:
-        raise FileNotFoundError(f"nothing to resume in {cfg.out}: it holds no checkpoint-N folder; run "
-                                "without --resume to start")
+        raise FileNotFoundError(f"nothing to resume in {cfg.out}: it holds no checkpoint-N folder with a "
+                                "trainer_state.json; run without --resume to start")
     if not resume and last is not None:
-        raise FileExistsError(f"{cfg.out} already holds {Path(last).name}; pass --resume to continue it, or "
+        raise FileExistsError(f"{cfg.out} already holds {last.name}; pass --resume to continue it, or "
                               "choose a new [grpo] out folder")
     funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
     peft_config = None
@@ -176,8 +186,8 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
                           train_dataset=prompt_dataset(train_dataset), processing_class=processor,
                           peft_config=peft_config, callbacks=[_drop_pickled_args_callback(), *callbacks])
     log.info("grpo start", extra={"steps": cfg.steps, "beta": cfg.beta, "rewards": len(funcs),
-                                  "resume_from": Path(last).name if resume else "-"})
-    trainer.train(resume_from_checkpoint=last if resume else None)
+                                  "resume_from": last.name if resume else "-"})
+    trainer.train(resume_from_checkpoint=str(last) if resume else None)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora:
         model = model.merge_and_unload()

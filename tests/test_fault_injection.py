@@ -42,3 +42,20 @@ def test_a_federated_grpo_run_survives_every_fault(faults, world_dir, tiny_model
     assert kill.returncode == coordinator_kill.returncode == -9
     assert revocation.first_exit == revocation.redial_exit == 1
     assert stall.steps_while_stalled > 0
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_model_dir, tmp_path):
+    from coordinator.grpo import last_checkpoint, run_grpo
+    from coordinator.grpo_config import GRPORunConfig
+
+    out = tmp_path / "grpo"
+    assert last_checkpoint(out) is None
+    (out / "checkpoint-10").mkdir(parents=True)
+    (out / "checkpoint-10" / "model.safetensors").write_bytes(b"torn")  # killed mid-save: no trainer_state.json
+    cfg = GRPORunConfig(policy=str(tiny_model_dir("qwen2-vl")), out=out, batch_size=16)
+    with pytest.raises(FileNotFoundError, match="no checkpoint-N folder with a trainer_state.json"):
+        run_grpo(cfg, lambda **_: [], None, resume=True)
+    for step in (5, 9):
+        (out / f"checkpoint-{step}").mkdir()
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(out) == out / "checkpoint-9"  # the newest complete one, by number
