@@ -202,6 +202,22 @@ def test_a_plaintext_zeromq_peer_is_refused(federation):
         sock.close()
 
 
+def test_a_restarted_coordinator_ignores_records_of_the_old_sessions_without_refusing(ca):
+    options = ServerOptions(heartbeat_s=0.5, peer_timeout_s=5.0)
+    first = TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW, options=options)
+    endpoint = first.start()
+    agent = _agent(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
+    try:
+        assert agent.connected.is_set() and agent.error is None
+        first.stop()  # ZeroMQ reconnects the agent's socket to the next server, which gets its old session
+        with TLSServer(endpoint, _server_ctx(ca), name="coord", allow=ALLOW, options=options) as second:
+            assert _wait(lambda: second.stale_records >= 1)
+            assert _wait(lambda: "site-a" in second.sites(), timeout=15)  # redialled after its idle timeout
+            assert second.refusals() == []  # nothing for the ledger: no refusal of 127.0.0.1
+    finally:
+        agent.stop()
+
+
 def _client_hello(ca: Path) -> bytes:
     frames: list[bytes] = []
     TLSSession(_client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(), server_side=False, emit=frames.append,

@@ -26,7 +26,7 @@ from mor_secure import pki, protocol
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
 from mor_secure.transport.outbox import Outbox
-from mor_secure.transport.tls import TLSError, TLSSession, looks_like_client_hello
+from mor_secure.transport.tls import TLSError, TLSSession, looks_like_client_hello, looks_like_session_record
 from mor_secure.transport.workers import Workers
 
 log = get_logger("transport.server")
@@ -140,6 +140,10 @@ class TLSServer:
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
         self.endpoint = ""
+        self.stale_records = 0
+        """Peers whose first frame was a record of a TLS session this server never made: an agent's socket
+        that ZeroMQ reconnected to a restarted coordinator (it redials after its idle timeout). Counted and
+        ignored, not refused: they are no attack and would fill the ledger with refusals at every restart."""
 
     # ----- public API (any thread) -----
 
@@ -336,6 +340,11 @@ class TLSServer:
         address = _peer_address(frames[-1])
         if rid[:1] != b"\x00":
             self._refuse_early(rid, address, "peer chose its own routing id (not allowed)")
+        elif len(frames) == 2 and looks_like_session_record(frames[1].buffer):
+            self._ban(rid)
+            self.stale_records += 1
+            log.info("ignored a record of an unknown TLS session (an agent of an earlier coordinator; it redials)",
+                     extra={"address": address, "stale_records": self.stale_records})
         elif len(frames) != 2 or not looks_like_client_hello(frames[1].buffer):
             self._refuse_early(rid, address, "plaintext or non-TLS peer: the first message is not a "
                                              "TLS ClientHello")

@@ -75,6 +75,12 @@ def looks_like_client_hello(data: bytes | memoryview) -> bool:
     return len(data) >= 6 and data[0] == 0x16 and data[1] == 0x03 and data[5] == 0x01
 
 
+def looks_like_session_record(data: bytes | memoryview) -> bool:
+    """True when ``data`` starts like a record of an established TLS 1.3 session (application data or an
+    alert, version 3.3): what an agent still sends on a session the receiving server does not know."""
+    return len(data) >= 5 and data[0] in (0x15, 0x17) and data[1] == 0x03 and data[2] == 0x03
+
+
 class TLSSession:
     """One end of a TLS 1.3 connection over memory BIOs, with bounded buffers and a handshake clock."""
 
