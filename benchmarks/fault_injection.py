@@ -42,6 +42,14 @@ class ScenarioError(RuntimeError):
     """An expected effect did not show up in time; the message says which and where to look."""
 
 
+def signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group of ``proc`` (a `mor` child started in a new session), if still there."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 @dataclass(frozen=True)
 class Sizes:
     """How long and how big the run is, and the federation's timeouts."""
@@ -52,7 +60,7 @@ class Sizes:
     max_completion_length: int = 6
     deadline_s: float = 3.0
     cooldown_s: float = 2.0
-    wait_s: float = 8.0
+    wait_s: float = 5.0
     site_pairs: int = 48
     timeout_s: float = 120.0
 
@@ -243,12 +251,13 @@ class Scene:
             return subprocess.Popen(mor_command("--log-json", *args), stdout=out, stderr=out,
                                     stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True)
 
-    def start_agent(self, site: str) -> subprocess.Popen:
-        """Start (or restart) the site's agent; its log is logs/agent-SITE-N.log."""
+    def start_agent(self, site: str, health_only: bool = False) -> subprocess.Popen:
+        """Start (or restart) the site's agent (``health_only``: without its model, only to dial); its log is
+        logs/agent-SITE-N.log."""
         n = sum(1 for _ in self.logs.glob(f"agent-{site}-*.log"))
         self.agent_logs[site] = self.logs / f"agent-{site}-{n}.log"
-        self.agents[site] = self._spawn(self.agent_logs[site], "client", "serve", "--config",
-                                        self.site_config(site), "--worker-id", f"{site}-{n}")
+        self.agents[site] = self._spawn(self.agent_logs[site], "client", "serve", "--config", self.site_config(site),
+                                        "--worker-id", f"{site}-{n}", *(["--health-only"] if health_only else []))
         return self.agents[site]
 
     def start_coordinator(self, resume: bool = False) -> subprocess.Popen:
@@ -270,7 +279,7 @@ class Scene:
 
         for proc in [*self.coordinators, *self.agents.values()]:
             if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)  # a stalled agent cannot handle SIGTERM
+                signal_group(proc, signal.SIGCONT)  # a stalled agent cannot handle SIGTERM
             stop_group(proc)
 
     # ----- what happened -----
@@ -362,21 +371,16 @@ class Fault:
         """What happened, and whether every expectation held."""
         raise NotImplementedError
 
-    def expect(self, condition: object, problem: str) -> bool:
+    def expect(self, condition: object, problem: str) -> None:
         """Record ``problem`` unless ``condition`` holds."""
         if not condition:
             self.problems.append(problem)
-        return bool(condition)
 
     def outcome(self, scene: Scene, logged: str, outcome: str) -> Outcome:
         """This fault's row."""
         problems = [self.error] if self.error else []
         return Outcome(self.name, self.step, round(scene.elapsed(self.at), 1), logged, outcome,
                        problems + self.problems)
-
-
-def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
-    os.killpg(proc.pid, sig)
 
 
 def _first(found: Sequence[dict[str, Any]], key: str, default: str = "-") -> str:
@@ -394,7 +398,7 @@ class AgentKill(Fault):
 
     def inject(self, scene: Scene) -> None:
         proc = scene.agents[self.site]
-        _signal_group(proc, signal.SIGKILL)
+        signal_group(proc, signal.SIGKILL)
         self.returncode = proc.wait(timeout=30)
         self.restarted = time.time()
         scene.start_agent(self.site)
@@ -426,7 +430,7 @@ class AgentStall(Fault):
     def inject(self, scene: Scene) -> None:
         proc = scene.agents[self.site]
         others = [s for s in scene.live_sites() if s != self.site]
-        _signal_group(proc, signal.SIGSTOP)
+        signal_group(proc, signal.SIGSTOP)
         try:
             aside = scene.wait(f"the coordinator to put the stalled {self.site} aside", lambda: records(
                 scene.events(), "site put aside", self.at, site=self.site))
@@ -435,14 +439,15 @@ class AgentStall(Fault):
                 time.time() - self.at > scene.sizes.deadline_s and all(scene.scored_after(s, since) for s in others)))
             self.steps_while_stalled = scene.step() - self.step
         finally:
-            _signal_group(proc, signal.SIGCONT)
+            signal_group(proc, signal.SIGCONT)
         self.resumed = time.time()
         scene.wait(f"{self.site} to be scored again after SIGCONT", lambda: scene.scored_after(self.site, self.resumed))
 
     def check(self, scene: Scene) -> Outcome:
         events = scene.events()
         aside = records(events, "site put aside", self.at, site=self.site)
-        failures = records(events, "scoring round with failures", self.at)
+        failures = [e for e in records(events, "scoring round with failures", self.at)
+                    if event_time(e) <= self.resumed]
         stalled_s = self.resumed - self.at
         self.expect(aside, f"no 'site put aside' record for {self.site}")
         self.expect("timeout" in _first(aside, "reason", ""), "the breaker did not name a timeout")
@@ -452,7 +457,7 @@ class AgentStall(Fault):
                     f"the stalled agent died ({scene.agents[self.site].returncode})")
         self.expect(scene.scored_after(self.site, self.resumed), f"{self.site} was not scored after SIGCONT")
         return self.outcome(scene, f"site put aside ({_first(aside, 'reason')}); {len(failures)} scoring "
-                                   "round(s) with failures",
+                                   "round(s) with failures while stalled",
                             f"stalled {stalled_s:.1f} s (deadline {scene.sizes.deadline_s:g} s); "
                             f"{self.steps_while_stalled} steps went on without it; scored again after the "
                             "cool-down")
@@ -480,7 +485,8 @@ class Revocation(Fault):
             scene.events(), "agent left", self.revoked, site=self.site, reason="revoked"))
         self.first_exit = scene.agents[self.site].wait(timeout=scene.sizes.timeout_s)
         self.redialled = time.time()
-        self.redial_exit = scene.start_agent(self.site).wait(timeout=scene.sizes.timeout_s)
+        # dialling again is refused at the TLS handshake, before any model matters: no need to load it
+        self.redial_exit = scene.start_agent(self.site, health_only=True).wait(timeout=scene.sizes.timeout_s)
 
     def _cut_at(self, scene: Scene) -> float | None:
         left = records(scene.events(), "agent left", self.revoked, site=self.site, reason="revoked")
@@ -608,7 +614,7 @@ class CoordinatorKill(Fault):
         self.begin(scene)  # the step of the kill, not of the first wait
         rows = scene.ledger_rows()
         self.anchor, self.entries_before = rows[-1]["hash"], len(rows)
-        _signal_group(scene.coordinator, signal.SIGKILL)
+        signal_group(scene.coordinator, signal.SIGKILL)
         self.returncode = scene.coordinator.wait(timeout=30)
         self.killed = time.time()
         self.checkpoint = scene.checkpoint().name
@@ -668,7 +674,8 @@ def run_scenario(scene: Scene, faults: Sequence[Fault]) -> Result:
             scene.start_agent(site)
         scene.train_router()
         scene.start_coordinator()
-        scene.wait("the GRPO run to start", lambda: records(scene.events(0), "grpo start"))
+        start = event_time(scene.wait("the GRPO run to start", lambda: records(scene.events(0), "grpo start"))[0])
+        scene.wait("every agent to score in the GRPO run", lambda: all(scene.scored_after(s, start) for s in SITES))
         for fault in faults:
             try:
                 fault.begin(scene)
@@ -754,9 +761,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def table(rows: Sequence[Outcome]) -> list[str]:
+def table(rows: Sequence[Outcome], first: str = "fault") -> list[str]:
     """Markdown rows: what, when, what the coordinator logged, outcome, pass/fail."""
-    lines = ["| fault | when (step / s) | what the coordinator logged | outcome | result |", "|---|---|---|---|---|"]
+    lines = [f"| {first} | when (step / s) | what the coordinator logged | outcome | result |", "|---|---|---|---|---|"]
     for o in rows:
         verdict = "pass" if o.passed else "**FAIL**: " + "; ".join(o.problems)
         lines.append(f"| {_cell(o.fault)} | {o.step} / {o.seconds:g} | {_cell(o.logged)} | {_cell(o.outcome)} | "
@@ -779,10 +786,10 @@ def report(result: Result, machine: list[str], command: str) -> list[str]:
             "previous one's effect shows in the ledger or the coordinator's log (`mor --log-json`); 'when' is the "
             "global step and the seconds since the scenario began.", "",
             "## Faults", "", *table(result.outcomes), "",
-            "## After the run", "", *table(result.after), "",
-            "The raw TCP junk does reach the application: libzmq takes a peer whose first byte is not a ZMTP 3 "
-            "greeting for a ZMTP 1.0 peer, so its junk arrives as a message with a self-chosen routing id, "
-            "which the server refuses.", "",
+            "## After the run", "", *table(result.after, "check"), "",
+            "The raw TCP junk reaches the application too: libzmq takes a peer whose first byte is not a ZMTP 3 "
+            "greeting for a ZMTP 1.0 peer, so the junk arrives as a message with a self-chosen routing id, which "
+            "the server refuses ('peer chose its own routing id'; the same with every seed tried).", "",
             "## Machine", "", *machine, "", "## Command", "", "```", command, "```"]
 
 

@@ -27,7 +27,7 @@ def faults():
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_federated_grpo_run_survives_every_fault(faults, world_dir, tiny_model_dir, public_data, tmp_path):
     inputs = faults.Inputs(world_dir, tiny_model_dir("qwen2-vl"), public_data)
-    scene = faults.Scene(tmp_path / "run", inputs, faults.Sizes(steps=100, save_steps=5))
+    scene = faults.Scene(tmp_path / "run", inputs, faults.Sizes(steps=80, save_steps=5))
     scenario = faults.default_faults()
     result = faults.run_scenario(scene, scenario)
     table = "\n".join(faults.table([*result.outcomes, *result.after]))
