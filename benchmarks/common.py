@@ -53,3 +53,12 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, math.nan
     return mean, T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def format_interval(pair: Sequence[float], scale: float = 100.0) -> str:
+    """``mean ± half-width`` of a :func:`mean_interval` result times ``scale`` (percent by default), one
+    decimal; the mean alone for a single seed, "-" for a NaN mean."""
+    mean, half = pair
+    if math.isnan(mean):
+        return "-"
+    return f"{scale * mean:.1f}" + ("" if math.isnan(half) else f" ± {scale * half:.1f}")
