@@ -54,12 +54,15 @@ class Sizes:
     public_rows: int = 2000
     sft_steps: int = 800
     router_epochs: int = 100
-    grpo_steps: int = 300
+    grpo_steps: int = 100
     grpo_batch: int = 32
     beta: float = 0.04
     baseline_rounds: int = 20
     baseline_epochs: int = 10
 
+
+PRETRAIN_FIELDS = ("pairs", "router_pairs", "eval_questions", "public_rows", "sft_steps")
+"""The sizes that make a seed's world and pretrained bases (a change in any other one reuses them)."""
 
 FULL = Sizes()
 QUICK = Sizes(pairs=80, router_pairs=100, eval_questions=30, site_epochs=1, site_batch=16, public_rows=256,
@@ -86,16 +89,19 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
 
     torch.set_num_threads(1)
     folder = root / f"seed-{seed}"
-    if folder.exists():  # a seed not prepared before: its cells depend on what is rebuilt here
-        shutil.rmtree(folder)
     world, public = folder / "world", folder / "public"
-    generate_world(world, seed=seed, clients=len(sites), pairs=sizes.pairs, router_pairs=sizes.router_pairs,
-                   eval_questions=sizes.eval_questions)
-    generate_public_sft(public, seed=seed, n=sizes.public_rows, exclude_world=world)
-    for family in ("qwen2-vl", "llava"):
-        tiny = build_tiny_vlm(family, folder / "tiny" / family, seed=seed, overwrite=True)
-        run_sft(tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3,
-                seed=seed)
+    marker = {**{k: getattr(sizes, k) for k in PRETRAIN_FIELDS}, "sites": len(sites)}
+    if cached(folder / "pretrained.json", marker) is None:  # else world and bases are reused (only GRPO changed)
+        if folder.exists():  # its cells depend on what is rebuilt here
+            shutil.rmtree(folder)
+        generate_world(world, seed=seed, clients=len(sites), pairs=sizes.pairs, router_pairs=sizes.router_pairs,
+                       eval_questions=sizes.eval_questions)
+        generate_public_sft(public, seed=seed, n=sizes.public_rows, exclude_world=world)
+        for family in ("qwen2-vl", "llava"):
+            tiny = build_tiny_vlm(family, folder / "tiny" / family, seed=seed, overwrite=True)
+            run_sft(tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3,
+                    seed=seed)
+        save_cached(folder / "pretrained.json", marker, {})
     warm = folder / "pretrained" / "qwen2-vl"
     return {"warm": policy_accuracy(warm, world),
             "oracle": grpo_policy(folder / "oracle", warm, public, world, sizes, seed, "oracle", None, None)}
@@ -159,7 +165,8 @@ def policy_accuracy(policy: Path, world: Path) -> dict[str, Any]:
 
     result = evaluate_policy(policy, world / "server" / "eval", progress=False)
     return {"accuracy": result["accuracy"], "answered": result["answered_share"],
-            "per_domain": {d: r["accuracy"] for d, r in result["per_domain"].items()}}
+            "per_domain": {d: r["accuracy"] for d, r in result["per_domain"].items()},
+            "per_question_type": {t: r["accuracy"] for t, r in result["per_question_type"].items()}}
 
 
 def grpo_policy(out: Path, warm: Path, public: Path, world: Path, sizes: Sizes, seed: int, method: str,
@@ -222,13 +229,23 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes) -> dict[str, Any]:
 
 # ----- the grid -----
 
-def cached(path: Path, sizes: Sizes) -> dict[str, Any] | None:
+def _plain(sizes: Sizes | dict[str, Any]) -> Any:
+    return json.loads(json.dumps(asdict(sizes) if isinstance(sizes, Sizes) else sizes))
+
+
+def cached(path: Path, sizes: Sizes | dict[str, Any]) -> dict[str, Any] | None:
     """A cell's result when it exists and was computed with these sizes."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data["result"] if data.get("sizes") == asdict(sizes) else None
+    return data["result"] if data.get("sizes") == _plain(sizes) else None
+
+
+def save_cached(path: Path, sizes: Sizes | dict[str, Any], result: dict[str, Any]) -> None:
+    """Write what ``cached`` reads back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"sizes": _plain(sizes), "result": result}, indent=1) + "\n", encoding="utf-8")
 
 
 def _task(kind: str, root: Path, seed: int, eps: float, sizes: Sizes) -> dict[str, Any]:
@@ -283,10 +300,7 @@ def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, 
             for future in done:
                 kind, seed, eps = pending.pop(future)
                 result = future.result()
-                path = result_path(kind, seed, eps)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({"sizes": asdict(sizes), "result": result}, indent=1) + "\n",
-                                encoding="utf-8")
+                save_cached(result_path(kind, seed, eps), sizes, result)
                 record(kind, seed, eps, result)
                 print(f"[{time.perf_counter() - start:7.0f} s] done: {_what(kind, seed, eps)}", flush=True)
                 if kind == "seed":
