@@ -669,28 +669,30 @@ def run_scenario(scene: Scene, faults: Sequence[Fault]) -> Result:
     judge each fault and the run as a whole. A fault whose effect never shows stops the injections (the
     rest are reported as not injected)."""
     scene.prepare()
+    error = ""
     try:
         for site in SITES:
             scene.start_agent(site)
         scene.train_router()
         scene.start_coordinator()
         start = event_time(scene.wait("the GRPO run to start", lambda: records(scene.events(0), "grpo start"))[0])
-        scene.wait("every agent to score in the GRPO run", lambda: all(scene.scored_after(s, start) for s in SITES))
+        scene.wait("the first GRPO step, scored by every agent", lambda: scene.step() >= 1 and all(
+            scene.scored_after(s, start) for s in SITES))
         for fault in faults:
             try:
                 fault.begin(scene)
                 fault.inject(scene)
             except ScenarioError as exc:
-                fault.error = str(exc)
+                fault.error = error = str(exc)
                 break
         scene.wait("the GRPO run to finish", lambda: scene.coordinator.poll() is not None,
                    timeout=scene.sizes.timeout_s * 2)
-    except ScenarioError:
-        pass  # judged below: the run did not finish
+    except ScenarioError as exc:
+        error = error or str(exc)  # judged below: the run did not finish
     finally:
         scene.stop()  # agents end their sessions, so every record is written before the checks
     outcomes = [fault.check(scene) if fault.at else Outcome(fault.name, 0, 0.0, "-", "not injected",
-                                                             ["not injected: an earlier fault failed"])
+                                                             [f"not injected: {error}"])
                 for fault in faults]
     anchor = next((f.anchor for f in faults if isinstance(f, CoordinatorKill)), None)
     return Result(outcomes, checks_after(scene, anchor), round(scene.elapsed(), 1), scene.sizes)
