@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_interval as _pm  # noqa: E402
 from common import machine_lines, mean_interval, write_markdown  # noqa: E402
 from local_federation import Poison  # noqa: E402
-from privacy_utility import FULL, QUICK, Sizes, eps_name  # noqa: E402
+from privacy_utility import FULL, QUICK, Sizes, cached, eps_name, save_cached  # noqa: E402
 
 SITES = ("client-0", "client-1", "client-2", "client-3")
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava", "dual-encoder")
@@ -175,7 +175,7 @@ def prepare(root: Path, grid: Grid, seed: int, bases: Path | None) -> dict[str, 
     from mor_secure.data.world import generate_world
 
     seed_dir = root / f"seed-{seed}"
-    reused = bases and privacy_utility.cached(bases / f"seed-{seed}" / "prepared.json", grid.sizes)
+    reused = bases and cached(bases / f"seed-{seed}" / "prepared.json", grid.sizes)
     if reused:
         if seed_dir.exists():
             shutil.rmtree(seed_dir)
@@ -327,15 +327,6 @@ def plan(root: Path, seeds: Sequence[int], settings: Sequence[str], bases: Path 
     return tasks
 
 
-def cached(path: Path, grid: Grid) -> dict[str, Any] | None:
-    """A stage's result when it exists and was computed with this grid's sizes and epsilon."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data["result"] if data.get("grid") == json.loads(json.dumps(grid.stamp())) else None
-
-
 def _quiet() -> None:
     """Worker start: one torch thread, no progress bars (spawned processes, one per core)."""
     import os
@@ -353,7 +344,7 @@ def _quiet() -> None:
 def run_tasks(root: Path, tasks: dict[str, Task], grid: Grid, jobs: int) -> dict[str, dict[str, Any]]:
     """Run the tasks, ``jobs`` at a time, each once its dependencies are done, earliest in ``tasks`` first (so
     the first seed finishes before the next one's late stages); results by name (cached ones read)."""
-    done = {name: hit for name, task in tasks.items() if (hit := cached(task.path, grid)) is not None}
+    done = {name: hit for name, task in tasks.items() if (hit := cached(task.path, grid.stamp())) is not None}
     for name in done:
         print(f"cached: {name}", flush=True)
     pending: dict[Future, str] = {}
@@ -370,9 +361,7 @@ def run_tasks(root: Path, tasks: dict[str, Task], grid: Grid, jobs: int) -> dict
             for future in finished:
                 name = pending.pop(future)
                 done[name] = future.result()
-                tasks[name].path.parent.mkdir(parents=True, exist_ok=True)
-                tasks[name].path.write_text(json.dumps({"grid": grid.stamp(), "result": done[name]}, indent=1)
-                                            + "\n", encoding="utf-8")
+                save_cached(tasks[name].path, grid.stamp(), done[name])
                 print(f"[{time.perf_counter() - start:7.0f} s] done: {name}", flush=True)
     return done
 
