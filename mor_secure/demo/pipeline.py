@@ -1,10 +1,11 @@
 """The whole federation on one machine, stage by stage, every side a separate `mor` process over mutual TLS.
 
 world -> tiny models -> CA + coordinator certificate -> each site's key and CSR (`mor client init`),
-signed by the CA -> DP reward models (a different family and target epsilon per site) -> warm start of
-the policy (public data + SFT) -> agents dial in -> probe -> router -> policy eval -> GRPO with the MoR
-reward -> policy eval -> ledger verify -> report. The core drives the sides only through the CLI,
-which is also how they are deployed.
+signed by the CA -> public pretraining (SFT of the tiny VLMs on public data: the policy's warm start and the
+stand-ins for the public pretrained VLMs a real site starts from) -> DP reward models (a different family and
+target epsilon per site, VLM families on the pretrained backbones) -> agents dial in -> probe -> router ->
+policy eval -> GRPO with the MoR reward -> policy eval -> ledger verify -> report. The core drives the sides
+only through the CLI, which is also how they are deployed.
 """
 
 from __future__ import annotations
@@ -120,11 +121,11 @@ class Demo:
                   [self.ca, self.coord_toml.parent]),
             Stage("sites", "enrol the sites: key + CSR at each site, signed by the CA", self._sites,
                   {"sites": SITES}, [self.w / "sites"]),
+            Stage("warmstart", "pretrain on public data: the policy's warm start and the sites' VLM backbones",
+                  self._warmstart, {"rows": p.public_rows, "steps": p.sft_steps}, [self.w / "policy"]),
             Stage("train", "train each site's reward model with DP (eps 2 / 4 / 8)", self._train,
                   {"pairs": p.site_pairs, "epochs": p.site_epochs, "batch": p.site_batch, "eps": EPSILONS,
-                   "families": FAMILIES}),
-            Stage("warmstart", "warm-start the policy (public data + SFT)", self._warmstart,
-                  {"rows": p.public_rows, "steps": p.sft_steps}, [self.w / "policy"]),
+                   "families": FAMILIES, "bases": "public-pretrained"}),
             Stage("agents", "start the three agents (they dial the coordinator over mTLS)", self._start_agents,
                   always=True),
             Stage("probe", "probe the federation", self._probe, always=True),
@@ -172,7 +173,7 @@ class Demo:
         for site, family, eps in zip(SITES, FAMILIES, EPSILONS):
             config = self.site_dir(site) / "client.toml"
             merge_toml(config, {
-                "model": {"family": family, "base": "" if family == "dual-encoder" else str(self.models / family)},
+                "model": {"family": family, "base": "" if family == "dual-encoder" else str(self.pretrained(family))},
                 "data": {"max_pairs": p.site_pairs},
                 "train": {"epochs": p.site_epochs, "batch_size": p.site_batch, "lr": 0.01, "checkpoint_every": 1000},
                 "privacy": {"target_epsilon": eps, "max_epsilon": 1000.0},
@@ -183,8 +184,15 @@ class Demo:
     def _warmstart(self, ctx: StageContext) -> None:
         p = self.profile
         ctx.run("coordinator", "public-data", "--out", self.public, "--n", p.public_rows, "--exclude-world", self.world)
-        ctx.run("coordinator", "sft", "--base", self.models / "qwen2-vl", "--data", self.public, "--out", self.warm,
-                "--steps", p.sft_steps, "--batch-size", 32, "--lr", 3e-3)
+        families = [f for f in FAMILIES if f != "dual-encoder"]
+        commands = [["coordinator", "sft", "--base", self.models / f, "--data", self.public, "--out",
+                     self.pretrained(f), "--steps", p.sft_steps, "--batch-size", 32, "--lr", 3e-3] for f in families]
+        ctx.run(*commands[0], parallel=commands[1:])
+
+    def pretrained(self, family: str) -> Path:
+        """A tiny VLM after SFT on public data, standing in for the public pretrained VLM a site starts from;
+        the qwen2-vl one is also the policy's warm start."""
+        return self.warm if family == "qwen2-vl" else self.w / "policy" / f"pretrained-{family}"
 
     def _write_coordinator_config(self) -> None:
         p = self.profile
