@@ -35,7 +35,7 @@ from mor_secure.ledger import LedgerError, PrivacyLedger
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Message, PrivacyReportMsg, Refused, ScoreRequest
 from mor_secure.reports import ReportError, SignedReport, load_ca, report_epsilon
-from mor_secure.transport import Peer
+from mor_secure.transport import Peer, Refusal
 
 log = get_logger("coordinator.federation")
 
@@ -126,14 +126,12 @@ class Federation:
         self._changed = threading.Condition()
         self._ledger_jobs = ThreadPoolExecutor(1, thread_name_prefix="mor-ledger")
         section = config.pool
-        self.pool = ClientPool.from_config(config, admit=self._is_admitted, on_message=self._on_message)
+        self.pool = ClientPool.from_config(config, admit=self._is_admitted, on_message=self._on_message,
+                                           on_refusal=self._on_refusal)
         self.breaker = CircuitBreaker(max_failures=section.max_failures, cooldown_s=section.cooldown_s)
         self.resilient = ResilientPool(self.pool, retries=section.retries, backoff_s=section.backoff_s,
                                        breaker=self.breaker)
         self._chunks = ThreadPoolExecutor(section.parallel, thread_name_prefix="mor-fanout")
-        self._refusals_seen = 0.0
-        self._stopping = threading.Event()
-        self._watcher: threading.Thread | None = None
         self.last_round = ScoringRound()
         self.status = StatusWriter(self, status_path(config))  # status.json for `mor coordinator status`
 
@@ -143,18 +141,12 @@ class Federation:
         """Bind and serve; returns the bound endpoint."""
         endpoint = self.pool.start()
         self.status.start()
-        self._watcher = threading.Thread(target=self._watch_refusals, name="mor-refusals", daemon=True)
-        self._watcher.start()
         return endpoint
 
     def stop(self) -> None:
         """Stop serving; pending ledger writes finish first."""
-        self._stopping.set()
         self.status.stop()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
         self.pool.stop()
-        self._sync_refusals()
         self._ledger_jobs.shutdown(wait=True)
         self._chunks.shutdown(wait=False)
 
@@ -307,30 +299,22 @@ class Federation:
 
     def _refuse(self, peer: Peer, reason: str) -> None:
         log.warning("agent refused", extra={"site": peer.site, "session": peer.session_id, "reason": reason})
-        try:
-            self.ledger.record_refusal(f"mor://client/{peer.site}", reason)
-        except LedgerError as exc:
-            log.error("could not record a refusal", extra={"site": peer.site, "error": str(exc)})
+        self._record_refusal(f"mor://client/{peer.site}", reason)
         try:
             self.pool.server.send(peer.session_id, Refused(reason=reason))
         except ConnectionError:
             pass
 
-    def _watch_refusals(self) -> None:
-        while not self._stopping.wait(0.5):
-            self._sync_refusals()
+    def _on_refusal(self, refusal: Refusal) -> None:
+        """A peer the server refused (TLS, role, allow-list, revocation, protocol violation), as it happens:
+        queued for the ledger at once, so a coordinator killed a moment later loses none. An admitted agent
+        that simply went away is not a refusal."""
+        if not refusal.reason.startswith(DEPARTURES):
+            self._ledger_jobs.submit(self._record_refusal, refusal.identity or refusal.address or "unknown peer",
+                                     refusal.reason)
 
-    def _sync_refusals(self) -> None:
-        """Copy the server's new refusals (TLS, role, allow-list, revocation, protocol violations) into
-        the ledger; an admitted agent that simply went away is not a refusal."""
-        for refusal in self.pool.server.refusals():
-            if refusal.at <= self._refusals_seen:
-                continue
-            self._refusals_seen = refusal.at
-            if refusal.reason.startswith(DEPARTURES):
-                continue
-            try:
-                self.ledger.record_refusal(refusal.identity or refusal.address or "unknown peer", refusal.reason)
-            except LedgerError as exc:
-                log.error("could not record a refusal", extra={"error": str(exc)})
-                return
+    def _record_refusal(self, peer: str, reason: str) -> None:
+        try:
+            self.ledger.record_refusal(peer, reason)
+        except LedgerError as exc:
+            log.error("could not record a refusal", extra={"peer": peer, "error": str(exc)})

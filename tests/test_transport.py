@@ -218,6 +218,24 @@ def test_a_restarted_coordinator_ignores_records_of_the_old_sessions_without_ref
         agent.stop()
 
 
+def test_every_refusal_reaches_on_refusal_before_it_is_listed(ca):
+    heard = []
+    server = TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW,
+                       on_refusal=lambda refusal: heard.append((refusal, len(server.refusals()))))
+    with server:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(server.endpoint)
+        sock.send(b"GET / HTTP/1.0")
+        try:
+            assert _wait(lambda: heard)
+        finally:
+            sock.close()
+        refusal, listed_before = heard[0]
+        assert "plaintext or non-TLS peer" in refusal.reason and listed_before == 0  # heard first: none lost
+        assert server.refusals() == [refusal]
+
+
 def _client_hello(ca: Path) -> bytes:
     frames: list[bytes] = []
     TLSSession(_client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(), server_side=False, emit=frames.append,

@@ -108,13 +108,15 @@ class TLSServer:
     it is called again, inside the loop thread, whenever the CRL file changes or ``reload_crl()``
     is called, and live sessions whose certificate the new CRL revokes are dropped. Messages that
     are neither replies nor heartbeats (a privacy report) go to ``on_message(peer, msg)``, called
-    on a TLS thread: hand long work elsewhere.
+    on a TLS thread: hand long work elsewhere. ``on_refusal(refusal)`` hears of every refused or
+    dropped peer as it happens (loop thread; hand the work elsewhere too), before ``refusals()`` lists it.
     """
 
     def __init__(self, endpoint: str, context_factory: Callable[[], ssl.SSLContext], *, name: str,
                  allow: Iterable[str] | None = None, crl_path: Path | None = None,
                  options: ServerOptions | None = None, limits: protocol.Limits | None = None,
-                 on_message: Callable[[Peer, Message], None] | None = None) -> None:
+                 on_message: Callable[[Peer, Message], None] | None = None,
+                 on_refusal: Callable[[Refusal], None] | None = None) -> None:
         self.name = name
         self.options = options or ServerOptions()
         self.limits = limits or protocol.Limits(max_message_bytes=self.options.max_message_bytes)
@@ -126,6 +128,7 @@ class TLSServer:
         self._crl_mtime = self._mtime()
         self._crl_checked = 0.0
         self._on_message = on_message
+        self._on_refusal = on_refusal
         self._zmq = zmq.Context.instance()
         self._outbox = Outbox()
         self._sessions: dict[bytes, _Session] = {}
@@ -502,7 +505,10 @@ class TLSServer:
         session.requests.discard(key)
 
     def _record(self, address: str, reason: str, identity: str = "") -> None:
-        self._refusals.append(Refusal(time.time(), address, reason, identity))
+        refusal = Refusal(time.time(), address, reason, identity)
+        if self._on_refusal is not None:
+            self._on_refusal(refusal)
+        self._refusals.append(refusal)
         log.warning("peer refused or dropped", extra={"address": address, "identity": identity,
                                                       "reason": reason})
 
