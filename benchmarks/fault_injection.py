@@ -803,6 +803,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=Sizes.steps, help="GRPO steps (enough for every fault "
                                                                        "to happen during the run).")
     args = parser.parse_args()
+    if args.steps < 4 * Sizes.save_steps:
+        parser.error(f"--steps {args.steps} is too short for five faults; use at least {4 * Sizes.save_steps} "
+                     f"(the coordinator is killed after a checkpoint, every {Sizes.save_steps} steps)")
     command = " ".join(["python", *sys.argv])
     for name, value in {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                         "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
