@@ -189,6 +189,7 @@ def grpo_policy(out: Path, warm: Path, public: Path, world: Path, sizes: Sizes, 
     else:
         reward = strategy
     start = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)  # a run cut short earlier: start over (its cell was not cached)
     policy = run_grpo(cfg, reward, public)
     result = {**policy_accuracy(policy, world), "grpo_seconds": time.perf_counter() - start}
     if federation is not None and needs_federation(strategy):
@@ -417,7 +418,8 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], si
              "|---" * (6 + len(SITES)) + "|"]
     for r in rows:
         rw = r["reward"]
-        lines.append(f"| {r['epsilon']} | " + " | ".join(_pm(rw[k]) for k in ("mor", "uniform", "fedavg", "centralised"))
+        fused = ("mor", "uniform", "fedavg", "centralised")
+        lines.append(f"| {r['epsilon']} | " + " | ".join(_pm(rw[k]) for k in fused)
                      + " | " + " | ".join(_pm(rw.get(f"single:{s}", (math.nan, math.nan))) for s in SITES)
                      + " | " + ", ".join(f"{r['site_epsilon'][s]:.2f}" for s in SITES) + " |")
     lines += ["", "## Policy accuracy after GRPO (%) and share of the oracle's gain", "",
@@ -432,8 +434,8 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], si
               "|---|---|---|---|"]
     for r in rows:
         ratio = r["fedavg_round_bytes"] / r["mor_bytes_per_step"] if r["mor_bytes_per_step"] else math.nan
-        lines.append(f"| {r['epsilon']} | {r['mor_bytes_per_step'] / 1e3:.1f} KB | {r['fedavg_round_bytes'] / 1e3:.1f} KB"
-                     f" | {ratio:.2f} |")
+        lines.append(f"| {r['epsilon']} | {r['mor_bytes_per_step'] / 1e3:.1f} KB | "
+                     f"{r['fedavg_round_bytes'] / 1e3:.1f} KB | {ratio:.2f} |")
     lines += ["", "![privacy/utility](privacy_utility.png)", "", "## Reading", "", *reading(summary)]
     write_markdown(out / "privacy_utility.md", lines)
     _plot(out / "privacy_utility.png", summary)
