@@ -286,7 +286,7 @@ def policy(root: Path, grid: Grid, seed: int, setting: str, method: str, prepare
         if "error" in router["agreement"]:
             return {"skipped": router["agreement"]["error"]}
         if same_mixture(run_dir / "router" / "mixture", run_dir.parent / "none" / "router" / "mixture"):
-            return {**mor, "same_as": "mor"}
+            return {**{k: v for k, v in mor.items() if k != "stage_seconds"}, "same_as": "mor"}
     config = load_coordinator_config(run_dir / "coordinator.toml")
     federation = None
     if method != "fedavg":
@@ -347,20 +347,20 @@ def run_tasks(root: Path, tasks: dict[str, Task], grid: Grid, jobs: int) -> dict
     done = {name: hit for name, task in tasks.items() if (hit := cached(task.path, grid.stamp())) is not None}
     for name in done:
         print(f"cached: {name}", flush=True)
-    pending: dict[Future, str] = {}
+    pending: dict[Future, tuple[str, float]] = {}
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_quiet) as pool:
         while len(done) < len(tasks):
-            busy = set(pending.values())
+            busy = {name for name, _ in pending.values()}
             for name, task in tasks.items():
                 ready = name not in done and name not in busy and all(d in done for d in task.deps)
                 if ready and len(pending) < jobs:
                     future = pool.submit(task.fn, root, grid, *task.args, *(done[d] for d in task.deps))
-                    pending[future] = name
+                    pending[future] = name, time.perf_counter()
             finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in finished:
-                name = pending.pop(future)
-                done[name] = future.result()
+                name, began = pending.pop(future)
+                done[name] = {**future.result(), "stage_seconds": time.perf_counter() - began}
                 save_cached(tasks[name].path, grid.stamp(), done[name])
                 print(f"[{time.perf_counter() - start:7.0f} s] done: {name}", flush=True)
     return done
@@ -472,7 +472,12 @@ def _pc(pair: Sequence[float]) -> str:
     return "not measured" if math.isnan(pair[0]) else f"{_pm(pair)}%"
 
 
-def reading(summary: dict[str, Any]) -> list[str]:
+def stage_seconds(results: dict[str, dict[str, Any]]) -> float:
+    """Summed wall time of every stage (each in one worker process), as recorded when it ran."""
+    return sum(r.get("stage_seconds", 0.0) for r in results.values())
+
+
+def reading(summary: dict[str, Any], eval_questions: int) -> list[str]:
     """Plain statements computed from the numbers (never hoped for)."""
     rows = {r["setting"]: r for r in summary["rows"]}
     out = []
@@ -494,6 +499,14 @@ def reading(summary: dict[str, Any]) -> list[str]:
                  f"{_pc(r['detail_policy']['mor'])}" + (f" vs {_pc(clean['detail_policy']['mor'])} clean." if clean
                                                          else "."))
         out.append(text)
+    if clean and not math.isnan(clean["policy"]["mor"][0]):
+        p = clean["policy"]["mor"][0]
+        se = 100 * math.sqrt(p * (1 - p) / eval_questions)
+        out.append(f"- Resolution: at {eval_questions} held-out questions one run's accuracy has a binomial standard "
+                   f"error of {se:.1f} points (at {100 * p:.0f}%), so a poisoned-minus-clean difference of one seed "
+                   f"has {math.sqrt(2) * se:.1f} points from question sampling alone, before GRPO's own seed noise "
+                   f"(3-5 points here); a {TARGET_POINTS:g}-point target is finer than {summary['rows'][0]['seeds']} "
+                   "seed(s) resolve, so a 'met' or 'not met' on the mean is a point estimate, not a test.")
     return out
 
 
@@ -504,7 +517,10 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], gr
     dp = "without DP" if math.isinf(grid.epsilon) else f"with DP-SGD at epsilon {grid.epsilon:g}"
     single = [r for r in rows if len(r["adversaries"]) == 1]
     lines = ["# Robustness to poisoned clients: policy accuracy after GRPO", "",
-             f"Command: `{command}` (whole run {seconds / 60:.1f} min)", "", *machine, "",
+             f"Command: `{command}` (this invocation {seconds / 60:.1f} min; the stages, cached ones included, add "
+             f"up to {stage_seconds(results) / 60:.0f} min of single-process work, run in parallel worker "
+             "processes)", "",
+             *machine, "",
              "## Setup", "",
              f"- Seeds {seeds} ({len(seeds)}: CPU time is scarce on this 2-core machine, so the intervals are "
              "wide; seed noise of GRPO is 3-5 points): each its own benchmark world with 4 sites (site k holds "
@@ -558,7 +574,8 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], gr
               "| setting | MoR | MoR + defence |", "|---|---|---|"]
     for r in single:
         lines.append(f"| {r['setting']} | {verdict(r['loss']['mor'])} | {verdict(r['loss']['mor-defence'])} |")
-    lines += ["", "![robustness after GRPO](robustness_policy.png)", "", "## Reading", "", *reading(summary)]
+    lines += ["", "![robustness after GRPO](robustness_policy.png)", "", "## Reading", "",
+              *reading(summary, sizes.eval_questions)]
     write_markdown(out / "robustness_policy.md", lines)
     _plot(out / "robustness_policy.png", summary)
     (out / "robustness_policy.json").write_text(json.dumps({"command": command, "seconds": seconds,
