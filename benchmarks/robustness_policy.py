@@ -261,13 +261,29 @@ def routers(root: Path, grid: Grid, seed: int, setting: str, prepared: dict[str,
             test = load_preferences(config.router.data, split=config.router.test_split)
             out["fedavg"] = {"accuracy": fedavg.pairwise_accuracy(test), "swapped_pairs": swapped,
                              "epsilon": fedavg.record["epsilon"]}
+    out["site_domain_accuracy"] = site_domain_accuracy(memo[1])
+    return out
+
+
+def site_domain_accuracy(split: Any) -> dict[str, dict[str, float]]:
+    """Each site's held-out pairwise accuracy per domain, from its scores as returned (poisoned or not)."""
+    import torch
+
+    from coordinator.router import pairwise_wins
+
+    domains = list(split.rows["domain"])
+    out: dict[str, dict[str, float]] = {}
+    for site, scores in sorted(split.scores.items()):
+        margin = torch.tensor([math.nan if a is None or b is None else a - b
+                               for a, b in zip(scores[:split.size], scores[split.size:])])
+        out[site] = {d: pairwise_wins(margin[torch.tensor([x == d for x in domains])]) for d in sorted(set(domains))}
     return out
 
 
 def same_mixture(a: Path, b: Path) -> bool:
     """Whether two saved mixtures hold byte-identical files (the same router and calibration)."""
-    files = sorted(p.name for p in a.iterdir())
-    return files == sorted(p.name for p in b.iterdir()) and all(
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
         (a / f).read_bytes() == (b / f).read_bytes() for f in files)
 
 
@@ -381,6 +397,23 @@ def _interval(values: Sequence[float]) -> tuple[float, float]:
     return mean_interval(values) if values else (math.nan, math.nan)
 
 
+def site_summary(routers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per honest site on the clean federation: held-out accuracy on its own domain and overall, its agreement
+    with the router's training pairs (what the defence judges) and in how many seeds the defence kept it."""
+    from mor_secure.data.domains import domain_names
+
+    domains = domain_names()
+    rows = []
+    for k, (site, family) in enumerate(zip(SITES, FAMILIES)):
+        own = domains[k % len(domains)]
+        rows.append({"site": site, "family": family, "domain": own,
+                     "own": _interval([r["site_domain_accuracy"][site][own] for r in routers]),
+                     "overall": _interval([r["none"]["site_accuracy"][site] for r in routers]),
+                     "agreement": _interval([r["agreement"]["trust"][site]["agreement"] for r in routers]),
+                     "trusted": sum(site in r["agreement"]["sites"] for r in routers), "seeds": len(routers)})
+    return rows
+
+
 def summarise(results: dict[str, dict[str, Any]], seeds: Sequence[int], settings: Sequence[str]) -> dict[str, Any]:
     """Per setting: reward and policy accuracy per method over seeds, the adversaries' weight and exclusion,
     and each method's loss of policy accuracy against the clean federation, paired by seed."""
@@ -418,6 +451,8 @@ def summarise(results: dict[str, dict[str, Any]], seeds: Sequence[int], settings
             "reused_mor": sum(r.get("same_as") == "mor" for r in runs["mor-defence"].values()),
             "fedavg_swapped": statistics.fmean(sum(r["fedavg"]["swapped_pairs"].values()) for r in routers)}
         out["rows"].append(row)
+    if "clean" in settings:
+        out["sites"] = site_summary([results[f"seed {s}, clean: routers"] for s in seeds])
     clean = next((r["per_seed"] for r in out["rows"] if r["setting"] == "clean"), {})
     for row in out["rows"]:
         row["loss"] = {m: _interval([clean[m][s] - acc for s, acc in row["per_seed"][m].items() if s in clean[m]])
@@ -499,6 +534,14 @@ def reading(summary: dict[str, Any], eval_questions: int) -> list[str]:
                  f"{_pc(r['detail_policy']['mor'])}" + (f" vs {_pc(clean['detail_policy']['mor'])} clean." if clean
                                                          else "."))
         out.append(text)
+    dropped = [r for r in summary.get("sites", []) if r["trusted"] < r["seeds"]]
+    if dropped:
+        out.append("- The agreement defence judges a site on the router's pairs of every domain, where a "
+                   "single-domain expert is near chance off its domain: on the clean federation it left out honest "
+                   + ", ".join(f"{r['site']} ({r['domain']}: {_pm(r['own'])}% on its domain, {_pm(r['agreement'])}% "
+                               f"agreement overall, kept {r['trusted']}/{r['seeds']})" for r in dropped)
+                   + ", so MoR + defence fuses fewer experts than MoR even with no adversary. Judging agreement per "
+                     "domain might keep the experts whose own-domain accuracy clears the bound (not measured here).")
     if clean and not math.isnan(clean["policy"]["mor"][0]):
         p = clean["policy"]["mor"][0]
         se = 100 * math.sqrt(p * (1 - p) / eval_questions)
@@ -561,8 +604,16 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], gr
                      + f" | {_pm(r['adversary_single'])} | {r['adversary_weight']:.3f} / "
                      f"{r['adversary_weight_detail']:.3f} | {r['excluded']}/{r['watched']} | {r['honest_excluded']}"
                      f" | {r['fedavg_swapped']:.0f} |")
-    lines += ["", "(Clean row: client-0's own accuracy, weight and exclusion, for reference.)", "",
-              "## Policy accuracy after GRPO (%)", "",
+    lines += ["", "(Clean row: client-0's own accuracy, weight and exclusion, for reference.)", ""]
+    if "sites" in summary:
+        lines += ["## Honest sites on the clean federation", "",
+                  "| site | reward model | own domain | held-out accuracy on its domain (%) | on all domains (%) | "
+                  "agreement with the router's training pairs (%), what the defence judges | kept by the defence |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['site']} | {r['family']} | {r['domain']} | {_pm(r['own'])} | {_pm(r['overall'])} | "
+                  f"{_pm(r['agreement'])} | {r['trusted']}/{r['seeds']} |" for r in summary["sites"]]
+        lines.append("")
+    lines += ["## Policy accuracy after GRPO (%)", "",
               "| setting | " + " | ".join(LABELS[m] for m in METHODS) + " | MoR on `detail` | "
               + " | ".join(f"{LABELS[m]} loss vs clean (points)" for m in METHODS) + " |",
               "|---" * (2 + 2 * len(METHODS)) + "|"]
