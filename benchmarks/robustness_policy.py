@@ -327,19 +327,22 @@ class Task:
 
 
 def plan(root: Path, seeds: Sequence[int], settings: Sequence[str], bases: Path | None = None) -> dict[str, Task]:
-    """Every stage of the grid by name, seed by seed (ready stages start in this order)."""
+    """Every stage of the grid by name, in the order ready stages start: seed by seed, and within a seed the
+    routers of every setting, then MoR's GRPO in every setting, then each other method's (so a run cut short
+    still has the target's comparison)."""
     tasks: dict[str, Task] = {}
     for seed in seeds:
         folder = root / f"seed-{seed}"
         tasks[f"seed {seed}"] = Task(folder / "prepared.json", prepare, (seed, bases))
         for setting in settings:
-            key = f"seed {seed}, {setting}"
-            cell = folder / folder_name(setting)
-            tasks[f"{key}: routers"] = Task(cell / "routers.json", routers, (seed, setting), (f"seed {seed}",))
-            for method in METHODS:
+            tasks[f"seed {seed}, {setting}: routers"] = Task(folder / folder_name(setting) / "routers.json", routers,
+                                                             (seed, setting), (f"seed {seed}",))
+        for method in METHODS:
+            for setting in settings:
+                key = f"seed {seed}, {setting}"
                 deps = (f"seed {seed}", f"{key}: routers") + ((f"{key}: mor",) if method == "mor-defence" else ())
-                tasks[f"{key}: {method}"] = Task(cell / f"policy-{method}.json", policy, (seed, setting, method),
-                                                 deps)
+                tasks[f"{key}: {method}"] = Task(folder / folder_name(setting) / f"policy-{method}.json", policy,
+                                                 (seed, setting, method), deps)
     return tasks
 
 
@@ -416,7 +419,9 @@ def site_summary(routers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summarise(results: dict[str, dict[str, Any]], seeds: Sequence[int], settings: Sequence[str]) -> dict[str, Any]:
     """Per setting: reward and policy accuracy per method over seeds, the adversaries' weight and exclusion,
-    and each method's loss of policy accuracy against the clean federation, paired by seed."""
+    and each method's loss of policy accuracy against the clean federation, paired by seed. Stages missing
+    from ``results`` (a run cut short) count as not measured."""
+    seeds = [s for s in seeds if f"seed {s}" in results]
     prepared = [results[f"seed {s}"] for s in seeds]
     out: dict[str, Any] = {"warm": _interval([p["warm"]["accuracy"] for p in prepared]),
                            "oracle": _interval([p["oracle"]["accuracy"] for p in prepared]),
@@ -426,33 +431,35 @@ def summarise(results: dict[str, dict[str, Any]], seeds: Sequence[int], settings
     for setting in settings:
         attack, adversaries = SETTINGS[setting]
         watch = adversaries or SETTINGS["1x inverted"][1]  # the clean row shows client-0 for reference
-        routers = [results[f"seed {s}, {setting}: routers"] for s in seeds]
-        runs = {m: {s: results[f"seed {s}, {setting}: {m}"] for s in seeds} for m in METHODS}
+        routers = [r for s in seeds if (r := results.get(f"seed {s}, {setting}: routers"))]
+        runs = {m: {s: r for s in seeds if (r := results.get(f"seed {s}, {setting}: {m}"))} for m in METHODS}
         accuracy = {m: {s: r["accuracy"] for s, r in runs[m].items() if "accuracy" in r} for m in METHODS}
         defended = [r["agreement"] for r in routers]
         row: dict[str, Any] = {
-            "setting": setting, "attack": attack, "adversaries": list(adversaries), "seeds": len(seeds),
+            "setting": setting, "attack": attack, "adversaries": list(adversaries), "seeds": len(routers),
             "reward": {"mor": _interval([r["none"]["accuracy"] for r in routers]),
                        "mor-defence": _interval([d["accuracy"] for d in defended if "accuracy" in d]),
                        "uniform": _interval([r["none"]["uniform_accuracy"] for r in routers]),
                        "fedavg": _interval([r["fedavg"]["accuracy"] for r in routers])},
             "policy": {m: _interval(list(accuracy[m].values())) for m in METHODS},
+            "policy_seeds": {m: len(accuracy[m]) for m in METHODS},
             "per_seed": accuracy,
             "detail_policy": {m: _interval([r["per_domain"]["detail"] for r in runs[m].values() if "accuracy" in r])
                               for m in METHODS},
             "adversary_single": _interval([statistics.fmean(r["none"]["site_accuracy"][s] for s in watch)
                                            for r in routers]),
-            "adversary_weight": statistics.fmean(adversary_weight(r["none"], watch) for r in routers),
-            "adversary_weight_detail": statistics.fmean(adversary_weight(r["none"], watch, "detail") for r in routers),
+            "adversary_weight": _interval([adversary_weight(r["none"], watch) for r in routers])[0],
+            "adversary_weight_detail": _interval([adversary_weight(r["none"], watch, "detail") for r in routers])[0],
             "excluded": sum(s not in d["sites"] for d in defended for s in watch),
-            "watched": len(watch) * len(seeds),
+            "watched": len(watch) * len(routers),
             "honest_excluded": sum(s not in d["sites"] for d in defended for s in SITES if s not in watch),
             "defence_failed": sum("error" in d for d in defended),
             "reused_mor": sum(r.get("same_as") == "mor" for r in runs["mor-defence"].values()),
-            "fedavg_swapped": statistics.fmean(sum(r["fedavg"]["swapped_pairs"].values()) for r in routers)}
+            "fedavg_swapped": _interval([sum(r["fedavg"]["swapped_pairs"].values()) for r in routers])[0]}
         out["rows"].append(row)
-    if "clean" in settings:
-        out["sites"] = site_summary([results[f"seed {s}, clean: routers"] for s in seeds])
+    clean_routers = [r for s in seeds if (r := results.get(f"seed {s}, clean: routers"))]
+    if clean_routers:
+        out["sites"] = site_summary(clean_routers)
     clean = next((r["per_seed"] for r in out["rows"] if r["setting"] == "clean"), {})
     for row in out["rows"]:
         row["loss"] = {m: _interval([clean[m][s] - acc for s, acc in row["per_seed"][m].items() if s in clean[m]])
@@ -554,8 +561,8 @@ def reading(summary: dict[str, Any], eval_questions: int) -> list[str]:
 
 
 def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], grid: Grid, seeds: list[int],
-                 command: str, seconds: float, machine: list[str]) -> None:
-    """robustness_policy.md + .png + .json in ``out``."""
+                 command: str, seconds: float, machine: list[str], missing: Sequence[str] = ()) -> None:
+    """robustness_policy.md + .png + .json in ``out``; ``missing`` names the planned stages not run."""
     rows, sizes = summary["rows"], grid.sizes
     dp = "without DP" if math.isinf(grid.epsilon) else f"with DP-SGD at epsilon {grid.epsilon:g}"
     single = [r for r in rows if len(r["adversaries"]) == 1]
@@ -564,6 +571,9 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], gr
              f"up to {stage_seconds(results) / 60:.0f} min of single-process work, run in parallel worker "
              "processes)", "",
              *machine, "",
+             *([f"**Incomplete run:** {len(missing)} planned stage(s) not run ({'; '.join(missing)}): their cells "
+                "read '-', and each interval covers the seeds measured (n = seeds where fewer).", ""]
+               if missing else []),
              "## Setup", "",
              f"- Seeds {seeds} ({len(seeds)}: CPU time is scarce on this 2-core machine, so the intervals are "
              "wide; seed noise of GRPO is 3-5 points): each its own benchmark world with 4 sites (site k holds "
@@ -618,7 +628,9 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], gr
               + " | ".join(f"{LABELS[m]} loss vs clean (points)" for m in METHODS) + " |",
               "|---" * (2 + 2 * len(METHODS)) + "|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | " + " | ".join(_pm(r["policy"][m]) for m in METHODS)
+        lines.append(f"| {r['setting']} | " + " | ".join(
+            _pm(r["policy"][m]) + (f" (n = {r['policy_seeds'][m]})" if 0 < r["policy_seeds"][m] < len(seeds) else "")
+            for m in METHODS)
                      + f" | {_pm(r['detail_policy']['mor'])} | "
                      + " | ".join(_pm(r["loss"][m]) for m in METHODS) + " |")
     lines += ["", f"## Target: with 1 adversarial client of 4, MoR loses at most {TARGET_POINTS:g} points", "",
@@ -652,6 +664,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epsilon", type=float, default=EPSILON,
                         help="Every site's and FedAvg client's epsilon ('inf' = no DP; --quick uses inf).")
     parser.add_argument("--jobs", type=int, default=2, help="Stages run at once (one process and thread each).")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Run nothing: write the report from the stages already cached (a run cut short); "
+                             "missing ones read 'not measured'.")
     args = parser.parse_args(argv)
     grid = Grid(QUICK_SIZES, math.inf) if args.quick else Grid(FULL, args.epsilon)
     settings = list(QUICK_SETTINGS) if args.quick else ["clean"] + [
@@ -667,9 +682,14 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     root = args.workdir.resolve()
     bases = args.bases.resolve() if args.bases else None
-    results = run_tasks(root, plan(root, seeds, settings, bases), grid, args.jobs)
+    tasks = plan(root, seeds, settings, bases)
+    if args.report_only:
+        results = {name: hit for name, task in tasks.items() if (hit := cached(task.path, grid.stamp())) is not None}
+    else:
+        results = run_tasks(root, tasks, grid, args.jobs)
     summary = summarise(results, seeds, settings)
-    write_report(args.out, results, summary, grid, seeds, command, time.perf_counter() - start, machine)
+    write_report(args.out, results, summary, grid, seeds, command, time.perf_counter() - start, machine,
+                 [name for name in tasks if name not in results])
     print((args.out / "robustness_policy.md").read_text(encoding="utf-8"))
 
 
