@@ -170,20 +170,21 @@ def policy_accuracy(policy: Path, world: Path) -> dict[str, Any]:
 
 
 def grpo_policy(out: Path, warm: Path, public: Path, world: Path, sizes: Sizes, seed: int, method: str,
-                config: Any, federation: Any) -> dict[str, Any]:
-    """GRPO of the warm start with reward ``method`` (KL to the warm start), then its held-out accuracy and,
-    for client-score rewards, the bytes the federation carried per step."""
+                config: Any, federation: Any, *, quorum: int = 2) -> dict[str, Any]:
+    """GRPO of the warm start with reward ``method`` (KL to the warm start; a completion's client-score reward
+    counts when ``quorum`` of the fusion's sites scored it), then its held-out accuracy and, for client-score
+    rewards, the bytes the federation carried per step."""
     from coordinator.grpo import run_grpo
     from coordinator.grpo_config import GRPORunConfig
     from coordinator.rewards import FederatedReward, RewardContext, build_reward, needs_federation
 
     cfg = GRPORunConfig(policy=str(warm), data=public, reward=method, out=out, steps=sizes.grpo_steps,
                         beta=sizes.beta, batch_size=sizes.grpo_batch, save_steps=10**6, report_to="none",
-                        logging_steps=max(1, sizes.grpo_steps // 10), seed=seed, quorum=2)
+                        logging_steps=max(1, sizes.grpo_steps // 10), seed=seed, quorum=quorum)
     strategy = build_reward(method, RewardContext(out.parent / "router" / "mixture", config))
     before = (federation.bytes_sent, federation.bytes_received) if federation else (0, 0)
     if needs_federation(strategy):
-        reward = FederatedReward(strategy, federation.scorer, quorum=2, name=method)
+        reward = FederatedReward(strategy, federation.scorer, quorum=quorum, name=method)
     elif method != "oracle":
         reward = FederatedReward(strategy, name=method)
     else:
