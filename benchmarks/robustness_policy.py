@@ -58,6 +58,8 @@ SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
 DEFAULT_SETTINGS = ("clean", "1x inverted", "1x random", "1x fixed-wrong")
 METHODS = ("mor", "mor-defence", "uniform", "fedavg")
 LABELS = {"mor": "MoR", "mor-defence": "MoR + defence", "uniform": "uniform", "fedavg": "FedAvg RM"}
+QUORUM = 2
+"""Fewest sites that must score a completion for its reward to count (as in the privacy/utility benchmark)."""
 TARGET_POINTS = 2.0
 """The issue's target: with 1 adversarial client of 4, MoR loses at most 2 points of policy accuracy."""
 QUICK_SETTINGS = ("clean", "1x inverted")
@@ -308,10 +310,13 @@ def policy(root: Path, grid: Grid, seed: int, setting: str, method: str, prepare
     if method != "fedavg":
         federation = LocalFederation({s: v["model"] for s, v in prepared["sites"].items()},
                                      poison=poisons(setting, prepared["honest_stats"], seed, method))
-    return privacy_utility.grpo_policy(run_dir / f"grpo-{method}", seed_dir / "pretrained" / "qwen2-vl",
-                                       seed_dir / "public", seed_dir / "world", grid.sizes, seed,
-                                       "fedavg" if method == "fedavg" else "mor" if method.startswith("mor")
-                                       else method, config, federation)
+    # a defended mixture of one site could never reach the quorum of 2 (every reward None, no learning)
+    quorum = min(QUORUM, len(router["agreement"]["sites"])) if method == "mor-defence" else QUORUM
+    result = privacy_utility.grpo_policy(run_dir / f"grpo-{method}", seed_dir / "pretrained" / "qwen2-vl",
+                                         seed_dir / "public", seed_dir / "world", grid.sizes, seed,
+                                         "mor" if method.startswith("mor") else method, config, federation,
+                                         quorum=quorum)
+    return {**result, "quorum": quorum}
 
 
 # ----- scheduling: stages as tasks with dependencies, cached on disk -----
@@ -425,6 +430,8 @@ def summarise(results: dict[str, dict[str, Any]], seeds: Sequence[int], settings
     prepared = [results[f"seed {s}"] for s in seeds]
     out: dict[str, Any] = {"warm": _interval([p["warm"]["accuracy"] for p in prepared]),
                            "oracle": _interval([p["oracle"]["accuracy"] for p in prepared]),
+                           "oracle_gain": _interval([p["oracle"]["accuracy"] - p["warm"]["accuracy"]
+                                                     for p in prepared]),
                            "site_epsilon": {s: max(p["sites"][s]["epsilon"] or math.inf for p in prepared)
                                             for s in SITES},
                            "rows": []}
@@ -528,6 +535,13 @@ def reading(summary: dict[str, Any], eval_questions: int) -> list[str]:
         out.append(f"- Clean federation: policy accuracy MoR {_pc(clean['policy']['mor'])}, uniform "
                    f"{_pc(clean['policy']['uniform'])}, FedAvg RM {_pc(clean['policy']['fedavg'])} (warm start "
                    f"{_pc(summary['warm'])}, oracle GRPO {_pc(summary['oracle'])}).")
+        gain, half = summary["oracle_gain"]
+        out.append(f"- The ground-truth reward itself moves the policy by {_pm(summary['oracle_gain'])} points at this "
+                   "GRPO length: " + ("so policy accuracy barely depends on the reward here, and differences between "
+                                      "rewards' policy accuracy are of the size of run-to-run noise, not of reward "
+                                      "quality; the reward-accuracy table is the sharper measure."
+                                      if gain < 0.05 or (not math.isnan(half) and gain - half <= 0) else
+                                      "room for a better reward to show in policy accuracy."))
     for name, r in rows.items():
         if r is clean:
             continue
@@ -594,7 +608,9 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], gr
              "whose Wilson 95% lower bound of agreement with the router's training pairs does not exceed 0.55 are "
              "left out of the router and the mixture). When the defence keeps every site the two mixtures are "
              "byte-identical and MoR + defence reuses MoR's GRPO run. Uniform: the mean of the 4 calibrated "
-             "scores.",
+             f"scores. A completion's reward counts when {QUORUM} of the fusion's sites scored it; where the "
+             "defence kept a single site, MoR + defence runs with a quorum of 1 (with 2 no completion would ever "
+             "be rewarded and GRPO would leave the warm start unchanged).",
              "- FedAvg RM: `coordinator.baselines.train_fedavg` (dual-encoder, at the sites' epsilon) over the 4 "
              "sites' pairs, the adversary's pairs poisoned in a copy of its folder: inverted = chosen and "
              "rejected swapped in every pair, random = swapped in a seeded random half, fixed-wrong = swapped "
