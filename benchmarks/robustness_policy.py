@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import random
+import shlex
 import shutil
 import statistics
 import sys
@@ -442,12 +443,13 @@ def summarise(results: dict[str, dict[str, Any]], seeds: Sequence[int], settings
         runs = {m: {s: r for s in seeds if (r := results.get(f"seed {s}, {setting}: {m}"))} for m in METHODS}
         accuracy = {m: {s: r["accuracy"] for s, r in runs[m].items() if "accuracy" in r} for m in METHODS}
         defended = [r["agreement"] for r in routers]
+        rewards = {"mor": [r["none"]["accuracy"] for r in routers],
+                   "mor-defence": [d["accuracy"] for d in defended if "accuracy" in d],
+                   "uniform": [r["none"]["uniform_accuracy"] for r in routers],
+                   "fedavg": [r["fedavg"]["accuracy"] for r in routers]}
         row: dict[str, Any] = {
             "setting": setting, "attack": attack, "adversaries": list(adversaries), "seeds": len(routers),
-            "reward": {"mor": _interval([r["none"]["accuracy"] for r in routers]),
-                       "mor-defence": _interval([d["accuracy"] for d in defended if "accuracy" in d]),
-                       "uniform": _interval([r["none"]["uniform_accuracy"] for r in routers]),
-                       "fedavg": _interval([r["fedavg"]["accuracy"] for r in routers])},
+            "reward": {m: _interval(v) for m, v in rewards.items()}, "reward_seeds": rewards,
             "policy": {m: _interval(list(accuracy[m].values())) for m in METHODS},
             "policy_seeds": {m: len(accuracy[m]) for m in METHODS},
             "per_seed": accuracy,
@@ -461,6 +463,7 @@ def summarise(results: dict[str, dict[str, Any]], seeds: Sequence[int], settings
             "watched": len(watch) * len(routers),
             "honest_excluded": sum(s not in d["sites"] for d in defended for s in SITES if s not in watch),
             "defence_failed": sum("error" in d for d in defended),
+            "defended_sites": [d["sites"] for d in defended],
             "reused_mor": sum(r.get("same_as") == "mor" for r in runs["mor-defence"].values()),
             "fedavg_swapped": _interval([sum(r["fedavg"]["swapped_pairs"].values()) for r in routers])[0]}
         out["rows"].append(row)
@@ -468,9 +471,10 @@ def summarise(results: dict[str, dict[str, Any]], seeds: Sequence[int], settings
     if clean_routers:
         out["sites"] = site_summary(clean_routers)
     clean = next((r["per_seed"] for r in out["rows"] if r["setting"] == "clean"), {})
-    for row in out["rows"]:
-        row["loss"] = {m: _interval([clean[m][s] - acc for s, acc in row["per_seed"][m].items() if s in clean[m]])
-                       for m in METHODS} if clean else {m: (math.nan, math.nan) for m in METHODS}
+    for row in out["rows"]:  # loss against the same method on the clean federation, and against clean MoR
+        for key, base in (("loss", lambda m: m), ("loss_vs_mor", lambda m: "mor")):
+            row[key] = {m: _interval([clean[base(m)][s] - acc for s, acc in row["per_seed"][m].items()
+                                      if s in clean.get(base(m), {})]) for m in METHODS}
     return out
 
 
@@ -495,20 +499,23 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
     rows = summary["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     width = 0.8 / len(METHODS)
-    for panel, key, title in ((0, "reward", "Held-out pairwise reward accuracy (%)"),
-                              (1, "policy", "Policy accuracy after GRPO (%)")):
+    for panel, key, seeds, title in ((0, "reward", "reward_seeds", "Held-out pairwise reward accuracy (%)"),
+                                     (1, "policy", "per_seed", "Policy accuracy after GRPO (%)")):
         for k, method in enumerate(METHODS):
             xs = [i + (k - (len(METHODS) - 1) / 2) * width for i in range(len(rows))]
-            means = [100 * r[key][method][0] for r in rows]
-            errs = [0 if math.isnan(r[key][method][1]) else 100 * r[key][method][1] for r in rows]
-            axes[panel].bar(xs, means, width, yerr=errs, capsize=2, label=LABELS[method])
+            axes[panel].bar(xs, [100 * r[key][method][0] for r in rows], width, label=LABELS[method])
+            for x, r in zip(xs, rows):  # each seed as a dot: two seeds' t-intervals would dwarf the axes
+                values = r[seeds][method]
+                values = list(values.values()) if isinstance(values, dict) else values
+                axes[panel].plot([x] * len(values), [100 * v for v in values], "k.", markersize=4)
+        axes[panel].set_title(title + ": bars = mean, dots = seeds")
         axes[panel].set_xticks(range(len(rows)), [r["setting"] for r in rows])
-        axes[panel].set_title(title)
     axes[0].axhline(50, color="grey", linestyle=":")
     for key, style in (("oracle", "--"), ("warm", ":")):
         axes[1].axhline(100 * summary[key][0], color="black", linestyle=style,
                         label="oracle GRPO" if key == "oracle" else "warm start")
-    axes[0].set_ylim(40, 100)
+    axes[0].set_ylim(30, 100)
+    axes[1].set_ylim(20, 80)
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -546,10 +553,18 @@ def reading(summary: dict[str, Any], eval_questions: int) -> list[str]:
         if r is clean:
             continue
         text = (f"- {name}: MoR {_pc(r['policy']['mor'])} (loss vs clean: {verdict(r['loss']['mor'])}), MoR + "
-                f"defence {_pc(r['policy']['mor-defence'])} (loss: {verdict(r['loss']['mor-defence'])}); the defence "
+                f"defence {_pc(r['policy']['mor-defence'])} (loss vs clean MoR: "
+                f"{verdict(r['loss_vs_mor']['mor-defence'])}; vs clean MoR + defence: "
+                f"{verdict(r['loss']['mor-defence'])}); the defence "
                 f"excluded the adversary in {r['excluded']} of {r['watched']} case(s)")
         if r["defence_failed"]:
             text += f" (in {r['defence_failed']} seed(s) it trusted no site at all, so MoR + defence could not run)"
+        if clean and r["defended_sites"] == clean["defended_sites"]:
+            text += (" and kept exactly the sites it kept on the clean federation ("
+                     + "; ".join(", ".join(k) or "none" for k in r["defended_sites"])
+                     + "), so MoR + defence fused the same honest sites with and without the adversary: its loss "
+                       "against clean MoR + defence is no evidence of robustness, its loss against clean MoR is the "
+                       "price of the defence")
         text += (f"; the adversary's mean routing weight without the defence is {r['adversary_weight']:.3f} "
                  f"({r['adversary_weight_detail']:.3f} on `detail`); MoR's `detail` policy accuracy "
                  f"{_pc(r['detail_policy']['mor'])}" + (f" vs {_pc(clean['detail_policy']['mor'])} clean." if clean
@@ -650,9 +665,12 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], gr
                      + f" | {_pm(r['detail_policy']['mor'])} | "
                      + " | ".join(_pm(r["loss"][m]) for m in METHODS) + " |")
     lines += ["", f"## Target: with 1 adversarial client of 4, MoR loses at most {TARGET_POINTS:g} points", "",
-              "| setting | MoR | MoR + defence |", "|---|---|---|"]
+              "Loss = clean accuracy minus poisoned accuracy, paired by seed (positive = lost).", "",
+              "| setting | MoR vs clean MoR | MoR + defence vs clean MoR | MoR + defence vs clean MoR + defence |",
+              "|---|---|---|---|"]
     for r in single:
-        lines.append(f"| {r['setting']} | {verdict(r['loss']['mor'])} | {verdict(r['loss']['mor-defence'])} |")
+        lines.append(f"| {r['setting']} | {verdict(r['loss']['mor'])} | {verdict(r['loss_vs_mor']['mor-defence'])} | "
+                     f"{verdict(r['loss']['mor-defence'])} |")
     lines += ["", "![robustness after GRPO](robustness_policy.png)", "", "## Reading", "",
               *reading(summary, sizes.eval_questions)]
     write_markdown(out / "robustness_policy.md", lines)
@@ -693,7 +711,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = list(range(1 if args.quick else args.seeds))
     if not seeds or args.jobs < 1 or not grid.epsilon > 0:
         parser.error("--seeds and --jobs must be >= 1 and --epsilon > 0")
-    command = " ".join(["python", "benchmarks/robustness_policy.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "benchmarks/robustness_policy.py", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_lines(["torch", "transformers", "trl", "opacus"])
     start = time.perf_counter()
     root = args.workdir.resolve()
