@@ -142,16 +142,18 @@ def collect_scores(config: CoordinatorConfig, splits: list[Any]) -> list[Split]:
         return [Split(rows, fetch_scores(federation, rows, cache)) for rows in splits]
 
 
-def screen_sites(config: CoordinatorConfig, train_pairs: torch.Tensor, sites: list[str]) -> dict[str, Any]:
-    """With ``[router] defence = "agreement"``: each site's trust on the calibrated training pairs, recorded
-    in the ledger (one ``trust`` entry per site); with ``"none"``: nothing (every site is fused)."""
+def screen_sites(config: CoordinatorConfig, train_pairs: torch.Tensor, sites: list[str],
+                 groups: list[str] | None = None) -> dict[str, Any]:
+    """With ``[router] defence = "agreement"``: each site's trust on the calibrated training pairs (in its
+    best domain when ``groups`` labels each pair's domain), recorded in the ledger (one ``trust`` entry per
+    site); with ``"none"``: nothing (every site is fused)."""
     from coordinator.trust import agreement_trust, record_trust
     from mor_secure.ledger import PrivacyLedger
 
     section = config.router
     if section.defence == "none":
         return {}
-    trust = agreement_trust(train_pairs, sites, threshold=section.trust_threshold)
+    trust = agreement_trust(train_pairs, sites, threshold=section.trust_threshold, groups=groups)
     record_trust(PrivacyLedger(config.ledger.path), trust, defence=section.defence)
     return trust
 
@@ -184,7 +186,8 @@ def run_router(config: CoordinatorConfig, *, features: Callable | None = None,
         raise RouterRunError(f"only {len(sites)} site(s) returned scores ({', '.join(sites) or 'none'}); "
                              f"the quorum is {config.clients.quorum}: see the agents' logs")
     calibrator = Calibrator(section.calibration).fit({site: train.scores[site] for site in sites})
-    trust = screen_sites(config, pair_scores(train, calibrator, sites), sites)
+    domains = list(train.rows["domain"]) if "domain" in train.rows.column_names else None
+    trust = screen_sites(config, pair_scores(train, calibrator, sites), sites, domains)
     if trust:
         sites = trusted_sites(trust)  # the router (and the saved mixture) use only the trusted sites
     features = features or PromptFeatures(section.policy)

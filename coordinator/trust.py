@@ -2,7 +2,10 @@
 with the coordinator's own labelled pairs, and leave out the sites no better than chance.
 
 A site is trusted when the one-sided lower confidence bound of its pairwise accuracy on the router's
-training pairs exceeds ``threshold`` (default 0.55: a margin above chance, 0.5). An inverted, random
+training pairs exceeds ``threshold`` (default 0.55: a margin above chance, 0.5); given each pair's
+domain, that bound is taken in the site's best domain, because a single-domain expert is near chance
+on the other domains' pairs and would fail a pooled test (measured: the pooled test kept no honest DP
+site of three in one seed of benchmarks/robustness_policy.py). An inverted, random
 or one-wrong-answer client sits at or below chance and is excluded: ``Trusted`` masks it before any
 fusion strategy (which renormalises over the sites left), and the router trains on trusted sites only.
 Each decision goes to the ledger as a ``trust`` entry.
@@ -40,6 +43,8 @@ class ClientTrust:
     lower_bound: float
     threshold: float
     trusted: bool
+    group: str | None = None
+    """The domain the site was judged on (its best one), or None when judged on all pairs."""
 
     @property
     def weight(self) -> float:
@@ -64,26 +69,37 @@ def _lower_bound(wins: float, n: int, z: float) -> float:
     return (centre - spread) / (1 + z * z / n)
 
 
+def _agreement(margin: torch.Tensor, z: float) -> tuple[float, int, float]:
+    """(agreement, scored pairs, Wilson lower bound) of chosen-minus-rejected margins (NaN = not scored)."""
+    margin = margin[torch.isfinite(margin)]
+    n = int(margin.numel())
+    wins = float((margin > 0).sum() + 0.5 * (margin == 0).sum())
+    return (wins / n if n else math.nan), n, _lower_bound(wins, n, z)
+
+
 def agreement_trust(pair_scores: torch.Tensor, sites: Sequence[str], *, threshold: float = 0.55,
-                    z: float = 1.645) -> dict[str, ClientTrust]:
+                    z: float = 1.645, groups: Sequence[str] | None = None) -> dict[str, ClientTrust]:
     """Trust per site from calibrated ``[N, K, 2]`` (chosen, rejected) scores of labelled pairs.
 
     Agreement is the share of the site's scored pairs where chosen beats rejected (ties count half);
     the site is trusted when the Wilson lower bound (one-sided 95% by default) exceeds ``threshold``.
+    With ``groups`` (each pair's domain) the bound is that of the site's best domain.
     """
     if pair_scores.dim() != 3 or pair_scores.shape[1:] != (len(sites), 2):
         raise TrustError(f"pair scores must be [N, {len(sites)}, 2], got {list(pair_scores.shape)}")
     if not 0 <= threshold < 1:
         raise TrustError(f"trust threshold must lie in [0, 1), got {threshold!r}")
+    if groups is not None and len(groups) != pair_scores.shape[0]:
+        raise TrustError(f"{len(groups)} group labels for {pair_scores.shape[0]} pairs; pass one per pair")
+    subsets = {None: slice(None)} if groups is None else {
+        g: torch.tensor([x == g for x in groups]) for g in sorted(set(groups))}
     out = {}
     for k, site in enumerate(sites):
         margin = pair_scores[:, k, 0] - pair_scores[:, k, 1]
-        margin = margin[torch.isfinite(margin)]
-        n = int(margin.numel())
-        wins = float((margin > 0).sum() + 0.5 * (margin == 0).sum())
-        agreement = wins / n if n else math.nan
-        bound = _lower_bound(wins, n, z)
-        out[site] = ClientTrust(site, agreement, n, bound, threshold, bool(n and bound > threshold))
+        judged = {g: _agreement(margin[rows], z) for g, rows in subsets.items()}
+        group, (agreement, n, bound) = max(judged.items(), key=lambda kv: -math.inf if math.isnan(kv[1][2])
+                                           else kv[1][2])
+        out[site] = ClientTrust(site, agreement, n, bound, threshold, bool(n and bound > threshold), group)
     log.info("client trust", extra={"sites": len(out), "trusted": sum(t.trusted for t in out.values())})
     return out
 

@@ -64,6 +64,23 @@ def test_agreement_trust_separates_honest_from_adversaries(scored):
         agreement_trust(raw_train, SITES, threshold=1.5)
 
 
+def test_single_domain_experts_are_judged_in_their_own_domain():
+    # three domains, one weak expert each: near chance on the pooled pairs, clearly right on their own
+    world = make_world(900, domains=3, answers=4, seed=5)
+    clients = [SyntheticClient("expert", (d,), noise=1.2) for d in range(3)]
+    clients += [SyntheticClient("inverted", (0,), noise=1.2), SyntheticClient("random")]
+    sites = ["e0", "e1", "e2", "inv", "rnd"]
+    scores = raw_pair_scores(world, clients, seed=6)
+    pooled = agreement_trust(scores, sites)
+    assert not any(pooled[s].trusted for s in ("e0", "e1", "e2")), pooled  # the failure the groups fix
+    per_domain = agreement_trust(scores, sites, groups=world.groups)
+    assert {s for s, t in per_domain.items() if t.trusted} == {"e0", "e1", "e2"}, per_domain
+    assert [per_domain[s].group for s in ("e0", "e1", "e2")] == ["0", "1", "2"]
+    assert per_domain["e0"].pairs < 900 and per_domain["e0"].to_dict()["group"] == "0"
+    with pytest.raises(TrustError, match="group labels"):
+        agreement_trust(scores, sites, groups=world.groups[:10])
+
+
 def test_trusted_wrapper_masks_untrusted_clients_and_restores_accuracy(scored):
     _, raw_train, raw_test, calibrator = scored
     trust = agreement_trust(_calibrated(raw_train, calibrator), SITES)
