@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_lines, mean_interval, write_markdown  # noqa: E402
+from common import format_interval, machine_lines, mean_interval, write_markdown  # noqa: E402
 
 SITES = ("client-0", "client-1", "client-2")
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
@@ -354,13 +354,6 @@ def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
     return out
 
 
-def _pm(pair: tuple[float, float], scale: float = 100.0) -> str:
-    mean, half = pair
-    if math.isnan(mean):
-        return "-"
-    return f"{scale * mean:.1f}" + ("" if math.isnan(half) else f" ± {scale * half:.1f}")
-
-
 def _plot(path: Path, summary: dict[str, Any]) -> None:
     import matplotlib
 
@@ -422,7 +415,8 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], si
              "- Bytes per GRPO step: encoded ScoreRequest + ScoreReply messages to and from every site (msgpack, "
              "before TLS framing, which adds ~22 bytes per 16 KB record); FedAvg round: the reward model's "
              "parameters down to and up from every site once.", "",
-             f"Warm start (before GRPO): {_pm(summary['warm'])}%; oracle GRPO: {_pm(summary['oracle'])}% "
+             f"Warm start (before GRPO): {format_interval(summary['warm'])}%; "
+             f"oracle GRPO: {format_interval(summary['oracle'])}% "
              "(mean ± 95% t-interval over seeds).", "",
              "## Held-out pairwise reward accuracy (%)", "",
              "| epsilon | MoR | uniform | FedAvg RM | centralised RM | "
@@ -431,16 +425,17 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], si
     for r in rows:
         rw = r["reward"]
         fused = ("mor", "uniform", "fedavg", "centralised")
-        lines.append(f"| {r['epsilon']} | " + " | ".join(_pm(rw[k]) for k in fused)
-                     + " | " + " | ".join(_pm(rw.get(f"single:{s}", (math.nan, math.nan))) for s in SITES)
+        lines.append(f"| {r['epsilon']} | " + " | ".join(format_interval(rw[k]) for k in fused)
+                     + " | " + " | ".join(format_interval(rw.get(f"single:{s}", (math.nan, math.nan))) for s in SITES)
                      + " | " + ", ".join(f"{r['site_epsilon'][s]:.2f}" for s in SITES) + " |")
     lines += ["", "## Policy accuracy after GRPO (%) and share of the oracle's gain", "",
               "| epsilon | " + " | ".join(METHOD_LABELS[m] for m in POLICY_METHODS) + " | "
               + " | ".join(f"{METHOD_LABELS[m]} gain share" for m in POLICY_METHODS) + " |",
               "|---" * (1 + 2 * len(POLICY_METHODS)) + "|"]
     for r in rows:
-        lines.append(f"| {r['epsilon']} | " + " | ".join(_pm(r["policy"][m]) for m in POLICY_METHODS) + " | "
-                     + " | ".join(_pm(r["gain_share"][m], 1.0) for m in POLICY_METHODS) + " |")
+        lines.append(f"| {r['epsilon']} | "
+                     + " | ".join(format_interval(r["policy"][m]) for m in POLICY_METHODS) + " | "
+                     + " | ".join(format_interval(r["gain_share"][m], 1.0) for m in POLICY_METHODS) + " |")
     lines += ["", "## Communication", "",
               "| epsilon | MoR bytes per GRPO step (all sites) | FedAvg bytes per round (all sites) | ratio |",
               "|---|---|---|---|"]
@@ -466,19 +461,21 @@ def reading(summary: dict[str, Any], sizes: Sizes) -> list[str]:
         out.append(f"- Reward accuracy, MoR minus {label} (paired by seed): above at epsilon "
                    f"{', '.join(above) or 'none'} of {len(rows)}; the 95% interval excludes 0 at "
                    f"{', '.join(sure) or 'none'}. Per epsilon: "
-                   + "; ".join(f"{r['epsilon']}: {_pm(r['paired'][other])}" for r in rows) + " points.")
+                   + "; ".join(f"{r['epsilon']}: {format_interval(r['paired'][other])}" for r in rows) + " points.")
     gain = summary["oracle_gain"]
     if math.isnan(gain[1]) or gain[0] - gain[1] <= 0:
-        out.append(f"- Policy: the oracle's own gain over the warm start is {_pm(gain)} points after "
+        out.append(f"- Policy: the oracle's own gain over the warm start is {format_interval(gain)} points after "
                    f"{sizes.grpo_steps} GRPO steps of {sizes.grpo_batch} completions: at this budget even the "
                    "ground-truth reward does not "
                    "move held-out accuracy beyond seed noise, so the policy columns cannot rank the rewards and the "
                    "gain shares are not meaningful (shown as - where the oracle gained nothing).")
     else:
-        out.append(f"- Policy: the oracle gains {_pm(gain)} points over the warm start; gain shares compare each "
+        out.append(f"- Policy: the oracle gains {format_interval(gain)} points over the warm start; gain shares "
+                   "compare each "
                    "reward with that ceiling.")
     out.append("- Policy accuracy minus the warm start (paired by seed), per epsilon: " + "; ".join(
-        f"{r['epsilon']}: " + ", ".join(f"{METHOD_LABELS[m]} {_pm(r['policy_minus_warm'][m])}" for m in POLICY_METHODS)
+        f"{r['epsilon']}: " + ", ".join(f"{METHOD_LABELS[m]} {format_interval(r['policy_minus_warm'][m])}"
+                                        for m in POLICY_METHODS)
         for r in rows) + " points.")
     ratios = [r["fedavg_round_bytes"] / r["mor_bytes_per_step"] for r in rows if r["mor_bytes_per_step"]]
     if ratios:
