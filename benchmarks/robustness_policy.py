@@ -572,12 +572,14 @@ def reading(summary: dict[str, Any], eval_questions: int) -> list[str]:
         out.append(text)
     dropped = [r for r in summary.get("sites", []) if r["trusted"] < r["seeds"]]
     if dropped:
-        out.append("- The agreement defence judges a site on the router's pairs of every domain, where a "
-                   "single-domain expert is near chance off its domain: on the clean federation it left out honest "
+        out.append("- The agreement defence judges each site in its best domain (the Wilson lower bound of its "
+                   "agreement on that domain's router training pairs must exceed 0.55; judged on all pairs, the "
+                   "first run of this benchmark kept no honest site at all in one seed). On the clean federation it "
+                   "still left out honest "
                    + ", ".join(f"{r['site']} ({r['domain']}: {_pm(r['own'])}% on its domain, {_pm(r['agreement'])}% "
-                               f"agreement overall, kept {r['trusted']}/{r['seeds']})" for r in dropped)
-                   + ", so MoR + defence fuses fewer experts than MoR even with no adversary. Judging agreement per "
-                     "domain might keep the experts whose own-domain accuracy clears the bound (not measured here).")
+                               f"agreement in its best domain, kept {r['trusted']}/{r['seeds']})" for r in dropped)
+                   + ": weak DP experts whose agreement does not clear the bound, so MoR + defence fuses fewer "
+                     "experts than MoR even with no adversary.")
     if clean and not math.isnan(clean["policy"]["mor"][0]):
         p = clean["policy"]["mor"][0]
         se = 100 * math.sqrt(p * (1 - p) / eval_questions)
