@@ -74,7 +74,7 @@ def run_setting(attack: str, n_adv: int, seed: int, args: argparse.Namespace) ->
     raw_test = raw_pair_scores(test, clients, seed=seed + 2000)
     z_train, z_test = _calibrate(raw_train, raw_train, args.calibration), _calibrate(raw_train, raw_test,
                                                                                      args.calibration)
-    trust = agreement_trust(z_train, SITES)
+    trust = agreement_trust(z_train, SITES, groups=train.groups)  # per domain, as `mor coordinator router`
     keep = [k for k, s in enumerate(SITES) if trust[s].trusted]
     everyone = list(range(len(SITES)))
     diff = z_test[:, :, 0] - z_test[:, :, 1]
@@ -165,7 +165,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], summary: list[dict[str, 
              "answer, right only when that answer is true).",
              "- MoR: learned router over all 4 calibrated clients. `+ defence`: `[router] defence = "
              "\"agreement\"`: only clients whose Wilson 95% lower bound of pairwise agreement with the training "
-             "pairs exceeds 0.55 (chance is 0.5) are kept (`coordinator.trust`).",
+             "pairs of their best domain exceeds 0.55 (chance is 0.5) are kept (`coordinator.trust`).",
              "- FedAvg proxy: the mean of the clients' raw reward functions, which is what FedAvg of "
              "same-architecture linear reward heads computes; an adversary's poisoned local model (labels "
              "flipped / random / one answer favoured) enters the average. It is a proxy, not trained FedAvg "
