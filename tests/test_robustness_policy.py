@@ -88,11 +88,11 @@ def test_reduced_grid_runs_every_stage_into_the_report(tmp_path):
 
     train = load_preferences(work / "seed-0" / "world" / "client-0", split="train")
     assert results["seed 0, 1x inverted: routers"]["fedavg"]["swapped_pairs"] == {"client-0": len(train)}
-    # The defence sees the inverted adversary as the mirror of its honest self on the same labelled pairs,
-    # so it is excluded whenever the honest site agrees with them at least as often as chance.
+    # The defence judges every site in its best domain (the router pairs carry one), and a site no better
+    # than chance there is left out of the defended router.
     honest = results["seed 0, clean: routers"]["agreement"]["trust"]["client-0"]
     inverted = results["seed 0, 1x inverted: routers"]["agreement"]["trust"]["client-0"]
-    assert inverted["agreement"] == pytest.approx(1 - honest["agreement"], abs=1e-3)
-    if honest["agreement"] >= 0.5:
+    assert honest["group"] in {"detail", "medical", "chart"} and inverted["group"] in {"detail", "medical", "chart"}
+    if inverted["agreement"] <= 0.5:
         assert not inverted["trusted"]
         assert "client-0" not in results["seed 0, 1x inverted: routers"]["agreement"]["sites"]
