@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_lines, mean_interval, write_markdown  # noqa: E402
+from common import format_interval, machine_lines, mean_interval, write_markdown  # noqa: E402
 
 from coordinator.calibration import Calibrator  # noqa: E402
 from coordinator.router import pairwise_accuracy, pairwise_wins, train_router  # noqa: E402
@@ -147,10 +147,6 @@ def write_report(out: Path, rows: list[dict[str, Any]], summary: list[dict[str, 
     fig.savefig(out / "robustness.png", dpi=120)
     plt.close(fig)
 
-    def cell(value: tuple[float, float]) -> str:
-        mean, half = value
-        return f"{100 * mean:.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
-
     clean = next(e for e in summary if e["adversaries"] == 0)
     lines = ["# Robustness to poisoned clients", "",
              f"Command: `{command}` (whole run {seconds:.0f} s)", "", *machine_lines(["torch"]), "",
@@ -177,16 +173,16 @@ def write_report(out: Path, rows: list[dict[str, Any]], summary: list[dict[str, 
              + " | adversaries' MoR weight (held-out / unseen prompts) | adversaries excluded | honest excluded |",
              "|---" * (len(STRATEGIES) + 4) + "|"]
     for e in summary:
-        lines.append(f"| {_label(e)} | " + " | ".join(cell(e[name]) for name in STRATEGIES)
+        lines.append(f"| {_label(e)} | " + " | ".join(format_interval(e[name]) for name in STRATEGIES)
                      + f" | {e['adversary_weight']:.3f} / {e['adversary_weight_unseen']:.3f}"
                      f" | {e['adversaries_excluded']}/{e['adversaries_total']}"
                      f" | {e['honest_excluded']} |")
     worst = min((e for e in summary if e["adversaries"] == 1), key=lambda e: e["MoR + defence"][0])
     lines += ["", "## Reading", "",
-              f"- Clean federation: MoR {cell(clean['MoR'])}, uniform {cell(clean['uniform'])}.",
+              f"- Clean federation: MoR {format_interval(clean['MoR'])}, uniform {format_interval(clean['uniform'])}.",
               f"- With 1 adversary of 4, the worst case for MoR + defence is {_label(worst)}: "
-              f"{cell(worst['MoR + defence'])} ({100 * (worst['MoR + defence'][0] - clean['MoR + defence'][0]):+.1f} "
-              f"points against the clean federation; the honest-only ceiling is {cell(worst['MoR honest only'])}: "
+              f"{format_interval(worst['MoR + defence'])} ({100 * (worst['MoR + defence'][0] - clean['MoR + defence'][0]):+.1f} "
+              f"points against the clean federation; the honest-only ceiling is {format_interval(worst['MoR honest only'])}: "
               "what remains is the expert the federation lost, not the poisoning).",
               "- The learned router already gives an adversary little weight on prompts like the labelled ones "
               "(the adversaries' summed mean routing weight without the defence, held-out column), because it is "

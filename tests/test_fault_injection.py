@@ -5,22 +5,15 @@ run (finished at the planned step, ledger verifies, epsilons match the sites' re
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "fault_injection.py"
 
 
 @pytest.fixture(scope="module")
 def faults():
-    spec = importlib.util.spec_from_file_location("fault_injection", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fault_injection", module)
-    spec.loader.exec_module(module)
-    return module
+    import fault_injection
+
+    return fault_injection
 
 
 @pytest.mark.slow

@@ -3,24 +3,17 @@ on AUC, and an attack that sees nothing but the scores a site's ScoringService r
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "mia_audit.py"
-
 
 @pytest.fixture(scope="module")
 def mia():
-    spec = importlib.util.spec_from_file_location("mia_audit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("mia_audit", module)
-    spec.loader.exec_module(module)
-    return module
+    import mia_audit
+
+    return mia_audit
 
 
 def test_auc_on_known_inputs(mia):
