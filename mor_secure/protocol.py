@@ -3,13 +3,17 @@
 ``encode(msg) -> bytes`` and ``decode(data) -> Message``. Decoding is hostile-input safe: msgpack
 is unpacked with size limits, the envelope must be ``{"v": 1, "t": TYPE, "b": {fields}}``, the
 fields must match the message's schema exactly and every limit in ``Limits`` is enforced; any
-violation raises ``ProtocolError`` naming the problem.
+violation raises ``ProtocolError`` naming the problem. Before msgpack builds anything, ``scan`` walks
+the bytes and bounds the number of objects and the nesting of the whole message, so memory is bounded
+per message, not per container. Peer values are range-checked too (a heartbeat interval > 0, a
+worker id that is safe to log).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -25,7 +29,13 @@ _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
 class ProtocolError(ValueError):
-    """A message is malformed, of an unknown type or version, of wrong field types or over a limit."""
+    """A message is malformed, of an unknown type or version, of wrong field types or over a limit;
+    ``request_id`` is the request it belonged to when the envelope still showed one (so the reply can
+    be an ``Error`` naming it without decoding the message twice)."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 @dataclass(frozen=True)
@@ -37,9 +47,17 @@ class Limits:
     max_string_bytes: int = 64 * 1024
     max_image_bytes: int = 4 * 1024 * 1024
     max_depth: int = 8
+    max_objects: int = 65536
+    """Most msgpack objects (containers, strings, numbers ...) in one whole message, checked by ``scan``
+    before anything is allocated: 65536 Python objects are a few MB, whatever their nesting."""
 
 
 DEFAULT_LIMITS = Limits()
+
+MIN_HEARTBEAT_S, MAX_HEARTBEAT_S = 0.05, 3600.0
+"""The heartbeat interval a coordinator may ask for: above 0 (0 would be a busy loop) and at most an hour."""
+WORKER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+"""A worker id: 1-64 characters that need no quoting in a key=value log line."""
 
 
 def _check_json_safe(value: Any, where: str, limits: Limits, depth: int = 0) -> None:
@@ -276,21 +294,6 @@ def request_id_of(msg: Message) -> str | None:
     return getattr(msg, "request_id", None)
 
 
-def peek_request_id(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> str | None:
-    """The ``request_id`` of a message that failed to ``decode``, when its envelope still shows one
-    (so the reply can be an ``Error`` naming it); None when even that much is unreadable."""
-    try:
-        envelope = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, max_bin_len=max(limits.max_image_bytes, 4096),
-            max_str_len=limits.max_string_bytes, max_array_len=limits.max_items,
-            max_map_len=max(limits.max_items, 16), max_ext_len=0)
-    except Exception:  # garbage: no request to name
-        return None
-    body = envelope.get("b") if isinstance(envelope, dict) else None
-    request_id = body.get("request_id") if isinstance(body, dict) else None
-    return request_id if isinstance(request_id, str) and 0 < len(request_id) <= 200 else None
-
-
 def _check_score_request(msg: ScoreRequest, limits: Limits) -> None:
     n = len(msg.prompts)
     if len(msg.completions) != n:
@@ -310,7 +313,27 @@ def _check_score_request(msg: ScoreRequest, limits: Limits) -> None:
         raise ProtocolError(f"score_request: {len(msg.images)} images for {n} items and no image_index")
 
 
-_CHECKS = {ScoreRequest: _check_score_request}
+def check_worker_id(value: str, where: str = "worker_id") -> None:
+    """Refuse a worker id that is not 1-64 of ``A-Z a-z 0-9 . _ : @ -`` (it goes into logs and status)."""
+    if not isinstance(value, str) or not WORKER_ID_RE.fullmatch(value):
+        raise ProtocolError(f"{where} {str(value)[:80]!r} is not 1-64 characters of letters, digits and . _ : @ -"
+                            "; choose another --worker-id")
+
+
+def _check_hello(msg: Hello, limits: Limits) -> None:
+    check_worker_id(msg.worker_id, "hello.worker_id")
+    if not msg.agent_version or len(msg.agent_version) > 64 or not msg.agent_version.isprintable():
+        raise ProtocolError("hello.agent_version must be 1-64 printable characters")
+
+
+def _check_welcome(msg: Welcome, limits: Limits) -> None:
+    if not MIN_HEARTBEAT_S <= msg.heartbeat_s <= MAX_HEARTBEAT_S:
+        raise ProtocolError(f"welcome.heartbeat_s {msg.heartbeat_s!r} is outside [{MIN_HEARTBEAT_S:g}, "
+                            f"{MAX_HEARTBEAT_S:g}] seconds")
+
+
+_CHECKS: dict[type, Callable[[Any, Limits], None]] = {
+    ScoreRequest: _check_score_request, Hello: _check_hello, Welcome: _check_welcome}
 
 
 def validate(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -377,10 +400,83 @@ def encode_parts(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | 
     return parts
 
 
+# --------------------------------------------------------------------------- pre-scan (before allocating)
+
+# Fixed-size msgpack items by first byte: bytes that follow the type byte.
+_FIXED = {0xc0: 0, 0xc2: 0, 0xc3: 0, 0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8,
+          0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8}
+# Length-prefixed strings and binaries: width of the length field.
+_SIZED = {0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4}
+# Containers: width of the count field and whether each entry is a key/value pair.
+_CONTAINERS = {0xdc: (2, 1), 0xdd: (4, 1), 0xde: (2, 2), 0xdf: (4, 2)}
+
+
+def scan(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Walk the msgpack structure without building it and return its object count; raise
+    ``ProtocolError`` when it holds more than ``limits.max_objects`` objects, nests deeper than the
+    envelope plus ``limits.max_depth``, uses an extension type or is truncated. ``decode`` calls it
+    first, so a message of a million empty maps costs a count, not a million dicts (msgpack's own
+    limits are per container)."""
+    view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+    size, pos, objects = len(view), 0, 0
+    max_depth = limits.max_depth + 3  # envelope map, body map, field value
+    stack: list[int] = []  # objects still expected in each open container
+    expected = 1
+    while True:
+        while expected == 0:
+            if not stack:
+                if pos > size:
+                    raise ProtocolError("not a msgpack message: truncated")
+                if pos < size:
+                    raise ProtocolError(f"not a msgpack message: {size - pos} bytes of trailing data")
+                return objects
+            expected = stack.pop()
+        if pos >= size:
+            raise ProtocolError("not a msgpack message: truncated")
+        expected -= 1
+        objects += 1
+        if objects > limits.max_objects:
+            raise ProtocolError(f"more than {limits.max_objects} objects in one message (limit max_objects)")
+        byte = view[pos]
+        pos += 1
+        if byte <= 0x7f or byte >= 0xe0:
+            continue
+        count = 0
+        if 0x80 <= byte <= 0x8f:
+            count = 2 * (byte & 0x0f)
+        elif 0x90 <= byte <= 0x9f:
+            count = byte & 0x0f
+        elif 0xa0 <= byte <= 0xbf:
+            pos += byte & 0x1f
+            continue
+        elif byte in _FIXED:
+            pos += _FIXED[byte]
+            continue
+        elif byte in _SIZED:
+            width = _SIZED[byte]
+            pos += width + int.from_bytes(view[pos:pos + width], "big")
+            continue
+        elif byte in _CONTAINERS:
+            width, per_entry = _CONTAINERS[byte]
+            count = per_entry * int.from_bytes(view[pos:pos + width], "big")
+            pos += width
+        else:
+            raise ProtocolError(f"not a msgpack message: type byte 0x{byte:02x} (extension or reserved) is not allowed")
+        if count > limits.max_objects - objects:
+            raise ProtocolError(f"a container of {count} objects would take the message past "
+                                f"{limits.max_objects} objects (limit max_objects)")
+        if count:
+            stack.append(expected)
+            if len(stack) > max_depth:
+                raise ProtocolError(f"nested deeper than {limits.max_depth} levels")
+            expected = count
+
+
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Unpack and validate one message; every defect raises ``ProtocolError``."""
     if len(data) > limits.max_message_bytes:
         raise ProtocolError(f"message of {len(data)} bytes, more than the limit {limits.max_message_bytes}")
+    scan(data, limits)
     try:
         envelope = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
@@ -399,6 +495,18 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind}: body must be a map")
+    try:
+        return _build(cls, body, limits)
+    except ProtocolError as exc:
+        request_id = body.get("request_id")
+        if isinstance(request_id, str) and 0 < len(request_id) <= 200:
+            exc.request_id = request_id
+        raise
+
+
+def _build(cls: type[Message], body: dict[str, Any], limits: Limits) -> Message:
+    """The message ``cls`` from a decoded body: known fields only, none missing, every check passed."""
+    kind = cls.TYPE
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(body) - set(fields)
     if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import msgpack
@@ -122,3 +123,43 @@ def test_well_formed_envelopes_with_random_bodies_never_crash(kind, body):
     except ProtocolError:
         return
     assert decode(encode(msg)) == msg  # whatever is accepted is valid and stable
+
+
+def test_a_message_of_millions_of_tiny_objects_is_refused_before_it_is_built():
+    """15 MB of nested empty maps once cost 2.2 GB: the pre-scan bounds objects per message, not per container."""
+    import tracemalloc
+
+    bomb = _envelope("privacy_report", {"report": {"x": [[{}] * 1000] * 1000}, "signature": b""})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="max_objects"):
+            decode(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024
+    with pytest.raises(ProtocolError, match="max_objects"):
+        decode(_envelope("privacy_report", {"report": {"x": [[1] * 1000] * 2}, "signature": b""}),
+               Limits(max_objects=1500))
+
+
+def test_a_failed_decode_names_its_request_without_a_second_decoding():
+    with pytest.raises(ProtocolError) as failed:
+        decode(_envelope("score_request", {"request_id": "r9", "images": [], "prompts": [1], "completions": []}))
+    assert failed.value.request_id == "r9"
+
+
+@pytest.mark.parametrize("msg, cause", [
+    (Welcome(coordinator="c", session_id="s", heartbeat_s=0.0), "heartbeat_s"),
+    (Welcome(coordinator="c", session_id="s", heartbeat_s=-1.0), "heartbeat_s"),
+    (Hello(agent_version="1", worker_id="w1 level=ERROR\nforged"), "worker_id"),
+    (Hello(agent_version="1", worker_id=""), "worker_id"),
+    (Hello(agent_version="\x1b[2J", worker_id="w"), "agent_version"),
+])
+def test_peer_values_out_of_range_are_refused_both_ways(msg, cause):
+    with pytest.raises(ProtocolError, match=cause):
+        encode(msg)
+    raw = msgpack.packb({"v": 1, "t": msg.TYPE, "b": {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}},
+                        use_bin_type=True)
+    with pytest.raises(ProtocolError, match=cause):
+        decode(raw)
