@@ -330,3 +330,45 @@ def test_validity_out_of_range_is_refused_without_leaving_files(ca_dir: Path, tm
         with pytest.raises(pki.PKIError, match="whole number of days"):
             pki.issue(ca_dir, role="client", name="site-d", days=days, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_live_certificate_on_a_new_key_needs_revocation_replacement_or_a_renewal_proof(tmp_path: Path):
+    ca_dir = tmp_path / "ca"
+    pki.init_ca(ca_dir)
+    site = tmp_path / "site"
+    _, csr = pki.make_request("client", "site-q", site)
+    first = pki.load_cert(pki.sign_request(ca_dir, csr, out=site / "site-q.pem"))
+    _, stranger = pki.make_request("client", "site-q", tmp_path / "stranger")  # a new key, no proof
+    with pytest.raises(pki.PKIError, match="already has a live certificate on another key.*--replace"):
+        pki.sign_request(ca_dir, stranger)
+    crl_before = pki.crl_number(pki.load_crl(ca_dir / "crl.pem"))
+
+    # the site itself renews with a new key: its live key signs the request, the old one stays live
+    _, renewal = pki.make_request("client", "site-q", site, renew=True)
+    renewed = pki.load_cert(pki.sign_request(ca_dir, renewal, out=tmp_path / "renewed.pem"))
+    assert [r["status"] for r in pki.certificates(ca_dir)] == ["live", "live"]
+
+    # the operator asks for replacement: every live one of the name is revoked, a new CRL published
+    replaced = pki.load_cert(pki.sign_request(ca_dir, stranger, replace=True))
+    rows = {int(r["serial"]): r["status"] for r in pki.certificates(ca_dir)}
+    assert rows == {first.serial_number: "revoked", renewed.serial_number: "revoked", replaced.serial_number: "live"}
+    crl = pki.load_crl(ca_dir / "crl.pem")
+    assert pki.crl_number(crl) > crl_before
+    assert crl.get_revoked_certificate_by_serial_number(first.serial_number) is not None
+
+
+def test_the_ca_refuses_issue_of_a_live_name_without_replace_on_the_command_line(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from mor_secure.commands.certs import group as certs_cli
+
+    ca_dir = tmp_path / "ca"
+    pki.init_ca(ca_dir)
+    args = ["issue", "--ca-dir", str(ca_dir), "--role", "coordinator", "--name", "coord"]
+    assert CliRunner().invoke(certs_cli, [*args, "--out-dir", str(tmp_path / "a")]).exit_code == 0
+    again = CliRunner().invoke(certs_cli, [*args, "--out-dir", str(tmp_path / "b")])
+    assert again.exit_code == 1 and "already has a live certificate" in again.output
+    assert not (tmp_path / "b" / "coord.key").exists()
+    replaced = CliRunner().invoke(certs_cli, [*args, "--out-dir", str(tmp_path / "b"), "--replace"])
+    assert replaced.exit_code == 0, replaced.output
+    assert [r["status"] for r in pki.certificates(ca_dir)] == ["revoked", "live"]

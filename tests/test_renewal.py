@@ -22,7 +22,7 @@ def test_install_refuses_a_certificate_that_fits_no_key_and_changes_nothing(tmp_
     config = enrol_site(tmp_path, ca_dir, "site-a", free_port())
     certs = config.parent / "certs"
     before = (certs / "site-a.pem").read_bytes()
-    other, _ = pki.issue(ca_dir, role="client", name="site-a", out_dir=tmp_path / "other")
+    other, _ = pki.issue(ca_dir, role="client", name="site-a", out_dir=tmp_path / "other", replace=True)
     result = CliRunner().invoke(certs_group, ["install", "--cert", str(other), "--dir", str(certs)])
     assert result.exit_code == 1 and "fits neither" in result.output
     assert (certs / "site-a.pem").read_bytes() == before

@@ -21,6 +21,10 @@ ROLE = click.option("--role", type=click.Choice(pki.ROLES), required=True,
                     help="client: a site that dials in; coordinator: the server sites connect to.")
 NAME = click.option("--name", required=True,
                     help="Site or coordinator name, e.g. site-a (a-z, 0-9, '-', '.'; at most 63).")
+REPLACE = click.option("--replace", is_flag=True, default=False,
+                        help="The name already has a live certificate on another key: revoke it (new CRL) and issue "
+                             "this one. Without it such a request is refused (a renewal made with `request --renew` "
+                             "proves the old key and needs no --replace).")
 KEY_TYPE = click.option("--key-type", type=click.Choice(pki.KEY_TYPES), default="p256", show_default=True,
                         help="Key algorithm; both work with TLS 1.3 here, P-256 is the most widely supported.")
 
@@ -124,10 +128,15 @@ def install(cert_path: Path, out_dir: Path) -> None:
 @DAYS
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where to write the certificate [default: NAME.pem next to the CSR].")
-def sign(ca_dir: Path, csr_path: Path, days: int, out: Path | None) -> None:
-    """Verify a site's request and issue its certificate (run on the CA)."""
+@REPLACE
+def sign(ca_dir: Path, csr_path: Path, days: int, out: Path | None, replace: bool) -> None:
+    """Verify a site's request and issue its certificate (run on the CA).
+
+    Refuses a second live certificate for a name on a new key unless the request proves the old key
+    (`mor certs request --renew`) or --replace revokes the old one; copy the new crl.pem to every site then.
+    """
     with _clear_errors():
-        cert = pki.sign_request(ca_dir, csr_path, days=days, out=out)
+        cert = pki.sign_request(ca_dir, csr_path, days=days, out=out, replace=replace)
         info = pki.describe(cert)
         click.echo(f"certificate: {cert} for mor://{info['role']}/{info['name']} until {info['not_after']}")
         click.echo(f"send back:   {cert.name}, {ca_dir / 'ca.pem'} and {ca_dir / 'crl.pem'}")
@@ -142,13 +151,15 @@ def sign(ca_dir: Path, csr_path: Path, days: int, out: Path | None) -> None:
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write NAME.pem and NAME.key [default: the CA folder].")
 @KEY_TYPE
-def issue(ca_dir: Path, role: str, name: str, days: int, out_dir: Path | None, key_type: str) -> None:
+@REPLACE
+def issue(ca_dir: Path, role: str, name: str, days: int, out_dir: Path | None, key_type: str, replace: bool) -> None:
     """Development shortcut: make a key and certificate on the CA machine.
 
     In production use `request` at the site and `sign` here, so the key never travels.
     """
     with _clear_errors():
-        cert, key = pki.issue(ca_dir, role=role, name=name, days=days, out_dir=out_dir, key_type=key_type)
+        cert, key = pki.issue(ca_dir, role=role, name=name, days=days, out_dir=out_dir, key_type=key_type,
+                              replace=replace)
         click.echo(f"certificate: {cert}\nkey:         {key} (0600)")
         click.echo(f"CA fingerprint: {pki.ca_fingerprint(ca_dir)}")
 

@@ -7,7 +7,7 @@ certificates are short-lived and revoked through a short-lived CRL that TLS chec
 
 from mor_secure.pki.authority import (ca_fingerprint, certificates, init_ca, issue, revoke, sign_request,
                                       write_crl)
-from mor_secure.pki.crl import check_crl
+from mor_secure.pki.crl import check_crl, crl_number
 from mor_secure.pki.identity import (ROLES, CRLError, Identity, PKIError, Role, fingerprint, identity_of,
                                      load_cert, load_crl)
 from mor_secure.pki.keys import KEY_TYPES, make_request
@@ -17,6 +17,6 @@ from mor_secure.pki.tls import peer_identity, ssl_context
 
 __all__ = [
     "KEY_TYPES", "ROLES", "CRLError", "Identity", "Installed", "PKIError", "Role", "ca_fingerprint", "certificates",
-    "check_crl", "describe", "fingerprint", "identity_of", "init_ca", "install_certificate", "issue", "load_cert", "load_crl",
+    "check_crl", "crl_number", "describe", "fingerprint", "identity_of", "init_ca", "install_certificate", "issue", "load_cert", "load_crl",
     "make_request", "peer_identity", "revoke", "sign_request", "ssl_context", "write_crl",
 ]

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mor_secure.logs import get_logger
 from mor_secure.pki.identity import (ROLE_EKU, PKIError, check_identity, fingerprint, identity_from_uris,
                                      load_cert, san_uris)
-from mor_secure.pki.keys import (check_public_key, load_private_key, make_request, new_key,
-                                 signing_hash, write_private, write_public)
+from mor_secure.pki.keys import (RENEWAL_PROOF_OID, check_public_key, load_private_key, make_request, new_key,
+                                 read_renewal_proof, renewal_payload, signing_hash, write_private, write_public)
 
 CA_CERT, CA_KEY, CRL_FILE, INDEX_FILE = "ca.pem", "ca.key", "crl.pem", "index.json"
 BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew between the CA and the sites
@@ -153,12 +155,38 @@ def certificates(ca_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | None = None) -> Path:
+def _renewal_fingerprint(csr: x509.CertificateSigningRequest, ca_cert: x509.Certificate, name: str) -> str | None:
+    """The fingerprint of the live certificate whose key signed this request's renewal proof, or None when
+    the request carries no proof (PKIError when it carries a bad one)."""
+    try:
+        value = csr.extensions.get_extension_for_oid(RENEWAL_PROOF_OID).value.value  # type: ignore[attr-defined]
+    except x509.ExtensionNotFound:
+        return None
+    cert, signature = read_renewal_proof(value)
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+        key = cert.public_key()
+        payload = renewal_payload(name, csr.public_key())
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        else:
+            key.verify(signature, payload)  # type: ignore[call-arg]
+    except (ValueError, TypeError, InvalidSignature):
+        raise PKIError("the request's renewal proof does not verify (not signed by the live key of a certificate "
+                       "of this CA): make a new request at the site with `mor certs request --renew`") from None
+    return fingerprint(cert)
+
+
+def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | None = None,
+                 replace: bool = False) -> Path:
     """Verify a CSR and issue the certificate its SAN URI asks for; returns the certificate's path.
 
     The role and name come from the CSR's ``mor://ROLE/NAME`` URI; everything else (EKU, key usage,
-    validity) is set here, never taken from the request. Re-issue for a name (renewal) is allowed
-    and recorded; refused are a name live under the other role and a key that was ever revoked.
+    validity) is set here, never taken from the request. A name that already has a live certificate
+    gets a second one only for the same key (renewal with --reuse-key), for a request whose renewal
+    proof is signed by a live certificate's key (`mor certs request --renew`), or with ``replace``,
+    which revokes the live ones (and publishes a new CRL). Refused are a name live under the other
+    role and a key that was ever revoked.
     """
     _check_days(days, "certificate validity")
     ca_dir, csr_path = Path(ca_dir), Path(csr_path)
@@ -209,6 +237,19 @@ def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | No
         if other_role:
             raise PKIError(f"name {ident.name!r} already has a live {other_role[0]['role']} certificate: "
                            f"revoke it first (`mor certs revoke --name {ident.name}`) or choose another name")
+        other_keys = [e for e in same_name if e.get("key_id") != key_id]
+        proven = _renewal_fingerprint(csr, ca_cert, ident.name) if other_keys else None
+        if other_keys and not replace and proven not in {e["fingerprint"] for e in other_keys}:
+            live = other_keys[0]
+            raise PKIError(f"{ident.uri} already has a live certificate on another key (serial {int(live['serial']):x}, "
+                           f"{live['fingerprint'][:23]}...): a second one would be issued silently. Revoke it first "
+                           f"(`mor certs revoke --name {ident.name}`), sign with --replace (revokes it), or have the "
+                           "site renew with `mor certs request --renew` (proves the old key)")
+        replaced = []
+        if replace:
+            for entry in other_keys:
+                entry["revoked_at"] = _iso(now)
+                replaced.append(int(entry["serial"]))
         index["certificates"].append({
             "name": ident.name, "role": ident.role, "serial": cert.serial_number,
             "not_after": _iso(cert.not_valid_after_utc), "fingerprint": fingerprint(cert),
@@ -217,12 +258,17 @@ def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | No
     out = Path(out) if out is not None else csr_path.with_name(f"{ident.name}.pem")
     write_public(out, cert.public_bytes(serialization.Encoding.PEM))
     log.info("certificate issued", extra={"role": ident.role, "site": ident.name,
-                                          "serial": f"{cert.serial_number:x}", "renewal": bool(same_name)})
+                                          "serial": f"{cert.serial_number:x}", "renewal": bool(same_name),
+                                          "replaced": len(replaced)})
+    if replaced:
+        write_crl(ca_dir)
+        log.warning("replaced certificates revoked", extra={"site": ident.name,
+                                                           "serials": ",".join(f"{s:x}" for s in replaced)})
     return out
 
 
 def issue(ca_dir: Path, *, role: str, name: str, days: int = 30, out_dir: Path | None = None,
-          key_type: str = "p256") -> tuple[Path, Path]:
+          key_type: str = "p256", replace: bool = False) -> tuple[Path, Path]:
     """Development shortcut: make a key and sign it here; writes NAME.pem and NAME.key, returns both.
 
     In production the key is made at the site (`make_request`) and only the CSR travels.
@@ -232,7 +278,7 @@ def issue(ca_dir: Path, *, role: str, name: str, days: int = 30, out_dir: Path |
     out_dir = Path(out_dir) if out_dir is not None else Path(ca_dir)
     key_path, csr_path = make_request(role, name, out_dir, key_type=key_type)
     try:
-        cert_path = sign_request(ca_dir, csr_path, days=days, out=out_dir / f"{name}.pem")
+        cert_path = sign_request(ca_dir, csr_path, days=days, out=out_dir / f"{name}.pem", replace=replace)
     except PKIError:
         key_path.unlink()
         raise

@@ -21,6 +21,14 @@ def _fix(crl_path: Path) -> str:
             "(the service picks it up on reload)")
 
 
+def crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    """The CRL's number (the CA increments it with every CRL it publishes), or None if it has none."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return None
+
+
 def check_crl(crl_path: Path, ca_cert: x509.Certificate | Path) -> x509.CertificateRevocationList:
     """Load ``crl_path`` and make sure it is signed by the CA and current; raise CRLError otherwise."""
     crl_path = Path(crl_path)

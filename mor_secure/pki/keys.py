@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from mor_secure.logs import get_logger
 from mor_secure.pki.identity import PKIError, check_identity
@@ -22,6 +22,10 @@ from mor_secure.pki.identity import PKIError, check_identity
 KeyType = Literal["p256", "ed25519"]
 KEY_TYPES: tuple[str, ...] = get_args(KeyType)
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+RENEWAL_PROOF_OID = ObjectIdentifier("1.3.6.1.4.1.57264.77.1")
+"""CSR extension of a renewal with a new key: the live certificate, and the live key's signature over the
+new public key, so the CA may issue a second live certificate for the name (nobody else can)."""
 
 log = get_logger("pki")
 
@@ -97,13 +101,41 @@ def load_private_key(path: Path) -> PrivateKey:
     return key  # type: ignore[return-value]
 
 
+def _sign(key: PrivateKey, data: bytes) -> bytes:
+    return key.sign(data) if isinstance(key, ed25519.Ed25519PrivateKey) else key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def renewal_payload(name: str, new_public_key: object) -> bytes:
+    """What a renewal proof signs: the name and the new key (so the proof fits this request only)."""
+    der = new_public_key.public_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined]
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+    return b"mor-renewal\0" + name.encode("ascii") + b"\0" + der
+
+
+def renewal_proof(live_cert_der: bytes, live_key: PrivateKey, name: str, new_public_key: object) -> bytes:
+    """The extension value: 2-byte length, the live certificate (DER), the live key's signature."""
+    return len(live_cert_der).to_bytes(2, "big") + live_cert_der + _sign(live_key, renewal_payload(name, new_public_key))
+
+
+def read_renewal_proof(value: bytes) -> tuple[x509.Certificate, bytes]:
+    """The live certificate and the signature in a renewal proof (PKIError when malformed)."""
+    size = int.from_bytes(value[:2], "big")
+    try:
+        return x509.load_der_x509_certificate(value[2:2 + size]), value[2 + size:]
+    except ValueError:
+        raise PKIError("the request's renewal proof is malformed: make a new one with `mor certs request --renew`") \
+            from None
+
+
 def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
                  reuse_key: bool = False, renew: bool = False) -> tuple[Path, Path]:
     """Make ``out_dir/NAME.key`` (0600) and ``out_dir/NAME.csr`` asking for ``mor://ROLE/NAME``.
 
     ``reuse_key=True`` signs a renewal request with the existing NAME.key instead of a new key;
     ``renew=True`` makes a new key as NAME.next.key beside the live one, which keeps serving until
-    ``mor certs install`` swaps in the signed certificate. Returns (key path, CSR path).
+    ``mor certs install`` swaps in the signed certificate; the request carries a proof signed with the
+    live NAME.key (and NAME.pem), which lets the CA issue it while the old certificate is still live.
+    Returns (key path, CSR path).
     """
     ident = check_identity(role, name)
     if reuse_key and renew:
@@ -114,17 +146,31 @@ def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
     if renew and key_path.exists():
         raise PKIError(f"{key_path} exists: a renewal is already pending. Install its certificate "
                        f"(`mor certs install --cert NAME.pem --dir {out_dir}`), or delete {key_path} to start over")
+    proof_by = None
+    if renew:
+        live_key, live_cert = out_dir / f"{name}.key", out_dir / f"{name}.pem"
+        if not live_key.exists() or not live_cert.exists():
+            raise PKIError(f"--renew proves the request with the live {live_key.name} and {live_cert.name}, "
+                           f"which are not in {out_dir}: run it where they are, or make a first request without --renew")
+        try:
+            cert = x509.load_pem_x509_certificate(live_cert.read_bytes())
+        except ValueError:
+            raise PKIError(f"{live_cert} is not a PEM certificate") from None
+        proof_by = (cert.public_bytes(serialization.Encoding.DER), load_private_key(live_key))
     if reuse_key:
         key = load_private_key(key_path)
     else:
         key = new_key(key_type)
         write_private(key_path, key)
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
-                                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)]))
-           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(ident.uri)]),
-                          critical=False)
-           .sign(key, signing_hash(key)))
+    builder = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)]))
+               .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(ident.uri)]),
+                              critical=False))
+    if proof_by is not None:
+        value = renewal_proof(proof_by[0], proof_by[1], name, key.public_key())
+        builder = builder.add_extension(x509.UnrecognizedExtension(RENEWAL_PROOF_OID, value), critical=False)
+    csr = builder.sign(key, signing_hash(key))
     write_public(csr_path, csr.public_bytes(serialization.Encoding.PEM))
     log.info("request made", extra={"role": role, "site": name, "reused_key": reuse_key, "renewal": renew})
     return key_path, csr_path
