@@ -10,7 +10,8 @@ import os
 import socket
 
 from client_agent.config import ClientConfig
-from mor_secure import __version__, pki
+from mor_secure import __version__, pki, protocol
+from mor_secure.config import ConfigError
 from mor_secure.logs import get_logger
 from mor_secure.protocol import HealthReply, HealthRequest, Message, ScoreRequest
 from mor_secure.transport import ClientOptions, TLSClient
@@ -40,6 +41,10 @@ class Agent:
                                 connect_timeout_s=section.connect_timeout_s, backoff_max_s=section.backoff_max_s,
                                 max_message_bytes=section.max_message_mb * 1024 * 1024)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        try:  # it goes into the coordinator's logs and status: refuse what would need quoting there
+            protocol.check_worker_id(self.worker_id, "--worker-id")
+        except protocol.ProtocolError as exc:
+            raise ConfigError(str(exc)) from None
         self.client = TLSClient(section.endpoint, factory, coordinators=coordinators, worker_id=self.worker_id,
                                 agent_version=__version__, options=options)
         self.register(HealthRequest, self._health)

@@ -151,6 +151,9 @@ def check_coordinator(config: ClientConfig, timeout_s: float | None = None) -> s
     if client.error is not None:
         raise CheckFailed(str(client.error), "send the coordinator operator this message (allow-list, CRL, "
                                              "certificate), or fix [coordinator] name")
+    if not welcomed and client.last_error:
+        raise CheckFailed(client.last_error, "check [coordinator] endpoint and name, the CA and the CRL; "
+                                             "send the coordinator operator this message if they look right")
     if not welcomed:
         raise CheckFailed(f"no welcome from {section.endpoint} within {timeout_s:g}s",
                           "check [coordinator] endpoint, that the coordinator runs, and that this machine may "

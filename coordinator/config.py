@@ -21,9 +21,32 @@ class ClientsSection:
     peer_timeout_s: float = field(30.0, help="Drop an agent session silent this long (ZeroMQ reports no "
                                              "disconnects; heartbeats are the signal).")
     handshake_timeout_s: float = field(10.0, help="Drop a session whose TLS handshake and hello take longer.")
-    max_pending_handshakes: int = field(64, help="Most half-open sessions at once; more are refused.")
+    certificate_timeout_s: float = field(3.0, help="Drop a half-open session whose client sends no certificate "
+                                                   "this long after its ClientHello (a real agent needs one round "
+                                                   "trip).")
+    max_pending_handshakes: int = field(64, help="Most half-open sessions at once; at the cap, the oldest one "
+                                                 "still without a certificate (of the busiest address) makes room.")
+    max_pending_per_address: int = field(8, help="Most half-open sessions from one address; a new ClientHello "
+                                                 "from it replaces its oldest one without a certificate.")
+    handshakes_per_s: float = field(20.0, help="New TLS sessions a second one address may open (token bucket); "
+                                               "more are refused before any TLS work.")
+    handshake_burst: int = field(40, help="Burst of new TLS sessions one address may open at once.")
+    refusal_window_s: float = field(60.0, help="Refused peers are written to the ledger one by one up to "
+                                               "refusals_per_window per window; the rest as one summary entry.")
+    refusals_per_window: int = field(20, help="Refusals recorded one by one per window (5 per peer at most); "
+                                              "a flood costs one summary entry per window.")
     max_message_mb: int = field(16, help="Largest message accepted or sent, in MiB (a scoring batch with images).")
     crypto_threads: int = field(2, help="Threads that decrypt large messages and run handshakes in parallel.")
+
+    def __post_init__(self) -> None:
+        for name in ("deadline_s", "heartbeat_s", "peer_timeout_s", "handshake_timeout_s", "certificate_timeout_s",
+                     "handshakes_per_s", "refusal_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"[clients] {name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("max_pending_handshakes", "max_pending_per_address", "handshake_burst", "refusals_per_window",
+                     "max_message_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"[clients] {name} must be at least 1, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -64,7 +64,10 @@ class ClientPool:
         section = config.clients
         options = ServerOptions(heartbeat_s=section.heartbeat_s, peer_timeout_s=section.peer_timeout_s,
                                 handshake_timeout_s=section.handshake_timeout_s,
+                                certificate_timeout_s=section.certificate_timeout_s,
                                 max_pending_handshakes=section.max_pending_handshakes,
+                                max_pending_per_address=section.max_pending_per_address,
+                                handshakes_per_s=section.handshakes_per_s, handshake_burst=section.handshake_burst,
                                 max_message_bytes=section.max_message_mb * 1024 * 1024,
                                 crypto_threads=section.crypto_threads)
         server = TLSServer(config.bind, context_factory(config.tls, "coordinator"), name=config.name,

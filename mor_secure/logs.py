@@ -40,8 +40,17 @@ class KeyValueFormatter(logging.Formatter):
         line = super().format(record)
         extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
         if extras:
-            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            line += " " + " ".join(f"{k}={_field(v)}" for k, v in extras.items())
         return line
+
+
+def _field(value: object) -> str:
+    """A key=value field that cannot forge another field or line: quoted and escaped when it holds
+    spaces, '=', quotes or control characters (peer-supplied values such as worker ids do)."""
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in ' ="'):
+        return text
+    return json.dumps(text)
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:

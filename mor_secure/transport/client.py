@@ -5,8 +5,10 @@ client finish its handshake before the server judged its certificate). Requests 
 handler registry on a thread pool, off the network thread, so heartbeats continue during long
 batches; a handler thread sends its reply itself under the socket lock (one thread hand-off per
 request instead of two). When the coordinator goes silent the agent reconnects with a fresh socket
-and a fresh handshake, backing off exponentially with jitter; a refusal is final and raised to the
-caller.
+and a fresh handshake, backing off exponentially with jitter. Only a refusal the verified coordinator
+sent inside its TLS session (a ``Refused`` message, or an alert after its certificate and name were
+checked) is final and raised to the caller; garbage, plaintext alerts, an unverifiable or unexpected
+server and timeouts are retried, so one hostile reply cannot stop an agent for good.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ Handler = Callable[[Message], Message | None]
 
 
 class AgentRefused(Exception):
-    """The coordinator refused this agent, or could not be verified; retrying will not help."""
+    """The verified coordinator refused this agent; retrying will not help."""
 
 
 @dataclass
@@ -83,6 +85,9 @@ class TLSClient:
         self.connected = threading.Event()
         self.session_id = ""
         self.connections = 0
+        self.last_error = ""
+        """Why the last connection attempt failed or ended (for `mor client doctor` and status)."""
+        self._verified = False  # this session's server proved to be one of ``coordinators``
         self.on_welcome: Callable[[], Iterable[Message]] | None = None
         """Called in the network thread after each Welcome; the messages it returns are sent at once
         (the agent's signed privacy report)."""
@@ -113,7 +118,8 @@ class TLSClient:
                 try:
                     self._serve_once(pool)
                 except _Lost as exc:
-                    log.warning("connection lost; reconnecting", extra={"reason": str(exc)})
+                    self.last_error = str(exc)
+                    log.warning("connection lost or not established; retrying", extra={"reason": str(exc)})
                     self._context = None
                 self.connected.clear()
                 if self.session_id:  # we were welcomed: start the back-off from scratch
@@ -195,6 +201,7 @@ class TLSClient:
         wake = self._outbox.fileno()
         self._outbox.consumer = threading.get_ident()
         self._outbox.drain(woken=False)  # failures noted for an earlier session
+        self._verified = False
         tls.start()
         last_heard = next_beat = time.monotonic()
         woken = False
@@ -227,16 +234,19 @@ class TLSClient:
         except TLSError as exc:
             if self.connected.is_set():
                 raise _Lost(f"TLS session failed: {exc.reason}") from None
-            raise AgentRefused(f"TLS handshake with the coordinator at {self.endpoint} failed: "
-                               f"{exc.reason}") from None
+            if self._verified and exc.peer_alert:  # sent inside the session of the coordinator we verified
+                raise AgentRefused(f"the coordinator at {self.endpoint} refused this agent's certificate: "
+                                   f"{exc.reason}") from None
+            raise _Lost(f"TLS handshake with {self.endpoint} failed: {exc.reason}") from None
         if not was_done and tls.handshake_done:
             self._check_coordinator(tls)
+            self._verified = True
             self._send(tls, Hello(agent_version=self.agent_version, worker_id=self.worker_id))
         for raw in messages:
             try:
                 msg = protocol.decode(raw, self.limits)
             except ProtocolError as exc:
-                request_id = protocol.peek_request_id(raw, self.limits)
+                request_id = exc.request_id  # from the same decoding: a hostile message is decoded once
                 if request_id is None or not self.connected.is_set():
                     raise _Lost(f"protocol violation by the coordinator: {exc}") from None
                 log.warning("malformed request refused", extra={"request": request_id})
@@ -245,18 +255,19 @@ class TLSClient:
             self._on_message(msg, tls, pool)
 
     def _check_coordinator(self, tls: TLSSession) -> None:
+        """The server is a coordinator we answer (else ``_Lost``: an impostor or a misdirected dial is retried)."""
         try:
             identity = pki.peer_identity(tls.ssl_object, "coordinator")
         except pki.PKIError as exc:
-            raise AgentRefused(f"cannot verify the coordinator: {exc}") from None
+            raise _Lost(f"cannot verify the coordinator: {exc}") from None
         if identity.name not in self.coordinators:
-            raise AgentRefused(f"the server at {self.endpoint} is coordinator {identity.name!r}, not "
+            raise _Lost(f"the server at {self.endpoint} is coordinator {identity.name!r}, not "
                                f"{' or '.join(sorted(map(repr, self.coordinators)))}: check [coordinator] "
                                "name and endpoint ([serve] allow_coordinators)")
 
     def _on_message(self, msg: Message, tls: TLSSession, pool: Workers) -> None:
         if isinstance(msg, Welcome):
-            self.session_id = msg.session_id
+            self.session_id, self.last_error = msg.session_id, ""
             self._heartbeat_s = min(self.options.heartbeat_s, msg.heartbeat_s)
             log.info("welcomed by the coordinator", extra={"coordinator": msg.coordinator,
                                                           "session": msg.session_id})

@@ -4,6 +4,13 @@ One loop thread owns the socket; TLS work (handshakes, decryption) runs on a sma
 one ordered inbox per session, and senders encrypt in their own thread, so crypto of different
 peers uses several cores (OpenSSL releases the GIL). Peers are identified only by their
 certificate's SAN, never by routing ids; refusals are kept with their reason for the probe.
+
+Half-open sessions are bounded per address and in total, and a new ClientHello is judged before any
+TLS work: over its address's rate it is refused cheaply; when its address (or the server) is at its
+cap, the oldest session of that address (or of the busiest address) still waiting for a client
+certificate makes room. A client must send its certificate within ``certificate_timeout_s``. So a
+flood of ClientHellos from a few addresses only ever displaces itself, and an allow-listed site
+(whose handshake completes in one round trip) still joins. Refusals are logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from cryptography import x509
 
 from mor_secure import pki, protocol
 from mor_secure.logs import get_logger
-from mor_secure.protocol import Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
+from mor_secure.protocol import PROTOCOL_VERSION, Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
+from mor_secure.transport.limits import AddressBuckets, Throttle
 from mor_secure.transport.outbox import Outbox
 from mor_secure.transport.tls import TLSError, TLSSession, looks_like_client_hello, looks_like_session_record
 from mor_secure.transport.workers import Workers
@@ -71,7 +79,11 @@ class ServerOptions:
     heartbeat_s: float = 5.0
     peer_timeout_s: float = 30.0
     handshake_timeout_s: float = 10.0
+    certificate_timeout_s: float = 3.0
     max_pending_handshakes: int = 64
+    max_pending_per_address: int = 8
+    handshakes_per_s: float = 20.0
+    handshake_burst: int = 40
     max_message_bytes: int = 16 * 1024 * 1024
     sndhwm: int = 64
     crypto_threads: int = 2
@@ -79,6 +91,17 @@ class ServerOptions:
     ban_s: float = 60.0
     max_inbox_frames: int = 256
     max_refusals: int = 1000
+    log_window_s: float = 10.0
+    log_per_window: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_s", "peer_timeout_s", "handshake_timeout_s", "certificate_timeout_s",
+                     "handshakes_per_s", "crl_check_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerOptions.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("max_pending_handshakes", "max_pending_per_address", "handshake_burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServerOptions.{name} must be >= 1, got {getattr(self, name)!r}")
 
 
 class _Session:
@@ -88,6 +111,7 @@ class _Session:
         self.rid = rid
         self.tls = tls
         self.address = address
+        self.created = time.monotonic()
         self.session_id = secrets.token_hex(6)
         self.identity: pki.Identity | None = None
         self.serial: int | None = None
@@ -127,6 +151,11 @@ class TLSServer:
         self._crl_path = Path(crl_path) if crl_path else None
         self._crl_mtime = self._mtime()
         self._crl_checked = 0.0
+        self.crl_number = pki.crl_number(pki.load_crl(self._crl_path)) if self._crl_path else None
+        """The number of the CRL in force; a CRL with a lower number is refused (no rollback)."""
+        self.crl_failures = 0
+        """Failed CRL reloads (each is retried at the next check until one succeeds)."""
+        self._crl_error = ""
         self._on_message = on_message
         self._on_refusal = on_refusal
         self._zmq = zmq.Context.instance()
@@ -136,6 +165,12 @@ class TLSServer:
         self._banned: OrderedDict[bytes, float] = OrderedDict()
         self._pending: dict[tuple[str, str], Future] = {}
         self._refusals: deque[Refusal] = deque(maxlen=self.options.max_refusals)
+        self._rates = AddressBuckets(self.options.handshakes_per_s, self.options.handshake_burst)
+        self._log_gate = Throttle(self.options.log_window_s, self.options.log_per_window, per_key=5)
+        self.refused_early = 0
+        """Peers refused before any TLS work (plaintext, rate, caps): counted; logged at a bounded rate."""
+        self.evicted = 0
+        """Half-open sessions dropped to make room for a newer ClientHello."""
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._ready = threading.Event()
@@ -351,20 +386,53 @@ class TLSServer:
         elif len(frames) != 2 or not looks_like_client_hello(frames[1].buffer):
             self._refuse_early(rid, address, "plaintext or non-TLS peer: the first message is not a "
                                              "TLS ClientHello")
-        elif sum(1 for s in self._sessions.values() if s.peer is None) >= self.options.max_pending_handshakes:
+        elif not self._rates.take(address):
+            self._refuse_early(rid, address, f"more than {self.options.handshakes_per_s:g} new TLS sessions a "
+                                             "second from this address (rate limit)")
+        elif not self._make_room(address):
             self._refuse_early(rid, address, f"too many half-open sessions (cap "
-                                             f"{self.options.max_pending_handshakes})")
+                                             f"{self.options.max_pending_handshakes}, "
+                                             f"{self.options.max_pending_per_address} per address)")
         else:
             tls = TLSSession(self._context, server_side=True, emit=lambda data: self._outbox.put((rid, data)),
                              max_message_bytes=self.options.max_message_bytes,
-                             handshake_timeout_s=self.options.handshake_timeout_s)
+                             handshake_timeout_s=self.options.certificate_timeout_s)
             session = _Session(rid, tls, address)
             self._sessions[rid] = session
             self._by_id[session.session_id] = session
             self._deliver(session, frames[1])
 
+    def _make_room(self, address: str) -> bool:
+        """Room for one more half-open session from ``address``: when its address, or the server, is at
+        its cap, drop the oldest session still without a client certificate (of that address, or of the
+        address holding the most); False when every half-open session has already sent one."""
+        pending = [s for s in self._sessions.values() if s.peer is None]
+        mine = [s for s in pending if s.address == address]
+        if len(mine) < self.options.max_pending_per_address and len(pending) < self.options.max_pending_handshakes:
+            return True
+        if len(mine) >= self.options.max_pending_per_address:
+            pool = mine
+        else:
+            counts: dict[str, int] = {}
+            for s in pending:
+                if not s.tls.handshake_done:
+                    counts[s.address] = counts.get(s.address, 0) + 1
+            if not counts:
+                return False
+            busiest = max(counts, key=counts.__getitem__)
+            pool = [s for s in pending if s.address == busiest]
+        waiting = [s for s in pool if not s.tls.handshake_done]
+        if not waiting:
+            return False
+        victim = min(waiting, key=lambda s: s.created)
+        self.evicted += 1
+        self._drop(victim, "half-open session evicted: a newer ClientHello needed its slot (too many from "
+                           f"{victim.address or 'its address'} without a certificate)")
+        return True
+
     def _refuse_early(self, rid: bytes, address: str, reason: str) -> None:
         self._ban(rid)
+        self.refused_early += 1
         self._record(address, reason)
 
     def _deliver(self, session: _Session, frame: zmq.Frame) -> None:
@@ -410,7 +478,10 @@ class TLSServer:
         except TLSError as exc:
             self._call_soon(self._drop, session, exc.reason)
         except ProtocolError as exc:
-            self._call_soon(self._drop, session, f"protocol violation: {exc}")
+            if session.peer is None and session.identity is not None:  # authenticated: tell it why
+                self._refuse(session, f"protocol violation: {exc}")
+            else:
+                self._call_soon(self._drop, session, f"protocol violation: {exc}")
         except Exception as exc:  # never let one peer kill the pool or the loop
             log.exception("unexpected error while serving a peer", extra={"session": session.session_id})
             self._call_soon(self._drop, session, f"internal error: {type(exc).__name__}")
@@ -456,6 +527,10 @@ class TLSServer:
 
     def _welcome(self, session: _Session, hello: Hello) -> None:
         assert session.identity is not None
+        if hello.protocol != PROTOCOL_VERSION:
+            self._refuse(session, f"the agent speaks protocol version {hello.protocol} and this coordinator "
+                                  f"{PROTOCOL_VERSION}: install the same mor-secure version at the site and here")
+            return
         session.peer = Peer(session.session_id, session.identity.name, session.fingerprint, session.address,
                             hello.worker_id, hello.agent_version, time.time())
         self._send(session, Welcome(coordinator=self.name, session_id=session.session_id,
@@ -509,8 +584,9 @@ class TLSServer:
         if self._on_refusal is not None:
             self._on_refusal(refusal)
         self._refusals.append(refusal)
-        log.warning("peer refused or dropped", extra={"address": address, "identity": identity,
-                                                      "reason": reason})
+        if self._log_gate.admit(identity or address, reason):
+            log.warning("peer refused or dropped", extra={"address": address, "identity": identity,
+                                                          "reason": reason})
 
     def _ban(self, rid: bytes) -> None:
         self._banned[rid] = time.monotonic() + self.options.ban_s
@@ -519,8 +595,11 @@ class TLSServer:
 
     def _housekeeping(self, now: float) -> None:
         for session in list(self._sessions.values()):
-            if session.peer is None and now > session.tls.handshake_deadline:
-                self._drop(session, "handshake timeout (half-open session)")
+            if session.peer is None and session.tls.handshake_expired(now):
+                self._drop(session, f"no client certificate within {self.options.certificate_timeout_s:g}s "
+                                    "(half-open TLS session)")
+            elif session.peer is None and now - session.created > self.options.handshake_timeout_s:
+                self._drop(session, f"no hello within {self.options.handshake_timeout_s:g}s of the ClientHello")
             elif session.peer is not None and now - session.last_seen > self.options.peer_timeout_s:
                 self._drop(session, f"silent for {self.options.peer_timeout_s:g}s (no heartbeat)")
             elif session.peer is not None and now - session.last_probe > self.options.heartbeat_s:
@@ -532,13 +611,22 @@ class TLSServer:
                     self._drop(session, exc.reason)
         while self._banned and next(iter(self._banned.values())) < now:
             self._banned.popitem(last=False)
+        summary = self._log_gate.flush()
+        if summary is not None:
+            log.warning("more peers refused or dropped (not logged one by one)",
+                        extra={"count": summary.suppressed, "by_peer": summary.by_key,
+                               "by_reason": summary.by_reason})
         if self._crl_path is not None and now - self._crl_checked >= self.options.crl_check_s:
             self._crl_checked = now
             if self._mtime() != self._crl_mtime:
                 try:
                     self._reload_crl()
-                except pki.PKIError as exc:
-                    log.error("CRL reload failed; keeping the previous one", extra={"error": str(exc)})
+                except pki.PKIError as exc:  # kept stale: retried at the next check until one loads
+                    self.crl_failures += 1
+                    if str(exc) != self._crl_error:
+                        log.error("CRL reload failed; keeping the previous one and retrying",
+                                  extra={"error": str(exc)})
+                    self._crl_error = str(exc)
 
     def _mtime(self) -> int | None:
         try:
@@ -547,19 +635,27 @@ class TLSServer:
             return None
 
     def _reload_crl(self) -> int:
-        """Swap in a context built from the current CRL (loop thread) and drop revoked sessions."""
-        self._crl_mtime = self._mtime()
+        """Swap in a context built from the current CRL (loop thread) and drop revoked sessions; a CRL
+        whose number is below the one in force is refused (``CRLError``), so revocations never roll back."""
+        mtime = self._mtime()
+        crl = pki.load_crl(self._crl_path) if self._crl_path is not None else None
+        number = pki.crl_number(crl) if crl is not None else None
+        if self.crl_number is not None and (number is None or number < self.crl_number):
+            raise pki.CRLError(f"CRL {self._crl_path} has number {number}, below the {self.crl_number} in force: "
+                               "an older CRL would undo revocations; copy the CA's current crl.pem "
+                               "(`mor certs crl` on the CA)")
         self._context = self._context_factory()
-        if self._crl_path is None:
+        self._crl_mtime, self._crl_error, self.crl_number = mtime, "", number
+        if crl is None:
             return 0
-        revoked = {entry.serial_number for entry in pki.load_crl(self._crl_path)}
+        revoked = {entry.serial_number for entry in crl}
         dropped = 0
         for session in list(self._sessions.values()):
             if session.serial in revoked:
                 self._refuse(session, "certificate revoked (CRL reloaded)")
                 self._drop(session, "certificate revoked (CRL reloaded)")
                 dropped += 1
-        log.info("CRL reloaded", extra={"revoked": len(revoked), "dropped": dropped})
+        log.info("CRL reloaded", extra={"number": number, "revoked": len(revoked), "dropped": dropped})
         return dropped
 
 

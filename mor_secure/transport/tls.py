@@ -38,6 +38,7 @@ _REASONS = {
     "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected our certificate",
     "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "the peer rejected our certificate's role (extended key usage)",
 }
+_ALERT_PREFIXES = ("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")
 _VERIFY_REASONS = {
     "certificate has expired": "certificate expired: renew it (`mor certs issue`)",
     "certificate is not yet valid": "certificate not yet valid: check the clocks, or wait",
@@ -54,11 +55,19 @@ _VERIFY_REASONS = {
 
 
 class TLSError(Exception):
-    """A TLS session failed; ``reason`` says why in operator terms (``alert`` was already emitted)."""
+    """A TLS session failed; ``reason`` says why in operator terms (any alert for the peer was already
+    emitted); ``peer_alert`` is True when the failure is an alert the peer sent us."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, peer_alert: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.peer_alert = peer_alert
+
+
+def _ssl_failure(exc: ssl.SSLError) -> TLSError:
+    """The ``TLSError`` for an OpenSSL error, noting whether it is an alert received from the peer."""
+    reason = "" if isinstance(exc, ssl.SSLCertVerificationError) else (exc.reason or "")
+    return TLSError(describe_ssl_error(exc), peer_alert=reason.startswith(_ALERT_PREFIXES))
 
 
 def describe_ssl_error(exc: ssl.SSLError) -> str:
@@ -155,7 +164,7 @@ class TLSSession:
                         self._ssl.write(part)
             except ssl.SSLError as exc:
                 self.closed = True
-                raise TLSError(describe_ssl_error(exc)) from None
+                raise _ssl_failure(exc) from None
             self._emit(self._outgoing.read())
 
     def close(self) -> None:
@@ -185,7 +194,7 @@ class TLSSession:
             done = False
         except ssl.SSLError as exc:
             self._fail()
-            raise TLSError(describe_ssl_error(exc)) from None
+            raise _ssl_failure(exc) from None
         else:
             done = True
         if self._outgoing.pending:
@@ -209,7 +218,7 @@ class TLSSession:
                 got = 0
             except ssl.SSLError as exc:
                 self._fail()
-                raise TLSError(describe_ssl_error(exc)) from None
+                raise _ssl_failure(exc) from None
             if got == 0:
                 self._fail()
                 raise TLSError("the peer closed the session")
