@@ -1,8 +1,10 @@
-"""The preference data schema (TRL's conversational preference format plus ground truth).
+"""The preference data schema (TRL's conversational preference format; ground truth optional).
 
-Pair rows: ``image``, ``prompt``, ``chosen``, ``rejected``, ``domain``, ``question_type``,
-``answer``; eval rows drop ``chosen``/``rejected``. Use ``question_text`` and ``answer_text``
-instead of parsing the nested messages by hand.
+Pair rows: ``image``, ``prompt``, ``chosen``, ``rejected``; eval rows: ``image``, ``prompt``,
+``answer``; prompt rows (GRPO): ``image``, ``prompt``. ``domain``, ``question_type`` and
+``answer`` are optional metadata wherever they are not required: the benchmark world writes them,
+a site's real data usually has none, and reports break down by domain only where it exists. Use
+``question_text`` and ``answer_text`` instead of parsing the nested messages by hand.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ from PIL import Image
 
 SCHEMA_VERSION = 1
 
-Kind = Literal["pairs", "eval"]
+Kind = Literal["pairs", "eval", "prompts"]
+KINDS = ("pairs", "eval", "prompts")
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "pairs": ("image", "prompt", "chosen", "rejected"),
+    "eval": ("image", "prompt", "answer"),
+    "prompts": ("image", "prompt"),
+}
+"""The columns each kind of data set must have; every other canonical column is optional metadata."""
+
+METADATA = ("domain", "question_type", "answer")
+"""Optional columns (ground truth of the benchmark world), kept where present."""
 
 
 class DataError(ValueError):
@@ -57,11 +70,15 @@ COLUMN_HELP = {
 }
 
 
-def features_for(kind: Kind) -> datasets.Features:
-    """The canonical ``Features`` of a ``"pairs"`` or ``"eval"`` data set."""
-    if kind not in ("pairs", "eval"):
-        raise ValueError(f"kind must be 'pairs' or 'eval', got {kind!r}")
-    return PAIR_FEATURES if kind == "pairs" else EVAL_FEATURES
+def features_for(kind: Kind, present: Sequence[str] | None = None) -> datasets.Features:
+    """The canonical ``Features`` of a ``kind`` data set; with ``present``, only the required columns
+    and the optional ones among ``present``, in canonical order."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    full = PAIR_FEATURES if kind == "pairs" else EVAL_FEATURES
+    if present is None:
+        return full
+    return datasets.Features({k: v for k, v in full.items() if k in REQUIRED[kind] or k in present})
 
 
 def shape(feature: Any) -> Any:
@@ -91,9 +108,12 @@ def describe(feature: Any) -> str:
 
 
 def schema_problems(features: datasets.Features, kind: Kind) -> list[str]:
-    """One line per missing or mistyped column of ``features`` against the canonical schema."""
+    """One line per missing or mistyped column of ``features`` against the canonical schema
+    (optional metadata columns are checked only where present)."""
     problems = []
     for column, expected in features_for(kind).items():
+        if column not in features and column not in REQUIRED[kind]:
+            continue
         if column not in features:
             problems.append(f"missing column {column!r}: it must be {COLUMN_HELP[column]}")
         elif shape(features[column]) != shape(expected):
@@ -153,3 +173,11 @@ def content_hash(image: Image.Image, question: str) -> str:
     digest.update(rgb.tobytes())
     digest.update(b"\0" + question.encode("utf-8"))
     return digest.hexdigest()
+
+
+def pixel_digest(image: Image.Image) -> bytes:
+    """SHA-256 of an image's RGB pixels and size: the same picture in other bytes (PNG, JPEG) is the same."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}\0".encode())
+    digest.update(rgb.tobytes())
+    return digest.digest()
