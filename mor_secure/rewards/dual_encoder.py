@@ -76,7 +76,10 @@ class DualEncoderReward(RewardModel):
         self.head = nn.Sequential(nn.Linear(5 * width, width), nn.ReLU(), nn.Linear(width, 1))
 
     def _text(self, texts: Sequence[str]) -> torch.Tensor:
-        return text_features(texts, self.text_buckets, self.max_length)
+        """Features of each text's last max_length characters (an answer's end is where pairs differ)."""
+        from mor_secure.rewards.truncation import keep_tail
+
+        return text_features([keep_tail(t, self.max_length) for t in texts], self.text_buckets, self.max_length)
 
     def encode(self, images: Sequence[Image.Image], prompts: Sequence[Text],
                completions: Sequence[Text]) -> Batch:

@@ -66,14 +66,33 @@ class VLMReward(RewardModel):
 
     def encode(self, images: Sequence[Image.Image], prompts: Sequence[Text],
                completions: Sequence[Text]) -> Batch:
+        """Model inputs of N triples; text past [model].max_length tokens is cut from the start of the
+        question and of the answer, so the reward model sees their ends (see ``rewards.truncation``)."""
         from mor_secure.models.loading import vlm_inputs
 
-        batch = vlm_inputs(self.processor, list(images), [as_conversation(p) for p in prompts],
-                           list(completions), padding_side="left")
-        if batch["input_ids"].shape[1] > self.max_length:
-            raise ValueError(f"an input has {batch['input_ids'].shape[1]} tokens, more than "
-                             f"[model].max_length = {self.max_length}; shorten it or raise the limit")
+        pairs = [self._truncate(as_conversation(p), c) for p, c in zip(prompts, completions)]
+        batch = vlm_inputs(self.processor, list(images), [p for p, _ in pairs], [c for _, c in pairs],
+                           padding_side="left")
         return dict(batch)
+
+    def _truncate(self, prompt: list[dict[str, Any]], completion: Text) -> tuple[list[dict[str, Any]], Text]:
+        """(prompt, completion) whose text tokens fit max_length together, each keeping its end."""
+        from mor_secure.data.schema import answer_text, assistant_message, question_text
+        from mor_secure.rewards.truncation import split_budget
+
+        tokenizer = self.processor.tokenizer
+        question, answer = question_text(prompt), answer_text(completion)
+        q_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        keep_q, keep_a = split_budget(len(q_ids), len(a_ids), self.max_length)
+        if keep_q == len(q_ids) and keep_a == len(a_ids):
+            return prompt, completion
+        if keep_q < len(q_ids):
+            text = tokenizer.decode(q_ids[len(q_ids) - keep_q:]) if keep_q else ""
+            prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        if keep_a < len(a_ids):
+            completion = assistant_message(tokenizer.decode(a_ids[len(a_ids) - keep_a:]) if keep_a else "")
+        return prompt, completion
 
     def score_batch(self, batch: Batch) -> torch.Tensor:
         hidden = self.backbone(**batch, use_cache=False).last_hidden_state
