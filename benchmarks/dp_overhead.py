@@ -142,7 +142,7 @@ def measure_accuracy(world: Path, bases: dict[str, str], work: Path, clients: li
                     privacy=PrivacySection(target_epsilon=eps or 1.0, max_epsilon=1e9,
                                            ledger=work / f"{tag}.ledger.jsonl"))
                 start = time.perf_counter()
-                report = train_reward_model(config, no_dp=eps is None, progress=False).report
+                report = train_reward_model(config, no_dp=eps is None, progress=False, new_ledger=True).report
                 seconds = time.perf_counter() - start
                 result = evaluate_saved(config.train.out, load_pairs(config, "test"))
                 rows.append({"family": family, "client": client, "target_epsilon": eps,

@@ -185,7 +185,7 @@ class Scene:
         for site, epsilon in zip(SITES, (2.0, 4.0, 8.0)):
             pki.issue(self.ca, role="client", name=site)
             self._write_site_config(site, epsilon)
-            train_reward_model(load_client_config(self.site_config(site)), progress=False)
+            train_reward_model(load_client_config(self.site_config(site)), progress=False, new_ledger=True)
         self._write_coordinator_config()
 
     def _tls(self, name: str, trust: Path) -> dict[str, str]:

@@ -205,7 +205,7 @@ def train_and_serve(config_path: Path, epsilon: float | None) -> tuple[Any, Any,
 
     config = load_client_config(config_path)
     start = time.perf_counter()
-    report = train_reward_model(config, no_dp=epsilon is None, progress=False).report
+    report = train_reward_model(config, no_dp=epsilon is None, progress=False, new_ledger=True).report
     return config, load_served_model(config), report, time.perf_counter() - start
 
 

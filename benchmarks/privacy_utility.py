@@ -133,7 +133,7 @@ def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes,
                         "ledger": str(folder / "budget.jsonl")},
         })
         result = train_reward_model(load_client_config(folder / "client.toml"), no_dp=math.isinf(eps),
-                                    resume=False, progress=False)
+                                    resume=False, progress=False, new_ledger=True)
         out[site] = {"model": str(result.out_dir), "family": family, "epsilon": result.report.epsilon}
     return out
 

@@ -1,10 +1,16 @@
 """The site's lifetime privacy budget: an append-only JSON-lines ledger of every training run's
-accountant history, keyed by the data set's fingerprint, and the check that runs before training.
+accountant history, keyed by the data set's content fingerprint, and the check that runs before training.
 
 Spend is composed by the accountant over all runs' histories (never summed epsilons). A run
-reserves its full planned history before it reads a single row; a resumed run keeps its run id, so
-its later records replace its earlier one and it counts once. Non-private baselines are recorded
-but spend nothing: their models must never be released (their privacy report says so).
+reserves its full planned history after the data, settings and model are checked and before its
+first noisy step; a run that fails before that step releases its reservation. A resumed run keeps its
+run id, so its later records replace its earlier one and it counts once. Non-private baselines are
+recorded but spend nothing: their models must never be released (their privacy report says so).
+
+The ledger fails closed: a missing or unreadable ledger refuses training and status (a deleted
+ledger is never silently recreated empty); a new one is started only by an explicit, logged
+operator command (`mor client init`, `mor client budget --new-ledger`). The first private run on a
+data set fixes its delta and accountant; later runs must use the same.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mor_secure.logs import get_logger
-from mor_secure.privacy import AccountantHistory, BudgetTooLow, compose, epsilon, plan_noise
+from mor_secure.privacy import MAX_TARGET_EPSILON, AccountantHistory, BudgetTooLow, compose, epsilon, plan_noise
 
 log = get_logger("client.budget")
 
 LEDGER_FORMAT = 1
-STATUSES = ("planned", "finished", "baseline")
+STATUSES = ("planned", "finished", "baseline", "released")
+START_MARK = "started"
 _SKIPPED_FILES = ("cache-", ".")
 
 
@@ -55,23 +62,33 @@ def largest_fitting_epsilon(prior: AccountantHistory, planned: AccountantHistory
                             delta: float, accountant: str) -> float | None:
     """The epsilon of the largest run shaped like ``planned`` (same steps and sample rate, more noise)
     that ``prior`` leaves room for under ``max_epsilon``; None if there is none."""
+    max_epsilon = min(max_epsilon, MAX_TARGET_EPSILON)
     if len(planned) != 1 or epsilon(prior, delta, accountant) >= max_epsilon:
         return None
     (mechanism,) = planned.entries
     try:
         sigma = plan_noise(max_epsilon, delta, mechanism.sample_rate, mechanism.steps,
                            prior_history=prior, accountant=accountant)
-    except BudgetTooLow:
+    except (BudgetTooLow, ValueError):
         return None
     return epsilon(AccountantHistory([(sigma, mechanism.sample_rate, mechanism.steps)]), delta, accountant)
 
 
 class LedgerCorrupt(RuntimeError):
-    """A ledger line is not a valid record; the budget fails closed."""
+    """A ledger line is not a valid record, or the ledger cannot be read; the budget fails closed."""
 
 
-def data_fingerprint(path: str | Path) -> str:
-    """'sha256:...' over the data set as stored: every file's relative path and bytes, in order.
+class LedgerMissing(LedgerCorrupt):
+    """The ledger file does not exist: it may have been deleted, so the budget fails closed."""
+
+
+class SettingsChanged(ValueError):
+    """A run's delta or accountant differs from the one its data set's first run fixed."""
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """'sha256:...' over the data set's files as stored (the key of ledgers written before content
+    fingerprints; still matched so that their runs keep counting).
 
     Reads bytes only (no row is parsed); cache files written by `datasets` are skipped.
     """
@@ -92,7 +109,7 @@ def data_fingerprint(path: str | Path) -> str:
 
 
 def default_ledger_path(data_path: str | Path) -> Path:
-    """DATA.privacy-ledger.jsonl beside the data folder (not inside it: that would change its fingerprint)."""
+    """DATA.privacy-ledger.jsonl beside the data folder (kept out of it, where a copy would travel with the data)."""
     data = Path(data_path)
     return data.parent / f"{data.name}.privacy-ledger.jsonl"
 
@@ -108,11 +125,16 @@ class LedgerRecord:
     n_pairs: int
     family: str
     time: str
+    delta: float | None = None
+    accountant: str | None = None
+    split: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": LEDGER_FORMAT, "run_id": self.run_id, "data_fingerprint": self.data_fingerprint,
-                "status": self.status, "history": self.history.state_dict(), "n_pairs": self.n_pairs,
-                "family": self.family, "time": self.time}
+        out = {"format": LEDGER_FORMAT, "run_id": self.run_id, "data_fingerprint": self.data_fingerprint,
+               "status": self.status, "history": self.history.state_dict(), "n_pairs": self.n_pairs,
+               "family": self.family, "time": self.time}
+        extra = {"delta": self.delta, "accountant": self.accountant, "split": self.split}
+        return {**out, **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
     def from_json(cls, data: Any) -> LedgerRecord:
@@ -123,8 +145,12 @@ class LedgerRecord:
         fields = {k: data.get(k) for k in ("run_id", "data_fingerprint", "family", "time")}
         if not all(isinstance(v, str) for v in fields.values()) or not isinstance(data.get("n_pairs"), int):
             raise ValueError("run_id, data_fingerprint, family, time must be strings and n_pairs an integer")
+        delta, accountant, split = data.get("delta"), data.get("accountant"), data.get("split")
+        if not (delta is None or isinstance(delta, float) and 0 < delta < 1) or \
+                not (accountant is None or isinstance(accountant, str)) or not (split is None or isinstance(split, dict)):
+            raise ValueError("delta must be a number in (0, 1), accountant a string and split an object")
         return cls(status=data["status"], history=AccountantHistory.from_state_dict(data.get("history")),
-                   n_pairs=data["n_pairs"], **fields)
+                   n_pairs=data["n_pairs"], delta=delta, accountant=accountant, split=split, **fields)
 
 
 def now_utc() -> str:
@@ -149,16 +175,56 @@ class BudgetStatus:
         return max(self.max_epsilon - self.spent, 0.0)
 
 
+def fixed_settings(records: list[LedgerRecord], fingerprints: set[str]) -> tuple[float, str] | None:
+    """(delta, accountant) fixed by the first private run on the data set that recorded them, if any."""
+    for record in records:
+        if record.data_fingerprint in fingerprints and record.status in ("planned", "finished") \
+                and record.delta is not None and record.accountant is not None:
+            return record.delta, record.accountant
+    return None
+
+
 class SiteLedger:
-    """The append-only ledger file; every read and append holds an exclusive lock on it."""
+    """The append-only ledger file; every read and append holds an exclusive lock on it.
+
+    It is never created implicitly: ``start`` (an operator's explicit command) creates it; reading or
+    reserving on a missing ledger raises ``LedgerMissing``.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    def start(self, *, reason: str = "") -> None:
+        """Create a new, empty ledger (a header line saying when and why); refuses an existing one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise LedgerCorrupt(f"{self.path} already exists; a ledger is never replaced or reset") from None
+        header = {"format": LEDGER_FORMAT, "ledger": START_MARK, "time": now_utc(), "reason": reason,
+                  "user": os.environ.get("USER", "")}
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(header, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        log.warning("new privacy ledger started", extra={"ledger": str(self.path), "reason": reason})
+
+    def _missing(self) -> LedgerMissing:
+        return LedgerMissing(
+            f"{self.path}: the site's privacy ledger does not exist, so the budget fails closed (a deleted "
+            "ledger would reset it). If it was moved or deleted, restore it from backup or fix [privacy] "
+            "ledger; if this site has never trained, start one with `mor client budget --config FILE "
+            "--new-ledger` (logged)")
+
     @contextmanager
     def _locked(self) -> Iterator[TextIO]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            raise self._missing() from None
+        except OSError as exc:
+            raise LedgerCorrupt(f"{self.path}: cannot open the site's privacy ledger ({exc.strerror}); the "
+                                "budget fails closed: fix its permissions or restore it") from None
         with os.fdopen(fd, "r+", encoding="utf-8") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -169,14 +235,22 @@ class SiteLedger:
     def _read(self, fh: TextIO) -> list[LedgerRecord]:
         fh.seek(0)
         records = []
-        for number, line in enumerate(fh, start=1):
+        try:
+            lines = list(fh)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerCorrupt(f"{self.path}: unreadable ({type(exc).__name__}); the budget fails closed. "
+                                "Restore the ledger from a backup; never delete it") from None
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(LedgerRecord.from_json(json.loads(line)))
-            except (ValueError, TypeError) as exc:
+                data = json.loads(line)
+                if isinstance(data, dict) and data.get("ledger") == START_MARK and number == 1:
+                    continue
+                records.append(LedgerRecord.from_json(data))
+            except (ValueError, TypeError, RecursionError) as exc:
                 raise LedgerCorrupt(f"{self.path}:{number}: not a valid ledger record ({exc}); the budget "
-                                    "fails closed. Restore the ledger from a backup; never delete it") from exc
+                                    "fails closed. Restore the ledger from a backup; never delete it") from None
         return records
 
     @staticmethod
@@ -187,37 +261,50 @@ class SiteLedger:
         os.fsync(fh.fileno())
 
     def records(self) -> list[LedgerRecord]:
-        """Every record, oldest first."""
-        if not self.path.exists():
-            return []
+        """Every record, oldest first (``LedgerMissing`` when there is no ledger)."""
         with self._locked() as fh:
             return self._read(fh)
 
     @staticmethod
-    def prior_history(records: list[LedgerRecord], fingerprint: str,
+    def prior_history(records: list[LedgerRecord], fingerprint: str | set[str],
                       exclude_run: str | None = None) -> tuple[AccountantHistory, int]:
-        """Composed history of every private run on ``fingerprint`` (the latest record per run) and their count."""
+        """Composed history of every private run on ``fingerprint`` (one or a set of aliases; the latest
+        record per run) and their count; released runs count nothing."""
+        keys = {fingerprint} if isinstance(fingerprint, str) else set(fingerprint)
         latest: dict[str, LedgerRecord] = {}
         for record in records:
-            if record.data_fingerprint == fingerprint and record.run_id != exclude_run:
+            if record.data_fingerprint in keys and record.run_id != exclude_run:
                 latest[record.run_id] = record
-        private = [r.history for r in latest.values() if r.status != "baseline"]
+        private = [r.history for r in latest.values() if r.status in ("planned", "finished")]
         return compose(private), len(private)
 
-    def status(self, fingerprint: str, *, max_epsilon: float, delta: float, accountant: str) -> BudgetStatus:
+    def status(self, fingerprint: str | set[str], *, max_epsilon: float, delta: float,
+               accountant: str) -> BudgetStatus:
         """What the ledger says has been spent on ``fingerprint``."""
         prior, runs = self.prior_history(self.records(), fingerprint)
-        return BudgetStatus(fingerprint, runs, epsilon(prior, delta, accountant), max_epsilon, delta,
+        shown = fingerprint if isinstance(fingerprint, str) else sorted(fingerprint)[0]
+        return BudgetStatus(shown, runs, epsilon(prior, delta, accountant), max_epsilon, delta,
                             accountant, str(self.path))
 
-    def reserve(self, record: LedgerRecord, *, max_epsilon: float, delta: float, accountant: str) -> BudgetStatus:
+    def reserve(self, record: LedgerRecord, *, max_epsilon: float, delta: float, accountant: str,
+                aliases: set[str] = frozenset()) -> BudgetStatus:
         """Check ``record``'s planned history against the budget and append it, atomically.
 
         Raises ``BudgetExceeded`` (nothing written) when prior runs composed with this one would
-        exceed ``max_epsilon``. A record whose run id is already in the ledger replaces that run.
+        exceed ``max_epsilon``, and ``SettingsChanged`` when delta or the accountant differ from those
+        the data set's first run fixed. A record whose run id is already in the ledger replaces that run.
+        ``aliases`` are older fingerprints of the same data whose runs count too.
         """
+        keys = {record.data_fingerprint, *aliases}
         with self._locked() as fh:
-            prior, runs = self.prior_history(self._read(fh), record.data_fingerprint, exclude_run=record.run_id)
+            records = self._read(fh)
+            fixed = fixed_settings([r for r in records if r.run_id != record.run_id], keys)
+            if fixed is not None and record.status != "baseline" and fixed != (delta, accountant):
+                raise SettingsChanged(
+                    f"this data set's budget is accounted at delta {fixed[0]:g} with the {fixed[1]!r} accountant "
+                    f"(fixed by its first run); this run asks delta {delta:g} with {accountant!r}: set [privacy] "
+                    f"delta = {fixed[0]!r} and accountant = {fixed[1]!r}")
+            prior, runs = self.prior_history(records, keys, exclude_run=record.run_id)
             spent = epsilon(prior, delta, accountant)
             if record.status != "baseline":
                 asked = epsilon(record.history, delta, accountant)
@@ -239,29 +326,54 @@ class SiteLedger:
             self._append(fh, record)
 
 
+def ledger_path(config: Any) -> Path:
+    """[privacy].ledger, or the default beside [data].path."""
+    return Path(config.privacy.ledger or default_ledger_path(config.data.path))
+
+
+def fingerprints(site: Any) -> set[str]:
+    """Every key a data set's runs may be recorded under: its content fingerprint and, for ledgers
+    written before content fingerprints, its files' fingerprint."""
+    return {site.fingerprint, file_fingerprint(site.path)}
+
+
+def resolve_delta(configured: float | None, n_pairs: int, fixed: tuple[float, str] | None) -> float:
+    """[privacy].delta, else the delta the data set's first run fixed, else 1/n capped at 1e-5; at most 1/n."""
+    from mor_secure.privacy import check_delta, default_delta
+
+    delta = configured if configured is not None else fixed[0] if fixed else default_delta(n_pairs)
+    check_delta(delta, n_pairs)
+    return delta
+
+
 def site_status(config: Any) -> tuple[BudgetStatus, list[dict[str, Any]]]:
     """The budget of a site's [data].path and its runs (latest record each), for `mor client budget`.
 
-    delta is [privacy].delta or 1/n capped at 1e-5, n read from the data set's metadata.
+    Reads and decodes the data set once for its content fingerprint. delta is the one the data set's
+    first run fixed, else [privacy].delta or 1/n capped at 1e-5.
     """
-    from client_agent.train import load_pairs
-    from mor_secure.privacy import default_delta
+    from client_agent.train import load_pairs, open_data
 
     if config.data.path is None:
         raise FileNotFoundError("no data set: set [data].path in the site config")
-    fingerprint = data_fingerprint(config.data.path)
-    delta = config.privacy.delta or default_delta(len(load_pairs(config, config.data.train_split)))
-    ledger = SiteLedger(config.privacy.ledger or default_ledger_path(config.data.path))
+    site = open_data(config)
+    keys = fingerprints(site)
+    ledger = SiteLedger(ledger_path(config))
+    records = ledger.records()
+    fixed = fixed_settings(records, keys)
+    accountant = fixed[1] if fixed else config.privacy.accountant
+    delta = resolve_delta(config.privacy.delta, len(load_pairs(config, config.data.train_split, site=site)), fixed)
     latest: dict[str, LedgerRecord] = {}
-    for record in ledger.records():
-        if record.data_fingerprint == fingerprint:
+    for record in records:
+        if record.data_fingerprint in keys:
             latest[record.run_id] = record
     runs = []
     for record in latest.values():
-        spent = epsilon(record.history, delta, config.privacy.accountant)
+        spent = epsilon(record.history, delta, accountant)
         runs.append({"run_id": record.run_id, "status": record.status, "family": record.family,
                      "steps": record.history.steps, "time": record.time,
                      "epsilon": spent if math.isfinite(spent) else None})
-    status = ledger.status(fingerprint, max_epsilon=config.privacy.max_epsilon, delta=delta,
-                           accountant=config.privacy.accountant)
+    prior, count = SiteLedger.prior_history(records, keys)
+    status = BudgetStatus(site.fingerprint, count, epsilon(prior, delta, accountant), config.privacy.max_epsilon,
+                          delta, accountant, str(ledger.path))
     return status, runs

@@ -25,14 +25,14 @@ def _load(config_path: Path):
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Exceptions whose message already names the cause and the fix: shown without a traceback."""
-    from client_agent.budget import BudgetExceeded, LedgerCorrupt
+    from client_agent.budget import BudgetExceeded, LedgerCorrupt, SettingsChanged
     from client_agent.train import TrainingError
     from mor_secure.data.schema import DataError
     from mor_secure.models.loading import ModelNotFoundError
     from mor_secure.privacy import BudgetTooLow
 
-    return (BudgetExceeded, LedgerCorrupt, TrainingError, DataError, ModelNotFoundError, BudgetTooLow,
-            FileNotFoundError, ValueError)
+    return (BudgetExceeded, LedgerCorrupt, SettingsChanged, TrainingError, DataError, ModelNotFoundError,
+            BudgetTooLow, FileNotFoundError, ValueError)
 
 
 def _eps(value: float) -> str:
@@ -51,9 +51,10 @@ def _eps(value: float) -> str:
 def train(config_path: Path, no_dp: bool, no_resume: bool, quiet: bool) -> None:
     """Train the site's reward model with DP-SGD (Opacus) at [privacy].target_epsilon.
 
-    One DP sample is one preference pair. Before any row is read, the planned run is composed with
-    every earlier run on this data set (the ledger at [privacy].ledger) and refused if it would
-    exceed [privacy].max_epsilon. A killed run resumes from its last checkpoint with its privacy
+    One DP sample is one preference pair. Settings, data (every image decoded once) and model are
+    checked first; then the planned run is composed with every earlier run on this data set (the
+    ledger at [privacy].ledger, which must exist) and refused if it would exceed
+    [privacy].max_epsilon. A run failing before its first noisy step releases its reservation. A killed run resumes from its last checkpoint with its privacy
     accounting intact. Writes model.safetensors, reward_config.json and privacy_report.json into
     [train].out.
     """
@@ -106,15 +107,25 @@ def evaluate(config_path: Path, split: str | None, model_dir: Path | None, as_js
 @click.command("budget")
 @CONFIG
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the status as JSON.")
-def budget(config_path: Path, as_json: bool) -> None:
+@click.option("--new-ledger", is_flag=True, default=False,
+              help="Start a new, empty privacy ledger at [privacy].ledger (the site's first training; logged). "
+                   "Refused when one exists. Never use it to replace a lost ledger: restore that from backup.")
+def budget(config_path: Path, as_json: bool, new_ledger: bool) -> None:
     """The lifetime privacy spend on [data].path: every run in the ledger, composed.
 
     Runs compose through the accountant (two runs at epsilon 2 spend about 2.7, not 4); the
-    budget is never reset. Reads the data set's bytes for its fingerprint, no rows.
+    budget is never reset and follows the data's content (not its folder, files or layout). Reads
+    and decodes the data set once for its fingerprint. A missing ledger fails closed.
     """
     config = _load(config_path)
-    from client_agent.budget import site_status
+    from client_agent.budget import SiteLedger, ledger_path, site_status
 
+    if new_ledger:
+        try:
+            SiteLedger(ledger_path(config)).start(reason=f"`mor client budget --new-ledger --config {config_path}`")
+        except _user_errors() as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"started a new privacy ledger at {ledger_path(config)} (logged)", err=True)
     try:
         status, runs = site_status(config)
     except _user_errors() as exc:

@@ -25,12 +25,31 @@ class CoordinatorSection:
 
 @dataclass
 class DataSection:
-    path: Path | None = field(None, help="Preference data: a client folder of the benchmark world or "
-                                         "any local data set in the same schema.", path=True)
+    path: Path | None = field(None, help="Preference data: a save_to_disk folder (Dataset or DatasetDict), a "
+                                         ".parquet file or JSON lines with image paths, in TRL's vision "
+                                         "preference layout (conversational or plain strings).", path=True)
+    columns: dict[str, str] = field(help="Column names of your data set, as product name = your column, e.g. "
+                                         "{prompt = \"question\", image = \"picture\"}; the product reads image, "
+                                         "prompt, chosen, rejected (and domain where present).",
+                                    default_factory=dict)
     train_split: str = field("train", help="Split that DP training reads.")
-    test_split: str = field("test", help="Held-out split that `mor client eval` scores.")
+    test_split: str = field("test", help="Held-out split that `mor client eval` scores; a data set with one "
+                                         "split holds out test_fraction of it under this name.")
+    test_fraction: float = field(0.1, help="Share of the questions held out for evaluation when the data set "
+                                           "has one split (chosen from each question's content, so the same "
+                                           "rows every time; training never reads them).")
     max_pairs: int = field(0, help="Use only the first N training pairs (0 = all); for quick trials. "
                                    "The sample rate, delta and budget follow the pairs actually used.")
+    max_image_pixels: int = field(40_000_000, help="Largest image (width x height) a row may hold; larger "
+                                                   "ones are refused from their header, before decoding.")
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.columns.items()):
+            raise ValueError(f"[data] columns must map names to column names (strings), got {self.columns!r}")
+        if not 0 <= self.test_fraction < 1:
+            raise ValueError(f"[data] test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.max_pairs < 0 or self.max_image_pixels < 1:
+            raise ValueError("[data] max_pairs must be >= 0 and max_image_pixels >= 1")
 
 
 @dataclass
@@ -49,14 +68,24 @@ class TrainSection:
 
 @dataclass
 class PrivacySection:
-    target_epsilon: float = field(4.0, help="Epsilon this training run may spend.")
-    delta: float | None = field(None, help="DP delta; default 1/number of pairs, capped at 1e-5.")
+    target_epsilon: float = field(4.0, help="Epsilon this training run may spend (at most max_epsilon).")
+    delta: float | None = field(None, help="DP delta, at most 1/number of training pairs; default 1/n capped "
+                                           "at 1e-5. Fixed per data set by its first run.")
     max_epsilon: float = field(8.0, help="Lifetime budget for this data set across all training runs, "
-                                         "composed by the accountant.")
-    accountant: str = field("prv", help="Privacy accountant: 'prv' (tight, default) or 'rdp'.")
+                                         "composed by the accountant; finite.")
+    accountant: str = field("prv", help="Privacy accountant: 'prv' (tight, default) or 'rdp'; fixed per data "
+                                        "set by its first run.")
     max_grad_norm: float = field(1.0, help="Per-pair gradient clipping norm C (noise std = sigma * C).")
     ledger: Path | None = field(None, help="The site's privacy ledger (JSON lines, append-only); default "
-                                           "DATA.privacy-ledger.jsonl beside [data].path.", path=True)
+                                           "DATA.privacy-ledger.jsonl beside [data].path. It must exist: "
+                                           "`mor client init` starts one, `mor client budget --new-ledger` "
+                                           "starts one explicitly; a missing ledger fails closed.", path=True)
+
+    def __post_init__(self) -> None:
+        from mor_secure.privacy import check_privacy_settings
+
+        check_privacy_settings(self.target_epsilon, self.max_epsilon, self.delta, self.accountant,
+                               self.max_grad_norm)
 
 
 @dataclass

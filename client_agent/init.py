@@ -22,6 +22,7 @@ from mor_secure.pki.identity import check_identity
 
 CERTS = "certs"
 CONFIG_NAME = "client.toml"
+LEDGER_NAME = "privacy-ledger.jsonl"
 _ENDPOINT_RE = re.compile(r"tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 
 
@@ -93,7 +94,8 @@ def render_config(cls: type, values: dict[str, Any], title: str, todo: dict[str,
 
 def init_site(site: str, endpoint: str, out_dir: Path, *, coordinator_name: str | None = None,
               ca_fingerprint: str = "", data: Path | None = None, key_type: str = "p256") -> SiteFolder:
-    """Create ``out_dir`` with certs/SITE.key (0600), certs/SITE.csr and a commented client.toml.
+    """Create ``out_dir`` with certs/SITE.key (0600), certs/SITE.csr, a commented client.toml and the
+    site's new privacy ledger (privacy-ledger.jsonl: every training run's spend; a missing one fails closed).
 
     Refuses an existing client.toml or key (nothing is overwritten). Raises ``ConfigError`` or
     ``pki.PKIError`` naming the fix.
@@ -119,7 +121,7 @@ def init_site(site: str, endpoint: str, out_dir: Path, *, coordinator_name: str 
         "site": site, "tls.ca": f"{CERTS}/ca.pem", "tls.cert": f"{CERTS}/{site}.pem",
         "tls.key": f"{CERTS}/{site}.key", "tls.crl": f"{CERTS}/crl.pem",
         "tls.ca_fingerprint": ca_fingerprint.lower(),
-        "coordinator.endpoint": endpoint, "coordinator.name": name,
+        "coordinator.endpoint": endpoint, "coordinator.name": name, "privacy.ledger": LEDGER_NAME,
     }
     if data is not None:
         values["data.path"] = str(Path(data).expanduser().resolve())
@@ -129,6 +131,10 @@ def init_site(site: str, endpoint: str, out_dir: Path, *, coordinator_name: str 
              "--config client.toml`.")
     todo = {"data.path": "TO DO: the folder of your preference data, then remove the '#'"}
     config_path.write_text(render_config(ClientConfig, values, title, todo), encoding="utf-8")
+    from client_agent.budget import SiteLedger
+
+    if not (out_dir / LEDGER_NAME).exists():  # an earlier ledger of this site is kept, never replaced
+        SiteLedger(out_dir / LEDGER_NAME).start(reason=f"`mor client init --site {site}`")
     return SiteFolder(config=config_path, key=key, csr=csr, certs=certs)
 
 

@@ -1,7 +1,11 @@
 """DP-SGD training of a site's reward model with Opacus: Poisson sampling over preference PAIRS,
-per-pair clipping, noise planned by the accountant for the run's target epsilon, the site's
-lifetime budget checked before any row is read, and resumable checkpoints that carry the
-accountant history (epsilon continues after a restart, it is never reset).
+per-pair clipping, noise planned by the accountant for the run's target epsilon, and resumable
+checkpoints that carry the accountant history (epsilon continues after a restart, it is never reset).
+
+Order of a run: settings checked, data read and every image decoded once (its content fingerprint
+keys the budget), the model built and truncation counted, THEN the site's lifetime budget reserved;
+a run that fails before its first noisy step releases the reservation. Nothing wrong in the
+settings, the data or the model can spend epsilon.
 
 Output in [train].out: model.safetensors, reward_config.json and privacy_report.json.
 """
@@ -20,12 +24,11 @@ from typing import Any
 
 import torch
 
-from client_agent.budget import (LedgerRecord, SiteLedger, data_fingerprint, default_ledger_path,
-                                 now_utc)
+from client_agent.budget import (LedgerRecord, SiteLedger, fingerprints, fixed_settings, ledger_path, now_utc,
+                                 resolve_delta)
 from client_agent.config import ClientConfig
 from mor_secure.logs import get_logger
-from mor_secure.privacy import (AccountantHistory, PrivacyReport, default_delta, epsilon,
-                                plan_noise)
+from mor_secure.privacy import AccountantHistory, PrivacyReport, epsilon, plan_noise
 from mor_secure.rewards import RewardModel, build_reward_model
 from mor_secure.rewards.training import (PairRows, index_loader, make_private, pair_step, resolve_device,
                                          steps_per_epoch)
@@ -82,21 +85,71 @@ def sha256_file(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def load_pairs(config: ClientConfig, split: str, *, limit: bool = True):
-    """The preference pairs of ``split`` (memory-mapped; rows are decoded only when indexed);
-    ``limit`` applies [data].max_pairs."""
-    from mor_secure.data.loader import load_preferences
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 
-    if config.data.path is None:
-        raise TrainingError("no training data: set [data].path to a preference data folder")
+
+def check_settings(config: ClientConfig) -> None:
+    """Refuse out-of-range [train] and [model] settings (``TrainingError`` naming each and its range)."""
+    import math
+
+    train, problems = config.train, []
+    for name in ("epochs", "batch_size", "checkpoint_every"):
+        value = getattr(train, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"[train] {name} must be an integer of at least 1, got {value!r}")
+    if not (math.isfinite(train.lr) and train.lr > 0):
+        problems.append(f"[train] lr must be finite and positive, got {train.lr}")
+    if not (math.isfinite(train.weight_decay) and train.weight_decay >= 0):
+        problems.append(f"[train] weight_decay must be finite and >= 0, got {train.weight_decay}")
+    if train.grad_sample_mode not in GRAD_SAMPLE_MODES:
+        problems.append(f"[train] grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
+                        f"got {train.grad_sample_mode!r}")
+    if config.model.max_length < 1:
+        problems.append(f"[model] max_length must be at least 1, got {config.model.max_length}")
+    if problems:
+        raise TrainingError("; ".join(problems))
+
+
+def open_data(config: ClientConfig):
+    """[data].path read, mapped and decoded once (``SiteData``), or a ``TrainingError`` naming the problems."""
+    from mor_secure.data.schema import DataError
+    from mor_secure.data.site import open_site_data
+
+    section = config.data
+    if section.path is None:
+        raise TrainingError("no training data: set [data].path to a preference data folder or file")
     try:
-        data = load_preferences(config.data.path, split=split, kind="pairs")
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise TrainingError(f"cannot read preference data at {config.data.path} (split {split!r}): {exc}; "
-                            "fix [data].path / [data].train_split") from exc
+        return open_site_data(section.path, train_split=section.train_split, test_split=section.test_split,
+                              test_fraction=section.test_fraction, columns=section.columns,
+                              max_pixels=section.max_image_pixels)
+    except DataError as exc:
+        raise TrainingError(f"cannot use the preference data at {section.path}: {exc}. `mor data check "
+                            f"{section.path}` lists every problem; fix the data or [data]") from None
+
+
+def load_pairs(config: ClientConfig, split: str, *, limit: bool = True, site=None):
+    """The preference pairs of ``split`` (a one-split data set's held-out rule applied); ``limit`` applies
+    [data].max_pairs. ``site`` reuses data already opened with ``open_data``."""
+    from mor_secure.data.schema import DataError
+
+    site = site or open_data(config)
+    try:
+        data = site.rows(split)
+    except DataError as exc:
+        raise TrainingError(f"{exc}") from None
     if limit and config.data.max_pairs > 0 and len(data) > config.data.max_pairs:
         data = data.select(range(config.data.max_pairs))
     return data
+
+
+def count_truncated_pairs(model: RewardModel, data, max_length: int) -> int:
+    """Pairs of ``data`` whose question or an answer ``model`` would cut at ``max_length``."""
+    from mor_secure.data.schema import answer_text, question_text
+    from mor_secure.rewards.truncation import count_truncated, model_tokenizer
+
+    prompts = [question_text(p) for p in data["prompt"]]
+    answers = [(answer_text(c), answer_text(r)) for c, r in zip(data["chosen"], data["rejected"])]
+    return count_truncated(prompts, answers, max_length, tokenizer=model_tokenizer(model))
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
@@ -182,64 +235,109 @@ def _config_digest(config: ClientConfig) -> str:
                                                  if k not in ("out", "device", "checkpoint_every")},
             "privacy": {k: vars(config.privacy)[k] for k in ("target_epsilon", "delta", "accountant",
                                                              "max_grad_norm")},
-            "data": {k: vars(config.data)[k] for k in ("train_split", "max_pairs")}}
+            "data": {k: vars(config.data)[k] for k in ("train_split", "max_pairs", "columns", "test_fraction")}}
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _make_plan(config: ClientConfig, n_pairs: int, fingerprint: str, private: bool, run_id: str) -> Plan:
+def _make_plan(config: ClientConfig, n_pairs: int, fingerprint: str, private: bool, run_id: str,
+               fixed: tuple[float, str] | None) -> Plan:
     if n_pairs < 2:
         raise TrainingError(f"{config.data.path}: only {n_pairs} training pair(s); DP training needs more "
                             "(hundreds for a useful epsilon)")
     per_epoch = steps_per_epoch(n_pairs, config.train.batch_size)
     sample_rate = 1.0 / per_epoch  # exactly what Opacus derives from the data loader
     total = config.train.epochs * per_epoch
-    delta = config.privacy.delta if config.privacy.delta is not None else default_delta(n_pairs)
-    if private:
-        noise = plan_noise(config.privacy.target_epsilon, delta, sample_rate, total,
-                           accountant=config.privacy.accountant)
-    else:
-        noise = 0.0
+    try:
+        delta = resolve_delta(config.privacy.delta, n_pairs, fixed)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    noise = plan_noise(config.privacy.target_epsilon, delta, sample_rate, total,
+                       accountant=config.privacy.accountant) if private else 0.0
     return Plan(run_id, private, n_pairs, sample_rate, per_epoch, total, noise, delta, fingerprint)
 
 
+def _build_model(config: ClientConfig) -> RewardModel:
+    try:
+        return build_reward_model(config.model, seed=config.train.seed)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"cannot build the [model] ({config.model.family!r}): {exc}") from None
+
+
 def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: bool = True,
-                       progress: bool = True) -> TrainResult:
+                       progress: bool = True, new_ledger: bool = False) -> TrainResult:
     """Train [model] on [data] with DP-SGD at [privacy].target_epsilon (or without DP as a baseline).
 
-    Raises ``BudgetExceeded`` before reading any row when the site's lifetime budget would be
-    exceeded, and ``TrainingError`` for unusable data, checkpoints or settings.
+    Settings, data (one decoding pass) and the model are checked before the budget is reserved;
+    raises ``BudgetExceeded`` when the site's lifetime budget would be exceeded, ``LedgerMissing``
+    when the ledger is absent (``new_ledger`` starts one, logged: the operator's explicit choice), and
+    ``TrainingError`` for unusable data, checkpoints or settings.
     """
-    from tqdm.auto import tqdm
-
+    check_settings(config)
     out = Path(config.train.out)
     ckpt_dir = out / CHECKPOINT_DIR
-    data = load_pairs(config, config.data.train_split)  # memory-mapped: len() reads metadata only
-    fingerprint = data_fingerprint(config.data.path)
+    site = open_data(config)
+    data = load_pairs(config, config.data.train_split, site=site)
+    fingerprint, keys = site.fingerprint, fingerprints(site)
     digest = _config_digest(config)
     state = load_checkpoint_state(ckpt_dir) if resume else None
     if state is not None:
         plan = state["plan"]
-        if (plan.fingerprint, plan.private, state["config_digest"]) != (fingerprint, not no_dp, digest):
+        if (plan.fingerprint in keys, plan.private, state["config_digest"]) != (True, not no_dp, digest):
             raise TrainingError(f"the checkpoint in {ckpt_dir} belongs to another data set or settings "
                                 "(or to a run with/without DP); pass --no-resume to start a new run "
                                 "(its reserved budget stays spent) or restore the settings")
         log.info("resuming", extra={"run_id": plan.run_id, "step": state["step"]})
-    else:
+    torch.manual_seed(config.train.seed)
+    model = _build_model(config)
+    truncated = count_truncated_pairs(model, data, config.model.max_length)
+    log.info("inputs truncated to max_length", extra={"pairs": len(data), "truncated": truncated,
+                                                       "max_length": config.model.max_length,
+                                                       "family": config.model.family})
+    if truncated:
+        log.warning(f"{truncated} of {len(data)} training pairs are longer than [model] max_length = "
+                    f"{config.model.max_length}; the reward model sees the end of each answer")
+
+    ledger = SiteLedger(ledger_path(config))
+    if new_ledger and not ledger.path.exists():
+        ledger.start(reason=f"first training on {config.data.path}")
+    fixed = fixed_settings(ledger.records(), keys)
+    if state is None:
         if ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
-        plan = _make_plan(config, len(data), fingerprint, not no_dp, uuid.uuid4().hex)
-
-    ledger = SiteLedger(config.privacy.ledger or default_ledger_path(config.data.path))
+        plan = _make_plan(config, len(data), fingerprint, not no_dp, uuid.uuid4().hex, fixed)
+    split = {"test_fraction": config.data.test_fraction} if site.held_out else {"test_split": config.data.test_split}
     record = lambda status, history: LedgerRecord(  # noqa: E731
-        plan.run_id, fingerprint, status, history, plan.n_pairs, config.model.family, now_utc())
+        plan.run_id, plan.fingerprint, status, history, plan.n_pairs, config.model.family, now_utc(),
+        delta=plan.delta, accountant=config.privacy.accountant, split=split)
     ledger.reserve(record("planned" if plan.private else "baseline", plan.history()),
                    max_epsilon=config.privacy.max_epsilon, delta=plan.delta,
-                   accountant=config.privacy.accountant)
+                   accountant=config.privacy.accountant, aliases=keys)
+    progress_made = _Progress()
+    try:
+        return _run(config, plan, state, model, data, ledger, record, digest, progress, progress_made)
+    except BaseException:
+        if state is None and not progress_made.stepped:
+            ledger.append(record("released", AccountantHistory()))
+            log.warning("run failed before its first noisy step: reservation released",
+                        extra={"run_id": plan.run_id})
+        raise
 
-    # ---- only now is the data read ----
+
+@dataclass
+class _Progress:
+    """Whether a run's first optimizer step (its first noisy release) has completed."""
+
+    stepped: bool = False
+
+
+def _run(config: ClientConfig, plan: Plan, state: dict[str, Any] | None, model: RewardModel, data,
+         ledger: SiteLedger, record, digest: str, progress: bool, made: _Progress) -> TrainResult:
+    """The training loop of a reserved run, from its start or checkpoint to the saved model and report."""
+    from tqdm.auto import tqdm
+
+    out = Path(config.train.out)
+    ckpt_dir = out / CHECKPOINT_DIR
     device = resolve_device(config.train.device)
-    torch.manual_seed(config.train.seed)
-    model = build_reward_model(config.model, seed=config.train.seed)
     rows = PairRows(data, model)
     start_step = state["step"] if state else 0
     if state:
@@ -280,6 +378,7 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
         for (idx,) in itertools.islice(loader, remaining_in_epoch):  # never draws a batch it skips
             n = len(idx)
             loss = pair_step(module, optimizer, rows, idx.tolist(), device, private=plan.private)
+            made.stepped = True
             loss_value = loss_value if loss is None else loss
             step += 1
             history = AccountantHistory(engine.accountant.history) if plan.private else plan.history(step)
@@ -299,7 +398,7 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
         epsilon=epsilon(history, plan.delta, config.privacy.accountant),
         epsilon_rdp=epsilon(history, plan.delta, "rdp"), delta=plan.delta, accountant=config.privacy.accountant,
         noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=history.steps,
-        n_pairs=plan.n_pairs, max_grad_norm=config.privacy.max_grad_norm, data_fingerprint=fingerprint,
+        n_pairs=plan.n_pairs, max_grad_norm=config.privacy.max_grad_norm, data_fingerprint=plan.fingerprint,
         model_sha256=sha256_file(weights), run_id=plan.run_id, time=now_utc(), history=history.state_dict())
     (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     ledger.append(record("finished" if plan.private else "baseline", history))

@@ -17,6 +17,9 @@ from typing import Any, Protocol
 
 DEFAULT_ACCOUNTANT = "prv"
 MAX_NOISE_MULTIPLIER = 1e4
+MAX_TARGET_EPSILON = 100.0
+"""Largest epsilon one run may plan for: far past any meaningful guarantee, and the PRV accountant's
+grid grows with epsilon (1e308 asked for 38.7 GiB)."""
 HISTORY_FORMAT = 1
 
 
@@ -158,6 +161,31 @@ def get_accountant(name: str) -> Accountant:
                          "(GDP is not offered: it under-states epsilon here)") from None
 
 
+def check_privacy_settings(target_epsilon: float, max_epsilon: float, delta: float | None, accountant: str,
+                           max_grad_norm: float) -> None:
+    """Refuse out-of-range privacy settings with a ``ValueError`` naming the setting and its range."""
+    if not 0 < target_epsilon <= MAX_TARGET_EPSILON:
+        raise ValueError(f"[privacy] target_epsilon must be in (0, {MAX_TARGET_EPSILON:g}], got {target_epsilon}")
+    if not (math.isfinite(max_epsilon) and max_epsilon > 0):
+        raise ValueError(f"[privacy] max_epsilon must be a finite positive lifetime budget, got {max_epsilon}")
+    if target_epsilon > max_epsilon:
+        raise ValueError(f"[privacy] target_epsilon {target_epsilon} is above max_epsilon {max_epsilon}: one "
+                         "run can never spend more than the lifetime budget")
+    if delta is not None and not 0 < delta < 1:
+        raise ValueError(f"[privacy] delta must be in (0, 1/number of pairs], got {delta}")
+    get_accountant(accountant)
+    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ValueError(f"[privacy] max_grad_norm must be finite and positive, got {max_grad_norm}")
+
+
+def check_delta(delta: float, n_records: int) -> None:
+    """delta must be at most 1/n: a larger one allows releasing a whole record (``ValueError``)."""
+    if not 0 < delta <= 1.0 / n_records:
+        raise ValueError(f"[privacy] delta {delta:g} is above 1/n = {1.0 / n_records:g} for {n_records} pairs: "
+                         f"such a delta allows releasing a record; set it to at most {1.0 / n_records:g} "
+                         "(or leave it unset)")
+
+
 def default_delta(n_records: int) -> float:
     """delta = 1/n, capped at 1e-5 (a delta above 1/n would allow releasing a record)."""
     if n_records <= 0:
@@ -196,8 +224,8 @@ def plan_noise(target_epsilon: float, delta: float, sample_rate: float, steps: i
         planned = AccountantHistory([(sigma, sample_rate, steps)])
         return epsilon(prior + planned, delta, name)
 
-    if target_epsilon <= 0 or not math.isfinite(target_epsilon):
-        raise ValueError(f"target_epsilon must be positive and finite, got {target_epsilon}")
+    if not 0 < target_epsilon <= MAX_TARGET_EPSILON:
+        raise ValueError(f"target_epsilon must be in (0, {MAX_TARGET_EPSILON:g}], got {target_epsilon}")
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     if prior.steps and epsilon(prior, delta, accountant) >= target_epsilon:

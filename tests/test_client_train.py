@@ -16,11 +16,10 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from client_agent.budget import (BudgetExceeded, LedgerCorrupt, LedgerRecord, SiteLedger, data_fingerprint,
-                                 now_utc, site_status)
+from client_agent.budget import BudgetExceeded, LedgerCorrupt, LedgerRecord, SiteLedger, now_utc, site_status
 from client_agent.config import load_client_config
 from client_agent.evaluate import evaluate_saved
-from client_agent.train import load_pairs, sha256_file, train_reward_model
+from client_agent.train import load_pairs, open_data, sha256_file, train_reward_model
 from mor_secure.privacy import AccountantHistory, epsilon, plan_noise
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -53,7 +52,13 @@ out = "model"
 ledger = "ledger.jsonl"
 {privacy}
 """)
+    if not (folder / "ledger.jsonl").exists():
+        SiteLedger(folder / "ledger.jsonl").start(reason="test site")
     return path
+
+
+def data_fingerprint(config) -> str:
+    return open_data(config).fingerprint
 
 
 def recomputed_epsilon(report) -> float:
@@ -96,7 +101,7 @@ def test_outputs_are_safetensors_and_json_with_matching_hashes(dual_run):
                                                      "reward_config.json"]
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["model_sha256"] == sha256_file(out / "model.safetensors")
-    assert report["data_fingerprint"] == data_fingerprint(config.data.path)
+    assert report["data_fingerprint"] == data_fingerprint(config)
     assert {"epsilon", "epsilon_rdp", "delta", "accountant", "noise_multiplier", "sample_rate", "steps",
             "n_pairs", "family", "base", "time", "history", "baseline"} <= set(report)
     records = SiteLedger(config.privacy.ledger).records()
@@ -140,22 +145,20 @@ def test_runs_compose_and_the_budget_refuses_the_next(world_dir, tmp_path):
     assert len(SiteLedger(config.privacy.ledger).records()) == 4  # the refused run wrote nothing
 
 
-def test_budget_refuses_before_reading_a_row(world_dir, tmp_path):
-    """The data's images are garbage: a run that decoded any row would fail differently."""
+def test_corrupt_data_is_refused_before_the_budget_is_touched(world_dir, tmp_path):
+    """Every image is garbage: the run names the rows and fails before it reserves any epsilon."""
     train = datasets.load_from_disk(str(world_dir / "client-0" / "train"))
     broken = train.cast_column("image", datasets.Image(decode=False)).map(
         lambda row: {"image": {"bytes": b"not an image", "path": None}})
     broken.cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "broken"))
     path = write_config(tmp_path, tmp_path / "broken", privacy="target_epsilon = 2.0\nmax_epsilon = 4.0")
     config = load_client_config(path)
-    spent = AccountantHistory([(0.6, 0.2, 50)])  # an earlier run that spent most of the budget
-    SiteLedger(config.privacy.ledger).append(LedgerRecord(
-        "earlier", data_fingerprint(config.data.path), "finished", spent, len(train), "dual-encoder", now_utc()))
+    before = config.privacy.ledger.read_text()
     result = CliRunner().invoke(_client_group(), ["train", "--config", str(path), "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "privacy budget exceeded: spent epsilon" in result.output
-    assert re.search(r"this run asks 1\.9\d\d|this run asks 2\.000", result.output)
-    assert re.search(r"remaining \d\.\d{3}", result.output)
+    assert "row 0: column 'image' cannot be decoded as an image" in result.output
+    assert "mor data check" in result.output and "lists them all" in result.output
+    assert config.privacy.ledger.read_text() == before  # nothing reserved, nothing released
     assert not config.train.out.exists()
 
 
@@ -215,10 +218,10 @@ def _client_group():
 def test_a_corrupt_ledger_fails_closed(world_dir, tmp_path):
     config = load_client_config(write_config(tmp_path, world_dir / "client-0"))
     ledger = SiteLedger(config.privacy.ledger)
-    ledger.append(LedgerRecord("earlier", data_fingerprint(config.data.path), "finished",
+    ledger.append(LedgerRecord("earlier", data_fingerprint(config), "finished",
                                AccountantHistory([(1.0, 0.1, 10)]), 200, "dual-encoder", now_utc()))
     with config.privacy.ledger.open("a") as fh:
         fh.write('{"format": 1, "status": "finished", "history": "edited by hand"}\n')
-    with pytest.raises(LedgerCorrupt, match=r"ledger.jsonl:2: .*fails closed"):
+    with pytest.raises(LedgerCorrupt, match=r"ledger.jsonl:3: .*fails closed"):
         train_reward_model(config, progress=False)
     assert not config.train.out.exists()

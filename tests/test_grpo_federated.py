@@ -74,7 +74,7 @@ def test_grpo_with_the_mor_reward_over_tls_survives_a_killed_agent(world_dir, ti
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     configs = [_client_toml(tmp_path, ca, world_dir, site, endpoint) for site in SITES]
     for config in configs:
-        train_reward_model(load_client_config(config), progress=False)
+        train_reward_model(load_client_config(config), progress=False, new_ledger=True)
     policy = tiny_model_dir("qwen2-vl")
     coordinator = tmp_path / "coordinator.toml"
     coordinator.write_text(
