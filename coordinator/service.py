@@ -27,11 +27,12 @@ from cryptography import x509
 from PIL import Image
 
 from coordinator.config import CoordinatorConfig
+from coordinator.ledger_writer import LedgerWriter
 from coordinator.pool import CircuitBreaker, ClientPool, FanoutResult, ResilientPool, SiteHealth
 from coordinator.status import StatusWriter, status_path
 from mor_secure import pki
 from mor_secure.data.schema import answer_text, question_text
-from mor_secure.ledger import LedgerError, PrivacyLedger
+from mor_secure.ledger import LedgerError, LedgerSigner, PrivacyLedger
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Message, PrivacyReportMsg, Refused, ScoreRequest
 from mor_secure.reports import ReportError, SignedReport, load_ca, report_epsilon
@@ -120,11 +121,14 @@ class Federation:
         self.config = config
         if config.ledger.path is None:
             raise ValueError("config.ledger.path is not set; load the config with load_coordinator_config")
-        self.ledger = PrivacyLedger(config.ledger.path)
+        self.ledger = PrivacyLedger(config.ledger.path, signer=LedgerSigner(config.tls.cert, config.tls.key))
         self._ca = load_ca(config.tls.ca)
         self._admitted: dict[str, SiteReport] = {}
+        self._reported: set[str] = set()  # sessions whose report was taken (one per session)
         self._changed = threading.Condition()
-        self._ledger_jobs = ThreadPoolExecutor(1, thread_name_prefix="mor-ledger")
+        clients = config.clients
+        self.writer = LedgerWriter(self.ledger, window_s=clients.refusal_window_s,
+                                   per_window=clients.refusals_per_window)
         section = config.pool
         self.pool = ClientPool.from_config(config, admit=self._is_admitted, on_message=self._on_message,
                                            on_refusal=self._on_refusal)
@@ -147,8 +151,12 @@ class Federation:
         """Stop serving; pending ledger writes finish first."""
         self.status.stop()
         self.pool.stop()
-        self._ledger_jobs.shutdown(wait=True)
+        self.writer.stop()
         self._chunks.shutdown(wait=False)
+        try:
+            self.ledger.close()  # a last signed checkpoint
+        except LedgerError as exc:
+            log.error("could not sign the ledger's last entries", extra={"error": str(exc)})
 
     def __enter__(self) -> Federation:
         self.start()
@@ -266,7 +274,13 @@ class Federation:
     def _on_message(self, peer: Peer, msg: Message) -> None:
         """Unsolicited agent messages (transport threads): reports are verified on the ledger thread."""
         if isinstance(msg, PrivacyReportMsg):
-            self._ledger_jobs.submit(self._admit, peer, msg)
+            with self._changed:
+                first = peer.session_id not in self._reported
+                self._reported.add(peer.session_id)
+            if first:  # one report per session: a site cannot flood the ledger with them
+                self.writer.submit(self._admit, peer, msg)
+            else:
+                log.warning("ignored a second privacy report on one session", extra={"site": peer.site})
         else:
             log.warning("ignored an unsolicited message", extra={"site": peer.site, "type": msg.TYPE})
 
@@ -310,8 +324,7 @@ class Federation:
         queued for the ledger at once, so a coordinator killed a moment later loses none. An admitted agent
         that simply went away is not a refusal."""
         if not refusal.reason.startswith(DEPARTURES):
-            self._ledger_jobs.submit(self._record_refusal, refusal.identity or refusal.address or "unknown peer",
-                                     refusal.reason)
+            self.writer.refusal(refusal.identity or refusal.address or "unknown peer", refusal.reason)
 
     def _record_refusal(self, peer: str, reason: str) -> None:
         try:

@@ -4,10 +4,19 @@ Each line is one entry ``{seq, ts, kind, body, prev_hash, hash}`` with
 ``hash = sha256(prev_hash + canonical(entry without hash))``, so any modified, removed, reordered or
 inserted entry breaks the chain; privacy reports keep the site's signature, so even a rewritten
 chain cannot change who reported which epsilon. Entry kinds live in a registry (``register_kind``).
+
+An unkeyed chain can be recomputed after deleting an entry, so the coordinator also signs it: every
+``checkpoint_every`` entries (and when it opens and closes the ledger) it appends a ``checkpoint``
+entry whose signature, by the coordinator's certificate, covers the hash of the entry before it, and
+copies that checkpoint to ``PATH.head``. ``verify`` checks every checkpoint against the CA, that the
+signed head is still in the chain (truncation past it), and that no more entries than one period
+follow the last checkpoint; deleting, rewriting or reordering any signed entry breaks a signature.
+Only a torn tail without its terminating newline (what a crash leaves) is tolerated.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import fcntl
 import hashlib
@@ -23,8 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from mor_secure import pki
+from mor_secure.pki.identity import has_role_eku
+from mor_secure.pki.keys import load_private_key
 from mor_secure.logs import get_logger
 from mor_secure.reports import (CanonicalError, ReportError, SignedReport, canonical_json, encode_epsilon,
                                 load_ca, report_epsilon, verify_report)
@@ -35,6 +49,9 @@ GENESIS = "0" * 64
 ENTRY_KEYS = ("seq", "ts", "kind", "body", "prev_hash", "hash")
 MAX_ENTRY_BYTES = 256 * 1024
 MAX_TEXT = 1000  # longest peer name or refusal reason kept (they may come from hostile peers)
+CHECKPOINT_EVERY = 8
+"""Entries between two signed checkpoints (the default; each checkpoint records its own)."""
+_CHECKPOINT_DOMAIN = b"mor-ledger-checkpoint\0"
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 _READ_CHUNK = 8192
 
@@ -162,9 +179,88 @@ def _check_refusal(body: Any) -> None:
     _require(body, {"peer": (str,), "reason": (str,)}, "refusal")
 
 
+def _check_summary(body: Any) -> None:
+    _require(body, {"from": (str,), "to": (str,), "refused": (int,), "by_peer": (dict,), "by_reason": (dict,)},
+             "refusal_summary")
+    for key in ("by_peer", "by_reason"):
+        counts = body[key]
+        if len(counts) > 100 or not all(isinstance(k, str) and len(k) <= MAX_TEXT and isinstance(v, int)
+                                        and not isinstance(v, bool) and v >= 0 for k, v in counts.items()):
+            raise LedgerError(f"refusal_summary entry key {key!r} must map at most 100 texts to counts")
+
+
+def _check_checkpoint(body: Any) -> None:
+    if not isinstance(body, dict) or set(body) != {"covers_seq", "covers_hash", "every", "signature", "cert_pem"}:
+        raise LedgerError("a checkpoint entry needs the keys covers_seq, covers_hash, every, signature, cert_pem")
+    if not isinstance(body["covers_seq"], int) or isinstance(body["covers_seq"], bool) or body["covers_seq"] < 0:
+        raise LedgerError("checkpoint covers_seq is not a non-negative integer")
+    if not isinstance(body["every"], int) or isinstance(body["every"], bool) or not 1 <= body["every"] <= 10000:
+        raise LedgerError("checkpoint every is not an integer from 1 to 10000")
+    if not isinstance(body["covers_hash"], str) or not _HASH_RE.fullmatch(body["covers_hash"]):
+        raise LedgerError("checkpoint covers_hash is not 64 lower-case hex digits")
+    for key, limit in (("signature", 200), ("cert_pem", 8000)):
+        if not isinstance(body[key], str) or len(body[key]) > limit:
+            raise LedgerError(f"checkpoint {key} is not a text of at most {limit} characters")
+
+
+def _checkpoint_payload(covers_seq: int, covers_hash: str) -> bytes:
+    return _CHECKPOINT_DOMAIN + f"{covers_seq}:{covers_hash}".encode("ascii")
+
+
+def _attest_checkpoint(body: dict[str, Any], ca: x509.Certificate, at: dt.datetime) -> None:
+    """The checkpoint is signed by a coordinator certificate of the CA, valid at ``at``, over what it covers."""
+    try:
+        cert = x509.load_pem_x509_certificate(body["cert_pem"].encode("ascii"))
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, UnicodeEncodeError, InvalidSignature):
+        raise LedgerError("checkpoint certificate is not one the project CA issued") from None
+    if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+        raise LedgerError(f"checkpoint certificate is not valid at {at:%Y-%m-%d %H:%M} UTC")
+    try:
+        identity = pki.identity_of(cert)
+    except pki.PKIError as exc:
+        raise LedgerError(f"checkpoint certificate: {exc}") from None
+    if identity.role != "coordinator" or not has_role_eku(cert, "coordinator"):
+        raise LedgerError(f"checkpoint signed by {identity.uri}, not by a coordinator")
+    try:
+        signature = base64.b64decode(body["signature"], validate=True)
+        public_key = cert.public_key()
+        payload = _checkpoint_payload(body["covers_seq"], body["covers_hash"])
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        else:
+            public_key.verify(signature, payload)  # type: ignore[call-arg]
+    except (ValueError, InvalidSignature):
+        raise LedgerError("checkpoint signature does not match the chain it covers: entries before it were "
+                          "deleted, inserted or rewritten (or the checkpoint was forged)") from None
+
+
+class LedgerSigner:
+    """The coordinator's key and certificate, signing ledger checkpoints (``PrivacyLedger(signer=...)``)."""
+
+    def __init__(self, cert_path: str | Path, key_path: str | Path) -> None:
+        self.key = load_private_key(Path(key_path))
+        cert = pki.load_cert(Path(cert_path))
+        if cert.public_key() != self.key.public_key():
+            raise pki.PKIError(f"{cert_path} does not belong to the key {key_path}: use the coordinator's own pair")
+        if pki.identity_of(cert).role != "coordinator":
+            raise pki.PKIError(f"{cert_path} is not a coordinator certificate: the ledger is signed by the coordinator")
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    def checkpoint(self, covers_seq: int, covers_hash: str, every: int) -> dict[str, Any]:
+        """The body of a checkpoint entry covering the chain up to ``covers_seq`` (hash ``covers_hash``)."""
+        payload = _checkpoint_payload(covers_seq, covers_hash)
+        signature = (self.key.sign(payload, ec.ECDSA(hashes.SHA256())) if isinstance(self.key, ec.EllipticCurvePrivateKey)
+                     else self.key.sign(payload))  # type: ignore[call-arg]
+        return {"covers_seq": covers_seq, "covers_hash": covers_hash, "every": every,
+                "signature": base64.b64encode(signature).decode("ascii"), "cert_pem": self.cert_pem}
+
+
 register_kind("privacy_report", check=_check_report_body, attest=_attest_report)
 register_kind("scoring_session", check=_check_scoring)
 register_kind("refusal", check=_check_refusal)
+register_kind("refusal_summary", check=_check_summary)
+register_kind("checkpoint", check=_check_checkpoint, attest=_attest_checkpoint)
 register_kind("trust")  # reserved for the trust issue: any JSON body
 
 
@@ -211,15 +307,14 @@ def _is_entry_line(raw: bytes) -> bool:
 def _split(data: bytes) -> tuple[list[bytes], bytes]:
     """Complete lines, and a torn tail (a crash's partial last write) that is not part of the chain.
 
-    A trailing segment without a newline that is a whole JSON object counts as a line; otherwise it,
-    or a final line that is not a JSON object, is the torn tail.
+    Only bytes after the last newline can be a torn tail (a crash cannot write the newline that ends a
+    line); when they are a whole JSON object (the crash hit between the entry and its newline) they
+    count as a line. A newline-terminated line is always part of the chain, garbage or not.
     """
     lines = data.split(b"\n")
     last = lines.pop()
     if last and _is_entry_line(last):
         return lines + [last], b""
-    if not last and lines and not _is_entry_line(lines[-1]):
-        return lines[:-1], lines[-1] + b"\n"
     return lines, last
 
 
@@ -272,6 +367,9 @@ class VerifyResult:
     head: str
     torn_bytes: int
     problem: Problem | None
+    checkpoints: int = 0
+    unsigned_tail: int = 0
+    """Entries after the last signed checkpoint (at most one period is tolerated: a crash, or a live run)."""
 
     @property
     def ok(self) -> bool:
@@ -299,11 +397,34 @@ def _check_entry(entry: LedgerEntry, seq: int, prev_hash: str, ca: x509.Certific
     return True
 
 
-def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None) -> VerifyResult:
+def head_path(path: str | Path) -> Path:
+    """Where the coordinator keeps a copy of the last signed checkpoint of ledger ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".head")
+
+
+def _read_head(path: Path) -> dict[str, Any] | None:
+    """The signed head beside the ledger ({"seq", "body"}), None when there is none (LedgerError if unreadable)."""
+    try:
+        data = json.loads(head_path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LedgerError(f"signed head {head_path(path)} is unreadable ({exc}): keep it as evidence") from None
+    if not isinstance(data, dict) or set(data) != {"seq", "body"} or not isinstance(data["seq"], int):
+        raise LedgerError(f"signed head {head_path(path)} is not a checkpoint copy: keep it as evidence")
+    return data
+
+
+def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None,
+           require_signed: bool = False) -> VerifyResult:
     """Check seq continuity, the hash chain and every signature against the CA; report the first bad entry.
 
-    ``anchor`` is an entry hash noted earlier (``mor ledger show`` prints the head): the chain must
-    still contain it, which catches entries cut from the end. A torn last line (a crash) is ignored.
+    Checkpoints must cover exactly the chain before them; the signed head beside the file must still be
+    in the chain (else the ledger was cut back past it); at most one checkpoint period may follow the
+    last checkpoint. ``require_signed`` fails a ledger without any checkpoint (one whose checkpoints
+    were all stripped, or written before signing existed). ``anchor`` is an entry hash noted earlier:
+    the chain must still contain it. Only a torn tail without a newline (a crash) is ignored.
     """
     path = Path(path)
     lines, torn = _split(_read(path))
@@ -312,20 +433,51 @@ def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: 
     except ReportError as exc:
         raise LedgerError(str(exc)) from None
     prev_hash, signatures, seen_anchor = GENESIS, 0, anchor is None
+    checkpoints, last_checkpoint, every = 0, 0, CHECKPOINT_EVERY
+    checkpoint_bodies: dict[int, Any] = {}
+
+    def result(problem: Problem | None, entries: int) -> VerifyResult:
+        return VerifyResult(entries, signatures, prev_hash, len(torn), problem, checkpoints,
+                            entries - last_checkpoint if checkpoints else entries)
+
     for lineno, raw in enumerate(lines, 1):
         entry = None
         try:
             entry = _parse_entry(raw)
+            if entry.kind == "checkpoint" and isinstance(entry.body, dict) and (
+                    entry.body.get("covers_seq") != lineno - 1 or entry.body.get("covers_hash") != prev_hash):
+                raise LedgerError("checkpoint does not cover the entry before it: entries were removed, "
+                                  "inserted or rewritten")
             signatures += _check_entry(entry, lineno, prev_hash, ca)
         except (LedgerError, ReportError, CanonicalError) as exc:
-            problem = Problem(lineno, entry.seq if entry else None, str(exc))
-            return VerifyResult(lineno - 1, signatures, prev_hash, len(torn), problem)
+            return result(Problem(lineno, entry.seq if entry else None, str(exc)), lineno - 1)
+        if entry.kind == "checkpoint":
+            checkpoints, last_checkpoint, every = checkpoints + 1, lineno, entry.body["every"]
+            checkpoint_bodies[entry.seq] = entry.body
         prev_hash = entry.hash
         seen_anchor = seen_anchor or entry.hash == anchor
-    problem = None if seen_anchor else Problem(
-        None, None, f"anchor {anchor} is not in the chain: the ledger was cut back or rewritten "
-                    "since the anchor was noted")
-    return VerifyResult(len(lines), signatures, prev_hash, len(torn), problem)
+    n = len(lines)
+    head = _read_head(path)
+    problem = None
+    if head is not None and checkpoint_bodies.get(head["seq"]) != head["body"]:
+        problem = Problem(None, head["seq"], f"the signed head {head_path(path).name} names checkpoint seq "
+                          f"{head['seq']} but the ledger {'ends at seq ' + str(n) if head['seq'] > n else 'holds another entry there'}: "
+                          "it was cut back or rewritten past its last signed checkpoint")
+    elif checkpoints and head is None:
+        problem = Problem(None, None, f"the ledger has signed checkpoints but its signed head {head_path(path).name} "
+                                      "is missing: it may have been cut back; restore both from a backup")
+    elif checkpoints and n - last_checkpoint > every:
+        problem = Problem(None, last_checkpoint + 1, f"{n - last_checkpoint} entries follow the last signed "
+                          f"checkpoint (seq {last_checkpoint}), more than its period of {every}: entries were "
+                          "appended without the coordinator's key, or checkpoints removed")
+    elif require_signed and n and not checkpoints:
+        problem = Problem(None, None, "no signed checkpoint: the chain alone can be recomputed after an edit; "
+                                      "a ledger written by this version is signed by the coordinator "
+                                      "(--allow-unsigned accepts an older one)")
+    elif not seen_anchor:
+        problem = Problem(None, None, f"anchor {anchor} is not in the chain: the ledger was cut back or "
+                                      "rewritten since the anchor was noted")
+    return result(problem, n)
 
 
 # --------------------------------------------------------------------------- summary
@@ -335,7 +487,7 @@ class SiteSummary:
     """What the ledger says about one site (or refused peer)."""
 
     site: str
-    epsilon: float | None = None  # of the latest report; math.inf without DP; None: never reported
+    epsilon: float | None = None  # the largest reported (never decreases); math.inf without DP; None: never
     delta: float | None = None
     accountant: str | None = None
     reports: int = 0
@@ -355,8 +507,9 @@ class SiteSummary:
 
 
 def summarize(entries: Iterable[LedgerEntry]) -> dict[str, SiteSummary]:
-    """Per site: the epsilon, delta and accountant of its latest report (the site composes its own
-    lifetime budget), how many reports, scoring sessions, items scored and refusals."""
+    """Per site: the largest epsilon it ever reported (a site composes its own lifetime budget, so a
+    later, smaller figure, or a deleted report, never lowers what is shown), the delta and accountant of
+    its latest report, how many reports, scoring sessions, items scored and refusals (summaries count)."""
     sites: dict[str, SiteSummary] = {}
 
     def get(name: str) -> SiteSummary:
@@ -367,7 +520,8 @@ def summarize(entries: Iterable[LedgerEntry]) -> dict[str, SiteSummary]:
         if entry.kind == "privacy_report":
             row = get(body["site"])
             eps = body["epsilon"]
-            row.epsilon = math.inf if eps == "inf" else float(eps)
+            eps = math.inf if eps == "inf" else float(eps)
+            row.epsilon = eps if row.epsilon is None else max(row.epsilon, eps)
             row.delta, row.accountant = body["delta"], body["accountant"]
             row.model_sha256, row.cert_fingerprint = body["model_sha256"], body["cert_fingerprint"]
             row.reports += 1
@@ -378,6 +532,9 @@ def summarize(entries: Iterable[LedgerEntry]) -> dict[str, SiteSummary]:
             row.items_scored += body["items"]
         elif entry.kind == "refusal":
             get(body["peer"]).refusals += 1
+        elif entry.kind == "refusal_summary":
+            for peer, count in body["by_peer"].items():
+                get(peer).refusals += count
     return dict(sorted(sites.items()))
 
 
@@ -411,12 +568,19 @@ def _last_line_start(fd: int, end: int) -> int:
 class PrivacyLedger:
     """Appends entries to a ledger file, durably (fsync) and serialised across threads and processes.
 
-    Opening it (and every append) moves a torn last line, left by a crash, aside to
-    ``PATH.torn-<time>`` so the chain continues; a bad line elsewhere is left for ``verify``.
+    Opening it (and every append) moves a torn tail, the bytes a crash left after the last newline,
+    aside to ``PATH.torn-<time>`` so the chain continues; a complete line that is not an entry is never
+    cut (appends refuse to extend it) and is left for ``verify``. With a ``signer`` (the coordinator's
+    ``LedgerSigner``) a signed checkpoint follows every ``checkpoint_every`` entries, any unsigned tail
+    found on opening, and ``close()``.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, signer: LedgerSigner | None = None,
+                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+        if not 1 <= checkpoint_every <= 10000:
+            raise LedgerError(f"checkpoint_every must be from 1 to 10000, got {checkpoint_every}")
         self.path = Path(path)
+        self.signer, self.checkpoint_every = signer, checkpoint_every
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -427,6 +591,45 @@ class PrivacyLedger:
             pass
         with self._locked() as fd:
             self._recover_tail(fd)
+            self._unsigned = self._count_unsigned(fd)
+            if self.signer is not None and self._unsigned:
+                self._checkpoint(fd)
+
+    def close(self) -> None:
+        """Sign the entries written since the last checkpoint (the coordinator calls it when it stops)."""
+        if self.signer is None:
+            return
+        with self._locked() as fd:
+            if self._count_unsigned(fd):
+                self._checkpoint(fd)
+
+    def _count_unsigned(self, fd: int) -> int:
+        """Complete lines after the last checkpoint entry (the file is the coordinator's own, read once)."""
+        size = os.fstat(fd).st_size
+        lines = os.pread(fd, size, 0).split(b"\n")[:-1] if size else []
+        for back, raw in enumerate(reversed(lines)):
+            try:
+                if json.loads(raw).get("kind") == "checkpoint":
+                    return back
+            except (ValueError, AttributeError):
+                continue
+        return len(lines)
+
+    def _checkpoint(self, fd: int) -> None:
+        """Append a checkpoint signing the chain so far, then copy it to ``PATH.head`` (under the lock)."""
+        assert self.signer is not None
+        seq, prev_hash = self._head(fd)
+        body = self.signer.checkpoint(seq, prev_hash, self.checkpoint_every)
+        entry = self._write(fd, "checkpoint", body, seq, prev_hash)
+        self._unsigned = 0
+        head = head_path(self.path)
+        tmp = head.with_name(f".{head.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as handle:
+            handle.write(canonical_json({"seq": entry.seq, "body": body}) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, head)
+        _fsync_dir(self.path.parent)
 
     @contextmanager
     def _locked(self) -> Iterator[int]:
@@ -443,18 +646,16 @@ class PrivacyLedger:
                 os.close(fd)  # releases the flock
 
     def _recover_tail(self, fd: int) -> None:
-        """Complete or cut away a partial last line so that appends continue a valid chain."""
+        """Complete or move aside a torn tail (bytes after the last newline) so appends continue the chain."""
         size = os.fstat(fd).st_size
-        if size == 0:
-            return
-        ends_in_newline = os.pread(fd, 1, size - 1) == b"\n"
-        start = _last_line_start(fd, size - 1 if ends_in_newline else size)
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return  # no torn tail: a bad complete line is evidence, left for verify (appends refuse it)
+        start = _last_line_start(fd, size)
         last = os.pread(fd, size - start, start)
-        if _is_entry_line(last[:-1] if ends_in_newline else last):
-            if not ends_in_newline:  # the crash hit between the entry and its newline
-                os.write(fd, b"\n")
-                os.fsync(fd)
-                log.warning("ledger: completed a last entry that lacked its newline")
+        if _is_entry_line(last):  # the crash hit between the entry and its newline
+            os.write(fd, b"\n")
+            os.fsync(fd)
+            log.warning("ledger: completed a last entry that lacked its newline")
             return
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         aside = self.path.with_name(f"{self.path.name}.torn-{stamp}")
@@ -497,13 +698,21 @@ class PrivacyLedger:
         with self._locked() as fd:
             self._recover_tail(fd)
             seq, prev_hash = self._head(fd)
-            seq, ts = seq + 1, _utc_now()
-            entry = LedgerEntry(seq, ts, kind, body, prev_hash, entry_hash(seq, ts, kind, body, prev_hash))
-            line = memoryview(canonical_json(entry.to_dict()) + b"\n")
-            while line:
-                line = line[os.write(fd, line):]
-            os.fsync(fd)
-        log.debug("ledger entry appended", extra={"seq": seq, "kind": kind})
+            entry = self._write(fd, kind, body, seq, prev_hash)
+            self._unsigned += 1
+            if self.signer is not None and self._unsigned >= self.checkpoint_every:
+                self._checkpoint(fd)
+        log.debug("ledger entry appended", extra={"seq": entry.seq, "kind": kind})
+        return entry
+
+    def _write(self, fd: int, kind: str, body: Any, seq: int, prev_hash: str) -> LedgerEntry:
+        """Write the entry after ``seq``/``prev_hash`` and fsync it (caller holds the lock)."""
+        seq, ts = seq + 1, _utc_now()
+        entry = LedgerEntry(seq, ts, kind, body, prev_hash, entry_hash(seq, ts, kind, body, prev_hash))
+        line = memoryview(canonical_json(entry.to_dict()) + b"\n")
+        while line:
+            line = line[os.write(fd, line):]
+        os.fsync(fd)
         return entry
 
     def record_report(self, signed: SignedReport, ca_cert: x509.Certificate | str | Path, *,
@@ -521,6 +730,17 @@ class PrivacyLedger:
         """Record a refused peer (certificate name or address) and why; long texts are cut."""
         return self.append("refusal", {"peer": peer[:MAX_TEXT], "reason": reason[:MAX_TEXT]})
 
+    def record_refusal_summary(self, start: str, end: str, refused: int, by_peer: dict[str, int],
+                               by_reason: dict[str, int]) -> LedgerEntry:
+        """Record how many refusals a window held back, by peer and by reason (the top ones; texts cut)."""
+        def cut(counts: dict[str, int]) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for key, count in list(counts.items())[:100]:
+                out[key[:200]] = out.get(key[:200], 0) + count
+            return out
+        return self.append("refusal_summary", {"from": start, "to": end, "refused": refused,
+                                               "by_peer": cut(by_peer), "by_reason": cut(by_reason)})
+
     def entries(self) -> list[LedgerEntry]:
         """Every entry, in order."""
         return read_entries(self.path)
@@ -529,6 +749,7 @@ class PrivacyLedger:
         """Per-site summary (see ``summarize``)."""
         return summarize(self.entries())
 
-    def verify(self, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None) -> VerifyResult:
+    def verify(self, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None,
+               require_signed: bool = False) -> VerifyResult:
         """Verify this ledger file (see ``verify``)."""
-        return verify(self.path, ca_cert, anchor=anchor)
+        return verify(self.path, ca_cert, anchor=anchor, require_signed=require_signed)

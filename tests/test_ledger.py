@@ -202,11 +202,16 @@ def test_an_entry_missing_only_its_newline_is_kept(ledger_bytes, ca, tmp_path):
     assert verify(path, ca).ok and not list(tmp_path.glob("*.torn-*"))
 
 
-def test_a_garbage_last_line_is_moved_aside_but_a_bad_middle_line_is_tampering(ledger_bytes, ca, tmp_path):
+def test_a_newline_terminated_garbage_line_is_tampering_not_a_torn_tail(ledger_bytes, ca, tmp_path):
+    """A crash cannot write the newline that ends a line: such a line is evidence, never cut away."""
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(ledger_bytes + b"\x00\x00\x00\n")
-    PrivacyLedger(path)
-    assert path.read_bytes() == ledger_bytes and len(list(tmp_path.glob("*.torn-*"))) == 1
+    ledger = PrivacyLedger(path)
+    assert path.read_bytes() == ledger_bytes + b"\x00\x00\x00\n" and not list(tmp_path.glob("*.torn-*"))
+    result = verify(path, ca)
+    assert result.problem.line == 9 and "not valid JSON" in result.problem.reason and result.torn_bytes == 0
+    with pytest.raises(LedgerError, match="malformed.*refusing to extend"):
+        ledger.record_refusal("p", "r")
 
     lines = lines_of(ledger_bytes)
     lines[3] = lines[3][:50]
@@ -308,7 +313,9 @@ def test_cli_show_prints_a_table_and_json(ledger_bytes, tmp_path):
 def test_cli_verify_exit_codes(ledger_bytes, ca, tmp_path):
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(ledger_bytes)
-    ok = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(ca)])
+    unsigned = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(ca)])
+    assert unsigned.exit_code == 1 and "no signed checkpoint" in unsigned.output
+    ok = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(ca), "--allow-unsigned"])
     assert ok.exit_code == 0 and "ok: 8 entries, chain intact, 3 signatures valid" in ok.output
     head = json.loads(lines_of(ledger_bytes)[-1])["hash"]
     assert f"head: {head}" in ok.output
@@ -316,11 +323,12 @@ def test_cli_verify_exit_codes(ledger_bytes, ca, tmp_path):
     lines = lines_of(ledger_bytes)
     lines[4] = canonical_json(_tamper(json.loads(lines[4]), "body"))
     write(path, lines)
-    bad = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(ca)])
+    bad = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(ca), "--allow-unsigned"])
     assert bad.exit_code == 1 and "NOT intact: line 5, seq 5: hash does not match" in bad.output
 
     write(path, lines_of(ledger_bytes)[:-1])
-    cut = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(ca), "--anchor", head])
+    cut = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(ca), "--anchor", head,
+                                    "--allow-unsigned"])
     assert cut.exit_code == 1 and "anchor" in cut.output
 
 

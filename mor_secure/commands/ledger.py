@@ -34,8 +34,8 @@ def _fmt_epsilon(epsilon: float | None) -> str:
 def show(file: Path, as_json: bool) -> None:
     """Per-site summary of ledger FILE: spent epsilon, delta, accountant, reports, items scored, refusals.
 
-    The epsilon is the one in the site's latest signed report (the site composes its own lifetime
-    budget). The head hash printed last can be passed to `mor ledger verify --anchor` later to
+    The epsilon is the largest the site ever reported (the site composes its own lifetime budget,
+    so it never goes down with later entries). The head hash printed last can be passed to `mor ledger verify --anchor` later to
     prove that no entry was cut from the end since. This reads without verifying: run
     `mor ledger verify` for that.
     """
@@ -81,23 +81,29 @@ def _check_anchor(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--anchor", default=None, metavar="HASH", callback=_check_anchor,
               help="An entry hash noted earlier (`mor ledger show` prints the head); fail if the "
                    "chain no longer contains it, which catches entries cut from the end.")
-def verify_command(file: Path, ca: Path, anchor: str | None) -> None:
-    """Check ledger FILE: seq continuity, the hash chain and every report signature against --ca.
+@click.option("--allow-unsigned", is_flag=True, default=False,
+              help="Accept a ledger without any coordinator checkpoint (written before ledgers were signed); "
+                   "such a chain can be recomputed after an edit, so this proves much less.")
+def verify_command(file: Path, ca: Path, anchor: str | None, allow_unsigned: bool) -> None:
+    """Check ledger FILE: seq continuity, the hash chain, every report and checkpoint signature against --ca.
 
-    Exits 0 when intact; exits 1 naming the first bad entry (line, seq, what is wrong). A torn
-    last line left by a crash is reported but does not fail (the coordinator moves it aside).
+    The coordinator signs the chain at checkpoints and keeps the last one in FILE.head: deleting,
+    rewriting or reordering signed entries, or cutting the file back past its last checkpoint, fails.
+    Exits 0 when intact; exits 1 naming the first bad entry (line, seq, what is wrong). A torn tail
+    (bytes after the last newline, left by a crash) is reported but does not fail.
     """
     from mor_secure.ledger import LedgerError, verify
 
     try:
-        result = verify(file, ca, anchor=anchor)
+        result = verify(file, ca, anchor=anchor, require_signed=not allow_unsigned)
     except LedgerError as exc:
         raise click.ClickException(str(exc)) from None
     if not result.ok:
         raise click.ClickException(
             f"ledger {file} is NOT intact: {result.problem} ({result.entries} entries before it verified); "
             "keep this copy as evidence and restore the ledger from a trusted backup")
-    click.echo(f"ok: {result.entries} entries, chain intact, {result.signatures} signatures valid")
+    click.echo(f"ok: {result.entries} entries, chain intact, {result.signatures} signatures valid "
+               f"({result.checkpoints} coordinator checkpoints; {result.unsigned_tail} entries after the last)")
     click.echo(f"head: {result.head}")
     if result.torn_bytes:
         click.echo(f"note: a torn last line ({result.torn_bytes} bytes, left by a crash) is not part of "

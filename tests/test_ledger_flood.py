@@ -1,0 +1,44 @@
+"""Outsiders cannot fill the coordinator's ledger: 1,000 plaintext connections and a half-open flood cost a
+few refusal entries and one summary per window, the coordinator's ledger stays signed and verifiable, and an
+allow-listed site is still refused in full (issue 14 item 2)."""
+
+from __future__ import annotations
+
+import time
+
+from abuse_peers import plaintext_flood
+from coordinator.config import load_coordinator_config
+from coordinator.service import Federation
+from mor_secure.ledger import read_entries, summarize, verify
+from tests.site_helpers import coordinator_toml, free_port, make_ca
+
+
+def _until(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_plaintext_flood_costs_a_bounded_number_of_ledger_entries(tmp_path):
+    ca_dir = make_ca(tmp_path / "ca")
+    config = load_coordinator_config(coordinator_toml(tmp_path, ca_dir, free_port(), ["site-a"],
+                                                      "refusal_window_s = 60.0\nrefusals_per_window = 10\n"))
+    with Federation(config) as fed:
+        server = fed.pool.server
+        for source in ("127.0.0.2", "127.0.0.3"):
+            plaintext_flood(server.endpoint, 500, source=source)
+        assert _until(lambda: server.refused_early >= 1000)
+        assert _until(lambda: fed.writer.refusals_summarised >= 1000 - 10)
+    # stopping writes the summary of the window so far (a long-running coordinator: one per window)
+    entries = read_entries(config.ledger.path)
+    kinds = [e.kind for e in entries]
+    assert kinds.count("refusal") <= 10 and kinds.count("refusal_summary") == 1
+    summarised = sum(e.body["refused"] for e in entries if e.kind == "refusal_summary")
+    assert kinds.count("refusal") + summarised == 1000
+    assert summarize(entries)["127.0.0.2"].refusals == 500 and summarize(entries)["127.0.0.3"].refusals == 500
+    assert config.ledger.path.stat().st_size < 64 * 1024
+    result = verify(config.ledger.path, ca_dir / "ca.pem", require_signed=True)
+    assert result.ok and result.checkpoints >= 1 and result.unsigned_tail == 0
