@@ -4,7 +4,9 @@ privacy report.
 ``ScoringService`` answers one ``ScoreRequest`` with a ``ScoreReply`` or an ``Error`` (code and
 message), never silence: a request over the rate (token bucket), over ``max_batch``, of wrong
 types, or with an image that is not a PNG/JPEG of at most ``max_pixels`` is refused, and the agent
-keeps serving. It runs on the agent's handler threads, off the network loop. Logs carry the request
+keeps serving. Images count against the request's limits: no more images than ``max_batch``, only
+the images an item references are decoded, and their sizes, read from the headers before any pixel
+is decoded, must fit a per-request budget of ``REQUEST_PIXEL_FACTOR * max_pixels``. It runs on the agent's handler threads, off the network loop. Logs carry the request
 id, item count and duration, never content.
 """
 
@@ -30,6 +32,9 @@ log = get_logger("client.scoring")
 
 REPORT_NAME = "privacy_report.json"
 IMAGE_FORMATS = ("PNG", "JPEG")
+REQUEST_PIXEL_FACTOR = 16
+"""A request may decode at most this many ``max_pixels``-sized images in all (16 x 2048^2 by default, about
+200 MB as RGB), whatever its batch: 100 images of 2048^2 once cost an agent 1.6 GB for one item."""
 
 
 class ServeError(RuntimeError):
@@ -66,6 +71,20 @@ class TokenBucket:
                 return False
             self._tokens -= 1.0
             return True
+
+
+def image_size(data: bytes, max_pixels: int, where: str) -> int:
+    """The pixel count of PNG or JPEG bytes, read from the header only (``Refusal`` if bad or over ``max_pixels``)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise Refusal("bad_image", f"{where} does not decode as a PNG or JPEG image "
+                                   f"({type(exc).__name__})") from None
+    if width * height > max_pixels:
+        raise Refusal("image_too_large", f"{where} is {width}x{height} pixels, more than the site's "
+                                         f"limit of {max_pixels} ([serve] max_pixels)")
+    return width * height
 
 
 def decode_image(data: bytes, max_pixels: int, where: str) -> Image.Image:
@@ -120,9 +139,7 @@ class ScoringService:
         if n > self.policy.max_batch:
             raise Refusal("batch_too_large", f"{n} items, more than the site's limit of {self.policy.max_batch} "
                                              "per request ([serve] max_batch); split the batch")
-        decoded = [decode_image(bytes(data), self.policy.max_pixels, f"images[{i}]")
-                   for i, data in enumerate(msg.images)]
-        images = [decoded[j] for j in msg.image_index] if msg.image_index else decoded
+        images = self._decode_images(msg)
         if n == 0:
             return []
         with self._inference:
@@ -137,6 +154,25 @@ class ScoringService:
         if bad:
             raise Refusal("model_error", f"the reward model produced {bad} non-finite score(s)")
         return [float(s) for s in scores]
+
+
+    def _decode_images(self, msg: ScoreRequest) -> list[Image.Image]:
+        """One RGB image per item: only referenced images are decoded, after their header sizes fit the budget."""
+        policy = self.policy
+        if len(msg.images) > policy.max_batch:
+            raise Refusal("batch_too_large", f"{len(msg.images)} images, more than the site's limit of "
+                                             f"{policy.max_batch} per request ([serve] max_batch)")
+        used = sorted(set(msg.image_index)) if msg.image_index else list(range(len(msg.images)))
+        budget = REQUEST_PIXEL_FACTOR * policy.max_pixels
+        total = 0
+        for i in used:
+            total += image_size(bytes(msg.images[i]), policy.max_pixels, f"images[{i}]")
+            if total > budget:
+                raise Refusal("too_many_pixels", f"the request's images hold more than {budget} pixels in all "
+                                                 f"({REQUEST_PIXEL_FACTOR} x [serve] max_pixels); send fewer or "
+                                                 "smaller images per request")
+        decoded = {i: decode_image(bytes(msg.images[i]), policy.max_pixels, f"images[{i}]") for i in used}
+        return [decoded[j] for j in msg.image_index] if msg.image_index else [decoded[i] for i in used]
 
 
 @dataclass
