@@ -111,14 +111,22 @@ def pair_scores(split: Split, calibrator: Calibrator, sites: list[str]) -> torch
     return out
 
 
+ROUTER_TEST_FRACTION = 0.2
+"""Share of the questions held out to evaluate the router when its labelled pairs have one split."""
+
+
 def _load_split(config: CoordinatorConfig, split: str) -> Any:
-    from mor_secure.data.loader import load_preferences
+    """One split of the labelled pairs, in any layout a site's data may have; a one-split data set is
+    divided by each question's content (ROUTER_TEST_FRACTION held out as [router] test_split)."""
+    from mor_secure.data.site import open_site_data
 
     section = config.router
     if section.data is None:
         raise RouterRunError("[router] data is not set: point it at the labelled pairs (`server/router` of the "
-                             "benchmark world)")
-    rows = load_preferences(section.data, split=split)
+                             "benchmark world, or any preference data set in TRL's layouts)")
+    site = open_site_data(section.data, train_split=section.train_split, test_split=section.test_split,
+                          test_fraction=ROUTER_TEST_FRACTION)
+    rows = site.rows(split)
     if section.max_pairs:
         rows = rows.select(range(min(section.max_pairs, len(rows))))
     if len(rows) == 0:

@@ -9,6 +9,7 @@ GRPO's reference reload take by path.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,30 @@ log = get_logger("coordinator.sft")
 IGNORE_INDEX = -100
 
 
-def load_rows(data: Any) -> Any:
-    """A ``datasets.Dataset`` from a dataset object or a folder written by ``save_to_disk``."""
-    from datasets import Dataset, load_from_disk
+def load_rows(data: Any, *, columns: Mapping[str, str] | None = None) -> Any:
+    """A ``datasets.Dataset`` of image + prompt rows from a data set object or a local data set.
+
+    A ``save_to_disk`` folder that already has ``image`` and a conversational ``prompt`` is read as it
+    is (every column kept: ``completion`` for SFT, reward columns for GRPO); any other source in the
+    layouts the site loader reads (parquet, JSON lines with image paths, ``images`` lists, plain-string
+    prompts, ``columns`` mapping other names) becomes canonical prompt rows with no answers needed.
+    """
+    from datasets import Dataset
+
+    from mor_secure.data.loader import load_preferences
+    from mor_secure.data.schema import features_for, shape
 
     if isinstance(data, Dataset):
         return data
     path = Path(data)
-    if not (path / "dataset_info.json").is_file():
-        raise FileNotFoundError(f"{path}: not a saved data set (no dataset_info.json); generate one with "
-                                "`mor coordinator public-data --out DIR` or pass a `save_to_disk` folder")
-    return load_from_disk(str(path))
+    if not columns and (path / "dataset_info.json").is_file() and (path / "state.json").is_file():
+        from datasets import load_from_disk
+
+        rows = load_from_disk(str(path))
+        expected = features_for("prompts")
+        if all(c in rows.features and shape(rows.features[c]) == shape(expected[c]) for c in ("image", "prompt")):
+            return rows
+    return load_preferences(path, kind="prompts", columns=columns)
 
 
 def completion_batch(processor: Any, rows: dict[str, list]) -> dict[str, torch.Tensor]:

@@ -6,8 +6,8 @@ datasets and PIL are imported inside the commands, so `mor data --help` stays fa
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,8 +18,9 @@ def group() -> None:
 
     The world is seeded multi-domain visual question answering with ground truth: one folder of
     preference pairs per client (mostly its own domain, in its own answer style), a router set
-    and held-out eval questions for the coordinator. Data sets use TRL's conversational
-    preference schema (image, prompt, chosen, rejected) plus domain, question_type and answer.
+    and held-out eval questions for the coordinator. Data sets use TRL's vision preference layouts
+    (image or images, prompt, chosen, rejected); domain, question_type and answer are optional
+    metadata that only the benchmark world has.
     """
 
 
@@ -89,32 +90,91 @@ def synth(out_dir: Path, seed: int, clients: int, pairs: int, router_pairs: int,
     click.echo(f"check a part:  mor data check {out_dir / 'client-0'}")
 
 
+def _families(config: Any, max_length: int | None) -> tuple[int, dict[str, Any]]:
+    """(max_length, {family: tokenizer or None}) to count truncation for: the dual-encoder always
+    (characters), and the VLM family of --config's [model] with its base's tokenizer."""
+    families: dict[str, Any] = {"dual-encoder": None}
+    if config is None:
+        return max_length or 256, families
+    model = config.model
+    if model.family != "dual-encoder" and model.base:
+        from mor_secure.models.loading import ModelNotFoundError, load_processor
+
+        try:
+            families[f"{model.family} ({model.base})"] = load_processor(model.base).tokenizer
+        except (ModelNotFoundError, OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot load the tokenizer of [model] base {model.base!r}: {exc}") from None
+    return max_length or model.max_length, families
+
+
 @group.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--kind", default="pairs", show_default=True, type=click.Choice(["pairs", "eval"]),
-              help="Schema to check against: preference pairs, or eval questions (no chosen/rejected).")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--kind", default="pairs", show_default=True, type=click.Choice(["pairs", "eval", "prompts"]),
+              help="Schema to check against: preference pairs, eval questions (image, prompt, answer) or "
+                   "GRPO prompts (image, prompt; no answers).")
 @click.option("--split", default=None,
-              help="Check only this split of a DatasetDict folder (default: every split).")
-def check(path: Path, kind: str, split: str | None) -> None:
-    """Validate the data set at PATH and print its rows per domain.
+              help="Report only this split (default: every split; all are read, as training does).")
+@click.option("--columns", "columns", multiple=True, metavar="NAME=COLUMN",
+              help="Your data set's column for one of the product's (image, prompt, chosen, rejected, domain, "
+                   "question_type, answer), e.g. --columns prompt=question; repeat or comma-separate. "
+                   "Overrides [data] columns of --config.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="A site's client.toml: its [data] (path, columns, splits, test_fraction, max_image_pixels) "
+                   "and [model] (family, base, max_length) are used.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Held-out share when the data set has one split (default [data] test_fraction or 0.1).")
+@click.option("--max-length", type=click.IntRange(1), default=None,
+              help="Truncation length to report against (default [model] max_length or 256).")
+def check(path: Path | None, kind: str, split: str | None, columns: tuple[str, ...], config_path: Path | None,
+          test_fraction: float | None, max_length: int | None) -> None:
+    """Tell what training would read from PATH and refuse: one line per fact, then every problem.
 
-    PATH is a local save_to_disk folder (Dataset or DatasetDict), a .parquet file or a .jsonl
-    file (images as paths relative to it). Exits 1 naming every missing or mistyped column.
+    PATH is a local save_to_disk folder (Dataset or DatasetDict), a .parquet file or a .jsonl file
+    (images as paths relative to it), in TRL's vision preference layout: `images` (a list of one)
+    or `image`, and `prompt`, `chosen`, `rejected` as message lists or plain strings. Reports rows
+    per split, how each column was mapped, image sizes, text lengths, rows each family would
+    truncate, questions in both train and test, and the content fingerprint. Exits 1 naming every
+    problem (each refused row with its reason); never a traceback for a corrupt file.
     """
-    from mor_secure.data.loader import available_splits, load_preferences, verify_images
+    from mor_secure.data.check import check_site_data
+    from mor_secure.data.loader import MAX_IMAGE_PIXELS, parse_columns
     from mor_secure.data.schema import DataError
+    from mor_secure.data.site import open_site_data
 
-    splits = [split] if split else (available_splits(path) or [None])
+    config = None
+    if config_path is not None:
+        from client_agent.config import load_client_config
+        from mor_secure.config import ConfigError
+
+        try:
+            config = load_client_config(config_path)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    data = config.data if config is not None else None
+    path = path or (data.path if data is not None else None)
+    if path is None:
+        raise click.ClickException("no data set: pass PATH, or --config with [data] path set")
     try:
-        for name in splits:
-            ds = load_preferences(path, split=name, kind=kind)
-            verify_images(ds)
-            counts = Counter(ds["domain"])
-            per_domain = ", ".join(f"{d} {n}" for d, n in sorted(counts.items()))
-            click.echo(f"{name or 'all'}: {len(ds)} valid {kind} rows ({per_domain})")
+        mapping = parse_columns(columns) if columns else (dict(data.columns) if data is not None else {})
+        site = open_site_data(
+            path, kind=kind, strict=False, columns=mapping,
+            train_split=data.train_split if data else "train", test_split=data.test_split if data else "test",
+            test_fraction=test_fraction if test_fraction is not None else (data.test_fraction if data else 0.1),
+            max_pixels=data.max_image_pixels if data else MAX_IMAGE_PIXELS)
+        if split is not None:
+            site.rows(split)
     except DataError as exc:
-        hint = ""
-        if kind == "pairs" and "missing column 'chosen'" in str(exc):
-            hint = " (an eval set? pass --kind eval)"
-        raise click.ClickException(f"{exc}{hint}") from None
+        raise click.ClickException(f"{exc}") from None
+    length, families = _families(config, max_length)
+    result = check_site_data(site, max_length=length, families=families, only_split=split)
+    click.echo(f"data set   {path}")
+    for line in result.lines:
+        click.echo(line)
+    if result.problems:
+        for problem in result.problems:
+            click.echo(f"  refused: {problem}")
+        hint = " (an eval set? pass --kind eval)" if kind == "pairs" and any(
+            "missing column 'chosen'" in p for p in result.problems) else ""
+        raise click.ClickException(f"{len(result.problems)} problem(s) in {path}{hint}: fix each row above (or "
+                                   "the column mapping), then check again; training refuses this data set")
     click.echo(f"ok: {path} follows the {kind} schema")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,6 +221,11 @@ def image_bytes(value: Any, base: Path, max_pixels: int) -> bytes:
     return value
 
 
+def _oversized(pixels: str, max_pixels: int) -> RowProblem:
+    return RowProblem(f"is an oversized image ({pixels} pixels, more than {max_pixels}); downscale it or "
+                      "raise [data] max_image_pixels")
+
+
 def check_image(data: bytes, max_pixels: int) -> tuple[int, int]:
     """(width, height) of encoded image bytes after a header size check and a full decode."""
     try:
@@ -228,12 +234,12 @@ def check_image(data: bytes, max_pixels: int) -> tuple[int, int]:
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise RowProblem(f"is an oversized image ({width}x{height} pixels, more than {max_pixels}); "
-                                     "downscale it or raise [data] max_image_pixels")
+                    raise _oversized(f"{width}x{height} = {width * height}", max_pixels)
                 image.load()
                 return width, height
-    except Image.DecompressionBombError:
-        raise RowProblem(f"is an oversized image (more than {max_pixels} pixels); downscale it") from None
+    except Image.DecompressionBombError as exc:  # PIL refuses past its own limit before telling the size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _oversized(found.group(1) if found else "too many", max_pixels) from None
     except RowProblem:
         raise
     except IMAGE_ERRORS as exc:
@@ -402,7 +408,9 @@ def read_preferences(path: str | Path, split: str | None = None, kind: Kind = "p
         for column, value in out.items():
             converted[column].append(value)
     if column_problems:
-        return LoadReport(datasets.Dataset.from_dict({}), n, mapping, ignored, problems)
+        empty = features_for(kind, present)
+        return LoadReport(datasets.Dataset.from_dict({c: [] for c in empty}, features=empty), n, mapping,
+                          ignored, problems)
     data = datasets.Dataset.from_dict(converted, features=features_for(kind, present))
     if ignored:
         log.info("extra columns ignored", extra={"columns": len(ignored)})
