@@ -214,7 +214,7 @@ def test_data_check_names_every_bad_row_in_one_line_each(rows, tmp_path):
     assert "pairs.jsonl:3: not UTF-8 text" in out and "pairs.jsonl:4: JSON nested too deeply" in out
     assert "column 'chosen' has a message whose content is neither a string" in out
     assert "holds 2 images; one image per row is supported" in out
-    assert "Error: 6 problem(s)" in out and "6 valid pairs rows of 10" in out
+    assert "Error: 6 problem(s)" in out and "read       6 valid pairs rows of 10" in out
 
 
 @pytest.mark.parametrize("damage", ["bad-json-array", "garbage-parquet", "dataset-dict-json", "state-json",

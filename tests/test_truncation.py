@@ -46,3 +46,5 @@ def test_vlm_truncates_long_answers_from_the_start_instead_of_failing(family, ti
     assert not ids[0].equal(ids[1])
     assert "lesion" in tokenizer.decode(ids[0]) and "How many?" in tokenizer.decode(ids[0])
     assert model.score([image, image], ["How many?"] * 2, [common + "two lesions", common + "no lesion"])
+    answers = [(common + "two lesions", "no"), ("two", "no")]
+    assert count_truncated(["How many?"] * 2, answers, 24, tokenizer=tokenizer) == 1  # what data check reports

@@ -82,9 +82,13 @@ def check_site_data(site: SiteData, *, max_length: int, families: dict[str, Any]
     if only_split is not None:
         names = [only_split]
     result.lines += _mapping_line(site)
+    if site.held_out:
+        ((name, only),) = site.splits.items()
+        result.lines.append(f"read       {len(only.data)} valid {kind} rows of {only.report.source_rows} "
+                            f"(one split, {name!r}): divided into {site.train_split} and {site.test_split}")
     for name in names:
         rows = site.rows(name)
-        source = site.splits.get(name)
+        source = None if site.held_out else site.splits.get(name)
         total = f" of {source.report.source_rows}" if source is not None else ""
         domains = Counter(rows["domain"]) if "domain" in rows.column_names else None
         per = f" ({', '.join(f'{d} {n}' for d, n in sorted(domains.items()))})" if domains else ""
