@@ -3,7 +3,8 @@
 Every refused peer used to cost an fsynced ledger entry through an unbounded queue, so outsiders could
 fill the disk and the memory. Now refusals pass a ``Throttle`` (a few per window written in full, at
 most a few per peer; the rest counted by peer and reason into one ``refusal_summary`` entry per
-window) and a bounded queue (a refusal that finds it full is counted, never waited for). Jobs from
+window; peers refused before authentication share one quota, so a flood of them cannot crowd out the
+refusal of a certified site, which has its own few per window) and a bounded queue (a refusal that finds it full is counted, never waited for). Jobs from
 authenticated sites (signed privacy reports) wait for room instead: they are few and must not be lost.
 """
 
@@ -32,7 +33,8 @@ class LedgerWriter:
                  per_window: int = 20, per_peer: int = 5) -> None:
         self.ledger = ledger
         self._jobs: queue.Queue = queue.Queue(max_queue)
-        self._throttle = Throttle(window_s, per_window, per_key=per_peer)
+        self._outsiders = Throttle(window_s, per_window, per_key=per_peer)
+        self._certified = Throttle(window_s, 100 * per_window, per_key=per_peer)  # names the CA issued
         self._lock = threading.Lock()  # the throttle is shared by the transport threads and the writer
         self._stopping = threading.Event()
         self.refusals_summarised = 0
@@ -44,17 +46,19 @@ class LedgerWriter:
         """Run ``fn(*args)`` on the writer thread, waiting for room in the queue (authenticated work only)."""
         self._jobs.put((fn, args))
 
-    def refusal(self, peer: str, reason: str) -> None:
-        """Record a refused peer: in full while the window's quota lasts and the queue has room, else counted."""
+    def refusal(self, peer: str, reason: str, *, certified: bool = False) -> None:
+        """Record a refused peer (``certified``: known by its certificate, else by its address): in full while
+        the window's quota lasts and the queue has room, else counted for the summary."""
+        throttle = self._certified if certified else self._outsiders
         with self._lock:
-            if not self._throttle.admit(peer, reason):
+            if not throttle.admit(peer, reason):
                 self.refusals_summarised += 1
                 return
         try:
             self._jobs.put_nowait((self._write_refusal, (peer, reason)))
         except queue.Full:
             with self._lock:
-                self._throttle.hold(peer, reason)
+                throttle.hold(peer, reason)
                 self.refusals_summarised += 1
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -86,10 +90,13 @@ class LedgerWriter:
             log.error("could not record a refusal", extra={"peer": peer, "error": str(exc)})
 
     def _write_summary(self, force: bool = False) -> None:
-        with self._lock:
-            summary: Summary | None = self._throttle.flush(force)
-        if summary is None:
-            return
+        for throttle in (self._outsiders, self._certified):
+            with self._lock:
+                summary = throttle.flush(force)
+            if summary is not None:
+                self._write(summary)
+
+    def _write(self, summary: Summary) -> None:
         try:
             self.ledger.record_refusal_summary(_iso(summary.started), _iso(summary.ended), summary.suppressed,
                                                summary.by_key, summary.by_reason)

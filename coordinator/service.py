@@ -324,7 +324,8 @@ class Federation:
         queued for the ledger at once, so a coordinator killed a moment later loses none. An admitted agent
         that simply went away is not a refusal."""
         if not refusal.reason.startswith(DEPARTURES):
-            self.writer.refusal(refusal.identity or refusal.address or "unknown peer", refusal.reason)
+            self.writer.refusal(refusal.identity or refusal.address or "unknown peer", refusal.reason,
+                                certified=bool(refusal.identity))
 
     def _record_refusal(self, peer: str, reason: str) -> None:
         try:
