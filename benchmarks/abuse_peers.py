@@ -97,23 +97,24 @@ class HalfOpenFlood(threading.Thread):
         self.join(10)
 
 
-def plaintext_flood(endpoint: str, connections: int, *, source: str | None = None, payload: bytes = b"GET / HTTP/1.0\r\n") -> int:
-    """Open ``connections`` ZeroMQ connections that each send one plaintext frame, then close; returns the count."""
-    context = zmq.Context.instance()
+def plaintext_flood(endpoint: str, connections: int, *, source: str | None = None,
+                    payload: bytes = b"GET / HTTP/1.0\r\n") -> int:
+    """Open ``connections`` ZeroMQ connections that each send one plaintext frame, then close; returns the count.
+
+    A context of its own holds them (libzmq caps sockets per context), and closing it waits until every
+    frame left (bounded by the linger of 5 s)."""
+    context = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, connections + 16)
     target = from_address(endpoint, source)
-    socks = []
-    for i in range(connections):
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 5000)  # closed at once; libzmq delivers the frame in the background
-        sock.connect(target)
-        sock.send(payload + str(i).encode())
-        socks.append(sock)
-        if len(socks) >= 200:  # keep file descriptors bounded
-            for old in socks:
-                old.close()
-            socks = []
-    for sock in socks:
-        sock.close()
+    try:
+        for i in range(connections):
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 5000)  # closed at once; libzmq delivers the frame in the background
+            sock.connect(target)
+            sock.send(payload + str(i).encode())
+            sock.close()
+    finally:
+        context.term()
     return connections
 
 
@@ -150,3 +151,67 @@ class FakeCoordinator(threading.Thread):
         """Unbind, so a real coordinator can take the port."""
         self._stop_event.set()
         self.join(5)
+
+
+class RawPeer:
+    """A hand-driven agent: a real handshake with ``context`` (any certificate), then ``hello`` (default a
+    valid one), then whatever the caller sends; ``replies`` holds what came back before the first message."""
+
+    def __init__(self, endpoint: str, context: ssl.SSLContext, hello: bytes | None = None, *,
+                 source: str | None = None, timeout_s: float = 10.0) -> None:
+        from mor_secure import protocol
+
+        self.out: list[bytes] = []
+        self.tls = TLSSession(context, server_side=False, emit=self.out.append, max_message_bytes=32 << 20)
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(from_address(endpoint, source))
+        self.tls.start()
+        self.replies: list[protocol.Message] = []  # the first is the Welcome (or a Refused)
+        deadline = time.monotonic() + timeout_s
+        while not self.replies:
+            self.flush()
+            if not self.sock.poll(max(1, int(1000 * (deadline - time.monotonic())))):
+                raise TimeoutError("no answer from the server")
+            was_done = self.tls.handshake_done
+            messages = self.tls.feed(self.sock.recv())
+            if self.tls.handshake_done and not was_done:
+                self.send(hello or protocol.encode(protocol.Hello(agent_version="t", worker_id="raw")))
+            self.replies += [protocol.decode(m) for m in messages]
+
+    def flush(self) -> None:
+        """Send the records the TLS session produced."""
+        while self.out:
+            self.sock.send(self.out.pop(0))
+
+    def send(self, payload: bytes) -> None:
+        """Encrypt and send one message (any bytes: the protocol is not checked on this side)."""
+        self.tls.send(payload)
+        self.flush()
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+def hostile_coordinator(endpoint: str, context_factory, *, allow: Sequence[str], welcome_heartbeat_s: float | None = None):
+    """A ``TLSServer`` with a real coordinator certificate that misbehaves: it may welcome with
+    ``welcome_heartbeat_s`` (e.g. 0), and ``send_raw(site, data)`` sends unchecked bytes to a welcomed site."""
+    from mor_secure.transport import TLSServer
+    from mor_secure.transport.server import Peer
+
+    class HostileCoordinator(TLSServer):
+        def _welcome(self, session, hello) -> None:
+            if welcome_heartbeat_s is None:
+                super()._welcome(session, hello)
+                return
+            session.peer = Peer(session.session_id, session.identity.name, session.fingerprint, session.address,
+                                hello.worker_id, hello.agent_version, time.time())
+            session.tls.send(msgpack.packb({"v": 1, "t": "welcome", "b": {
+                "coordinator": self.name, "session_id": session.session_id, "heartbeat_s": welcome_heartbeat_s}}))
+
+        def send_raw(self, site: str, data: bytes) -> None:
+            (session,) = [s for s in list(self._sessions.values()) if s.peer is not None and s.peer.site == site][:1]
+            session.tls.send(data)
+
+    return HostileCoordinator(loopback_only(endpoint), context_factory, name="coord", allow=allow)

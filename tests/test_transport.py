@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from abuse_peers import RawPeer
 from mor_secure import pki, protocol
 from mor_secure.pki.keys import load_private_key, signing_hash
 from mor_secure.protocol import HealthReply, HealthRequest
@@ -356,34 +357,10 @@ def test_the_agent_reconnects_with_a_fresh_handshake_when_the_coordinator_restar
         server.stop()
 
 
-class RawAgent:
-    """A hand-driven agent: real handshake and hello, then whatever the test sends."""
-
-    def __init__(self, endpoint: str, ca: Path, hello: protocol.Hello | None = None) -> None:
-        self.out: list[bytes] = []
-        self.tls = TLSSession(_client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(), server_side=False,
-                              emit=self.out.append, max_message_bytes=1 << 20)
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.tls.start()
-        self.replies: list[protocol.Message] = []  # the first is the Welcome (or a Refused)
-        while not self.replies:
-            self.flush()
-            assert self.sock.poll(5000), "no answer from the server"
-            was_done = self.tls.handshake_done
-            messages = self.tls.feed(self.sock.recv())
-            if self.tls.handshake_done and not was_done:
-                self.send(protocol.encode(hello or protocol.Hello(agent_version="t", worker_id="raw")))
-            self.replies += [protocol.decode(m) for m in messages]
-
-    def flush(self) -> None:
-        while self.out:
-            self.sock.send(self.out.pop(0))
-
-    def send(self, payload: bytes) -> None:
-        self.tls.send(payload)
-        self.flush()
+def RawAgent(endpoint: str, ca: Path, hello: protocol.Hello | None = None) -> RawPeer:
+    """A hand-driven site-a agent: real handshake and hello (or ``hello``), then whatever the test sends."""
+    return RawPeer(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(),
+                   protocol.encode(hello) if hello is not None else None)
 
 
 @pytest.mark.parametrize("payload, reason", [

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
-import msgpack
 import pytest
 
-from abuse_peers import FakeCoordinator, HalfOpenFlood, plaintext_flood
+from abuse_peers import FakeCoordinator, HalfOpenFlood, hostile_coordinator, plaintext_flood
 from mor_secure import pki, protocol
 from mor_secure.logs import KeyValueFormatter
 from mor_secure.transport import ClientOptions, ServerOptions, TLSClient, TLSServer
-from mor_secure.transport.server import Peer
 from tests.site_helpers import free_port
 from tests.test_transport import RawAgent, _client_ctx, _server_ctx, _wait
 
@@ -158,18 +155,8 @@ def test_garbage_or_a_plaintext_alert_before_the_welcome_is_retried_until_the_re
         agent.stop()
 
 
-class _HostileWelcome(TLSServer):
-    """A coordinator (real certificate) that welcomes with a heartbeat interval of 0 (a busy loop)."""
-
-    def _welcome(self, session, hello) -> None:
-        session.peer = Peer(session.session_id, session.identity.name, session.fingerprint, session.address,
-                            hello.worker_id, hello.agent_version, time.time())
-        session.tls.send(msgpack.packb({"v": 1, "t": "welcome", "b": {
-            "coordinator": self.name, "session_id": session.session_id, "heartbeat_s": 0.0}}))
-
-
 def test_an_agent_refuses_a_welcome_with_a_heartbeat_of_zero(ca):
-    with _HostileWelcome("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW) as server:
+    with hostile_coordinator("tcp://127.0.0.1:0", _server_ctx(ca), allow=ALLOW, welcome_heartbeat_s=0.0) as server:
         agent = _client(server.endpoint, ca)
         try:
             assert _wait(lambda: "heartbeat_s" in agent.last_error, timeout=10)
