@@ -17,7 +17,7 @@ import click
 BENCHMARKS = {"transport": "transport.py", "dp-overhead": "dp_overhead.py", "mia": "mia_audit.py",
               "robustness": "robustness.py", "reward-overhead": "reward_overhead.py",
               "privacy-utility": "privacy_utility.py", "faults": "fault_injection.py",
-              "robustness-policy": "robustness_policy.py"}
+              "robustness-policy": "robustness_policy.py", "abuse": "abuse.py"}
 """Command name -> script in the checkout's benchmarks/ folder."""
 
 NO_CHECKOUT = ("benchmarks ship with the source checkout; run from a clone (git clone the project, then "
