@@ -33,8 +33,9 @@ def serve(config_path: Path, worker_id: str | None, health_only: bool) -> None:
     Loads the reward model trained into [train].out, sends its privacy report signed with the
     site's key after each connection, and scores under the [serve] policy (allowed coordinators,
     max batch, requests per minute, max pixels); refused requests get an error reply. Retries with
-    exponential back-off while the coordinator is unreachable; exits non-zero with the reason when
-    the coordinator refuses this site or cannot be verified.
+    exponential back-off while the coordinator is unreachable, cannot be verified or answers garbage
+    (the reason is logged at each try); exits non-zero with the reason only when the verified
+    coordinator refuses this site.
     """
     from client_agent.agent import Agent
     from client_agent.config import load_client_config
