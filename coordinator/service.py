@@ -32,7 +32,7 @@ from coordinator.pool import CircuitBreaker, ClientPool, FanoutResult, Resilient
 from coordinator.status import StatusWriter, status_path
 from mor_secure import pki
 from mor_secure.data.schema import answer_text, question_text
-from mor_secure.ledger import LedgerError, LedgerSigner, PrivacyLedger
+from mor_secure.ledger import LedgerError, LedgerSigner, PrivacyLedger, highest_crl_number
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Message, PrivacyReportMsg, Refused, ScoreRequest
 from mor_secure.reports import ReportError, SignedReport, load_ca, report_epsilon
@@ -130,8 +130,17 @@ class Federation:
         self.writer = LedgerWriter(self.ledger, window_s=clients.refusal_window_s,
                                    per_window=clients.refusals_per_window)
         section = config.pool
-        self.pool = ClientPool.from_config(config, admit=self._is_admitted, on_message=self._on_message,
-                                           on_refusal=self._on_refusal)
+        enforced = highest_crl_number(config.ledger.path)
+        try:
+            self.pool = ClientPool.from_config(config, admit=self._is_admitted, on_message=self._on_message,
+                                               on_refusal=self._on_refusal, min_crl_number=enforced,
+                                               on_crl=lambda number: self.writer.submit(self._record_crl, number))
+        except BaseException:
+            self.writer.stop()
+            raise
+        number = self.pool.server.crl_number
+        if number is not None and (enforced is None or number > enforced):
+            self._record_crl(number)
         self.breaker = CircuitBreaker(max_failures=section.max_failures, cooldown_s=section.cooldown_s)
         self.resilient = ResilientPool(self.pool, retries=section.retries, backoff_s=section.backoff_s,
                                        breaker=self.breaker)
@@ -326,6 +335,13 @@ class Federation:
         if not refusal.reason.startswith(DEPARTURES):
             self.writer.refusal(refusal.identity or refusal.address or "unknown peer", refusal.reason,
                                 certified=bool(refusal.identity))
+
+    def _record_crl(self, number: int) -> None:
+        """Note the CRL number in force, so that a restarted coordinator refuses any older CRL."""
+        try:
+            self.ledger.append("crl", {"number": number})
+        except LedgerError as exc:
+            log.error("could not record the CRL number", extra={"number": number, "error": str(exc)})
 
     def _record_refusal(self, peer: str, reason: str) -> None:
         try:

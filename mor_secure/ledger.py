@@ -260,6 +260,7 @@ register_kind("privacy_report", check=_check_report_body, attest=_attest_report)
 register_kind("scoring_session", check=_check_scoring)
 register_kind("refusal", check=_check_refusal)
 register_kind("refusal_summary", check=_check_summary)
+register_kind("crl", check=lambda body: _require(body, {"number": (int,)}, "crl"))
 register_kind("checkpoint", check=_check_checkpoint, attest=_attest_checkpoint)
 register_kind("trust")  # reserved for the trust issue: any JSON body
 
@@ -395,6 +396,27 @@ def _check_entry(entry: LedgerEntry, seq: int, prev_hash: str, ca: x509.Certific
         return False
     kind.attest(entry.body, ca, entry.time)
     return True
+
+
+def highest_crl_number(path: str | Path) -> int | None:
+    """The highest CRL number a ``crl`` entry of ledger ``path`` records (None when none; bad lines are
+    skipped here and reported by ``verify``), so a restarted coordinator refuses an older CRL."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    highest = None
+    for raw in data.split(b"\n"):
+        if b'"kind":"crl"' not in raw:
+            continue
+        try:
+            entry = json.loads(raw)
+            number = entry["body"]["number"] if entry.get("kind") == "crl" else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(number, int) and not isinstance(number, bool):
+            highest = number if highest is None else max(highest, number)
+    return highest
 
 
 def head_path(path: str | Path) -> Path:

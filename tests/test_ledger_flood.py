@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from abuse_peers import plaintext_flood
 from coordinator.config import load_coordinator_config
 from coordinator.service import Federation
@@ -58,3 +60,21 @@ def test_a_plaintext_flood_costs_a_bounded_number_of_ledger_entries(tmp_path):
     assert config.ledger.path.stat().st_size < 64 * 1024
     result = verify(config.ledger.path, ca_dir / "ca.pem", require_signed=True)
     assert result.ok and result.checkpoints >= 1 and result.unsigned_tail == 0
+
+
+def test_a_restarted_coordinator_refuses_a_crl_older_than_its_ledger_records(tmp_path):
+    """The CRL numbers the coordinator enforced are in its signed ledger: rolling the CRL back while it is
+    down does not let a revoked site in after the restart (issue 14 item 7)."""
+    ca_dir = make_ca(tmp_path / "ca")
+    config = load_coordinator_config(coordinator_toml(tmp_path, ca_dir, free_port(), ["site-a"]))
+    older = (ca_dir / "crl.pem").read_bytes()
+    with Federation(config) as fed:
+        first = fed.pool.server.crl_number
+        pki.write_crl(ca_dir)
+        assert fed.pool.server.reload_crl() == 0 and fed.pool.server.crl_number == first + 1
+    numbers = [e.body["number"] for e in read_entries(config.ledger.path) if e.kind == "crl"]
+    assert numbers == [first, first + 1]
+    (ca_dir / "crl.pem").write_bytes(older)
+    with pytest.raises(pki.CRLError, match="below .* enforced before"):
+        Federation(config)
+    assert verify(config.ledger.path, ca_dir / "ca.pem", require_signed=True).ok

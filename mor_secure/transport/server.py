@@ -130,7 +130,9 @@ class TLSServer:
 
     ``context_factory`` builds the server ``SSLContext`` (``pki.ssl_context("coordinator", ...)``);
     it is called again, inside the loop thread, whenever the CRL file changes or ``reload_crl()``
-    is called, and live sessions whose certificate the new CRL revokes are dropped. Messages that
+    is called, and live sessions whose certificate the new CRL revokes are dropped; a CRL numbered below
+    ``min_crl_number`` (the highest one enforced before a restart) or below the one in force is refused,
+    and ``on_crl(number)`` hears of each newer one in force (loop thread). Messages that
     are neither replies nor heartbeats (a privacy report) go to ``on_message(peer, msg)``, called
     on a TLS thread: hand long work elsewhere. ``on_refusal(refusal)`` hears of every refused or
     dropped peer as it happens (loop thread; hand the work elsewhere too), before ``refusals()`` lists it.
@@ -140,7 +142,8 @@ class TLSServer:
                  allow: Iterable[str] | None = None, crl_path: Path | None = None,
                  options: ServerOptions | None = None, limits: protocol.Limits | None = None,
                  on_message: Callable[[Peer, Message], None] | None = None,
-                 on_refusal: Callable[[Refusal], None] | None = None) -> None:
+                 on_refusal: Callable[[Refusal], None] | None = None, min_crl_number: int | None = None,
+                 on_crl: Callable[[int], None] | None = None) -> None:
         self.name = name
         self.options = options or ServerOptions()
         self.limits = limits or protocol.Limits(max_message_bytes=self.options.max_message_bytes)
@@ -153,6 +156,11 @@ class TLSServer:
         self._crl_checked = 0.0
         self.crl_number = pki.crl_number(pki.load_crl(self._crl_path)) if self._crl_path else None
         """The number of the CRL in force; a CRL with a lower number is refused (no rollback)."""
+        if min_crl_number is not None and (self.crl_number is None or self.crl_number < min_crl_number):
+            raise pki.CRLError(f"CRL {self._crl_path} has number {self.crl_number}, below {min_crl_number}, which "
+                               "this coordinator enforced before (its ledger records it): an older CRL would "
+                               "undo revocations; copy the CA's current crl.pem (`mor certs crl` on the CA)")
+        self._on_crl = on_crl
         self.crl_failures = 0
         """Failed CRL reloads (each is retried at the next check until one succeeds)."""
         self._crl_error = ""
@@ -645,7 +653,10 @@ class TLSServer:
                                "an older CRL would undo revocations; copy the CA's current crl.pem "
                                "(`mor certs crl` on the CA)")
         self._context = self._context_factory()
+        raised = number is not None and number != self.crl_number
         self._crl_mtime, self._crl_error, self.crl_number = mtime, "", number
+        if raised and self._on_crl is not None:
+            self._on_crl(number)
         if crl is None:
             return 0
         revoked = {entry.serial_number for entry in crl}
