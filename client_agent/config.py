@@ -68,7 +68,8 @@ class TrainSection:
 
 @dataclass
 class PrivacySection:
-    target_epsilon: float = field(4.0, help="Epsilon this training run may spend (at most max_epsilon).")
+    target_epsilon: float = field(4.0, help="Epsilon this training run may spend (at most 100; runs compose "
+                                            "within max_epsilon).")
     delta: float | None = field(None, help="DP delta, at most 1/number of training pairs; default 1/n capped "
                                            "at 1e-5. Fixed per data set by its first run.")
     max_epsilon: float = field(8.0, help="Lifetime budget for this data set across all training runs, "

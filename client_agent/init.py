@@ -46,13 +46,15 @@ def coordinator_host(endpoint: str) -> str:
 
 
 def toml_value(value: Any) -> str:
-    """A TOML literal for a config value (strings and paths quoted, lists inline)."""
+    """A TOML literal for a config value (strings and paths quoted, lists and tables inline)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 

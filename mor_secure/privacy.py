@@ -168,9 +168,6 @@ def check_privacy_settings(target_epsilon: float, max_epsilon: float, delta: flo
         raise ValueError(f"[privacy] target_epsilon must be in (0, {MAX_TARGET_EPSILON:g}], got {target_epsilon}")
     if not (math.isfinite(max_epsilon) and max_epsilon > 0):
         raise ValueError(f"[privacy] max_epsilon must be a finite positive lifetime budget, got {max_epsilon}")
-    if target_epsilon > max_epsilon:
-        raise ValueError(f"[privacy] target_epsilon {target_epsilon} is above max_epsilon {max_epsilon}: one "
-                         "run can never spend more than the lifetime budget")
     if delta is not None and not 0 < delta < 1:
         raise ValueError(f"[privacy] delta must be in (0, 1/number of pairs], got {delta}")
     get_accountant(accountant)

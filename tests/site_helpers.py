@@ -71,9 +71,11 @@ def trained_site(world_dir: Path) -> Path:
 
 
 def install_model(config: Path, world_dir: Path) -> None:
-    """Give the site at ``config`` the session's trained model and its data set (whose ledger it spent)."""
+    """Give the site at ``config`` the session's trained model, its data set and the ledger that records
+    what training it spent (`mor client init` keeps a site's ledger in its folder)."""
     trained = trained_site(world_dir)
     shutil.copytree(trained.parent / "reward-model", config.parent / "reward-model")
+    shutil.copy(trained.parent / "privacy-ledger.jsonl", config.parent / "privacy-ledger.jsonl")
     text = config.read_text()
     assert DATA_TODO in text
     config.write_text(text.replace(DATA_TODO, f'path = "{trained.parent.parent / "data"}"'))

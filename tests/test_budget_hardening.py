@@ -127,7 +127,7 @@ def test_delta_and_accountant_are_fixed_per_data_set_and_delta_is_at_most_one_ov
     ("train:epochs = -1", "[train] epochs must be an integer of at least 1"),
     ("privacy:target_epsilon = 1e308", "target_epsilon must be in (0, 100]"),
     ("privacy:target_epsilon = 4.0\nmax_epsilon = inf", "max_epsilon must be a finite"),
-    ("privacy:target_epsilon = 9.0", "above max_epsilon"),
+    ("privacy:target_epsilon = 9.0", "privacy budget exceeded: spent epsilon 0.000 of 5"),
     ("model:family = \"nonsense\"", "cannot build the [model] ('nonsense')"),
     ("model:max_length = 0", "[model] max_length must be at least 1"),
 ])
@@ -188,3 +188,23 @@ def test_config_refuses_an_infinite_lifetime_budget(tmp_path):
                     'endpoint = "tcp://h:1"\nname = "coord"\n[privacy]\nmax_epsilon = inf\n')
     with pytest.raises(ConfigError, match="max_epsilon must be a finite positive lifetime budget"):
         load_client_config(path)
+
+
+def test_init_starts_the_sites_ledger_and_never_replaces_it(tmp_path):
+    from client_agent.init import init_site
+
+    folder = init_site("site-a", "tcp://127.0.0.1:7000", tmp_path / "site", coordinator_name="coord")
+    config = load_client_config(folder.config)
+    assert config.privacy.ledger == tmp_path / "site" / "privacy-ledger.jsonl"
+    header = config.privacy.ledger.read_text()
+    assert '"ledger": "started"' in header and "mor client init --site site-a" in header
+    assert SiteLedger(config.privacy.ledger).records() == []
+    SiteLedger(config.privacy.ledger).append(LedgerRecord("r1", "content-sha256:x", "finished",
+                                                          AccountantHistory([(1.0, 0.1, 5)]), 50, "dual-encoder",
+                                                          now_utc()))
+    folder.config.rename(tmp_path / "old.toml")  # the operator runs init again in the same folder
+    shutil.move(folder.certs, tmp_path / "old-certs")
+    init_site("site-a", "tcp://127.0.0.1:7000", tmp_path / "site", coordinator_name="coord")
+    assert [r.run_id for r in SiteLedger(config.privacy.ledger).records()] == ["r1"]
+    columns = load_client_config(folder.config).data.columns
+    assert columns == {} and "# columns = {}   (default)" in folder.config.read_text()

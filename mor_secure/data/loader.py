@@ -511,11 +511,6 @@ def held_out(key: str, fraction: float) -> bool:
     return int(key[:15], 16) / 16 ** 15 < fraction
 
 
-def verify_images(ds: datasets.Dataset, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-    """Decode-check every image of ``ds``; raise ``SchemaError`` naming the bad rows."""
-    refuse(scan_rows(ds, max_pixels=max_pixels).problems, "preference", "PATH")
-
-
 def text_lengths(ds: datasets.Dataset) -> dict[str, list[int]]:
     """Characters of the question and of each answer column, row by row."""
     out = {"prompt": [len(question_text(p)) for p in ds["prompt"]]}

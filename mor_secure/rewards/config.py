@@ -23,7 +23,9 @@ class ModelSection:
                                          "by default; adding the MLP's gate_proj/up_proj/down_proj costs "
                                          "more DP overhead per step).",
                                     default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    max_length: int = field(256, help="Most tokens of prompt plus answer; longer inputs are truncated "
-                                      "from the left of the prompt text.")
+    max_length: int = field(256, help="Most text tokens of question plus answer (VLM families; image and "
+                                      "template tokens come on top) or characters of each text (dual-encoder). "
+                                      "Longer texts are cut from their start, so the END of each answer is kept; "
+                                      "`mor data check` reports how many pairs are cut, training logs it.")
     width: int = field(32, help="dual-encoder: width of the image and text encoders.")
     image_size: int = field(64, help="dual-encoder: images are resized to this square side in pixels.")
