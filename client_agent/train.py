@@ -290,12 +290,10 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
     torch.manual_seed(config.train.seed)
     model = _build_model(config)
     truncated = count_truncated_pairs(model, data, config.model.max_length)
-    log.info("inputs truncated to max_length", extra={"pairs": len(data), "truncated": truncated,
-                                                       "max_length": config.model.max_length,
-                                                       "family": config.model.family})
-    if truncated:
-        log.warning(f"{truncated} of {len(data)} training pairs are longer than [model] max_length = "
-                    f"{config.model.max_length}; the reward model sees the end of each answer")
+    (log.warning if truncated else log.info)(
+        "pairs cut to [model] max_length (the end of each answer is kept)",
+        extra={"truncated": truncated, "pairs": len(data), "max_length": config.model.max_length,
+               "family": config.model.family})
 
     ledger = SiteLedger(ledger_path(config))
     if new_ledger and not ledger.path.exists():
