@@ -36,7 +36,7 @@ from abuse_peers import (FakeCoordinator, HalfOpenFlood, RawPeer, hostile_coordi
 from common import machine_lines, write_markdown  # noqa: E402
 
 LEGIT = ("site-a", "site-b")
-ALLOWED = (*LEGIT, "site-m", "site-r", "site-x")
+ALLOWED = (*LEGIT, "site-e", "site-m", "site-r", "site-x")
 PROBE_S = 0.25
 
 
@@ -73,9 +73,18 @@ def run_coordinator(config_path: Path, probe_path: Path) -> None:
             stop.wait(PROBE_S)
 
 
-def run_agent(config_path: Path) -> None:
+def report_of(epsilon: float) -> dict[str, Any]:
+    """A privacy report as a site's training writes it (the figures of a DP run that spent ``epsilon``)."""
+    return {"epsilon": epsilon, "epsilon_rdp": epsilon * 1.1, "delta": 1e-5, "accountant": "prv",
+            "noise_multiplier": 0.9, "sample_rate": 0.03, "steps": 100, "n_pairs": 1000,
+            "data_fingerprint": "sha256:" + "ab" * 32, "model_sha256": "cd" * 32, "family": "dual-encoder",
+            "base": "", "created": "2026-12-06T00:00:00Z"}
+
+
+def run_agent(config_path: Path, epsilon: float | None = None) -> None:
     """A scoring agent child whose reward model is a stand-in (scores the image width): the real agent code
-    decodes and checks every request under its [serve] policy."""
+    decodes and checks every request under its [serve] policy; with ``epsilon`` it sends a privacy report
+    signed with its key after each welcome, as `mor client serve` does."""
     from client_agent.agent import Agent
     from client_agent.config import load_client_config
     from client_agent.scoring import ScoringService
@@ -86,9 +95,12 @@ def run_agent(config_path: Path) -> None:
             return [float(image.size[0]) for image in images]
 
     configure_logging("INFO", json_lines=True)
+    from client_agent.scoring import signed_report
+
     config = load_client_config(config_path)
     agent = Agent(config, worker_id="bench")
-    agent.serve_scores(ScoringService(Widths(), "stand-in", config.serve), None)
+    report = signed_report(config, report_of(epsilon)) if epsilon is not None else None
+    agent.serve_scores(ScoringService(Widths(), "stand-in", config.serve), report)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     agent.run()
 
@@ -622,6 +634,26 @@ def peer_value_rows(scene: Scene) -> list[Row]:
     return rows
 
 
+def reports_row(scene: Scene) -> Row:
+    """site-e reports epsilon 7.5, then (a later session) 2.0, through the real agent and coordinator."""
+    from mor_secure.demo.stages import child_env, mor_command, stop_group
+
+    config = scene.site_config("site-e")
+    for n, epsilon in enumerate((7.5, 2.0), 1):
+        agent = scene.spawn(f"agent-site-e-{n}", [sys.executable, __file__, "--as-agent", str(config),
+                                                  "--report-epsilon", str(epsilon)])
+        scene.wait(lambda: sum(e["kind"] == "privacy_report" and e["body"]["site"] == "site-e"
+                               for e in scene.ledger_entries()) >= n, 30)
+        stop_group(agent)
+    shown = subprocess.run(mor_command("ledger", "show", scene.ledger, "--json"), capture_output=True, text=True,
+                           env=child_env())
+    epsilon = json.loads(shown.stdout)["sites"]["site-e"]["epsilon"] if shown.returncode == 0 else None
+    reports = sum(e["kind"] == "privacy_report" and e["body"]["site"] == "site-e" for e in scene.ledger_entries())
+    return Row("6", "site-e reports epsilon 7.5, then 2.0 in a later session (signed reports, real processes)",
+               f"{reports} reports in the ledger; `mor ledger show` says epsilon {epsilon} (the largest; later "
+               "entries never lower it)", "-", "-", reports == 2 and epsilon == 7.5)
+
+
 def tamper_rows(scene: Scene) -> list[Row]:
     """Edits of a copy of the coordinator's signed ledger (after it stopped), each checked by `mor ledger verify`."""
     from mor_secure.demo.stages import child_env, mor_command
@@ -640,11 +672,14 @@ def tamper_rows(scene: Scene) -> list[Row]:
         return b"".join(out)
 
     middle = next(i for i, e in enumerate(entries) if e["kind"] == "refusal")
+    high = next(i for i, e in enumerate(entries) if e["kind"] == "privacy_report" and e["body"]["epsilon"] == 7.5)
     rewritten = [dict(e) for e in entries]
     rewritten[middle] = {**entries[middle], "body": {**entries[middle]["body"], "reason": "nothing happened"}}
     last_cp = max(i for i, e in enumerate(entries) if e["kind"] == "checkpoint")
     cases = [("an untouched copy", b"".join(line + b"\n" for line in lines), True, True),
              ("a torn tail without newline (a crash)", b"".join(line + b"\n" for line in lines) + lines[-1][:40], True, True),
+             ("site-e's epsilon 7.5 report deleted, chain recomputed (the review's attack: show then said 2.0)",
+              rechain(entries[:high] + entries[high + 1:]), True, False),
              ("a middle entry deleted, chain recomputed", rechain(entries[:middle] + entries[middle + 1:]), True, False),
              ("an entry rewritten, chain recomputed", rechain(rewritten), True, False),
              ("a newline-terminated garbage last line", b"".join(line + b"\n" for line in lines) + b"\x00garbage\n", True, False),
@@ -712,12 +747,13 @@ def main() -> None:
     parser.add_argument("--as-coordinator", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--as-agent", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--report-epsilon", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.as_coordinator:
         run_coordinator(args.as_coordinator, args.probe)
         return
     if args.as_agent:
-        run_agent(args.as_agent)
+        run_agent(args.as_agent, args.report_epsilon)
         return
     command = "mor bench abuse" + (f" --out {args.out}" if str(args.out) != "benchmarks/results" else "")
     machine = machine_lines(["pyzmq", "cryptography", "msgpack"])
@@ -739,7 +775,8 @@ def main() -> None:
                 lambda: rows.extend(hostile_coordinator_rows(scene)),
                 lambda: rows.extend(crl_rows(scene)),
                 lambda: rows.append(reissue_row(scene)),
-                lambda: rows.extend(peer_value_rows(scene))]
+                lambda: rows.extend(peer_value_rows(scene)),
+                lambda: rows.append(reports_row(scene))]
             for step in steps:
                 done = len(rows)
                 step()
