@@ -146,8 +146,8 @@ class LedgerRecord:
         if not all(isinstance(v, str) for v in fields.values()) or not isinstance(data.get("n_pairs"), int):
             raise ValueError("run_id, data_fingerprint, family, time must be strings and n_pairs an integer")
         delta, accountant, split = data.get("delta"), data.get("accountant"), data.get("split")
-        if not (delta is None or isinstance(delta, float) and 0 < delta < 1) or \
-                not (accountant is None or isinstance(accountant, str)) or not (split is None or isinstance(split, dict)):
+        if not (delta is None or isinstance(delta, float) and 0 < delta < 1) or not (
+                accountant is None or isinstance(accountant, str)) or not (split is None or isinstance(split, dict)):
             raise ValueError("delta must be a number in (0, 1), accountant a string and split an object")
         return cls(status=data["status"], history=AccountantHistory.from_state_dict(data.get("history")),
                    n_pairs=data["n_pairs"], delta=delta, accountant=accountant, split=split, **fields)

@@ -54,8 +54,8 @@ def train(config_path: Path, no_dp: bool, no_resume: bool, quiet: bool) -> None:
     One DP sample is one preference pair. Settings, data (every image decoded once) and model are
     checked first; then the planned run is composed with every earlier run on this data set (the
     ledger at [privacy].ledger, which must exist) and refused if it would exceed
-    [privacy].max_epsilon. A run failing before its first noisy step releases its reservation. A killed run resumes from its last checkpoint with its privacy
-    accounting intact. Writes model.safetensors, reward_config.json and privacy_report.json into
+    [privacy].max_epsilon. A run failing before its first noisy step releases its reservation. A
+    killed run resumes from its last checkpoint with its privacy accounting intact. Writes model.safetensors, reward_config.json and privacy_report.json into
     [train].out.
     """
     config = _load(config_path)

@@ -200,7 +200,8 @@ def test_data_check_names_every_bad_row_in_one_line_each(rows, tmp_path):
     lines = data.read_bytes().splitlines()
     lines[2] = lines[2].replace(b"What colour", b"What col\xffour")
     lines[3] = b'{"images": ["img/3.png"], "prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}"
-    lines[4] = lines[4].replace(b'"chosen": [{"role": "assistant", "content": ', b'"chosen": [{"role": "assistant", "content": 7, "x": ')
+    chosen = b'"chosen": [{"role": "assistant", "content": '
+    lines[4] = lines[4].replace(chosen, chosen + b'7, "x": ')
     lines[5] = json.dumps({"images": ["img/5.png", "img/6.png"], "prompt": "q", "chosen": "a",
                            "rejected": "b"}).encode()
     data.write_bytes(b"\n".join(lines) + b"\n")

@@ -317,7 +317,8 @@ def _dataset(columns: dict[str, list[Any]], features: datasets.Features) -> data
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=uuid.uuid4().hex)
 
 
-def _mapped(names: Sequence[str], columns: Mapping[str, str], kind: Kind) -> tuple[dict[str, str], list[str], list[str]]:
+def _mapped(names: Sequence[str], columns: Mapping[str, str],
+            kind: Kind) -> tuple[dict[str, str], list[str], list[str]]:
     """({canonical: source column}, ignored source columns, column problems) for a source's columns."""
     check_mapping(columns)
     problems = []
