@@ -162,17 +162,17 @@ def check_coordinator(config: ClientConfig, timeout_s: float | None = None) -> s
 
 
 def check_data(config: ClientConfig) -> str:
-    """The training split of [data].path follows the preference-pair schema."""
-    from mor_secure.data.loader import load_preferences
-    from mor_secure.data.schema import DataError
+    """The training split of [data].path, read as training reads it (column mapping, held-out rule,
+    every image decoded)."""
+    from client_agent.train import TrainingError, load_pairs
 
     if config.data.path is None:
         raise CheckFailed("[data] path is not set", "set [data] path to your preference data folder")
     try:
-        data = load_preferences(config.data.path, split=config.data.train_split, kind="pairs")
-    except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
-        raise CheckFailed(str(exc), f"fix the data set, or [data] path / train_split; `mor data check "
-                                    f"{config.data.path}` lists every problem") from None
+        data = load_pairs(config, config.data.train_split, limit=False)
+    except TrainingError as exc:
+        raise CheckFailed(str(exc), "fix the data set, or [data] path / columns / train_split; `mor data check "
+                                    "--config FILE` lists every problem") from None
     return f"{len(data)} preference pairs in split {config.data.train_split!r}"
 
 

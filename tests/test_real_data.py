@@ -134,7 +134,9 @@ def rows() -> list[dict]:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_each_layout_is_checked_trained_evaluated_and_loads_for_serving(layout, rows, tmp_path):
     from client_agent.config import load_client_config
+    from client_agent.doctor import check_data
     from client_agent.scoring import load_served_model
+    from client_agent.train import load_pairs
 
     data, columns = write_layout(layout, tmp_path / "raw", rows)
     args = ["check", str(data), "--test-fraction", "0.2"] + [f"--columns={k}={v}" for k, v in columns.items()]
@@ -158,6 +160,7 @@ def test_each_layout_is_checked_trained_evaluated_and_loads_for_serving(layout, 
     assert set(result["per_domain"]) == {"all"}  # no domain column: one overall row
     assert result["pairs"] >= 16 and result["accuracy"] > 0.6  # the colour at the answer's end is learnt
     config = load_client_config(config_path)
+    assert check_data(config) == f"{len(load_pairs(config, 'train'))} preference pairs in split 'train'"  # doctor
     served = load_served_model(config, config_path)
     assert served.report["epsilon"] <= 8.0 and served.report["data_fingerprint"].startswith("content-sha256:")
 
