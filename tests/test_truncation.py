@@ -48,3 +48,19 @@ def test_vlm_truncates_long_answers_from_the_start_instead_of_failing(family, ti
     assert model.score([image, image], ["How many?"] * 2, [common + "two lesions", common + "no lesion"])
     answers = [(common + "two lesions", "no"), ("two", "no")]
     assert count_truncated(["How many?"] * 2, answers, 24, tokenizer=tokenizer) == 1  # what data check reports
+
+
+def test_data_check_counts_truncation_per_family(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from mor_secure.commands.data import group
+    from tests.test_real_data import pairs, write_layout
+
+    data, _ = write_layout("standard-parquet", tmp_path, pairs(20))
+    base = str(tiny_model_dir("qwen2-vl"))
+    result = CliRunner().invoke(group, ["check", str(data), "--base", base, "--max-length", "300",
+                                        "--test-fraction", "0.01"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("truncation")]
+    assert len(lines) == 2 and "dual-encoder: 20 of 20" in lines[0]  # ~430 characters per answer
+    assert f"qwen2-vl ({base}): 0 of 20" in lines[1] and "text tokens" in lines[1]  # ~170 tokens with the question

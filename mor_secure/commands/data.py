@@ -90,21 +90,23 @@ def synth(out_dir: Path, seed: int, clients: int, pairs: int, router_pairs: int,
     click.echo(f"check a part:  mor data check {out_dir / 'client-0'}")
 
 
-def _families(config: Any, max_length: int | None) -> tuple[int, dict[str, Any]]:
+def _families(config: Any, max_length: int | None, bases: tuple[str, ...]) -> tuple[int, dict[str, Any]]:
     """(max_length, {family: tokenizer or None}) to count truncation for: the dual-encoder always
-    (characters), and the VLM family of --config's [model] with its base's tokenizer."""
-    families: dict[str, Any] = {"dual-encoder": None}
-    if config is None:
-        return max_length or 256, families
-    model = config.model
-    if model.family != "dual-encoder" and model.base:
-        from mor_secure.models.loading import ModelNotFoundError, load_processor
+    (characters), each --base and the VLM of --config's [model] with its tokenizer (tokens)."""
+    from mor_secure.models.loading import ModelNotFoundError, family_of, load_processor, resolve_model
 
+    families: dict[str, Any] = {"dual-encoder": None}
+    if config is not None and config.model.family != "dual-encoder" and config.model.base:
+        bases = (config.model.base, *bases)
+    for base in dict.fromkeys(bases):
         try:
-            families[f"{model.family} ({model.base})"] = load_processor(model.base).tokenizer
+            from transformers import AutoConfig
+
+            family = family_of(AutoConfig.from_pretrained(resolve_model(base), local_files_only=True))
+            families[f"{family} ({base})"] = load_processor(base).tokenizer
         except (ModelNotFoundError, OSError, ValueError) as exc:
-            raise click.ClickException(f"cannot load the tokenizer of [model] base {model.base!r}: {exc}") from None
-    return max_length or model.max_length, families
+            raise click.ClickException(f"cannot load the tokenizer of {base!r}: {exc}") from None
+    return max_length or (config.model.max_length if config is not None else 256), families
 
 
 @group.command()
@@ -125,8 +127,11 @@ def _families(config: Any, max_length: int | None) -> tuple[int, dict[str, Any]]
               help="Held-out share when the data set has one split (default [data] test_fraction or 0.1).")
 @click.option("--max-length", type=click.IntRange(1), default=None,
               help="Truncation length to report against (default [model] max_length or 256).")
+@click.option("--base", "bases", multiple=True, metavar="MODEL",
+              help="Also count truncation in the tokens of this VLM (a local folder or cached hub id); repeat "
+                   "for several families. The dual-encoder is always counted (characters).")
 def check(path: Path | None, kind: str, split: str | None, columns: tuple[str, ...], config_path: Path | None,
-          test_fraction: float | None, max_length: int | None) -> None:
+          test_fraction: float | None, max_length: int | None, bases: tuple[str, ...]) -> None:
     """Tell what training would read from PATH and refuse: one line per fact, then every problem.
 
     PATH is a local save_to_disk folder (Dataset or DatasetDict), a .parquet file or a .jsonl file
@@ -165,7 +170,7 @@ def check(path: Path | None, kind: str, split: str | None, columns: tuple[str, .
             site.rows(split)
     except DataError as exc:
         raise click.ClickException(f"{exc}") from None
-    length, families = _families(config, max_length)
+    length, families = _families(config, max_length, bases)
     result = check_site_data(site, max_length=length, families=families, only_split=split)
     click.echo(f"data set   {path}")
     for line in result.lines:
