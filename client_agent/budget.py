@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,12 +129,16 @@ class LedgerRecord:
     delta: float | None = None
     accountant: str | None = None
     split: dict[str, Any] | None = None
+    questions: str | None = None
+    """Id of the run's question set (``SiteLedger`` keeps it beside the ledger): the image+question
+    identities it trained on, so that a run on any data sharing one of them counts against it."""
 
     def to_json(self) -> dict[str, Any]:
         out = {"format": LEDGER_FORMAT, "run_id": self.run_id, "data_fingerprint": self.data_fingerprint,
                "status": self.status, "history": self.history.state_dict(), "n_pairs": self.n_pairs,
                "family": self.family, "time": self.time}
-        extra = {"delta": self.delta, "accountant": self.accountant, "split": self.split}
+        extra = {"delta": self.delta, "accountant": self.accountant, "split": self.split,
+                 "questions": self.questions}
         return {**out, **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
@@ -146,11 +151,15 @@ class LedgerRecord:
         if not all(isinstance(v, str) for v in fields.values()) or not isinstance(data.get("n_pairs"), int):
             raise ValueError("run_id, data_fingerprint, family, time must be strings and n_pairs an integer")
         delta, accountant, split = data.get("delta"), data.get("accountant"), data.get("split")
+        questions = data.get("questions")
         if not (delta is None or isinstance(delta, float) and 0 < delta < 1) or not (
                 accountant is None or isinstance(accountant, str)) or not (split is None or isinstance(split, dict)):
             raise ValueError("delta must be a number in (0, 1), accountant a string and split an object")
+        if not (questions is None or isinstance(questions, str) and re.fullmatch(r"[0-9a-f]{64}", questions)):
+            raise ValueError("questions must be the sha256 id of a question set")
         return cls(status=data["status"], history=AccountantHistory.from_state_dict(data.get("history")),
-                   n_pairs=data["n_pairs"], delta=delta, accountant=accountant, split=split, **fields)
+                   n_pairs=data["n_pairs"], delta=delta, accountant=accountant, split=split,
+                   questions=questions, **fields)
 
 
 def now_utc() -> str:
@@ -175,11 +184,34 @@ class BudgetStatus:
         return max(self.max_epsilon - self.spent, 0.0)
 
 
-def fixed_settings(records: list[LedgerRecord], fingerprints: set[str]) -> tuple[float, str] | None:
-    """(delta, accountant) fixed by the first private run on the data set that recorded them, if any."""
+QUESTION_BYTES = 16
+"""Bytes of each question identity kept in a run's question set (a SHA-256 prefix)."""
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """What identifies a data set's runs in the ledger: its fingerprints (content, and the files' for
+    older records) and the questions a run trains on (image + question identities)."""
+
+    fingerprints: frozenset[str]
+    questions: frozenset[bytes] = frozenset()
+
+    @classmethod
+    def of(cls, fingerprints: set[str] | str, question_keys: list[str] | None = None) -> DataKey:
+        """A key from fingerprint(s) and hex question keys (``SiteData.question_keys``)."""
+        prints = frozenset({fingerprints} if isinstance(fingerprints, str) else fingerprints)
+        keys = frozenset(bytes.fromhex(k)[:QUESTION_BYTES] for k in question_keys or [])
+        return cls(prints, keys)
+
+    def packed(self) -> bytes:
+        """The question set as sorted fixed-width bytes (what the ledger stores)."""
+        return b"".join(sorted(self.questions))
+
+
+def fixed_settings(records: list[LedgerRecord]) -> tuple[float, str] | None:
+    """(delta, accountant) fixed by the first private run among ``records`` that recorded them, if any."""
     for record in records:
-        if record.data_fingerprint in fingerprints and record.status in ("planned", "finished") \
-                and record.delta is not None and record.accountant is not None:
+        if record.status in ("planned", "finished") and record.delta is not None and record.accountant is not None:
             return record.delta, record.accountant
     return None
 
@@ -265,46 +297,84 @@ class SiteLedger:
         with self._locked() as fh:
             return self._read(fh)
 
-    @staticmethod
-    def prior_history(records: list[LedgerRecord], fingerprint: str | set[str],
-                      exclude_run: str | None = None) -> tuple[AccountantHistory, int]:
-        """Composed history of every private run on ``fingerprint`` (one or a set of aliases; the latest
-        record per run) and their count; released runs count nothing."""
-        keys = {fingerprint} if isinstance(fingerprint, str) else set(fingerprint)
+    def _questions_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".questions")
+
+    def _store_questions(self, key: DataKey) -> str | None:
+        """Write the key's question set beside the ledger (content-addressed, atomic); its id, or None."""
+        if not key.questions:
+            return None
+        packed = key.packed()
+        name = hashlib.sha256(packed).hexdigest()
+        folder = self._questions_dir()
+        folder.mkdir(mode=0o700, exist_ok=True)
+        target = folder / f"{name}.bin"
+        if not target.exists():
+            tmp = folder / f".{name}.tmp"
+            with tmp.open("wb") as fh:
+                fh.write(packed)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        return name
+
+    def _load_questions(self, name: str, cache: dict[str, frozenset[bytes]]) -> frozenset[bytes]:
+        """A stored question set, checked against its id (``LedgerCorrupt`` if missing or altered)."""
+        if name not in cache:
+            file = self._questions_dir() / f"{name}.bin"
+            try:
+                packed = file.read_bytes()
+            except OSError:
+                raise LedgerCorrupt(f"{file}: a run's question set is missing, so the budget fails closed; "
+                                    "restore the ledger's .questions folder with the ledger") from None
+            if hashlib.sha256(packed).hexdigest() != name or len(packed) % QUESTION_BYTES:
+                raise LedgerCorrupt(f"{file}: a run's question set was altered; the budget fails closed. "
+                                    "Restore it from backup")
+            cache[name] = frozenset(packed[i:i + QUESTION_BYTES] for i in range(0, len(packed), QUESTION_BYTES))
+        return cache[name]
+
+    def related(self, records: list[LedgerRecord], key: DataKey,
+                exclude_run: str | None = None) -> list[LedgerRecord]:
+        """The latest record of every run on this data: same fingerprint, or trained on any of its questions."""
+        cache: dict[str, frozenset[bytes]] = {}
+
+        def shares(record: LedgerRecord) -> bool:
+            if record.data_fingerprint in key.fingerprints:
+                return True
+            return bool(key.questions and record.questions
+                        and not key.questions.isdisjoint(self._load_questions(record.questions, cache)))
+
+        runs = {r.run_id for r in records if r.run_id != exclude_run and shares(r)}
         latest: dict[str, LedgerRecord] = {}
         for record in records:
-            if record.data_fingerprint in keys and record.run_id != exclude_run:
+            if record.run_id in runs:
                 latest[record.run_id] = record
-        private = [r.history for r in latest.values() if r.status in ("planned", "finished")]
+        return list(latest.values())
+
+    @staticmethod
+    def prior_history(related: list[LedgerRecord]) -> tuple[AccountantHistory, int]:
+        """Composed history of the private runs among ``related`` and their count (released runs count nothing)."""
+        private = [r.history for r in related if r.status in ("planned", "finished")]
         return compose(private), len(private)
 
-    def status(self, fingerprint: str | set[str], *, max_epsilon: float, delta: float,
-               accountant: str) -> BudgetStatus:
-        """What the ledger says has been spent on ``fingerprint``."""
-        prior, runs = self.prior_history(self.records(), fingerprint)
-        shown = fingerprint if isinstance(fingerprint, str) else sorted(fingerprint)[0]
-        return BudgetStatus(shown, runs, epsilon(prior, delta, accountant), max_epsilon, delta,
-                            accountant, str(self.path))
-
-    def reserve(self, record: LedgerRecord, *, max_epsilon: float, delta: float, accountant: str,
-                aliases: set[str] = frozenset()) -> BudgetStatus:
+    def reserve(self, record: LedgerRecord, key: DataKey, *, max_epsilon: float, delta: float,
+                accountant: str) -> BudgetStatus:
         """Check ``record``'s planned history against the budget and append it, atomically.
 
-        Raises ``BudgetExceeded`` (nothing written) when prior runs composed with this one would
-        exceed ``max_epsilon``, and ``SettingsChanged`` when delta or the accountant differ from those
-        the data set's first run fixed. A record whose run id is already in the ledger replaces that run.
-        ``aliases`` are older fingerprints of the same data whose runs count too.
+        Every earlier run related to ``key`` (same fingerprint, or any shared question) composes with this
+        one. Raises ``BudgetExceeded`` (nothing written) when that would exceed ``max_epsilon``, and
+        ``SettingsChanged`` when delta or the accountant differ from those the first related run fixed. A
+        record whose run id is already in the ledger replaces that run.
         """
-        keys = {record.data_fingerprint, *aliases}
         with self._locked() as fh:
-            records = self._read(fh)
-            fixed = fixed_settings([r for r in records if r.run_id != record.run_id], keys)
+            related = self.related(self._read(fh), key, exclude_run=record.run_id)
+            fixed = fixed_settings(related)
             if fixed is not None and record.status != "baseline" and fixed != (delta, accountant):
                 raise SettingsChanged(
                     f"this data set's budget is accounted at delta {fixed[0]:g} with the {fixed[1]!r} accountant "
                     f"(fixed by its first run); this run asks delta {delta:g} with {accountant!r}: set [privacy] "
                     f"delta = {fixed[0]!r} and accountant = {fixed[1]!r}")
-            prior, runs = self.prior_history(records, keys, exclude_run=record.run_id)
+            prior, runs = self.prior_history(related)
             spent = epsilon(prior, delta, accountant)
             if record.status != "baseline":
                 asked = epsilon(record.history, delta, accountant)
@@ -314,6 +384,7 @@ class SiteLedger:
                                                    delta=delta, accountant=accountant)
                     raise BudgetExceeded(spent, asked, total, max_epsilon, delta, fits)
                 spent = total
+            record.questions = self._store_questions(key)
             self._append(fh, record)
         log.info("privacy budget reserved", extra={"run_id": record.run_id, "status": record.status,
                                                    "prior_runs": runs, "epsilon_total": round(spent, 4)})
@@ -331,10 +402,11 @@ def ledger_path(config: Any) -> Path:
     return Path(config.privacy.ledger or default_ledger_path(config.data.path))
 
 
-def fingerprints(site: Any) -> set[str]:
-    """Every key a data set's runs may be recorded under: its content fingerprint and, for ledgers
-    written before content fingerprints, its files' fingerprint."""
-    return {site.fingerprint, file_fingerprint(site.path)}
+def data_key(site: Any, questions: list[str] | None = None) -> DataKey:
+    """The ledger key of a site's data: its content and file fingerprints (older records used the files')
+    and the questions trained on (``questions``, hex keys; default every training question)."""
+    return DataKey.of({site.fingerprint, file_fingerprint(site.path)},
+                      questions if questions is not None else site.question_keys(site.train_split))
 
 
 def resolve_delta(configured: float | None, n_pairs: int, fixed: tuple[float, str] | None) -> float:
@@ -349,31 +421,26 @@ def resolve_delta(configured: float | None, n_pairs: int, fixed: tuple[float, st
 def site_status(config: Any) -> tuple[BudgetStatus, list[dict[str, Any]]]:
     """The budget of a site's [data].path and its runs (latest record each), for `mor client budget`.
 
-    Reads and decodes the data set once for its content fingerprint. delta is the one the data set's
-    first run fixed, else [privacy].delta or 1/n capped at 1e-5.
+    Reads and decodes the data set once: every run on the same content or on any of its training
+    questions counts. delta is the one the first such run fixed, else [privacy].delta or 1/n capped at 1e-5.
     """
     from client_agent.train import load_pairs, open_data
 
     if config.data.path is None:
         raise FileNotFoundError("no data set: set [data].path in the site config")
     site = open_data(config)
-    keys = fingerprints(site)
     ledger = SiteLedger(ledger_path(config))
-    records = ledger.records()
-    fixed = fixed_settings(records, keys)
+    related = ledger.related(ledger.records(), data_key(site))
+    fixed = fixed_settings(related)
     accountant = fixed[1] if fixed else config.privacy.accountant
     delta = resolve_delta(config.privacy.delta, len(load_pairs(config, config.data.train_split, site=site)), fixed)
-    latest: dict[str, LedgerRecord] = {}
-    for record in records:
-        if record.data_fingerprint in keys:
-            latest[record.run_id] = record
     runs = []
-    for record in latest.values():
+    for record in related:
         spent = epsilon(record.history, delta, accountant)
         runs.append({"run_id": record.run_id, "status": record.status, "family": record.family,
                      "steps": record.history.steps, "time": record.time,
                      "epsilon": spent if math.isfinite(spent) else None})
-    prior, count = SiteLedger.prior_history(records, keys)
+    prior, count = SiteLedger.prior_history(related)
     status = BudgetStatus(site.fingerprint, count, epsilon(prior, delta, accountant), config.privacy.max_epsilon,
                           delta, accountant, str(ledger.path))
     return status, runs

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from client_agent.budget import (LedgerRecord, SiteLedger, fingerprints, fixed_settings, ledger_path, now_utc,
+from client_agent.budget import (LedgerRecord, SiteLedger, data_key, fixed_settings, ledger_path, now_utc,
                                  resolve_delta)
 from client_agent.config import ClientConfig
 from mor_secure.logs import get_logger
@@ -277,12 +277,13 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
     ckpt_dir = out / CHECKPOINT_DIR
     site = open_data(config)
     data = load_pairs(config, config.data.train_split, site=site)
-    fingerprint, keys = site.fingerprint, fingerprints(site)
+    fingerprint = site.fingerprint
+    key = data_key(site, site.question_keys(config.data.train_split)[:len(data)])  # the questions it trains on
     digest = _config_digest(config)
     state = load_checkpoint_state(ckpt_dir) if resume else None
     if state is not None:
         plan = state["plan"]
-        if (plan.fingerprint in keys, plan.private, state["config_digest"]) != (True, not no_dp, digest):
+        if (plan.fingerprint in key.fingerprints, plan.private, state["config_digest"]) != (True, not no_dp, digest):
             raise TrainingError(f"the checkpoint in {ckpt_dir} belongs to another data set or settings "
                                 "(or to a run with/without DP); pass --no-resume to start a new run "
                                 "(its reserved budget stays spent) or restore the settings")
@@ -298,7 +299,7 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
     ledger = SiteLedger(ledger_path(config))
     if new_ledger and not ledger.path.exists():
         ledger.start(reason=f"first training on {config.data.path}")
-    fixed = fixed_settings(ledger.records(), keys)
+    fixed = fixed_settings(ledger.related(ledger.records(), key))
     if state is None:
         if ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
@@ -307,9 +308,8 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
     record = lambda status, history: LedgerRecord(  # noqa: E731
         plan.run_id, plan.fingerprint, status, history, plan.n_pairs, config.model.family, now_utc(),
         delta=plan.delta, accountant=config.privacy.accountant, split=split)
-    ledger.reserve(record("planned" if plan.private else "baseline", plan.history()),
-                   max_epsilon=config.privacy.max_epsilon, delta=plan.delta,
-                   accountant=config.privacy.accountant, aliases=keys)
+    ledger.reserve(record("planned" if plan.private else "baseline", plan.history()), key,
+                   max_epsilon=config.privacy.max_epsilon, delta=plan.delta, accountant=config.privacy.accountant)
     progress_made = _Progress()
     try:
         return _run(config, plan, state, model, data, ledger, record, digest, progress, progress_made)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from client_agent.budget import (BudgetExceeded, LedgerMissing, LedgerRecord, SettingsChanged, SiteLedger,
-                                 file_fingerprint, now_utc, site_status)
+from client_agent.budget import (BudgetExceeded, LedgerCorrupt, LedgerMissing, LedgerRecord, SettingsChanged,
+                                 SiteLedger, file_fingerprint, now_utc, site_status)
 from client_agent.config import load_client_config
 from client_agent.train import TrainingError, train_reward_model
 from mor_secure.config import ConfigError
@@ -69,8 +69,11 @@ def test_budget_follows_the_content_not_the_folder_files_or_layout(data, ledger,
     shutil.copytree(data.parent, moved)
     (moved / "README.md").write_text("our preference data, v2")
     again, _ = write_layout("standard-parquet", tmp_path / "converted", pairs(120, seed=1))
-    for copy in (moved / data.name, again):
-        config = load_client_config(site_config(tmp_path / copy.stem, copy, ledger))
+    # more pairs, or some of them with pairs never seen: a run on any question trained before counts
+    grown, _ = write_layout("jsonl-paths", tmp_path / "grown", pairs(130, seed=1))
+    mixed, _ = write_layout("jsonl-paths", tmp_path / "mixed", pairs(120, seed=1)[:10] + pairs(110, seed=4))
+    for copy in (moved / data.name, again, grown, mixed):
+        config = load_client_config(site_config(tmp_path / f"{copy.parent.name}-{copy.stem}", copy, ledger))
         with pytest.raises(BudgetExceeded, match=r"spent epsilon (3\.9|4\.0)\d* of 5"):
             train_reward_model(config, progress=False)
     other, _ = write_layout("jsonl-paths", tmp_path / "other", pairs(120, seed=2))  # other pairs: own budget
@@ -208,3 +211,16 @@ def test_init_starts_the_sites_ledger_and_never_replaces_it(tmp_path):
     assert [r.run_id for r in SiteLedger(config.privacy.ledger).records()] == ["r1"]
     columns = load_client_config(folder.config).data.columns
     assert columns == {} and "# columns = {}   (default)" in folder.config.read_text()
+
+
+def test_a_runs_question_set_missing_or_altered_fails_closed(data, ledger, tmp_path):
+    train_reward_model(load_client_config(site_config(tmp_path / "a", data, ledger)), progress=False)
+    (stored,) = (ledger.parent / f"{ledger.name}.questions").iterdir()
+    other, _ = write_layout("jsonl-paths", tmp_path / "other", pairs(120, seed=5))
+    config = load_client_config(site_config(tmp_path / "b", other, ledger))
+    stored.write_bytes(stored.read_bytes()[16:])  # a question removed to hide an overlap
+    with pytest.raises(LedgerCorrupt, match="question set was altered"):
+        train_reward_model(config, progress=False)
+    stored.unlink()
+    with pytest.raises(LedgerCorrupt, match="question set is missing"):
+        train_reward_model(config, progress=False)

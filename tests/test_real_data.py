@@ -30,7 +30,7 @@ def pairs(n: int, seed: int = 0) -> list[dict]:
         colour, wrong = rng.sample(sorted(COLOURS), 2)
         image = Image.new("RGB", (32 + 8 * (i % 3), 32), (250, 250, 250))
         image.paste(COLOURS[colour], (6, 6, 26, 26))
-        rows.append({"image": image, "question": f"What colour is the square? ({i})",
+        rows.append({"image": image, "question": f"What colour is the square? ({seed}.{i})",
                      "chosen": f"{LONG}So the answer is {colour}.", "rejected": f"{LONG}So the answer is {wrong}."})
     return rows
 
