@@ -1,5 +1,7 @@
 """The site's lifetime privacy budget: an append-only JSON-lines ledger of every training run's
-accountant history, keyed by the data set's content fingerprint, and the check that runs before training.
+accountant history, keyed by the data set's content fingerprint and the questions (image + question)
+each run trained on, and the check that runs before training: a run composes with every earlier run
+that shares its data or any of its questions.
 
 Spend is composed by the accountant over all runs' histories (never summed epsilons). A run
 reserves its full planned history after the data, settings and model are checked and before its
