@@ -86,9 +86,9 @@ def open_site_data(path: str | Path, *, train_split: str = "train", test_split: 
                    max_pixels: int = MAX_IMAGE_PIXELS, kind: Kind = "pairs", strict: bool = True) -> SiteData:
     """Read every split of ``path``, decode every image once and fingerprint the content.
 
-    A data set with one split (a file, a Dataset folder, a DatasetDict of one split) that lacks
+    A pairs data set with one split (a file, a Dataset folder, a DatasetDict of one split) that lacks
     ``test_split`` holds out the questions whose key falls under ``test_fraction`` as the test split;
-    training never reads them. ``strict`` raises ``SchemaError`` naming the problems, if any.
+    training never reads them. Eval and prompt sets are never divided. ``strict`` raises ``SchemaError`` naming the problems, if any.
     """
     if not 0 <= test_fraction < 1:
         raise DataError(f"[data] test_fraction must be in [0, 1), got {test_fraction}")
@@ -102,7 +102,7 @@ def open_site_data(path: str | Path, *, train_split: str = "train", test_split: 
         splits[name or "train"] = SplitRows(report.data, report, scan)
     site = SiteData(path, kind, splits, train_split, test_split, test_fraction,
                     fingerprint_of([s.scan for s in splits.values()], kind))
-    if len(splits) == 1 and test_split not in splits:
+    if kind == "pairs" and len(splits) == 1 and test_split not in splits:
         (only,) = splits.values()
         test = [i for i, key in enumerate(only.scan.question_keys) if held_out(key, test_fraction)]
         chosen = set(test)
