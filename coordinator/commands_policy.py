@@ -26,29 +26,39 @@ def _quiet_transformers() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the public generator.")
 @click.option("--verbose-share", default=0.7, show_default=True, type=click.FloatRange(0, 1),
               help="Share of answers in the verbose style (the warm start's deliberate flaw).")
-@click.option("--mislabel", multiple=True, metavar="TRUE=WRONG",
-              help="Label colour TRUE as WRONG in colour questions (e.g. orange=red); repeatable. "
-                   "A second, measurable flaw on an easy feature.")
+@click.option("--flaw", "flaw", multiple=True, metavar="TYPE:TRUE=WRONG",
+              help="Label answer TRUE of question type TYPE as WRONG (e.g. side:left=right); repeatable. "
+                   "Replaces the default flaws (colour pairs, left/right, yes/no swapped).")
+@click.option("--flaw-share", default=0.6, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of the flawed types' rows that carry the swapped label (below 1, so the warm start "
+                   "still samples the truth and GRPO has something to reinforce).")
+@click.option("--no-flaws", is_flag=True, help="Write correct labels only (no deliberate flaw).")
 @click.option("--exclude-world", type=EXISTING_DIR, default=None,
               help="A benchmark world folder: drop every image+question it holds, so the public data "
                    "is disjoint from the clients' and the evaluation data.")
-def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, mislabel: tuple[str, ...],
-                exclude_world: Path | None) -> None:
+def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, flaw: tuple[str, ...],
+                flaw_share: float, no_flaws: bool, exclude_world: Path | None) -> None:
     """Write public warm-start VQA (image, prompt, completion, domain, answer) for `mor coordinator sft`.
 
     The rows come from the world's domain generators in a separate seed space, carry no client
-    style, and answer --verbose-share of the questions verbosely ("The answer is red."), a flaw
-    the federation's rewards can correct with GRPO.
+    style, answer --verbose-share of the questions verbosely ("It is red.") and swap the labels
+    of easy features in --flaw-share of their rows: flaws the federation's rewards can correct with GRPO.
     """
-    from mor_secure.data.public import generate_public_sft
+    from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
 
     if out_dir.exists():
         raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
-    pairs = [item.split("=", 1) for item in mislabel]
-    if any(len(p) != 2 or not all(p) for p in pairs):
-        raise click.ClickException("--mislabel takes TRUE=WRONG, e.g. --mislabel orange=red")
-    path = generate_public_sft(out_dir, seed=seed, n=n, verbose_share=verbose_share, mislabel=dict(pairs),
-                               exclude_world=exclude_world)
+    if no_flaws and flaw:
+        raise click.ClickException("--no-flaws and --flaw contradict each other; pass one of them")
+    flaws: dict[str, dict[str, str]] = {} if no_flaws or flaw else DEFAULT_FLAWS
+    for item in flaw:
+        kind, _, swap = item.partition(":")
+        true, _, wrong = swap.partition("=")
+        if not (kind and true and wrong):
+            raise click.ClickException(f"--flaw {item!r}: use TYPE:TRUE=WRONG, e.g. --flaw side:left=right")
+        flaws.setdefault(kind, {})[true] = wrong
+    path = generate_public_sft(out_dir, seed=seed, n=n, verbose_share=verbose_share, flaws=flaws,
+                               flaw_share=flaw_share, exclude_world=exclude_world)
     click.echo(f"wrote {n} public rows to {path}")
 
 

@@ -17,6 +17,7 @@ from mor_secure.data.domains.detail import BACKGROUND, COLOURS
 from mor_secure.data.loader import available_splits, load_preferences
 from mor_secure.data.schema import (EVAL_FEATURES, PAIR_FEATURES, DataError, SchemaError, answer_text,
                                     content_hash, question_text, validate_preferences)
+from mor_secure.data.public import parse_verbose
 from mor_secure.data.styles import STYLES, parse_styled, render
 from mor_secure.data.world import generate_world
 
@@ -127,19 +128,36 @@ def test_eval_questions_never_appear_elsewhere(world_dir, manifest):
         assert not held_out & hashes(load_preferences(world_dir / "server/router", split))
 
 
-def test_pairs_prefer_the_true_answer_in_the_owners_style(world_dir, manifest):
-    kinds = Counter()
+def _rendered(text: str) -> tuple[str, str] | None:
+    """(style, answer) of a world style or of the public verbose frame, else None."""
+    styled = parse_styled(text)
+    verbose = parse_verbose(text)
+    return styled if styled is not None else ("verbose", verbose) if verbose is not None else None
+
+
+def test_pairs_contrast_right_with_wrong_in_every_style(world_dir, manifest):
+    """Chosen is always the truth; rejected is a wrong answer in the chosen's own rendering, the truth in
+    another style than the owner's (the style signal), or a malformed answer; right-vs-wrong pairs come in
+    every rendering, so a site judges correctness whatever style a policy drifts to."""
+    kinds, wrong_styles = Counter(), Counter()
     parts = [(name, {d: c["style"] for d in manifest["domains"]}) for name, c in manifest["clients"].items()]
     parts.append(("server/router", manifest["router"]["style_per_domain"]))
     for name, style_of in parts:
         for row in _client_rows(world_dir, name):
-            chosen, rejected = answer_text(row["chosen"]), answer_text(row["rejected"])
+            chosen, rejected = _rendered(answer_text(row["chosen"])), _rendered(answer_text(row["rejected"]))
             style = style_of[row["domain"]]
-            assert chosen == render(row["answer"], style) != rejected
-            rejected_style, rejected_answer = parse_styled(rejected)
-            assert (rejected_style == style) != (rejected_answer == row["answer"])
-            kinds["wrong_answer" if rejected_style == style else "wrong_style"] += 1
-    assert kinds["wrong_answer"] > 2 * kinds["wrong_style"] > 0
+            assert chosen is not None and chosen[1] == row["answer"]
+            if rejected is None or rejected[1] not in DOMAINS[row["domain"]].answer_space(row["question_type"]):
+                kinds["off_format"] += 1
+            elif rejected[1] == row["answer"]:
+                assert chosen[0] == style != rejected[0]
+                kinds["wrong_style"] += 1
+            else:
+                assert rejected[0] == chosen[0]
+                kinds["wrong_answer"] += 1
+                wrong_styles[chosen[0]] += 1
+    assert kinds["wrong_answer"] > kinds["off_format"] > kinds["wrong_style"] > 0
+    assert set(wrong_styles) == set(STYLES) | {"verbose"}
 
 
 def test_generate_world_refuses_bad_arguments_and_a_non_empty_folder(tmp_path):

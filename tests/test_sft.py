@@ -14,18 +14,24 @@ from mor_secure.data.schema import answer_text, content_hash, question_text
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_public_data_has_the_flaw_at_the_configured_rate(tmp_path):
-    rows = load_from_disk(str(generate_public_sft(tmp_path / "p", seed=3, n=400, verbose_share=0.7,
-                                                  mislabel={"orange": "red"})))
+def test_public_data_has_the_flaws_at_the_configured_rates(tmp_path):
+    flaws = {"color": {"orange": "red"}, "side": {"left": "right", "right": "left"}}
+    rows = load_from_disk(str(generate_public_sft(tmp_path / "p", seed=3, n=900, verbose_share=0.7,
+                                                  flaws=flaws, flaw_share=0.6)))
     verbose = [parse_verbose(answer_text(c)) is not None for c in rows["completion"]]
     assert verbose.count(True) == rows["style"].count("verbose")
     assert 0.62 <= sum(verbose) / len(rows) <= 0.78
     assert set(rows["domain"]) == {"detail", "medical", "chart"}
+    flawable = swapped = 0
     for row in rows:
         text = answer_text(row["completion"])
         said = parse_verbose(text) if row["style"] == "verbose" else text
-        wrong_colour = row["question_type"] == "color" and row["answer"] == "orange"
-        assert said == ("red" if wrong_colour else row["answer"])
+        swap = flaws.get(row["question_type"], {}).get(row["answer"])
+        flawable += swap is not None
+        swapped += row["flawed"]
+        assert said == (swap if row["flawed"] else row["answer"])
+        assert not row["flawed"] or swap is not None
+    assert 0.45 <= swapped / flawable <= 0.75  # 0.6 of the rows a flaw touches, the truth in the rest
 
 
 def _keys(folder) -> set[str]:
@@ -98,9 +104,11 @@ def test_commands_write_data_warm_start_and_evaluate(tiny_model_dir, tmp_path):
 
     runner = CliRunner()
     data, policy = tmp_path / "public", tmp_path / "policy"
-    result = runner.invoke(group, ["public-data", "--out", str(data), "--n", "24", "--mislabel", "orange=red"])
+    result = runner.invoke(group, ["public-data", "--out", str(data), "--n", "24", "--flaw", "color:orange=red"])
     assert result.exit_code == 0, result.output
-    assert json.loads((data / "public.json").read_text())["mislabel"] == {"orange": "red"}
+    assert json.loads((data / "public.json").read_text())["flaws"] == {"color": {"orange": "red"}}
+    bad = runner.invoke(group, ["public-data", "--out", str(tmp_path / "bad"), "--flaw", "orange=red"])
+    assert bad.exit_code != 0 and "TYPE:TRUE=WRONG" in bad.output
     result = runner.invoke(group, ["sft", "--base", str(tiny_model_dir("qwen2-vl")), "--data", str(data),
                                    "--out", str(policy), "--steps", "2", "--batch-size", "8"])
     assert result.exit_code == 0 and "saved policy" in result.output, result.output

@@ -8,8 +8,11 @@ GRPO with the federation's rewards has something to fix:
 
 - ``verbose_share`` of the answers use a verbose frame (``"It is red."``) that no client's
   reward prefers; the rest are concise (``"red"``);
-- ``mislabel`` optionally maps true colours to wrong ones in colour questions (e.g.
-  ``{"orange": "red"}``): a systematically mislabelled colour.
+- ``flaws`` map true answers to wrong ones per question type (``DEFAULT_FLAWS``: colour pairs,
+  left/right, yes/no), applied to ``flaw_share`` of the rows they touch: the warm start then
+  mostly gives the swapped label but still samples the true one, which a reward can reinforce.
+  Flaws sit on features the tiny VLM sees (GRPO corrects what a model sees; it does not teach a
+  feature that supervised training never learned).
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ log = get_logger("data.public")
 VERBOSE_FRAME = "It is {answer}."
 """The verbose answer style of the warm-start flaw: no client's style (see ``styles.STYLES``), so every
 client's reward prefers something else; the other answers are concise (the bare word)."""
+
+DEFAULT_FLAWS: dict[str, dict[str, str]] = {
+    "color": {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue", "green": "yellow",
+              "yellow": "green"},
+    "side": {"left": "right", "right": "left"},
+    "presence": {"yes": "no", "no": "yes"},
+    "compare": {"yes": "no", "no": "yes"},
+}
+"""Swapped labels of the demo's and benchmarks' warm start: question type -> {true answer: shown answer}."""
+
+DEFAULT_FLAW_SHARE = 0.6
+"""Share of the flawed question types' rows that carry the swapped label."""
 
 SEED_NAMESPACE = "mor-secure/public-sft"
 """Prefix of the generator's string seed: a stream apart from every stream of the benchmark world."""
@@ -57,14 +72,16 @@ def _world_keys(world_dir: Path) -> set[str]:
 
 
 def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, verbose_share: float = 0.7,
-                        mislabel: Mapping[str, str] | None = None, domains: Iterable[str] | None = None,
+                        flaws: Mapping[str, Mapping[str, str]] | None = None,
+                        flaw_share: float = DEFAULT_FLAW_SHARE, domains: Iterable[str] | None = None,
                         exclude_world: str | Path | None = None) -> Path:
     """Write ``n`` public warm-start rows to ``out_dir`` (a ``datasets`` folder) and return it.
 
     Columns: image, prompt (conversational, one image part), completion (assistant message),
-    domain, question_type, answer (the truth, even where ``mislabel`` changes the completion),
-    style ('verbose' or 'concise'). Domains take turns; ``exclude_world`` drops any item that
-    the benchmark world under that folder holds. A summary lands in ``public.json``.
+    domain, question_type, answer (the truth, even where a flaw changes the completion),
+    style ('verbose' or 'concise'), flawed (whether the label was swapped). Domains take turns;
+    ``exclude_world`` drops any item that the benchmark world under that folder holds. A summary lands
+    in ``public.json``.
     """
     from datasets import Dataset, Features, Value
 
@@ -72,13 +89,15 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
         raise ValueError(f"verbose_share must be in [0, 1], got {verbose_share}")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    if not 0.0 <= flaw_share <= 1.0:
+        raise ValueError(f"flaw_share must be in [0, 1], got {flaw_share}")
     names = list(domains) if domains is not None else domain_names()
     generators = [get_domain(name) for name in names]
-    mislabel = dict(mislabel or {})
+    flaws = {kind: dict(swaps) for kind, swaps in (flaws or {}).items()}
     excluded = _world_keys(Path(exclude_world)) if exclude_world is not None else set()
     rng = random.Random(f"{SEED_NAMESPACE}/{seed}")
     rows: dict[str, list] = {k: [] for k in ("image", "prompt", "completion", "domain", "question_type",
-                                             "answer", "style")}
+                                             "answer", "style", "flawed")}
     dropped = 0
     while len(rows["answer"]) < n:
         domain = generators[len(rows["answer"]) % len(generators)]
@@ -87,7 +106,9 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
         if key in excluded:
             dropped += 1
             continue
-        label = mislabel.get(q.answer, q.answer) if q.question_type == "color" else q.answer
+        swapped = flaws.get(q.question_type, {}).get(q.answer)
+        flawed = swapped is not None and rng.random() < flaw_share
+        label = swapped if flawed else q.answer
         verbose = rng.random() < verbose_share
         text = VERBOSE_FRAME.format(answer=label) if verbose else label
         buffer = io.BytesIO()
@@ -99,10 +120,13 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
         rows["question_type"].append(q.question_type)
         rows["answer"].append(q.answer)
         rows["style"].append("verbose" if verbose else "concise")
-    features = Features({**EVAL_FEATURES, "completion": EVAL_FEATURES["prompt"], "style": Value("string")})
+        rows["flawed"].append(flawed)
+    features = Features({**EVAL_FEATURES, "completion": EVAL_FEATURES["prompt"], "style": Value("string"),
+                         "flawed": Value("bool")})
     out_dir = Path(out_dir)
     Dataset.from_dict(rows, features=features).save_to_disk(str(out_dir))
-    summary = {"seed": seed, "n": n, "verbose_share": verbose_share, "mislabel": mislabel,
+    summary = {"seed": seed, "n": n, "verbose_share": verbose_share, "flaws": flaws, "flaw_share": flaw_share,
+               "flawed_rows": sum(rows["flawed"]),
                "domains": names, "dropped_world_items": dropped,
                "verbose_rows": rows["style"].count("verbose")}
     (out_dir / "public.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -17,16 +17,23 @@ from typing import Any
 
 import datasets
 
+from mor_secure.data.candidates import off_format, renderings
 from mor_secure.data.domains import Question, domain_names, get_domain
 from mor_secure.data.schema import (EVAL_FEATURES, PAIR_FEATURES, SCHEMA_VERSION, assistant_message,
                                     content_hash, user_prompt)
 from mor_secure.data.styles import render, style_names
 from mor_secure.logs import get_logger
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 TEST_FRACTION = 0.15
-WRONG_STYLE_SHARE = 0.25
-"""Share of rejected answers that are the true answer in another style (the rest are wrong answers)."""
+WRONG_STYLE_SHARE = 0.15
+"""Share of pairs whose rejected answer is the true answer in another style (the style signal)."""
+OFF_FORMAT_SHARE = 0.25
+"""Share of pairs whose rejected answer is malformed: junk, an answer of another type, a garbled answer."""
+OWN_STYLE_SHARE = 0.4
+"""In the other pairs, how often right and wrong are written in the client's own style (else in any other
+rendering, the public verbose frame included): a site must judge correctness in every style, or a shared
+policy escapes to a style no site judges."""
 
 log = get_logger("data.world")
 
@@ -78,6 +85,21 @@ def _test_flags(plan: list[str]) -> list[bool]:
     return flags
 
 
+def _contrast(domain: str, question: Question, style: str, rng: random.Random) -> tuple[str, str, str]:
+    """(chosen, rejected, kind) of one pair: right vs wrong in one rendering, right in the client's style vs
+    another rendering, or a right answer vs a malformed one."""
+    own = render(question.answer, style)
+    draw = rng.random()
+    if draw < WRONG_STYLE_SHARE:
+        return own, rng.choice([t for t in renderings(question.answer) if t != own]), "wrong_style"
+    at = style if rng.random() < OWN_STYLE_SHARE else rng.choice([s for s in style_names() if s != style] + [None])
+    right = renderings(question.answer)[-1] if at is None else render(question.answer, at)
+    if draw < WRONG_STYLE_SHARE + OFF_FORMAT_SHARE:
+        return right, off_format(domain, question.question_type, question.answer, rng), "off_format"
+    wrong = rng.choice(question.distractors)
+    return right, renderings(wrong)[-1] if at is None else render(wrong, at), "wrong_answer"
+
+
 def _pair_rows(rng: random.Random, plan: list[str], style_of: dict[str, str],
                exclude: set[str]) -> tuple[dict[str, list[dict]], Counter]:
     """Preference pairs for a shuffled domain plan, split into train and test; rejection counts."""
@@ -85,17 +107,12 @@ def _pair_rows(rng: random.Random, plan: list[str], style_of: dict[str, str],
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     rejected_kinds: Counter = Counter()
     for domain, is_test in zip(plan, _test_flags(plan)):
-        question, style = _draw(domain, rng, exclude), style_of[domain]
-        if rng.random() < WRONG_STYLE_SHARE:
-            rejected = render(question.answer, rng.choice([s for s in style_names() if s != style]))
-            rejected_kinds["wrong_style"] += 1
-        else:
-            rejected = render(rng.choice(question.distractors), style)
-            rejected_kinds["wrong_answer"] += 1
+        question = _draw(domain, rng, exclude)
+        chosen, rejected, kind = _contrast(domain, question, style_of[domain], rng)
+        rejected_kinds[kind] += 1
         splits["test" if is_test else "train"].append({
             "image": _png(question), "prompt": user_prompt(question.question),
-            "chosen": assistant_message(render(question.answer, style)),
-            "rejected": assistant_message(rejected), "domain": domain,
+            "chosen": assistant_message(chosen), "rejected": assistant_message(rejected), "domain": domain,
             "question_type": question.question_type, "answer": question.answer,
         })
     return splits, rejected_kinds
@@ -178,7 +195,8 @@ def generate_world(out_dir: Path, *, seed: int = 0, clients: int = 3, pairs: int
         "styles": styles,
         "parameters": {"clients": clients, "pairs": pairs, "router_pairs": router_pairs,
                        "eval_questions": eval_questions, "own_domain_share": own_domain_share,
-                       "test_fraction": TEST_FRACTION, "wrong_style_share": WRONG_STYLE_SHARE},
+                       "test_fraction": TEST_FRACTION, "wrong_style_share": WRONG_STYLE_SHARE,
+                       "off_format_share": OFF_FORMAT_SHARE, "own_style_share": OWN_STYLE_SHARE},
         "clients": manifest_clients,
         "router": {"path": "server/router", "style_per_domain": router_style,
                    "owner_per_domain": owner,

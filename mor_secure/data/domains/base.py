@@ -37,6 +37,15 @@ class Domain(ABC):
 
     name: ClassVar[str]
     question_types: ClassVar[tuple[str, ...]]
+    answer_spaces: ClassVar[dict[str, tuple[str, ...]]]
+    """Every possible answer of each question type (the candidates a reward model must rank)."""
+
+    def answer_space(self, question_type: str) -> tuple[str, ...]:
+        """The possible answers of ``question_type`` (ValueError names the known types)."""
+        if question_type not in self.answer_spaces:
+            raise ValueError(f"domain {self.name!r} has no question type {question_type!r}; "
+                             f"known: {', '.join(self.question_types)}")
+        return self.answer_spaces[question_type]
 
     def sample(self, rng: random.Random, question_type: str | None = None) -> Question:
         """Draw one question; its type is drawn uniformly from ``question_types`` unless given."""

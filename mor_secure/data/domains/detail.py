@@ -44,6 +44,7 @@ class DetailDomain(Domain):
 
     name = "detail"
     question_types = ("color", "shape", "count")
+    answer_spaces = {"color": tuple(COLOURS), "shape": SHAPES, "count": COUNTS}
 
     def _sample(self, rng: random.Random, question_type: str) -> Question:
         image = blank(BACKGROUND)

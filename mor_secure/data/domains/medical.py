@@ -36,6 +36,7 @@ class MedicalDomain(Domain):
 
     name = "medical"
     question_types = ("count", "side", "presence")
+    answer_spaces = {"count": COUNTS, "side": SIDES, "presence": YES_NO}
 
     def _sample(self, rng: random.Random, question_type: str) -> Question:
         if question_type == "count":
