@@ -338,7 +338,8 @@ def rejection_matrix(scene: Scene) -> list[Row]:
         scene.wait(lambda: refusal_of(scene, source, name, start), 5)
         refused = refusal_of(scene, source, name, start)
         said = str(client.error or client.last_error or "?").replace(f" at {target}", "").replace(f" with {target}", "")
-        agent_side = ("stops (a verified refusal): " if client.error is not None else "retries with back-off: ") + said[:100]
+        verdict = "stops (a verified refusal): " if client.error is not None else "retries with back-off: "
+        agent_side = verdict + said[:100]
         legit, ok = scene.legit_during(start)
         rows.append(Row("matrix", case, f"coordinator: {refused or 'no refusal recorded'}; agent {agent_side}",
                         legit, "-", bool(refused) and not client.session_id and ok))
@@ -384,7 +385,8 @@ def half_open_flood(scene: Scene, addresses: tuple[str, ...], label: str) -> Row
     return Row("1", f"half-open flood {label}: {flood.sent} ClientHellos, 64 per address kept open for "
                     f"{time.time() - start:.0f} s",
                f"{after['evicted'] - before['evicted']} half-open sessions evicted, "
-               f"{after['refused_early'] - before['refused_early']} refused before TLS (rate); site-b restarted mid-flood "
+               f"{after['refused_early'] - before['refused_early']} refused before TLS (rate); "
+               "site-b restarted mid-flood "
                + (f"rejoined {join_s:.1f} s after dialling (connect timeout 10 s)" if joined else "did NOT rejoin"),
                legit, "-", joined and join_s < 10 and ok)
 
@@ -518,7 +520,8 @@ def hostile_coordinator_rows(scene: Scene) -> list[Row]:
         log = (scene.logs / "agent-hostile.log").read_text()
         rows.append(Row("10", "a coordinator welcomes with heartbeat_s = 0",
                         ("agent refuses the welcome (heartbeat_s outside [0.05, 3600])" if "outside" in log
-                         else "agent ACCEPTED the welcome") + f" and retries with back-off; {busy:.2f} CPU s in 5 s", "-",
+                         else "agent ACCEPTED the welcome")
+                        + f" and retries with back-off; {busy:.2f} CPU s in 5 s", "-",
                         "agent alive" if agent.poll() is None else "agent DIED",
                         "outside" in log and busy < 2.5 and agent.poll() is None))
     finally:
@@ -528,7 +531,8 @@ def hostile_coordinator_rows(scene: Scene) -> list[Row]:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     fake = FakeCoordinator(endpoint)
     fake.start()
-    agent = scene.spawn("agent-garbage", [sys.executable, __file__, "--as-agent", str(scene.site_config("site-h", endpoint))])
+    config = scene.site_config("site-h", endpoint)
+    agent = scene.spawn("agent-garbage", [sys.executable, __file__, "--as-agent", str(config)])
     try:
         scene.wait(lambda: fake.answered >= 4, 30)
         answered = fake.answered
@@ -537,7 +541,8 @@ def hostile_coordinator_rows(scene: Scene) -> list[Row]:
             joined = scene.wait(lambda: "site-h" in real.sites(), 30)
         rows.append(Row("9", f"an impostor answers {answered} connection attempts with a plaintext alert or garbage, "
                              "then the real coordinator appears",
-                        "agent retried with back-off and " + ("joined the real coordinator" if joined else "did NOT join"),
+                        "agent retried with back-off and "
+                        + ("joined the real coordinator" if joined else "did NOT join"),
                         "-", "agent alive" if agent.poll() is None else "agent DIED", joined))
     finally:
         from mor_secure.demo.stages import stop_group
@@ -593,8 +598,8 @@ def reissue_row(scene: Scene) -> Row:
     from mor_secure.demo.stages import child_env, mor_command
 
     def issue(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(mor_command("certs", "issue", "--ca-dir", scene.ca, "--role", "client", "--name", "site-z",
-                                          "--out-dir", scene.w / f"reissue{len(extra)}", *extra),
+        return subprocess.run(mor_command("certs", "issue", "--ca-dir", scene.ca, "--role", "client",
+                                          "--name", "site-z", "--out-dir", scene.w / f"reissue{len(extra)}", *extra),
                               capture_output=True, text=True, env=child_env())
 
     silent = issue()
@@ -676,13 +681,15 @@ def tamper_rows(scene: Scene) -> list[Row]:
     rewritten = [dict(e) for e in entries]
     rewritten[middle] = {**entries[middle], "body": {**entries[middle]["body"], "reason": "nothing happened"}}
     last_cp = max(i for i, e in enumerate(entries) if e["kind"] == "checkpoint")
-    cases = [("an untouched copy", b"".join(line + b"\n" for line in lines), True, True),
-             ("a torn tail without newline (a crash)", b"".join(line + b"\n" for line in lines) + lines[-1][:40], True, True),
+    whole = b"".join(line + b"\n" for line in lines)
+    cases = [("an untouched copy", whole, True, True),
+             ("a torn tail without newline (a crash)", whole + lines[-1][:40], True, True),
              ("site-e's epsilon 7.5 report deleted, chain recomputed (the review's attack: show then said 2.0)",
               rechain(entries[:high] + entries[high + 1:]), True, False),
-             ("a middle entry deleted, chain recomputed", rechain(entries[:middle] + entries[middle + 1:]), True, False),
+             ("a middle entry deleted, chain recomputed", rechain(entries[:middle] + entries[middle + 1:]), True,
+              False),
              ("an entry rewritten, chain recomputed", rechain(rewritten), True, False),
-             ("a newline-terminated garbage last line", b"".join(line + b"\n" for line in lines) + b"\x00garbage\n", True, False),
+             ("a newline-terminated garbage last line", whole + b"\x00garbage\n", True, False),
              ("cut back past the last checkpoint", b"".join(line + b"\n" for line in lines[:last_cp]), True, False),
              ("every checkpoint and the signed head removed, chain recomputed",
               rechain([e for e in entries if e["kind"] != "checkpoint"]), False, False)]
@@ -798,7 +805,8 @@ def main() -> None:
         summary = {"probes": len(probes), "duration_s": probes[-1]["t"] - probes[0]["t"] if probes else 0.0,
                    "both": sum(set(LEGIT) <= set(r["answered"]) for r in probes),
                    "site_a": sum("site-a" in r["answered"] for r in probes),
-                   "summarised": sum(e["body"]["refused"] for e in scene.ledger_entries() if e["kind"] == "refusal_summary"),
+                   "summarised": sum(e["body"]["refused"] for e in scene.ledger_entries()
+                                     if e["kind"] == "refusal_summary"),
                    "site_a_one_session": "yes" if len(site_a) == 1 else f"no ({len(site_a)} sessions)",
                    "hwm_mb": max((r["hwm_kb"] for r in probes), default=0) / 1024,
                    "refused_early": probes[-1]["refused_early"] if probes else 0,

@@ -194,7 +194,8 @@ class RawPeer:
         self.sock.close()
 
 
-def hostile_coordinator(endpoint: str, context_factory, *, allow: Sequence[str], welcome_heartbeat_s: float | None = None):
+def hostile_coordinator(endpoint: str, context_factory, *, allow: Sequence[str],
+                        welcome_heartbeat_s: float | None = None):
     """A ``TLSServer`` with a real coordinator certificate that misbehaves: it may welcome with
     ``welcome_heartbeat_s`` (e.g. 0), and ``send_raw(site, data)`` sends unchecked bytes to a welcomed site."""
     from mor_secure.transport import TLSServer

@@ -6,8 +6,9 @@ message), never silence: a request over the rate (token bucket), over ``max_batc
 types, or with an image that is not a PNG/JPEG of at most ``max_pixels`` is refused, and the agent
 keeps serving. Images count against the request's limits: no more images than ``max_batch``, only
 the images an item references are decoded, and their sizes, read from the headers before any pixel
-is decoded, must fit a per-request budget of ``REQUEST_PIXEL_FACTOR * max_pixels``. It runs on the agent's handler threads, off the network loop. Logs carry the request
-id, item count and duration, never content.
+is decoded, must fit a per-request budget of ``REQUEST_PIXEL_FACTOR * max_pixels``. It runs on the
+agent's handler threads, off the network loop. Logs carry the request id, item count and duration,
+never content.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The coordinator's ledger writer: one thread, a bounded queue, and refusals throttled into summaries.
 
 Every refused peer used to cost an fsynced ledger entry through an unbounded queue, so outsiders could
-fill the disk and the memory. Now refusals pass a ``Throttle`` (a few per window written in full, at
-most a few per peer; the rest counted by peer and reason into one ``refusal_summary`` entry per
-window; peers refused before authentication share one quota, so a flood of them cannot crowd out the
-refusal of a certified site, which has its own few per window) and a bounded queue (a refusal that finds it full is counted, never waited for). Jobs from
-authenticated sites (signed privacy reports) wait for room instead: they are few and must not be lost.
+fill the disk and the memory. Now refusals pass a ``Throttle``: a few per window are written in full
+(at most a few per peer), the rest are counted by peer and reason into one ``refusal_summary`` entry
+per window. Peers refused before authentication share one quota, so a flood of them cannot crowd out
+the refusal of a certified site, which has its own few per window. The queue is bounded: a refusal
+that finds it full is counted, never waited for. Jobs from authenticated sites (signed privacy
+reports) wait for room instead: they are few and must not be lost.
 """
 
 from __future__ import annotations

@@ -250,8 +250,10 @@ class LedgerSigner:
     def checkpoint(self, covers_seq: int, covers_hash: str, every: int) -> dict[str, Any]:
         """The body of a checkpoint entry covering the chain up to ``covers_seq`` (hash ``covers_hash``)."""
         payload = _checkpoint_payload(covers_seq, covers_hash)
-        signature = (self.key.sign(payload, ec.ECDSA(hashes.SHA256())) if isinstance(self.key, ec.EllipticCurvePrivateKey)
-                     else self.key.sign(payload))  # type: ignore[call-arg]
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            signature = self.key.sign(payload, ec.ECDSA(hashes.SHA256()))
+        else:
+            signature = self.key.sign(payload)  # type: ignore[call-arg]
         return {"covers_seq": covers_seq, "covers_hash": covers_hash, "every": every,
                 "signature": base64.b64encode(signature).decode("ascii"), "cert_pem": self.cert_pem}
 
@@ -482,9 +484,10 @@ def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: 
     head = _read_head(path)
     problem = None
     if head is not None and checkpoint_bodies.get(head["seq"]) != head["body"]:
+        found = f"ends at seq {n}" if head["seq"] > n else "holds another entry there"
         problem = Problem(None, head["seq"], f"the signed head {head_path(path).name} names checkpoint seq "
-                          f"{head['seq']} but the ledger {'ends at seq ' + str(n) if head['seq'] > n else 'holds another entry there'}: "
-                          "it was cut back or rewritten past its last signed checkpoint")
+                          f"{head['seq']} but the ledger {found}: it was cut back or rewritten past its last "
+                          "signed checkpoint")
     elif checkpoints and head is None:
         problem = Problem(None, None, f"the ledger has signed checkpoints but its signed head {head_path(path).name} "
                                       "is missing: it may have been cut back; restore both from a backup")

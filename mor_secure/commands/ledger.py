@@ -35,9 +35,9 @@ def show(file: Path, as_json: bool) -> None:
     """Per-site summary of ledger FILE: spent epsilon, delta, accountant, reports, items scored, refusals.
 
     The epsilon is the largest the site ever reported (the site composes its own lifetime budget,
-    so it never goes down with later entries). The head hash printed last can be passed to `mor ledger verify --anchor` later to
-    prove that no entry was cut from the end since. This reads without verifying: run
-    `mor ledger verify` for that.
+    so it never goes down with later entries). The head hash printed last can be passed to
+    `mor ledger verify --anchor` later to prove that no entry was cut from the end since. This reads
+    without verifying: run `mor ledger verify` for that.
     """
     from rich.console import Console
     from rich.table import Table

@@ -17,6 +17,6 @@ from mor_secure.pki.tls import peer_identity, ssl_context
 
 __all__ = [
     "KEY_TYPES", "ROLES", "CRLError", "Identity", "Installed", "PKIError", "Role", "ca_fingerprint", "certificates",
-    "check_crl", "crl_number", "describe", "fingerprint", "identity_of", "init_ca", "install_certificate", "issue", "load_cert", "load_crl",
-    "make_request", "peer_identity", "revoke", "sign_request", "ssl_context", "write_crl",
+    "check_crl", "crl_number", "describe", "fingerprint", "identity_of", "init_ca", "install_certificate", "issue",
+    "load_cert", "load_crl", "make_request", "peer_identity", "revoke", "sign_request", "ssl_context", "write_crl",
 ]

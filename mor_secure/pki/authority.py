@@ -241,10 +241,10 @@ def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | No
         proven = _renewal_fingerprint(csr, ca_cert, ident.name) if other_keys else None
         if other_keys and not replace and proven not in {e["fingerprint"] for e in other_keys}:
             live = other_keys[0]
-            raise PKIError(f"{ident.uri} already has a live certificate on another key (serial {int(live['serial']):x}, "
-                           f"{live['fingerprint'][:23]}...): a second one would be issued silently. Revoke it first "
-                           f"(`mor certs revoke --name {ident.name}`), sign with --replace (revokes it), or have the "
-                           "site renew with `mor certs request --renew` (proves the old key)")
+            raise PKIError(f"{ident.uri} already has a live certificate on another key (serial "
+                           f"{int(live['serial']):x}, {live['fingerprint'][:23]}...): a second one would be issued "
+                           f"silently. Revoke it first (`mor certs revoke --name {ident.name}`), sign with --replace "
+                           "(revokes it), or have the site renew with `mor certs request --renew` (proves the old key)")
         replaced = []
         if replace:
             for entry in other_keys:

@@ -114,7 +114,8 @@ def renewal_payload(name: str, new_public_key: object) -> bytes:
 
 def renewal_proof(live_cert_der: bytes, live_key: PrivateKey, name: str, new_public_key: object) -> bytes:
     """The extension value: 2-byte length, the live certificate (DER), the live key's signature."""
-    return len(live_cert_der).to_bytes(2, "big") + live_cert_der + _sign(live_key, renewal_payload(name, new_public_key))
+    signature = _sign(live_key, renewal_payload(name, new_public_key))
+    return len(live_cert_der).to_bytes(2, "big") + live_cert_der + signature
 
 
 def read_renewal_proof(value: bytes) -> tuple[x509.Certificate, bytes]:
@@ -151,7 +152,8 @@ def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
         live_key, live_cert = out_dir / f"{name}.key", out_dir / f"{name}.pem"
         if not live_key.exists() or not live_cert.exists():
             raise PKIError(f"--renew proves the request with the live {live_key.name} and {live_cert.name}, "
-                           f"which are not in {out_dir}: run it where they are, or make a first request without --renew")
+                           f"which are not in {out_dir}: run it where they are, or make a first request "
+                           "without --renew")
         try:
             cert = x509.load_pem_x509_certificate(live_cert.read_bytes())
         except ValueError:
