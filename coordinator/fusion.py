@@ -3,7 +3,7 @@
 A ``RewardFusion`` turns the clients' raw scores of a batch into one reward per item (None when it
 cannot), like Flower's ``Strategy`` turns client results into a model. Strategies:
 ``MixtureOfRewards`` (router-weighted calibrated scores), ``UniformMean`` and ``SingleClient``.
-Behaviour is added by wrapping (``Quorum``), not by subclassing. Baselines that score in process
+Behaviour is added by wrapping (``Quorum``, ``Conservative``), not by subclassing. Baselines that score in process
 (a FedAvg or a centralised reward model) implement the same ``fuse`` and set
 ``uses_client_scores = False``: they read ``items`` and ignore the clients.
 """
@@ -22,7 +22,7 @@ import torch
 
 from coordinator.calibration import Calibrator, is_score
 from coordinator.features import PromptFeatures, strip_images
-from coordinator.router import Router, RouterError
+from coordinator.router import Router, RouterError, live_mask
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.fusion")
@@ -57,6 +57,12 @@ class RewardFusion(ABC):
     @abstractmethod
     def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
         """One reward per item, or None where the strategy cannot give one."""
+
+    def components(self, items: Sequence[ScoreItem],
+                   client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(weights [N, K], calibrated scores [N, K])`` behind a weighted-mean fusion (NaN = missing), or
+        None for a strategy that is no weighted mean of its sites (then nothing can judge their agreement)."""
+        return None
 
 
 def calibrated_matrix(items: Sequence[ScoreItem], client_scores: ClientScores, calibrator: Calibrator,
@@ -118,6 +124,12 @@ class MixtureOfRewards(RewardFusion):
         feats, objectives = self._inputs(items)
         return _to_rewards(self.router(feats, z, objectives))
 
+    @torch.no_grad()
+    def components(self, items: Sequence[ScoreItem],
+                   client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor]:
+        z = calibrated_matrix(items, client_scores, self.calibrator, self.router.sites)
+        return self.weights(items, live_mask(z)), z
+
     def save(self, out_dir: str | Path) -> Path:
         """Write ``router/``, ``calibration.json`` and ``mixture.json`` (the feature model's name)."""
         out = Path(out_dir)
@@ -155,6 +167,12 @@ class UniformMean(RewardFusion):
         z = calibrated_matrix(items, client_scores, self.calibrator, self.sites)
         return _to_rewards(torch.nanmean(z, dim=1))
 
+    def components(self, items: Sequence[ScoreItem],
+                   client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor]:
+        z = calibrated_matrix(items, client_scores, self.calibrator, self.sites)
+        live = live_mask(z).float()
+        return live / live.sum(dim=1, keepdim=True).clamp(min=1.0), z
+
 
 class SingleClient(RewardFusion):
     """One site's calibrated score alone (the single-institution baseline)."""
@@ -185,6 +203,36 @@ class Quorum(RewardFusion):
             counts = [n + is_score(s) for n, s in zip(counts, scores)]
         fused = self.strategy.fuse(items, client_scores)
         return [r if n >= self.min_clients else None for r, n in zip(fused, counts)]
+
+
+class Conservative(RewardFusion):
+    """Wraps a weighted-mean strategy: ``fused - penalty * spread``, the spread being the weighted standard
+    deviation of the sites' calibrated scores around the fused one.
+
+    The uncertainty-weighted aggregation of Coste et al. (ICLR-24) against reward over-optimisation: where
+    the policy drifts to outputs no site saw, the sites disagree, and the penalty takes away what a single
+    over-confident site would give. Where the router trusts one site alone the spread is ~0 and nothing changes.
+    """
+
+    def __init__(self, strategy: RewardFusion, penalty: float) -> None:
+        if penalty < 0:
+            raise ValueError(f"the spread penalty must be >= 0, got {penalty}")
+        self.strategy, self.penalty = strategy, penalty
+        self.uses_client_scores, self.sites = strategy.uses_client_scores, strategy.sites
+
+    def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
+        fused = self.strategy.fuse(items, client_scores)
+        parts = self.strategy.components(items, client_scores) if items else None
+        if parts is None:
+            return fused
+        weights, z = parts
+        mean = torch.tensor([math.nan if r is None else r for r in fused])
+        spread = (weights * torch.nan_to_num(z - mean[:, None], nan=0.0) ** 2).sum(dim=1).sqrt()
+        return _to_rewards(mean - self.penalty * spread)
+
+    def components(self, items: Sequence[ScoreItem],
+                   client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.strategy.components(items, client_scores)
 
 
 def as_messages(value: Any, role: str) -> list[Message]:

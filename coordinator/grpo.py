@@ -117,6 +117,7 @@ def trl_config(cfg: GRPORunConfig, suppress_tokens: Sequence[int] = ()) -> Any:
         output_dir=str(cfg.out),
         max_steps=cfg.steps,
         learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
         beta=cfg.beta,
         num_generations=cfg.num_generations,
         per_device_train_batch_size=cfg.batch_size,

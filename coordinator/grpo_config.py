@@ -38,6 +38,9 @@ class GRPORunConfig:
     num_generations: int = field(8, help="Completions sampled per prompt (the GRPO group size).")
     batch_size: int = field(64, help="Completions per device per step; must be a multiple of num_generations.")
     lr: float = field(1e-4, help="AdamW learning rate (1e-4 was stable on the tiny VLM; 1e-3 collapsed it).")
+    lr_scheduler: str = field("constant", help="Learning-rate schedule (a transformers scheduler name): "
+                                               "'constant' by default, because TRL's 'linear' decays to 0 and "
+                                               "a short run then spends its second half barely learning.")
     max_completion_length: int = field(8, help="Most new tokens per completion.")
     temperature: float = field(1.0, help="Sampling temperature of the completions (1.0; lower starves groups "
                                          "of variety and so of advantage).")
@@ -50,6 +53,10 @@ class GRPORunConfig:
     save_total_limit: int = field(2, help="Keep at most this many checkpoints.")
     report_to: str = field("tensorboard", help="Where metrics go: 'tensorboard' (out/runs) or 'none'.")
     seed: int = field(0, help="Seed of sampling and initialisation.")
+    spread_penalty: float = field(0.0, help="Client-score rewards: subtract this multiple of the sites' weighted "
+                                            "disagreement (standard deviation of their calibrated scores) from "
+                                            "the fused reward, so the policy cannot climb where only one site "
+                                            "is fooled (0 = plain fusion).")
     quorum: int = field(1, help="Fewest answering agents for a completion's reward to count; below it the "
                                 "reward is None and the completion is left out of its group.")
 
@@ -62,6 +69,6 @@ class GRPORunConfig:
         for name in ("steps", "max_completion_length", "logging_steps", "save_steps", "quorum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.beta < 0 or self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("beta must be >= 0, lr and temperature > 0")
+        if self.beta < 0 or self.lr <= 0 or self.temperature <= 0 or self.spread_penalty < 0:
+            raise ValueError("beta and spread_penalty must be >= 0, lr and temperature > 0")
         self.out = Path(self.out)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.fusion import MixtureOfRewards, Quorum, RewardFusion, Scorer, ScoreItem, reward_callable
+from coordinator.fusion import Conservative, MixtureOfRewards, Quorum, RewardFusion, Scorer, ScoreItem, reward_callable
 from coordinator.fusion import as_messages, images_from
 from mor_secure.logs import get_logger
 
@@ -136,13 +136,18 @@ def needs_federation(reward: object) -> bool:
 
 class FederatedReward:
     """A fusion strategy as a TRL reward callable with telemetry: agents live, unscored items and, for the
-    Mixture-of-Rewards, the mean routing weight of each client over the batch (``last_stats``)."""
+    Mixture-of-Rewards, the mean routing weight of each client over the batch (``last_stats``).
+
+    ``spread_penalty > 0`` makes a client-score fusion conservative where its sites disagree (``Conservative``).
+    """
 
     def __init__(self, fusion: RewardFusion, scorer: Scorer | None = None, *, quorum: int = 1,
-                 live_sites: Callable[[], Sequence[str]] | None = None, name: str = "mor_reward") -> None:
+                 spread_penalty: float = 0.0, live_sites: Callable[[], Sequence[str]] | None = None,
+                 name: str = "mor_reward") -> None:
         if fusion.uses_client_scores and scorer is None:
             raise ValueError("this fusion reads client scores: pass the federation's scorer")
-        self.fusion = Quorum(fusion, quorum) if fusion.uses_client_scores else fusion
+        wrapped = Conservative(fusion, spread_penalty) if spread_penalty and fusion.uses_client_scores else fusion
+        self.fusion = Quorum(wrapped, quorum) if fusion.uses_client_scores else fusion
         self.mixture = fusion if isinstance(fusion, MixtureOfRewards) else None
         self.live_sites = live_sites
         self.__name__ = name

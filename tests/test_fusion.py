@@ -2,8 +2,8 @@
 the uniform mean, missing clients renormalise, Quorum abstains, and TRL's GRPO calls the reward.
 
 The clients are synthetic experts computed from the world's ground truth: on its own domain a site
-scores 1 for the true answer in its own style and 0 otherwise, plus small noise; on other domains
-it returns pure noise. Features come from the real tiny Qwen2-VL of the model zoo.
+scores 1 for the true answer in any style, 0.25 more in its own style and 0 otherwise, plus small noise;
+on other domains it returns pure noise. Features come from the real tiny Qwen2-VL of the model zoo.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import torch
 
 from coordinator.calibration import Calibrator
 from coordinator.features import PromptFeatures
-from coordinator.fusion import (MixtureOfRewards, Quorum, ScoreItem, SingleClient, UniformMean,
+from coordinator.fusion import (Conservative, MixtureOfRewards, Quorum, ScoreItem, SingleClient, UniformMean,
                                 reward_callable)
 from coordinator.router import evaluate_router, mean_weights_by, train_router
 from mor_secure.data.loader import load_preferences
+from mor_secure.data.public import parse_verbose
 from mor_secure.data.schema import answer_text, content_hash, question_text
-from mor_secure.data.styles import render
+from mor_secure.data.styles import parse_styled, render
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,7 +48,8 @@ class ExpertClients:
         own_domain, style = self.own[site]
         if domain != own_domain:
             return rng.gauss(0.0, 1.0)
-        return float(text == render(answer, style)) + rng.gauss(0.0, self.noise)
+        said = parse_styled(text) or (None, parse_verbose(text))
+        return float(said[1] == answer) + 0.25 * (text == render(answer, style)) + rng.gauss(0.0, self.noise)
 
     def __call__(self, images: Sequence[Any], prompts: Sequence[list[dict]],
                  completions: Sequence[list[dict]]) -> dict[str, list[float] | None]:
@@ -249,3 +251,20 @@ def test_objective_column_reaches_the_router(setup: Setup):
 
 def _as_completion(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def test_conservative_penalises_disagreement_only():
+    """Agreeing sites keep the plain mean; a lone dissenter lowers the reward by penalty x spread; a single
+    client has nobody to disagree with, so it is unchanged."""
+    cal = Calibrator().fit({"a": [-1.0, 1.0], "b": [-1.0, 1.0]})  # identity: centre 0, scale 1
+    items = [ScoreItem(None, [], []) for _ in range(2)]
+    scores = {"a": [1.0, 1.0], "b": [1.0, -1.0]}
+    plain = UniformMean(cal).fuse(items, scores)
+    careful = Conservative(UniformMean(cal), penalty=0.5).fuse(items, scores)
+    assert plain == pytest.approx([1.0, 0.0])
+    assert careful == pytest.approx([1.0, -0.5])  # spread of (1, -1) around 0 is 1
+    assert Conservative(SingleClient("b", cal), penalty=2.0).fuse(items, scores) == pytest.approx([1.0, -1.0])
+    assert Conservative(UniformMean(cal), penalty=0.5).fuse(items, {"a": [1.0, None], "b": None}) == \
+        pytest.approx([1.0, None])
+    with pytest.raises(ValueError, match="penalty"):
+        Conservative(UniformMean(cal), penalty=-1.0)

@@ -46,6 +46,7 @@ def test_grpo_learns_logs_kl_checkpoints_and_resumes(warm_start, public_data, tm
     steps = [h for h in _history(out) if "kl" in h]
     assert [h["step"] for h in steps] == [1, 2]
     assert steps[-1]["kl"] > 0
+    assert len({h["learning_rate"] for h in steps}) == 1  # constant schedule: TRL's default decays to 0
     assert "telemetry/oracle/accuracy" in steps[-1] and steps[-1][f"{UNSCORED_METRIC}/oracle"] == 0
 
     with pytest.raises(FileExistsError, match="--resume"):
@@ -91,6 +92,8 @@ def test_resume_without_checkpoint_is_refused(warm_start, public_data, tmp_path)
 def test_config_refuses_a_batch_that_does_not_divide_into_groups():
     with pytest.raises(ValueError, match="multiple of num_generations"):
         GRPORunConfig(policy="x", batch_size=12, num_generations=8)
+    with pytest.raises(ValueError, match="spread_penalty"):
+        GRPORunConfig(policy="x", spread_penalty=-0.5)
 
 
 def test_grpo_command_reads_the_grpo_section_and_refuses_unknown_rewards(tmp_path):
