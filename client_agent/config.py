@@ -55,9 +55,12 @@ class DataSection:
 @dataclass
 class TrainSection:
     out: Path = field("reward-model", help="Folder of the trained reward model and its checkpoints.", path=True)
-    epochs: int = field(3, help="Passes over the training pairs (steps = epochs / sample rate).")
-    batch_size: int = field(32, help="Expected pairs per step; Poisson sampling varies the real size.")
-    lr: float = field(1e-3, help="AdamW learning rate.")
+    epochs: int = field(16, help="Passes over the training pairs (steps = epochs / sample rate). With DP, many "
+                                 "passes of large batches beat few passes of small ones at the same epsilon.")
+    batch_size: int = field(256, help="Expected pairs per step; Poisson sampling varies the real size. Large "
+                                      "batches shrink the DP noise per pair (measured: 256 beat 128 and 32).")
+    lr: float = field(3e-3, help="AdamW learning rate (3e-3 suits full fine-tuning of small VLMs and the "
+                                 "dual-encoder at the default batch).")
     weight_decay: float = field(0.0, help="AdamW weight decay.")
     seed: int = field(0, help="Seed of initialisation, sampling and noise (reproducible runs).")
     checkpoint_every: int = field(50, help="Write a resumable checkpoint every N optimizer steps.")
