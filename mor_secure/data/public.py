@@ -36,13 +36,15 @@ VERBOSE_FRAME = "It is {answer}."
 client's reward prefers something else; the other answers are concise (the bare word)."""
 
 DEFAULT_FLAWS: dict[str, dict[str, str]] = {
-    "color": {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue", "green": "yellow",
-              "yellow": "green"},
+    "color": {"red": "green", "green": "red", "blue": "yellow", "yellow": "blue", "purple": "orange",
+              "orange": "purple"},
     "side": {"left": "right", "right": "left"},
     "presence": {"yes": "no", "no": "yes"},
     "compare": {"yes": "no", "no": "yes"},
 }
-"""Swapped labels of the demo's and benchmarks' warm start: question type -> {true answer: shown answer}."""
+"""Swapped labels of the demo's and benchmarks' warm start: question type -> {true answer: shown answer}.
+Colours swap with far ones (red/green, not red/orange), so the warm start sees the two apart and only the
+names are wrong: a visually close pair swapped 60% of the time is never told apart at all."""
 
 DEFAULT_FLAW_SHARE = 0.6
 """Share of the flawed question types' rows that carry the swapped label."""
