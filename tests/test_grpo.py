@@ -106,6 +106,7 @@ def test_grpo_command_reads_the_grpo_section_and_refuses_unknown_rewards(tmp_pat
     config.write_text('name = "coord"\n[tls]\nca = "ca.pem"\ncert = "c.pem"\nkey = "c.key"\ncrl = "crl.pem"\n'
                       '[grpo]\npolicy = "warm"\ndata = "prompts"\nsteps = 3\nreward = "mixture"\n')
     cfg = load_coordinator_config(config).grpo
-    assert (cfg.steps, cfg.beta, cfg.data, cfg.out) == (3, 0.04, tmp_path / "prompts", tmp_path / "grpo-run")
+    assert (cfg.steps, cfg.beta, cfg.data, cfg.out) == (3, 0.3, tmp_path / "prompts", tmp_path / "grpo-run")
+    assert (cfg.spread_penalty, cfg.lr_scheduler) == (1.0, "constant")
     result = CliRunner().invoke(group, ["grpo", "--config", str(config)])
     assert result.exit_code != 0 and "oracle" in result.output and "Traceback" not in result.output
