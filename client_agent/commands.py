@@ -81,10 +81,13 @@ def train(config_path: Path, no_dp: bool, no_resume: bool, quiet: bool) -> None:
               help="A saved reward-model folder (default [train].out).")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the result as JSON.")
 def evaluate(config_path: Path, split: str | None, model_dir: Path | None, as_json: bool) -> None:
-    """Held-out pairwise accuracy of the trained reward model, overall and per domain.
+    """Held-out pairwise accuracy of the trained reward model, overall and per domain, and its top-1 ranking.
 
-    A pair counts as right when the chosen answer scores above the rejected one. Evaluation is
-    post-processing of the DP model: it costs no privacy budget.
+    A pair counts as right when the chosen answer scores above the rejected one. Where the data has
+    the ground truth (domain, question_type, answer columns, as the benchmark world does), top-1 asks
+    whether a true answer scores above every other candidate (all answers in all styles, other types'
+    answers, junk): the ranking GRPO climbs. Evaluation is post-processing of the DP model: it costs no
+    privacy budget.
     """
     config = _load(config_path)
     from client_agent.evaluate import evaluate_saved
@@ -92,16 +95,19 @@ def evaluate(config_path: Path, split: str | None, model_dir: Path | None, as_js
 
     try:
         data = load_pairs(config, split or config.data.test_split, limit=False)
-        result = evaluate_saved(model_dir or config.train.out, data)
+        result = evaluate_saved(model_dir or config.train.out, data, top1=True)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
-    click.echo(f"{'domain':<12} {'pairs':>6} {'accuracy':>9}")
+    ranked = (result.top1 or {}).get("per_domain", {})
+    click.echo(f"{'domain':<12} {'pairs':>6} {'accuracy':>9} {'top-1':>7}")
     for domain, row in result.per_domain.items():
-        click.echo(f"{domain:<12} {row['pairs']:>6} {row['accuracy']:>9.3f}")
-    click.echo(f"{'all':<12} {result.pairs:>6} {result.accuracy:>9.3f}")
+        top = f"{ranked[domain]['top1']:>7.3f}" if domain in ranked else f"{'-':>7}"
+        click.echo(f"{domain:<12} {row['pairs']:>6} {row['accuracy']:>9.3f} {top}")
+    top = f"{result.top1['top1']:>7.3f}" if result.top1 else f"{'-':>7}"
+    click.echo(f"{'all':<12} {result.pairs:>6} {result.accuracy:>9.3f} {top}")
 
 
 @click.command("budget")

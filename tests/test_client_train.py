@@ -194,6 +194,10 @@ def test_no_dp_baseline_records_infinity_and_spends_nothing(world_dir, tmp_path)
     assert budget["runs"][0]["epsilon"] is None
     evaluation = runner.invoke(_client_group(), ["eval", "--config", str(path), "--json"])
     assert evaluation.exit_code == 0 and 0.0 <= json.loads(evaluation.output)["accuracy"] <= 1.0
+    top1 = json.loads(evaluation.output)["top1"]  # the world carries the ground truth: every question is ranked
+    assert 0.0 <= top1["top1"] <= 1.0 and top1["questions"] == json.loads(evaluation.output)["pairs"]
+    table = runner.invoke(_client_group(), ["eval", "--config", str(path)])
+    assert table.exit_code == 0 and "top-1" in table.output
 
 
 def test_resume_after_kill_continues_the_accounting(world_dir, tmp_path):
