@@ -49,8 +49,10 @@ def test_quick_demo_end_to_end_and_a_second_run_reuses_it(tmp_path):
         assert abs(spent - target) < 0.01  # each site's own target epsilon, read from the verified ledger
     assert "ok:" in report and "chain intact" in report
     for name in ("MoR (learned router)", "uniform mean", "single client: client-2", "FedAvg", "centralised",
-                 "accuracy before", "GRPO "):
+                 "accuracy before", "GRPO ", "top-1 (own domain)"):
         assert name in report
+    site_rows = re.findall(r"\| (client-\d) \| (\w+) \| \d+ \| [0-9.]+% \| [0-9.]+% \|", report)
+    assert site_rows == [("client-0", "detail"), ("client-1", "medical"), ("client-2", "chart")]
     verify = _mor("ledger", "verify", workdir / "coordinator" / "ledger.jsonl", "--ca", workdir / "ca" / "ca.pem")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", (workdir / "logs" / "agents.log").read_text())]
@@ -63,7 +65,7 @@ def test_quick_demo_end_to_end_and_a_second_run_reuses_it(tmp_path):
     assert all((workdir / "sites" / s / "certs" / f"{s}.key").is_file() for s in ("client-0", "client-1", "client-2"))
 
     again = _demo(workdir, 240)  # only the agents, probe, ledger and report run again
-    assert again.count("reused (built earlier") == 10, again
+    assert again.count("reused (built earlier") == 11, again
     assert "ok:" in (workdir / "report.md").read_text()
 
 

@@ -45,14 +45,16 @@ class Profile:
     eval_limit: int
     baseline_rounds: int
     baseline_epochs: int
+    baseline_pairs: int
 
 
 QUICK = Profile(pairs=80, router_pairs=60, eval_questions=30, site_pairs=48, site_epochs=1, site_batch=16,
                 public_rows=256, sft_steps=40, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30,
-                baseline_rounds=3, baseline_epochs=1)
-FULL = Profile(pairs=600, router_pairs=300, eval_questions=150, site_pairs=480, site_epochs=3, site_batch=32,
-               public_rows=2000, sft_steps=800, router_epochs=100, grpo_steps=200, grpo_batch=64, eval_limit=150,
-               baseline_rounds=20, baseline_epochs=10)
+                baseline_rounds=3, baseline_epochs=1, baseline_pairs=48)
+FULL = Profile(pairs=1500, router_pairs=300, eval_questions=300, site_pairs=0, site_epochs=16, site_batch=256,
+               public_rows=2000, sft_steps=800, router_epochs=100, grpo_steps=300, grpo_batch=64, eval_limit=300,
+               baseline_rounds=20, baseline_epochs=10, baseline_pairs=480)
+"""The full demo trains each site on all its pairs at the product's defaults (`mor client train`)."""
 
 
 def free_port() -> int:
@@ -100,6 +102,7 @@ class Demo:
         self.coord_toml = self.w / "coordinator" / "coordinator.toml"
         self.ledger = self.w / "coordinator" / "ledger.jsonl"
         self.public, self.warm = self.w / "policy" / "public", self.w / "policy" / "warm"
+        self.prompts = self.w / "policy" / "prompts"
         self.grpo_out, self.router_out, self.results = self.w / "grpo", self.w / "router", self.w / "results"
         self.port = free_port()
         self.agents: list[subprocess.Popen] = []
@@ -126,11 +129,14 @@ class Demo:
             Stage("train", "train each site's reward model with DP (eps 2 / 4 / 8)", self._train,
                   {"pairs": p.site_pairs, "epochs": p.site_epochs, "batch": p.site_batch, "eps": EPSILONS,
                    "families": FAMILIES, "bases": "public-pretrained"}),
+            Stage("site_eval", "each site measures its model on its own held-out pairs (pairwise, top-1)",
+                  self._site_eval, {}, [self.results / "sites"]),
             Stage("agents", "start the three agents (they dial the coordinator over mTLS)", self._start_agents,
                   always=True),
             Stage("probe", "probe the federation", self._probe, always=True),
             Stage("router", "train the router on the sites' scores (MoR) and the FedAvg/centralised baselines",
-                  self._router, {"epochs": p.router_epochs, "baselines": [p.baseline_rounds, p.baseline_epochs]},
+                  self._router, {"epochs": p.router_epochs,
+                                              "baselines": [p.baseline_rounds, p.baseline_epochs, p.baseline_pairs]},
                   [self.router_out]),
             Stage("eval_before", "evaluate the warm-start policy on held-out questions", self._eval_before,
                   {"limit": p.eval_limit}, [self.results / "eval_before.json"]),
@@ -175,15 +181,25 @@ class Demo:
             merge_toml(config, {
                 "model": {"family": family, "base": "" if family == "dual-encoder" else str(self.pretrained(family))},
                 "data": {"max_pairs": p.site_pairs},
-                "train": {"epochs": p.site_epochs, "batch_size": p.site_batch, "lr": 0.01, "checkpoint_every": 1000},
+                "train": {"epochs": p.site_epochs, "batch_size": p.site_batch, "checkpoint_every": 1000},
                 "privacy": {"target_epsilon": eps, "max_epsilon": 1000.0},
             })
             commands.append(["client", "train", "--config", config, "--quiet", "--no-resume"])
         ctx.run(*commands[0], parallel=commands[1:])  # at the same time, one intra-op thread each
 
+    def _site_eval(self, ctx: StageContext) -> None:
+        (self.results / "sites").mkdir(parents=True, exist_ok=True)
+        for site in SITES:
+            ctx.run("client", "eval", "--config", self.site_dir(site) / "client.toml", "--json",
+                    stdout=self.results / "sites" / f"{site}.json")
+
     def _warmstart(self, ctx: StageContext) -> None:
         p = self.profile
         ctx.run("coordinator", "public-data", "--out", self.public, "--n", p.public_rows, "--exclude-world", self.world)
+        # GRPO's prompts are new questions: on the SFT rows the warm start recites its memorised (flawed) label and
+        # samples nothing else, which leaves a group no advantage to learn from
+        ctx.run("coordinator", "public-data", "--out", self.prompts, "--n", p.public_rows, "--seed", 1,
+                "--exclude-world", self.world)
         families = [f for f in FAMILIES if f != "dual-encoder"]
         commands = [["coordinator", "sft", "--base", self.models / f, "--data", self.public, "--out",
                      self.pretrained(f), "--steps", p.sft_steps, "--batch-size", 32, "--lr", 3e-3] for f in families]
@@ -209,12 +225,13 @@ class Demo:
                        "out": str(self.router_out), "epochs": p.router_epochs, "wait_s": 120.0},
             # the parameter-sharing baselines the paper replaces, simulated in process on the sites' data at
             # the middle epsilon (the coordinator never holds that data in a real deployment)
-            "baselines": {"data": [str(self.world / s) for s in SITES], "max_pairs": p.site_pairs,
+            "baselines": {"data": [str(self.world / s) for s in SITES], "max_pairs": p.baseline_pairs,
                           "rounds": p.baseline_rounds, "epochs": p.baseline_epochs, "dp": True,
                           "target_epsilon": EPSILONS[1]},
-            "grpo": {"policy": str(self.warm), "data": str(self.public), "reward": "mor",
+            "grpo": {"policy": str(self.warm), "data": str(self.prompts), "reward": "mor",
                      "mixture": str(self.router_out / "mixture"), "out": str(self.grpo_out), "steps": p.grpo_steps,
-                     "beta": 0.04, "num_generations": 8, "batch_size": p.grpo_batch, "lr": 1e-4,
+                     "beta": 0.3, "spread_penalty": 1.0, "num_generations": 8, "batch_size": p.grpo_batch,
+                     "lr": 3e-4, "lr_scheduler": "constant",
                      "max_completion_length": 8, "temperature": 1.0, "logging_steps": 1,
                      "save_steps": p.grpo_steps, "quorum": 2, "wait_s": 120.0, "report_to": "tensorboard"},
         })
