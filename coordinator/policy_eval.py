@@ -89,8 +89,8 @@ def _summary(parsed: list[ParsedAnswer], answers: list[str]) -> dict[str, Any]:
 
 def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int = 8, batch_size: int = 64,
                     limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Accuracy of greedy answers on ``eval_data`` (the world's server/eval, or rows with image, prompt,
-    domain, answer), overall and per domain.
+    """Accuracy of greedy answers on ``eval_data`` (the world's server/eval, or rows with image, prompt and
+    answer; domain optional), overall and per domain ("all" without one).
 
     ``model_or_path`` is a policy folder / hub id, or a ``(model, processor)`` pair. Returns
     ``{"accuracy", "concise_share", "answered_share", "style_shares", "n", "per_domain": {domain: {...}},
@@ -102,10 +102,11 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
     from mor_secure.models import load_vlm
 
     rows = eval_data if isinstance(eval_data, Dataset) else load_preferences(eval_data, kind="eval")
-    missing = {"image", "prompt", "domain", "answer"} - set(rows.column_names)
+    missing = {"image", "prompt", "answer"} - set(rows.column_names)
     if missing:
         raise ValueError(f"the evaluation data lacks column(s) {', '.join(sorted(missing))}; pass the "
-                         "world's held-out set (server/eval) or rows with image, prompt, domain, answer")
+                         "world's held-out set (server/eval) or rows with image, prompt and answer (domain and "
+                         "question_type, where present, break the result down)")
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     if isinstance(model_or_path, (str, Path)):
@@ -125,9 +126,10 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
         picks = {g: [i for i, x in enumerate(groups) if x == g] for g in sorted(set(groups))}
         return {g: _summary([parsed[i] for i in idx], [answers[i] for i in idx]) for g, idx in picks.items()}
 
+    domains = list(rows["domain"]) if "domain" in rows.column_names else ["all"] * len(rows)
     kinds = rows["question_type"] if "question_type" in rows.column_names else ["all"] * len(rows)
-    types = [f"{d}/{t}" for d, t in zip(rows["domain"], kinds)]
-    result = {**_summary(parsed, answers), "per_domain": per(list(rows["domain"])), "per_question_type": per(types)}
+    types = [f"{d}/{t}" for d, t in zip(domains, kinds)]
+    result = {**_summary(parsed, answers), "per_domain": per(domains), "per_question_type": per(types)}
     log.info("policy evaluated", extra={"n": result["n"], "accuracy": round(result["accuracy"], 4),
                                         "concise_share": round(result["concise_share"], 4)})
     return result

@@ -70,3 +70,12 @@ def test_evaluate_policy_refuses_data_without_answers(tiny_model_dir, public_dat
     rows = load_from_disk(str(public_data)).remove_columns(["answer"])
     with pytest.raises(ValueError, match="answer"):
         evaluate_policy(tiny_model_dir("qwen2-vl"), rows, progress=False)
+
+
+def test_evaluate_policy_takes_rows_without_metadata(tiny_model_dir, public_data):
+    """A real data set's questions with answers but no domain or question type: one 'all' group."""
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(public_data)).remove_columns(["domain", "question_type"])
+    result = evaluate_policy(tiny_model_dir("qwen2-vl"), rows, limit=6, progress=False)
+    assert result["n"] == 6 and set(result["per_domain"]) == {"all"} and set(result["per_question_type"]) == {"all/all"}
