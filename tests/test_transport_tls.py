@@ -91,3 +91,14 @@ def test_sending_before_the_handshake_is_an_error(pki_dir):
     wire = Wire(pki_dir)
     with pytest.raises(TLSError, match="not established"):
         wire.client.send(b"early")
+
+
+def test_several_messages_in_one_frame_all_come_out(pki_dir):
+    # The read loop stops when the buffers are empty, not on SSLWantReadError: nothing may be left behind.
+    wire = Wire(pki_dir).connect()
+    payloads = [b"x" * n for n in (0, 1, 3, 16 * 1024, 40_000, 5)]
+    for p in payloads:
+        wire.client.send(p)
+    data = b"".join(wire.to_server)
+    wire.to_server.clear()
+    assert [bytes(m) for m in wire.server.feed(data)] == payloads

@@ -206,8 +206,13 @@ class TLSSession:
         return done
 
     def _read_messages(self) -> list[bytearray]:
+        """Decrypt what the incoming buffer holds into the message being filled; return the messages
+        finished. The loop stops once both OpenSSL's plaintext and the incoming records are used up,
+        instead of on the ``SSLWantReadError`` one more read would raise (an exception per frame)."""
         messages: list[bytearray] = []
         ssl_read = self._ssl.read
+        ssl_pending = self._ssl.pending
+        incoming = self._incoming
         while True:
             want = len(self._view) - self._filled
             try:
@@ -223,9 +228,7 @@ class TLSSession:
                 self._fail()
                 raise TLSError("the peer closed the session")
             self._filled += got
-            if self._filled < len(self._view):
-                continue
-            if self._body is None:
+            if self._body is None and self._filled == len(self._view):  # the length header is complete
                 size = int.from_bytes(self._header, "big")
                 if size > self.max_message_bytes:
                     self._fail()
@@ -233,10 +236,11 @@ class TLSSession:
                                    f"{self.max_message_bytes}")
                 self._body = bytearray(size)
                 self._view, self._filled = memoryview(self._body), 0
-                if size:
-                    continue
-            messages.append(self._body)
-            self._body, self._view, self._filled = None, memoryview(self._header), 0
+            if self._body is not None and self._filled == len(self._view):  # the message is complete
+                messages.append(self._body)
+                self._body, self._view, self._filled = None, memoryview(self._header), 0
+            if not incoming.pending and not ssl_pending():
+                break
         # Post-handshake records (session tickets, key updates) may need an answer.
         if self._outgoing.pending:
             self._emit(self._outgoing.read())
