@@ -1,7 +1,8 @@
 """The site's agent: dials the coordinator named in client.toml and serves its requests by type.
 
 Handlers are registered per request type (health here; scoring is registered by the serving
-code); they run on a thread pool, so heartbeats continue during long scoring batches.
+code); the transport's network thread runs them, and a standby thread keeps reading and sending
+heartbeats when one runs long, so heartbeats continue during long scoring batches.
 """
 
 from __future__ import annotations

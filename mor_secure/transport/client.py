@@ -2,9 +2,13 @@
 
 The agent counts as connected only after the coordinator's explicit ``Welcome`` (TLS 1.3 lets a
 client finish its handshake before the server judged its certificate). Requests are served by a
-handler registry on a thread pool, off the network thread, so heartbeats continue during long
-batches; a handler thread sends its reply itself under the socket lock (one thread hand-off per
-request instead of two). When the coordinator goes silent the agent reconnects with a fresh socket
+handler registry, and the network thread runs each handler itself: handing every request to a
+handler thread woke one more thread per request, which cost more than the crypto. A standby thread
+covers for it (``Standby``): when a handler runs longer than ``takeover_s`` the standby takes over
+reading the socket and sending heartbeats until the handler returns, handing requests that arrive
+meanwhile to a small pool, so a long batch never silences the agent for more than the takeover delay.
+Replies are sent by whichever thread made them, under the socket lock. When the coordinator goes
+silent the agent reconnects with a fresh socket
 and a fresh handshake, backing off exponentially with jitter. Only a refusal the verified coordinator
 sent inside its TLS session (a ``Refused`` message, or an alert after its certificate and name were
 checked) is final and raised to the caller; garbage, plaintext alerts, an unverifiable or unexpected
@@ -18,6 +22,7 @@ import select
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -28,6 +33,7 @@ from mor_secure.logs import get_logger
 from mor_secure.protocol import Error, Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
 from mor_secure.transport.outbox import Outbox
 from mor_secure.transport.server import ZERO_COPY_BYTES
+from mor_secure.transport.standby import Standby
 from mor_secure.transport.tls import TLSError, TLSSession
 from mor_secure.transport.workers import Workers
 
@@ -51,17 +57,37 @@ class ClientOptions:
     backoff_max_s: float = 30.0
     max_message_bytes: int = 16 * 1024 * 1024
     handler_threads: int = 2
+    """Handlers that may run at once: one on the network thread, the others (at least one) on a pool
+    that takes the requests arriving while the network thread's handler overruns."""
+    takeover_s: float = 0.002
+    """How long a handler may hold the network thread before the standby reads the socket instead
+    (longer delays incoming frames by up to this much; shorter wakes the standby for more requests)."""
 
 
 class _Lost(Exception):
     """The connection went away (silence, unreachable); the run loop reconnects."""
 
 
+@dataclass
+class _Link:
+    """The network duties' state for one connection, shared by the network thread and the standby
+    (one at a time: whoever holds the standby's duty)."""
+
+    sock: zmq.Socket
+    tls: TLSSession
+    poller: select.poll
+    wake_fd: int
+    last_heard: float
+    next_beat: float
+    woken: bool = False
+
+
 class TLSClient:
     """Dial a coordinator, prove who we are, and answer its requests with ``handlers``.
 
     ``handlers`` maps a request message type to a callable returning the reply (or None); it
-    runs on a thread pool. An exception in a handler becomes an ``Error`` reply.
+    runs on the network thread (or, while another handler overruns, on a pool thread), so it may
+    block. An exception in a handler becomes an ``Error`` reply.
     """
 
     def __init__(self, endpoint: str, context_factory: Callable[[], ssl.SSLContext], *, coordinators: Iterable[str],
@@ -93,6 +119,10 @@ class TLSClient:
         (the agent's signed privacy report)."""
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._link: _Link | None = None
+        self._requests: deque[tuple[Message, TLSSession]] = deque()  # read, not yet handled
+        self._pool: Workers | None = None
+        self._standby: Standby | None = None
 
     def register(self, kind: type[Message], handler: Handler) -> None:
         """Serve requests of type ``kind`` with ``handler`` (before ``run``)."""
@@ -112,11 +142,13 @@ class TLSClient:
     def run(self) -> None:
         """Connect, serve and reconnect until ``stop()``; raises ``AgentRefused`` when refused."""
         attempt = 0
-        pool = Workers(self.options.handler_threads, "mor-handler")
+        self._pool = Workers(max(1, self.options.handler_threads - 1), "mor-handler")
+        self._standby = Standby(self._standby_turn, lambda: self._outbox.put(None), delay_s=self.options.takeover_s,
+                                name="mor-standby")
         try:
             while not self._stopping.is_set():
                 try:
-                    self._serve_once(pool)
+                    self._serve_once()
                 except _Lost as exc:
                     self.last_error = str(exc)
                     log.warning("connection lost or not established; retrying", extra={"reason": str(exc)})
@@ -128,7 +160,8 @@ class TLSClient:
                 attempt += 1
                 self._stopping.wait(delay * random.uniform(0.5, 1.5))
         finally:
-            pool.shutdown()
+            self._standby.close()
+            self._pool.shutdown()
             self._outbox.close()
 
     def start(self) -> None:
@@ -151,7 +184,7 @@ class TLSClient:
 
     # ----- network thread -----
 
-    def _serve_once(self, pool: Workers) -> None:
+    def _serve_once(self) -> None:
         sock = self._zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.options.max_message_bytes + self.options.max_message_bytes // 32
@@ -181,7 +214,7 @@ class TLSClient:
                              handshake_timeout_s=self.options.connect_timeout_s)
             self.connections += 1
             self._tls = tls
-            self._loop(sock, tls, pool)
+            self._loop(sock, tls)
         finally:
             with self._sock_lock:
                 sock.close(linger=0)
@@ -191,43 +224,64 @@ class TLSClient:
         with self._sock_lock:
             return sock.recv(zmq.NOBLOCK, copy=False) if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN else None
 
-    def _loop(self, sock: zmq.Socket, tls: TLSSession, pool: Workers) -> None:
-        # The thread sleeps on the socket's notification descriptor, not in zmq_poll, so handler
-        # threads may send meanwhile; ZMQ_FD is edge-triggered: the socket's EVENTS are checked
-        # under the lock before each sleep, and by senders after each send.
+    def _loop(self, sock: zmq.Socket, tls: TLSSession) -> None:
+        # Threads sleep on the socket's notification descriptor, not in zmq_poll, so other threads
+        # may send meanwhile; ZMQ_FD is edge-triggered: the socket's EVENTS are checked under the lock
+        # before each sleep, and by senders after each send.
         poller = select.poll()
         poller.register(sock.getsockopt(zmq.FD), select.POLLIN)
         poller.register(self._outbox.fileno(), select.POLLIN)
-        wake = self._outbox.fileno()
-        self._outbox.consumer = threading.get_ident()
         self._outbox.drain(woken=False)  # failures noted for an earlier session
+        self._requests.clear()
         self._verified = False
+        now = time.monotonic()
+        self._link = _Link(sock, tls, poller, self._outbox.fileno(), last_heard=now, next_beat=now)
         tls.start()
-        last_heard = next_beat = time.monotonic()
-        woken = False
         while not self._stopping.is_set():
-            for reason in self._outbox.drain(woken):
-                if reason is not None:
-                    raise _Lost(reason)
-            while (frame := self._recv(sock)) is not None:
-                last_heard = time.monotonic()
-                self._on_frame(frame, tls, pool)
-            now = time.monotonic()
-            if not self.connected.is_set():
-                if now > tls.handshake_deadline:
-                    raise _Lost(f"no welcome from {self.endpoint} within "
-                                f"{self.options.connect_timeout_s:g}s (unreachable?)")
-            elif now - last_heard > self.options.idle_timeout_s:
-                raise _Lost(f"coordinator silent for {self.options.idle_timeout_s:g}s")
-            elif now >= next_beat:
-                self._send(tls, Heartbeat(sent_at=time.time()))
-                next_beat = now + self._heartbeat_s
-            with self._sock_lock:
-                busy = len(self._outbox) or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
-            woken = any(fd == wake for fd, _ in poller.poll(0 if busy else 100))
+            self._turn()
+            while self._requests:
+                msg, session = self._requests.popleft()
+                with self._standby.covering():
+                    self._handle(msg, session)
         tls.close()
 
-    def _on_frame(self, frame: zmq.Frame, tls: TLSSession, pool: Workers) -> None:
+    def _turn(self) -> None:
+        """One round of the network duties (the network thread, or the standby while a handler
+        overruns): act on failed sends, read and dispatch waiting frames, check the deadlines, send a
+        due heartbeat; then, unless requests wait, sleep until the socket or the outbox wakes us."""
+        link = self._link
+        self._outbox.consumer = threading.get_ident()  # whose puts need no wake-up: the thread on duty
+        for reason in self._outbox.drain(link.woken):
+            if reason is not None:
+                raise _Lost(reason)
+        while (frame := self._recv(link.sock)) is not None:
+            link.last_heard = time.monotonic()
+            self._on_frame(frame, link.tls)
+        now = time.monotonic()
+        if not self.connected.is_set():
+            if now > link.tls.handshake_deadline:
+                raise _Lost(f"no welcome from {self.endpoint} within "
+                            f"{self.options.connect_timeout_s:g}s (unreachable?)")
+        elif now - link.last_heard > self.options.idle_timeout_s:
+            raise _Lost(f"coordinator silent for {self.options.idle_timeout_s:g}s")
+        elif now >= link.next_beat:
+            self._send(link.tls, Heartbeat(sent_at=time.time()))
+            link.next_beat = now + self._heartbeat_s
+        if self._requests:
+            link.woken = False
+            return
+        with self._sock_lock:
+            busy = len(self._outbox) or link.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        link.woken = any(fd == link.wake_fd for fd, _ in link.poller.poll(0 if busy else 100))
+
+    def _standby_turn(self) -> None:
+        """The standby's round of the network duties: requests go to the pool (the network thread is
+        busy with a handler)."""
+        self._turn()
+        while self._requests:
+            self._pool.submit(self._handle, *self._requests.popleft())
+
+    def _on_frame(self, frame: zmq.Frame, tls: TLSSession) -> None:
         was_done = tls.handshake_done
         try:
             messages = tls.feed(frame.buffer)
@@ -252,7 +306,7 @@ class TLSClient:
                 log.warning("malformed request refused", extra={"request": request_id})
                 self._send(tls, Error(request_id, "malformed", str(exc)[:500]))
                 continue
-            self._on_message(msg, tls, pool)
+            self._on_message(msg, tls)
 
     def _check_coordinator(self, tls: TLSSession) -> None:
         """The server is a coordinator we answer (else ``_Lost``: an impostor or a misdirected dial is retried)."""
@@ -265,7 +319,7 @@ class TLSClient:
                                f"{' or '.join(sorted(map(repr, self.coordinators)))}: check [coordinator] "
                                "name and endpoint ([serve] allow_coordinators)")
 
-    def _on_message(self, msg: Message, tls: TLSSession, pool: Workers) -> None:
+    def _on_message(self, msg: Message, tls: TLSSession) -> None:
         if isinstance(msg, Welcome):
             self.session_id, self.last_error = msg.session_id, ""
             self._heartbeat_s = min(self.options.heartbeat_s, msg.heartbeat_s)
@@ -279,12 +333,12 @@ class TLSClient:
         elif isinstance(msg, Heartbeat):
             pass
         elif self.connected.is_set():
-            pool.submit(self._handle, msg, tls)
+            self._requests.append((msg, tls))
         else:
             raise _Lost(f"coordinator sent {msg.TYPE} before welcoming us")
 
     def _handle(self, msg: Message, tls: TLSSession) -> None:
-        """Run the handler for ``msg`` (pool thread) and send its reply on the session it came from."""
+        """Run the handler for ``msg`` (network or pool thread) and send its reply on the session it came from."""
         request_id = protocol.request_id_of(msg) or ""
         handler = self.handlers.get(type(msg))
         try:

@@ -13,7 +13,8 @@ from typing import Any
 
 
 class Outbox:
-    """Multi-producer, single-consumer queue whose ``fileno()`` becomes readable when items wait."""
+    """Multi-producer queue, drained by one thread at a time, whose ``fileno()`` becomes readable when items
+    wait."""
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
@@ -22,7 +23,9 @@ class Outbox:
         os.set_blocking(self._write_fd, False)
         self._signalled = False
         self._closed = False
-        self.consumer: int | None = None  # thread id of the consumer; its own puts need no wake-up
+        self.consumer: int | None = None
+        """Thread id of the thread consuming now (it may change between drains, as the agent's duty moves
+        between its network thread and its standby); that thread's own puts need no wake-up."""
 
     def fileno(self) -> int:
         """The descriptor to register with a poller (readable while items may be waiting)."""
