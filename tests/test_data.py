@@ -74,7 +74,8 @@ def test_ground_truth_matches_the_pixels():
         q = DOMAINS["detail"].sample(rng, "color")
         pixels = Counter(_pixels(q.image))
         del pixels[BACKGROUND]
-        assert pixels.most_common(1)[0][0] == COLOURS[q.answer]
+        drawn = pixels.most_common(1)[0][0]  # a shade of the named colour, nearer to it than to any other
+        assert min(COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(COLOURS[name], drawn))) == q.answer
         q = DOMAINS["medical"].sample(rng, "side")
         bright_x = [i % 64 for i, p in enumerate(_pixels(q.image)) if p[0] > 200]
         expected = "none" if not bright_x else "left" if max(bright_x) < 32 else "right" if min(bright_x) >= 32 else "both"

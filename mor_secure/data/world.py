@@ -24,7 +24,7 @@ from mor_secure.data.schema import (EVAL_FEATURES, PAIR_FEATURES, SCHEMA_VERSION
 from mor_secure.data.styles import render, style_names
 from mor_secure.logs import get_logger
 
-GENERATOR_VERSION = "2.0.0"
+GENERATOR_VERSION = "3.0.0"
 TEST_FRACTION = 0.15
 WRONG_STYLE_SHARE = 0.15
 """Share of pairs whose rejected answer is the true answer in another style (the style signal)."""

@@ -1,8 +1,10 @@
 """`chart`: bar charts with 2-3 wide bars labelled A-C left to right (tallest, shortest, compare).
 
-Bars are wide and their heights differ by at least ``MIN_GAP`` pixels (more than a vision patch),
-so a tiny VLM can compare them at 64 px (with 3-4 narrow bars 5 px apart it stayed at chance);
-labels are drawn under the bars but the order A, B, C is also fixed by position.
+Each bar's height comes from its own tier (low, middle, high; two bars take the low and the high
+tier), so every bar's top sits in a different row of vision patches and "which is tallest" is a
+local feature a tiny VLM sees at 64 px: with heights merely 12 px apart (or 3-4 narrow bars) the
+warm start and the sites stayed at chance. Labels are drawn under the bars; the order A, B, C is
+also fixed by position.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from mor_secure.data.domains.base import IMAGE_SIZE, Domain, Question, blank, ot
 LABELS = ("a", "b", "c")
 YES_NO = ("yes", "no")
 BAR_COLOURS = ((50, 90, 170), (200, 90, 40), (60, 140, 80))
-BASELINE, TOP, MIN_GAP = 53, 6, 12
+"""Base bar colours; each chart shifts its colour a little, so charts of the same heights still differ."""
+BASELINE = 53
+TIERS = ((4, 12), (21, 29), (38, 47))
+"""Bar heights in pixels: low, middle, high; the tops are at least a vision patch (8 px) apart."""
 
 
 @lru_cache(maxsize=1)
@@ -26,12 +31,10 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _heights(rng: random.Random, n: int) -> list[int]:
-    """``n`` bar heights in pixels, pairwise at least ``MIN_GAP`` apart."""
-    while True:
-        heights = [rng.randint(4, BASELINE - TOP) for _ in range(n)]
-        ordered = sorted(heights)
-        if all(b - a >= MIN_GAP for a, b in zip(ordered, ordered[1:])):
-            return heights
+    """``n`` bar heights in pixels from distinct tiers (always the low and the high one), in random order."""
+    tiers = [TIERS[0], TIERS[2]] if n == 2 else list(TIERS)
+    rng.shuffle(tiers)
+    return [rng.randint(*tier) for tier in tiers]
 
 
 @register
@@ -47,7 +50,7 @@ class ChartDomain(Domain):
         labels, heights = LABELS[:n], _heights(rng, n)
         image = blank((255, 255, 255))
         draw = ImageDraw.Draw(image)
-        colour = rng.choice(BAR_COLOURS)
+        colour = tuple(c + rng.randint(-30, 30) for c in rng.choice(BAR_COLOURS))
         slot = (IMAGE_SIZE - 8) // n
         for i, (label, height) in enumerate(zip(labels, heights)):
             x0 = 4 + i * slot + 2
