@@ -178,7 +178,8 @@ def grpo(config_path: Path, resume: bool) -> None:
                                            "[grpo] quorum")
             click.echo(f"federation: {len(live)} of {len(allowed)} agents live ({', '.join(live)})", err=True)
             reward = FederatedReward(strategy, federation.scorer, quorum=cfg.quorum,
-                                     spread_penalty=cfg.spread_penalty, live_sites=federation.live_sites,
+                                     spread_penalty=cfg.spread_penalty,
+                                     image_contrast=cfg.image_contrast, live_sites=federation.live_sites,
                                      name=name)
         elif isinstance(strategy, RewardFusion):
             reward = FederatedReward(strategy, name=name)

@@ -120,6 +120,7 @@ def trl_config(cfg: GRPORunConfig, suppress_tokens: Sequence[int] = ()) -> Any:
         lr_scheduler_type=cfg.lr_scheduler,
         beta=cfg.beta,
         num_generations=cfg.num_generations,
+        scale_rewards=cfg.scale_rewards,
         per_device_train_batch_size=cfg.batch_size,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,

@@ -45,6 +45,11 @@ class GRPORunConfig:
     lr_scheduler: str = field("constant", help="Learning-rate schedule (a transformers scheduler name): "
                                                "'constant' by default, because TRL's 'linear' decays to 0 and "
                                                "a short run then spends its second half barely learning.")
+    scale_rewards: str = field("batch", help="How TRL scales rewards into advantages: 'batch' (by the batch's "
+                                             "standard deviation: a prompt on which the sites' scores barely "
+                                             "differ gets a small push), 'group' (TRL's default: every group "
+                                             "to unit spread, which blows a weak site's noise up to a full "
+                                             "push) or 'none'.")
     max_completion_length: int = field(8, help="Most new tokens per completion.")
     temperature: float = field(1.0, help="Sampling temperature of the completions (1.0; lower starves groups "
                                          "of variety and so of advantage).")
@@ -61,10 +66,17 @@ class GRPORunConfig:
                                             "disagreement (standard deviation of their calibrated scores) from "
                                             "the fused reward, so the policy cannot climb where only one site "
                                             "is fooled (0 = plain fusion).")
+    image_contrast: bool = field(True, help="Client-score rewards: each site scores a completion against its "
+                                            "image minus another prompt's image in the batch, so an answer the "
+                                            "sites favour whatever the image shows earns nothing (the sites "
+                                            "score twice the items). Off, GRPO drove the tiny policy to one "
+                                            "answer per question type.")
     quorum: int = field(1, help="Fewest answering agents for a completion's reward to count; below it the "
                                 "reward is None and the completion is left out of its group.")
 
     def __post_init__(self) -> None:
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
         if self.num_generations < 2:
             raise ValueError("num_generations must be at least 2 (GRPO compares completions in a group)")
         if self.batch_size % self.num_generations:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.contrast import ImageContrast
 from coordinator.fusion import Conservative, MixtureOfRewards, Quorum, RewardFusion, Scorer, ScoreItem, reward_callable
 from coordinator.fusion import as_messages, images_from
 from mor_secure.logs import get_logger
@@ -138,14 +139,18 @@ class FederatedReward:
     """A fusion strategy as a TRL reward callable with telemetry: agents live, unscored items and, for the
     Mixture-of-Rewards, the mean routing weight of each client over the batch (``last_stats``).
 
-    ``spread_penalty > 0`` makes a client-score fusion conservative where its sites disagree (``Conservative``).
+    ``spread_penalty > 0`` makes a client-score fusion conservative where its sites disagree (``Conservative``);
+    ``image_contrast`` has the sites score each completion against its image minus another prompt's image
+    (``ImageContrast``), so an answer's prior regardless of the image earns nothing.
     """
 
     def __init__(self, fusion: RewardFusion, scorer: Scorer | None = None, *, quorum: int = 1,
-                 spread_penalty: float = 0.0, live_sites: Callable[[], Sequence[str]] | None = None,
-                 name: str = "mor_reward") -> None:
+                 spread_penalty: float = 0.0, image_contrast: bool = False,
+                 live_sites: Callable[[], Sequence[str]] | None = None, name: str = "mor_reward") -> None:
         if fusion.uses_client_scores and scorer is None:
             raise ValueError("this fusion reads client scores: pass the federation's scorer")
+        if image_contrast and scorer is not None:
+            scorer = ImageContrast(scorer)
         wrapped = Conservative(fusion, spread_penalty) if spread_penalty and fusion.uses_client_scores else fusion
         self.fusion = Quorum(wrapped, quorum) if fusion.uses_client_scores else fusion
         self.mixture = fusion if isinstance(fusion, MixtureOfRewards) else None

@@ -94,6 +94,15 @@ def test_config_refuses_a_batch_that_does_not_divide_into_groups():
         GRPORunConfig(policy="x", batch_size=12, num_generations=8)
     with pytest.raises(ValueError, match="spread_penalty"):
         GRPORunConfig(policy="x", spread_penalty=-0.5)
+    with pytest.raises(ValueError, match="scale_rewards must be 'group', 'batch' or 'none'"):
+        GRPORunConfig(policy="x", scale_rewards="prompt")
+
+
+def test_trl_config_carries_the_advantage_scaling():
+    from coordinator.grpo import trl_config
+
+    assert trl_config(GRPORunConfig(policy="x", out="o")).scale_rewards == "batch"  # the default: see its help
+    assert trl_config(GRPORunConfig(policy="x", out="o", scale_rewards="group")).scale_rewards == "group"
 
 
 def test_grpo_command_reads_the_grpo_section_and_refuses_unknown_rewards(tmp_path):
