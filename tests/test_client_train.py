@@ -126,13 +126,16 @@ def _text_decidable(pairs):
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "llava"])
 def test_dp_vlm_families_learn_the_answer_style(family, world_dir, tiny_model_dir, tmp_path):
+    # batch 32 rather than the default 256: ~200 pairs then make 7 noisy steps an epoch instead of one
     config = load_client_config(write_config(
         tmp_path, world_dir / "client-0", family=family, base=str(tiny_model_dir(family)),
-        train="epochs = 10\nlr = 0.003", privacy="target_epsilon = 8.0\nmax_epsilon = 20.0"))
+        train="epochs = 10\nlr = 0.01\nbatch_size = 32", privacy="target_epsilon = 8.0\nmax_epsilon = 20.0"))
     report = train_reward_model(config, progress=False).report
     assert report.epsilon <= 8.0 and report.epsilon == pytest.approx(recomputed_epsilon(report), rel=1e-9)
-    decidable = _text_decidable(load_pairs(config, "test"))
-    assert evaluate_saved(config.train.out, decidable).accuracy > 0.55, len(decidable)
+    # ~120 decidable training pairs say whether it learned; the ~13 held-out ones only that it generalises
+    assert evaluate_saved(config.train.out, _text_decidable(load_pairs(config, "train"))).accuracy > 0.7
+    held_out = _text_decidable(load_pairs(config, "test"))
+    assert evaluate_saved(config.train.out, held_out).accuracy > 0.55, len(held_out)
 
 
 def test_runs_compose_and_the_budget_refuses_the_next(world_dir, tmp_path):
