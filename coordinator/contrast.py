@@ -3,8 +3,9 @@ prompt's image, so a reward model's prior for an answer regardless of the image 
 
 Why: GRPO climbs whatever raises the reward, and a site's score for ``(image, question, answer)`` carries
 a part that ignores the image (it prefers "yes", or bar "a", whatever is shown). Measured on the demo's
-world, GRPO with the plain MoR reward drove the policy to one answer per question type (presence always
-"yes", one colour for every shape) while the oracle's policy looked at the image. The difference
+world, GRPO with the plain MoR reward froze the policy's accuracy per question type at the share of one
+answer (presence at the share of "yes", in three runs with different KL and scaling) while the oracle's
+policy kept looking at the image. The difference
 ``s(image, q, a) - s(other image, q, a)`` keeps what the image says about the answer (a pointwise mutual
 information in the reward's units) and drops the answer's prior. Scores still are all that travels: the
 sites score twice as many items.
