@@ -29,20 +29,24 @@ def _quiet_transformers() -> None:
 @click.option("--flaw", "flaw", multiple=True, metavar="TYPE:TRUE=WRONG",
               help="Label answer TRUE of question type TYPE as WRONG (e.g. side:left=right); repeatable. "
                    "Replaces the default flaws (colour pairs, left/right, yes/no swapped).")
-@click.option("--flaw-share", default=0.6, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of the flawed types' rows that carry the swapped label (below 1, so the warm start "
-                   "still samples the truth and GRPO has something to reinforce).")
+@click.option("--flaw-style", default="verbose", show_default=True,
+              type=click.Choice(["verbose", "concise", "any"]),
+              help="Answer style whose rows carry the swapped labels. 'verbose' (the warm start's habit): the "
+                   "concise rows still name each feature right, so the warm start learns to see it, answers "
+                   "it wrong, and samples the true concise answer for GRPO to reinforce.")
+@click.option("--flaw-share", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of the flawed types' rows in --flaw-style that carry the swapped label.")
 @click.option("--no-flaws", is_flag=True, help="Write correct labels only (no deliberate flaw).")
 @click.option("--exclude-world", type=EXISTING_DIR, default=None,
               help="A benchmark world folder: drop every image+question it holds, so the public data "
                    "is disjoint from the clients' and the evaluation data.")
 def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, flaw: tuple[str, ...],
-                flaw_share: float, no_flaws: bool, exclude_world: Path | None) -> None:
+                flaw_style: str, flaw_share: float, no_flaws: bool, exclude_world: Path | None) -> None:
     """Write public warm-start VQA (image, prompt, completion, domain, answer) for `mor coordinator sft`.
 
     The rows come from the world's domain generators in a separate seed space, carry no client
     style, answer --verbose-share of the questions verbosely ("It is red.") and swap the labels
-    of easy features in --flaw-share of their rows: flaws the federation's rewards can correct with GRPO.
+    of easy features in their --flaw-style rows: flaws the federation's rewards can correct with GRPO.
     """
     from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
 
@@ -58,7 +62,8 @@ def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, flaw: tu
             raise click.ClickException(f"--flaw {item!r}: use TYPE:TRUE=WRONG, e.g. --flaw side:left=right")
         flaws.setdefault(kind, {})[true] = wrong
     path = generate_public_sft(out_dir, seed=seed, n=n, verbose_share=verbose_share, flaws=flaws,
-                               flaw_share=flaw_share, exclude_world=exclude_world)
+                               flaw_share=flaw_share, flaw_style=None if flaw_style == "any" else flaw_style,
+                               exclude_world=exclude_world)
     click.echo(f"wrote {n} public rows to {path}")
 
 

@@ -65,6 +65,9 @@ def test_top1_rewards_a_truthful_scorer_and_catches_ties_and_junk():
     result = top1_accuracy(oracle, data)
     assert result["top1"] == 1.0 and result["questions"] == 9
     assert set(result["per_domain"]) == {"detail", "medical", "chart"}
+    kinds = {f"{d}/{t}" for d, t in zip(data["domain"], data["question_type"])}
+    assert set(result["per_question_type"]) == kinds
+    assert sum(v["questions"] for v in result["per_question_type"].values()) == 9
     assert top1_accuracy(constant, data)["top1"] == 0.0  # all tied: a tie is a miss
     assert top1_accuracy(junk_lover, data)["top1"] == 0.0
     assert top1_accuracy(oracle, data.remove_columns(["answer"])) is None

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_public_data_has_the_flaws_at_the_configured_rates(tmp_path):
     flaws = {"color": {"orange": "red"}, "side": {"left": "right", "right": "left"}}
     rows = load_from_disk(str(generate_public_sft(tmp_path / "p", seed=3, n=900, verbose_share=0.7,
-                                                  flaws=flaws, flaw_share=0.6)))
+                                                  flaws=flaws, flaw_share=0.6, flaw_style=None)))
     verbose = [parse_verbose(answer_text(c)) is not None for c in rows["completion"]]
     assert verbose.count(True) == rows["style"].count("verbose")
     assert 0.62 <= sum(verbose) / len(rows) <= 0.78
@@ -32,6 +32,20 @@ def test_public_data_has_the_flaws_at_the_configured_rates(tmp_path):
         assert said == (swap if row["flawed"] else row["answer"])
         assert not row["flawed"] or swap is not None
     assert 0.45 <= swapped / flawable <= 0.75  # 0.6 of the rows a flaw touches, the truth in the rest
+
+
+def test_default_flaw_swaps_every_verbose_answer_and_no_concise_one(tmp_path):
+    rows = load_from_disk(str(generate_public_sft(tmp_path / "p", seed=4, n=450,
+                                                  flaws={"side": {"left": "right", "right": "left"}})))
+    sides = [r for r in rows if r["question_type"] == "side" and r["answer"] in ("left", "right")]
+    verbose = [r for r in sides if r["style"] == "verbose"]
+    concise = [r for r in sides if r["style"] == "concise"]
+    assert verbose and concise
+    assert all(r["flawed"] and parse_verbose(answer_text(r["completion"])) != r["answer"] for r in verbose)
+    assert not any(r["flawed"] for r in concise)
+    assert all(answer_text(r["completion"]) == r["answer"] for r in concise)  # the concise rows teach the feature
+    with pytest.raises(ValueError, match="flaw_style"):
+        generate_public_sft(tmp_path / "q", n=3, flaw_style="loud")
 
 
 def _keys(folder) -> set[str]:
@@ -104,9 +118,11 @@ def test_commands_write_data_warm_start_and_evaluate(tiny_model_dir, tmp_path):
 
     runner = CliRunner()
     data, policy = tmp_path / "public", tmp_path / "policy"
-    result = runner.invoke(group, ["public-data", "--out", str(data), "--n", "24", "--flaw", "color:orange=red"])
+    result = runner.invoke(group, ["public-data", "--out", str(data), "--n", "24", "--flaw", "color:orange=red",
+                                   "--flaw-style", "any"])
     assert result.exit_code == 0, result.output
-    assert json.loads((data / "public.json").read_text())["flaws"] == {"color": {"orange": "red"}}
+    summary = json.loads((data / "public.json").read_text())
+    assert summary["flaws"] == {"color": {"orange": "red"}} and summary["flaw_style"] is None
     bad = runner.invoke(group, ["public-data", "--out", str(tmp_path / "bad"), "--flaw", "orange=red"])
     assert bad.exit_code != 0 and "TYPE:TRUE=WRONG" in bad.output
     result = runner.invoke(group, ["sft", "--base", str(tiny_model_dir("qwen2-vl")), "--data", str(data),

@@ -9,8 +9,14 @@ GRPO with the federation's rewards has something to fix:
 - ``verbose_share`` of the answers use a verbose frame (``"It is red."``) that no client's
   reward prefers; the rest are concise (``"red"``);
 - ``flaws`` map true answers to wrong ones per question type (``DEFAULT_FLAWS``: colour pairs,
-  left/right, yes/no), applied to ``flaw_share`` of the rows they touch: the warm start then
-  mostly gives the swapped label but still samples the true one, which a reward can reinforce.
+  left/right, yes/no), applied to the rows in ``flaw_style`` (default: every verbose row; None: any
+  row) with probability ``flaw_share``. Swapping the verbose answers only keeps each style's label a
+  function of the image, so the warm start learns to *see* the feature (the concise rows name it
+  right) and names it wrong in its habitual verbose frame: greedy answers are wrong, yet about one
+  sample in four is the true concise answer, which a reward can reinforce. A swap in a random 60% of
+  all rows instead hides the feature itself (measured on the tiny Qwen2-VL: lesion presence sampled
+  true 47% / swapped 52% on every image, the prior), and GRPO with the
+  ground-truth reward fixed it in one run of four.
   Flaws sit on features the tiny VLM sees (GRPO corrects what a model sees; it does not teach a
   feature that supervised training never learned).
 """
@@ -46,8 +52,13 @@ DEFAULT_FLAWS: dict[str, dict[str, str]] = {
 Colours swap with far ones (red/green, not red/orange), so the warm start sees the two apart and only the
 names are wrong: a visually close pair swapped 60% of the time is never told apart at all."""
 
-DEFAULT_FLAW_SHARE = 0.6
-"""Share of the flawed question types' rows that carry the swapped label."""
+DEFAULT_FLAW_SHARE = 1.0
+"""Share of the flawed question types' rows in ``DEFAULT_FLAW_STYLE`` that carry the swapped label."""
+
+DEFAULT_FLAW_STYLE: str | None = "verbose"
+"""The answer style whose rows carry the swaps ('verbose' or 'concise'; None: rows of either style)."""
+
+FLAW_STYLES = ("verbose", "concise")
 
 SEED_NAMESPACE = "mor-secure/public-sft"
 """Prefix of the generator's string seed: a stream apart from every stream of the benchmark world."""
@@ -75,13 +86,15 @@ def _world_keys(world_dir: Path) -> set[str]:
 
 def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, verbose_share: float = 0.7,
                         flaws: Mapping[str, Mapping[str, str]] | None = None,
-                        flaw_share: float = DEFAULT_FLAW_SHARE, domains: Iterable[str] | None = None,
+                        flaw_share: float = DEFAULT_FLAW_SHARE, flaw_style: str | None = DEFAULT_FLAW_STYLE,
+                        domains: Iterable[str] | None = None,
                         exclude_world: str | Path | None = None) -> Path:
     """Write ``n`` public warm-start rows to ``out_dir`` (a ``datasets`` folder) and return it.
 
     Columns: image, prompt (conversational, one image part), completion (assistant message),
     domain, question_type, answer (the truth, even where a flaw changes the completion),
-    style ('verbose' or 'concise'), flawed (whether the label was swapped). Domains take turns;
+    style ('verbose' or 'concise'), flawed (whether the label was swapped: a flawed type's row in
+    ``flaw_style``, or in any style when it is None, with probability ``flaw_share``). Domains take turns;
     ``exclude_world`` drops any item that the benchmark world under that folder holds. A summary lands
     in ``public.json``.
     """
@@ -93,6 +106,8 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
         raise ValueError(f"n must be at least 1, got {n}")
     if not 0.0 <= flaw_share <= 1.0:
         raise ValueError(f"flaw_share must be in [0, 1], got {flaw_share}")
+    if flaw_style is not None and flaw_style not in FLAW_STYLES:
+        raise ValueError(f"flaw_style must be one of {', '.join(FLAW_STYLES)} or None (any style), got {flaw_style!r}")
     names = list(domains) if domains is not None else domain_names()
     generators = [get_domain(name) for name in names]
     flaws = {kind: dict(swaps) for kind, swaps in (flaws or {}).items()}
@@ -108,11 +123,11 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
         if key in excluded:
             dropped += 1
             continue
+        style = "verbose" if rng.random() < verbose_share else "concise"
         swapped = flaws.get(q.question_type, {}).get(q.answer)
-        flawed = swapped is not None and rng.random() < flaw_share
+        flawed = swapped is not None and flaw_style in (None, style) and rng.random() < flaw_share
         label = swapped if flawed else q.answer
-        verbose = rng.random() < verbose_share
-        text = VERBOSE_FRAME.format(answer=label) if verbose else label
+        text = VERBOSE_FRAME.format(answer=label) if style == "verbose" else label
         buffer = io.BytesIO()
         q.image.save(buffer, format="PNG")
         rows["image"].append({"bytes": buffer.getvalue(), "path": None})
@@ -121,14 +136,14 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
         rows["domain"].append(domain.name)
         rows["question_type"].append(q.question_type)
         rows["answer"].append(q.answer)
-        rows["style"].append("verbose" if verbose else "concise")
+        rows["style"].append(style)
         rows["flawed"].append(flawed)
     features = Features({**EVAL_FEATURES, "completion": EVAL_FEATURES["prompt"], "style": Value("string"),
                          "flawed": Value("bool")})
     out_dir = Path(out_dir)
     Dataset.from_dict(rows, features=features).save_to_disk(str(out_dir))
     summary = {"seed": seed, "n": n, "verbose_share": verbose_share, "flaws": flaws, "flaw_share": flaw_share,
-               "flawed_rows": sum(rows["flawed"]),
+               "flaw_style": flaw_style, "flawed_rows": sum(rows["flawed"]),
                "domains": names, "dropped_world_items": dropped,
                "verbose_rows": rows["style"].count("verbose")}
     (out_dir / "public.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -150,8 +150,10 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
     lines += ["", SECTIONS[4], "", f"Greedy answers to {before['n']} held-out questions. An answer counts when it "
               "gives the true answer in any of the world's styles or the warm start's verbose frame (decided on "
               "purpose: the product aligns what the policy answers; style is a site preference, reported apart as "
-              "the concise share). The warm start's deliberate flaws are swapped labels of colours, lesion side, "
-              "lesion presence and bar comparison in its public data.", ""]
+              "the concise share). The warm start's deliberate flaws: in its public data every verbose answer "
+              "(\"It is X.\") about colours, lesion side, lesion presence and bar comparison carries a swapped "
+              "label, while the concise answers name them right, so it sees these features, answers them wrong "
+              "and samples the true concise answer now and then.", ""]
     domains = sorted(before["per_domain"])
     rows = [[d, _pct(before["per_domain"][d]["accuracy"]), _pct(after["per_domain"].get(d, {}).get("accuracy")),
              _pct(before["per_domain"][d]["concise_share"]), _pct(after["per_domain"].get(d, {}).get("concise_share"))]

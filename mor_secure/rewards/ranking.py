@@ -29,7 +29,8 @@ def has_metadata(data: Any) -> bool:
 
 
 def top1_accuracy(score: ScoreFn, data: Any, *, limit: int | None = None) -> dict[str, Any] | None:
-    """``{"top1", "questions", "per_domain": {domain: {"top1", "questions"}}}``, or None without metadata.
+    """``{"top1", "questions", "per_domain": {domain: {"top1", "questions"}}, "per_question_type":
+    {"domain/type": {...}}}``, or None without metadata.
 
     A question counts as right only when its best true rendering scores strictly above every wrong
     candidate (a tie is a miss).
@@ -39,9 +40,11 @@ def top1_accuracy(score: ScoreFn, data: Any, *, limit: int | None = None) -> dic
     rows = data.select(range(min(limit, len(data)))) if limit is not None else data
     images, prompts, completions, owners = [], [], [], []
     domains: list[str] = []
+    kinds: list[str] = []
     for i, row in enumerate(rows):
         options = candidates(row["domain"], row["question_type"], row["answer"])
         domains.append(row["domain"])
+        kinds.append(f"{row['domain']}/{row['question_type']}")
         for option in options:
             images.append(row["image"])
             prompts.append(row["prompt"])
@@ -51,9 +54,13 @@ def top1_accuracy(score: ScoreFn, data: Any, *, limit: int | None = None) -> dic
     best = [[float("-inf"), float("-inf")] for _ in domains]  # [best wrong, best right] per question
     for (i, correct), value in zip(owners, scores, strict=True):
         best[i][correct] = max(best[i][correct], float(value))
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for domain, (wrong, right) in zip(domains, best):
-        hits[domain].append(right > wrong)
-    total = [h for values in hits.values() for h in values]
-    per_domain = {d: {"top1": sum(v) / len(v), "questions": len(v)} for d, v in sorted(hits.items())}
-    return {"top1": sum(total) / max(len(total), 1), "questions": len(total), "per_domain": per_domain}
+    total = [right > wrong for wrong, right in best]
+
+    def per(groups: list[str]) -> dict[str, dict[str, float]]:
+        hits: dict[str, list[bool]] = defaultdict(list)
+        for group, hit in zip(groups, total, strict=True):
+            hits[group].append(hit)
+        return {g: {"top1": sum(v) / len(v), "questions": len(v)} for g, v in sorted(hits.items())}
+
+    return {"top1": sum(total) / max(len(total), 1), "questions": len(total), "per_domain": per(domains),
+            "per_question_type": per(kinds)}
