@@ -91,6 +91,7 @@ from coordinator import commands_policy  # noqa: E402  (policy commands: warm st
 
 group.add_command(commands_policy.public_data)
 group.add_command(commands_policy.sft)
+group.add_command(commands_policy.public_reward)
 group.add_command(commands_policy.eval_)
 group.add_command(commands_policy.grpo)
 

@@ -1,4 +1,5 @@
-"""`mor coordinator public-data | sft | eval | grpo`: the policy's warm start, GRPO and evaluation.
+"""`mor coordinator public-data | sft | public-reward | eval | grpo`: public pretraining (the policy's warm
+start, a reward model's public head start), GRPO and evaluation.
 
 torch, transformers and TRL are imported inside the commands so `mor --help` stays fast.
 """
@@ -93,6 +94,48 @@ def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, l
         raise click.ClickException(str(exc)) from None
     summary = json.loads((path / "sft.json").read_text(encoding="utf-8"))
     click.echo(f"saved policy to {path} (loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f})")
+
+
+@click.command(name="public-reward")
+@click.option("--data", "data_dir", required=True, type=EXISTING_DIR,
+              help="Public rows with their true answers (`mor coordinator public-data` output).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder to save the reward model into; sites point [model] base at it.")
+@click.option("--family", default="dual-encoder", show_default=True,
+              help="Reward-model family to pretrain (the VLM families get their head start from `sft`).")
+@click.option("--width", default=128, show_default=True, type=click.IntRange(min=1),
+              help="dual-encoder: encoder width (sites inherit it).")
+@click.option("--epochs", default=16, show_default=True, type=click.IntRange(min=1), help="Passes over the pairs.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Pairs per step.")
+@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="AdamW learning rate.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of pairs, shuffling and initialisation.")
+def public_reward(data_dir: Path, out_dir: Path, family: str, width: int, epochs: int, batch_size: int, lr: float,
+                  seed: int) -> None:
+    """Pretrain a reward model on public pairs without DP: a site's head start before its private pairs.
+
+    Each public row gives two pairs, the true answer over a wrong one in the same style (correctness,
+    no style) or over malformed output. Public data costs no privacy; under DP from scratch a small
+    model learns little from a few thousand private pairs.
+    """
+    from datasets import load_from_disk
+
+    from mor_secure.data.public_pairs import public_pairs
+    from mor_secure.rewards import build_reward_model
+    from mor_secure.rewards.config import ModelSection
+    from mor_secure.rewards.pretrain import pretrain_reward
+
+    if out_dir.exists():
+        raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
+    try:
+        pairs = public_pairs(load_from_disk(str(data_dir)), seed=seed)
+        model = build_reward_model(ModelSection(family=family, width=width), seed=seed)
+        losses = pretrain_reward(model, pairs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    model.save(out_dir)
+    click.echo(f"saved {family} reward model to {out_dir} ({len(pairs)} public pairs, loss {losses[0]:.3f} -> "
+               f"{losses[-1]:.3f}); set [model] base = \"{out_dir}\" at the sites")
 
 
 @click.command(name="eval")

@@ -39,6 +39,7 @@ class Profile:
     site_batch: int
     public_rows: int
     sft_steps: int
+    public_reward_epochs: int
     router_epochs: int
     grpo_steps: int
     grpo_batch: int
@@ -49,10 +50,10 @@ class Profile:
 
 
 QUICK = Profile(pairs=80, router_pairs=60, eval_questions=30, site_pairs=48, site_epochs=1, site_batch=16,
-                public_rows=256, sft_steps=40, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30,
+                public_rows=256, sft_steps=40, public_reward_epochs=1, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30,
                 baseline_rounds=3, baseline_epochs=1, baseline_pairs=48)
 FULL = Profile(pairs=1500, router_pairs=300, eval_questions=300, site_pairs=0, site_epochs=16, site_batch=256,
-               public_rows=2000, sft_steps=800, router_epochs=100, grpo_steps=300, grpo_batch=64, eval_limit=300,
+               public_rows=2000, sft_steps=800, public_reward_epochs=16, router_epochs=100, grpo_steps=300, grpo_batch=64, eval_limit=300,
                baseline_rounds=20, baseline_epochs=10, baseline_pairs=480)
 """The full demo trains each site on all its pairs at the product's defaults (`mor client train`)."""
 
@@ -124,11 +125,12 @@ class Demo:
                   [self.ca, self.coord_toml.parent]),
             Stage("sites", "enrol the sites: key + CSR at each site, signed by the CA", self._sites,
                   {"sites": SITES}, [self.w / "sites"]),
-            Stage("warmstart", "pretrain on public data: the policy's warm start and the sites' VLM backbones",
-                  self._warmstart, {"rows": p.public_rows, "steps": p.sft_steps}, [self.w / "policy"]),
+            Stage("warmstart", "pretrain on public data: the policy's warm start and every site's starting model",
+                  self._warmstart, {"rows": p.public_rows, "steps": p.sft_steps,
+                                    "reward_epochs": p.public_reward_epochs}, [self.w / "policy"]),
             Stage("train", "train each site's reward model with DP (eps 2 / 4 / 8)", self._train,
                   {"pairs": p.site_pairs, "epochs": p.site_epochs, "batch": p.site_batch, "eps": EPSILONS,
-                   "families": FAMILIES, "bases": "public-pretrained"}),
+                   "families": FAMILIES, "bases": "public-pretrained, dual-encoder too"}),
             Stage("site_eval", "each site measures its model on its own held-out pairs (pairwise, top-1)",
                   self._site_eval, {}, [self.results / "sites"]),
             Stage("agents", "start the three agents (they dial the coordinator over mTLS)", self._start_agents,
@@ -179,7 +181,7 @@ class Demo:
         for site, family, eps in zip(SITES, FAMILIES, EPSILONS):
             config = self.site_dir(site) / "client.toml"
             merge_toml(config, {
-                "model": {"family": family, "base": "" if family == "dual-encoder" else str(self.pretrained(family))},
+                "model": {"family": family, "base": str(self.pretrained(family))},
                 "data": {"max_pairs": p.site_pairs},
                 "train": {"epochs": p.site_epochs, "batch_size": p.site_batch, "checkpoint_every": 1000},
                 "privacy": {"target_epsilon": eps, "max_epsilon": 1000.0},
@@ -203,11 +205,14 @@ class Demo:
         families = [f for f in FAMILIES if f != "dual-encoder"]
         commands = [["coordinator", "sft", "--base", self.models / f, "--data", self.public, "--out",
                      self.pretrained(f), "--steps", p.sft_steps, "--batch-size", 32, "--lr", 3e-3] for f in families]
+        commands.append(["coordinator", "public-reward", "--data", self.public, "--out",
+                         self.pretrained("dual-encoder"), "--epochs", p.public_reward_epochs])
         ctx.run(*commands[0], parallel=commands[1:])
 
     def pretrained(self, family: str) -> Path:
-        """A tiny VLM after SFT on public data, standing in for the public pretrained VLM a site starts from;
-        the qwen2-vl one is also the policy's warm start."""
+        """A tiny VLM after SFT on public data, standing in for the public pretrained VLM a site starts from
+        (the qwen2-vl one is also the policy's warm start); for the dual-encoder, a reward model pretrained
+        on public pairs."""
         return self.warm if family == "qwen2-vl" else self.w / "policy" / f"pretrained-{family}"
 
     def _write_coordinator_config(self) -> None:

@@ -14,7 +14,9 @@ class ModelSection:
 
     family: str = field("dual-encoder", help="Reward-model family: 'qwen2-vl', 'llava' or 'dual-encoder'.")
     base: str = field("", help="Backbone: a local path or a hub id already in the local cache; may be "
-                              "empty for families that build from scratch.")
+                              "empty for families that build from scratch. A saved reward-model folder of "
+                              "the same family (`mor coordinator public-reward`) starts training from its "
+                              "weights, and its saved settings (width, ...) win over this section's.")
     finetune: str = field("full", help="VLM families: 'full' (every language-model weight; measured far "
                                        "stronger than LoRA r8 under DP on small VLMs) or 'lora' (adapters on "
                                        "the language model, less memory for large ones). The vision tower "

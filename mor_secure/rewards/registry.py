@@ -26,8 +26,18 @@ def family_class(name: str) -> type[RewardModel]:
 
 
 def build_reward_model(model_config: Any, *, seed: int = 0) -> RewardModel:
-    """A fresh model of ``model_config.family``; each constructor takes the [model] fields it names."""
+    """A fresh model of ``model_config.family`` (each constructor takes the [model] fields it names), or,
+    where ``[model] base`` is a saved reward-model folder of that family (a publicly pretrained one),
+    that model, to train on from its weights and spec."""
     cls = family_class(model_config.family)
+    base = Path(str(getattr(model_config, "base", "") or ""))
+    if str(base) not in ("", ".") and (base / CONFIG_NAME).is_file():
+        model = load_reward_model(base)
+        if model.family != cls.family:
+            raise ValueError(f"[model] base {base} is a saved {model.family!r} reward model; set [model].family "
+                             f"= {model.family!r} or point base at a {cls.family!r} model")
+        model.train()
+        return model
     names = inspect.signature(cls.__init__).parameters
     kwargs = {name: getattr(model_config, name) for name in names if hasattr(model_config, name)}
     if "seed" in names:
