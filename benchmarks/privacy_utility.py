@@ -53,6 +53,7 @@ class Sizes:
     site_batch: int = 32
     public_rows: int = 2000
     sft_steps: int = 800
+    public_reward_epochs: int = 16
     router_epochs: int = 100
     grpo_steps: int = 100
     grpo_batch: int = 32
@@ -61,12 +62,12 @@ class Sizes:
     baseline_epochs: int = 10
 
 
-PRETRAIN_FIELDS = ("pairs", "router_pairs", "eval_questions", "public_rows", "sft_steps")
+PRETRAIN_FIELDS = ("pairs", "router_pairs", "eval_questions", "public_rows", "sft_steps", "public_reward_epochs")
 """The sizes that make a seed's world and pretrained bases (a change in any other one reuses them)."""
 
 FULL = Sizes()
 QUICK = Sizes(pairs=80, router_pairs=100, eval_questions=30, site_epochs=1, site_batch=16, public_rows=256,
-              sft_steps=40, router_epochs=20, grpo_steps=4, grpo_batch=16, baseline_rounds=2, baseline_epochs=1)
+              sft_steps=40, public_reward_epochs=1, router_epochs=20, grpo_steps=4, grpo_batch=16, baseline_rounds=2, baseline_epochs=1)
 
 
 def eps_name(eps: float) -> str:
@@ -76,27 +77,40 @@ def eps_name(eps: float) -> str:
 # ----- one seed: world, public data, pretrained bases -----
 
 def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES) -> dict[str, Any]:
-    """World (one client per site), public data, the policy's warm start (tiny qwen2-vl after SFT on public
-    data) and a public-data SFT of the tiny llava; both pretrained models are the sites' reward-model
-    backbones, as a real site would start from a public pretrained VLM. Also the warm start's and the
-    oracle run's policy accuracy."""
+    """World (one client per site), public data (with the demo's deliberate flaws) and GRPO prompts, the
+    policy's warm start (tiny qwen2-vl after SFT on public data), a public-data SFT of the tiny llava and a
+    dual-encoder pretrained on public pairs: the sites' starting models, as a real site would start from a
+    public pretrained model. Also the warm start's and the oracle run's policy accuracy."""
     import torch
 
     from coordinator.sft import run_sft
-    from mor_secure.data.public import generate_public_sft
+    from datasets import load_from_disk
+
+    from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
+    from mor_secure.data.public_pairs import public_pairs
+    from mor_secure.rewards import build_reward_model
+    from mor_secure.rewards.config import ModelSection
+    from mor_secure.rewards.pretrain import pretrain_reward
     from mor_secure.data.world import generate_world
     from mor_secure.models.zoo import build_tiny_vlm
 
     torch.set_num_threads(1)
     folder = root / f"seed-{seed}"
     world, public = folder / "world", folder / "public"
-    marker = {**{k: getattr(sizes, k) for k in PRETRAIN_FIELDS}, "sites": len(sites)}
+    marker = {**{k: getattr(sizes, k) for k in PRETRAIN_FIELDS}, "sites": len(sites), "flaws": "verbose"}
     if cached(folder / "pretrained.json", marker) is None:  # else world and bases are reused (only GRPO changed)
         if folder.exists():  # its cells depend on what is rebuilt here
             shutil.rmtree(folder)
         generate_world(world, seed=seed, clients=len(sites), pairs=sizes.pairs, router_pairs=sizes.router_pairs,
                        eval_questions=sizes.eval_questions)
-        generate_public_sft(public, seed=seed, n=sizes.public_rows, exclude_world=world)
+        generate_public_sft(public, seed=seed, n=sizes.public_rows, flaws=DEFAULT_FLAWS, exclude_world=world)
+        # GRPO asks new questions: on its SFT rows the warm start recites the memorised label
+        generate_public_sft(folder / "prompts", seed=seed + 10_000, n=sizes.public_rows, flaws=DEFAULT_FLAWS,
+                            exclude_world=world)
+        encoder = build_reward_model(ModelSection(family="dual-encoder"), seed=seed)
+        pretrain_reward(encoder, public_pairs(load_from_disk(str(public)), seed=seed),
+                        epochs=sizes.public_reward_epochs, seed=seed, progress=False)
+        encoder.save(folder / "pretrained" / "dual-encoder")
         for family in ("qwen2-vl", "llava"):
             tiny = build_tiny_vlm(family, folder / "tiny" / family, seed=seed, overwrite=True)
             run_sft(tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3,
@@ -104,7 +118,8 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
         save_cached(folder / "pretrained.json", marker, {})
     warm = folder / "pretrained" / "qwen2-vl"
     return {"warm": policy_accuracy(warm, world),
-            "oracle": grpo_policy(folder / "oracle", warm, public, world, sizes, seed, "oracle", None, None)}
+            "oracle": grpo_policy(folder / "oracle", warm, folder / "prompts", world, sizes, seed, "oracle", None,
+                                  None)}
 
 
 # ----- one cell: (seed, epsilon) -----
@@ -122,7 +137,7 @@ def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes,
         folder = cell / "sites" / site
         folder.mkdir(parents=True, exist_ok=True)
         tls = {name: str(folder / f"unused.{name}") for name in ("ca", "cert", "key", "crl")}
-        base = "" if family == "dual-encoder" else str(seed_dir / "pretrained" / family)
+        base = str(seed_dir / "pretrained" / family)
         write_toml(folder / "client.toml", {
             "site": site, "tls": tls, "coordinator": {"endpoint": "tcp://127.0.0.1:1", "name": "coord"},
             "data": {"path": str(seed_dir / "world" / site)},
@@ -169,7 +184,7 @@ def policy_accuracy(policy: Path, world: Path) -> dict[str, Any]:
             "per_question_type": {t: r["accuracy"] for t, r in result["per_question_type"].items()}}
 
 
-def grpo_policy(out: Path, warm: Path, public: Path, world: Path, sizes: Sizes, seed: int, method: str,
+def grpo_policy(out: Path, warm: Path, prompts: Path, world: Path, sizes: Sizes, seed: int, method: str,
                 config: Any, federation: Any, *, quorum: int = 2) -> dict[str, Any]:
     """GRPO of the warm start with reward ``method`` (KL to the warm start; a completion's client-score reward
     counts when ``quorum`` of the fusion's sites scored it), then its held-out accuracy and, for client-score
@@ -178,20 +193,21 @@ def grpo_policy(out: Path, warm: Path, public: Path, world: Path, sizes: Sizes, 
     from coordinator.grpo_config import GRPORunConfig
     from coordinator.rewards import FederatedReward, RewardContext, build_reward, needs_federation
 
-    cfg = GRPORunConfig(policy=str(warm), data=public, reward=method, out=out, steps=sizes.grpo_steps,
+    cfg = GRPORunConfig(policy=str(warm), data=prompts, reward=method, out=out, steps=sizes.grpo_steps,
                         beta=sizes.beta, batch_size=sizes.grpo_batch, save_steps=10**6, report_to="none",
                         logging_steps=max(1, sizes.grpo_steps // 10), seed=seed, quorum=quorum)
     strategy = build_reward(method, RewardContext(out.parent / "router" / "mixture", config))
     before = (federation.bytes_sent, federation.bytes_received) if federation else (0, 0)
     if needs_federation(strategy):
-        reward = FederatedReward(strategy, federation.scorer, quorum=quorum, name=method)
+        reward = FederatedReward(strategy, federation.scorer, quorum=quorum, spread_penalty=cfg.spread_penalty,
+                                 image_contrast=cfg.image_contrast, name=method)
     elif method != "oracle":
         reward = FederatedReward(strategy, name=method)
     else:
         reward = strategy
     start = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)  # a run cut short earlier: start over (its cell was not cached)
-    policy = run_grpo(cfg, reward, public)
+    policy = run_grpo(cfg, reward, prompts)
     result = {**policy_accuracy(policy, world), "grpo_seconds": time.perf_counter() - start}
     if federation is not None and needs_federation(strategy):
         result["bytes_per_step"] = ((federation.bytes_sent - before[0]) + (federation.bytes_received - before[1])) \
@@ -215,7 +231,7 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes) -> dict[str, Any]:
     report = run_router(config, collect=federation.collect)
     summary = json.loads((cell / "router" / "baselines" / "summary.json").read_text(encoding="utf-8"))
     policies = {method: grpo_policy(cell / f"grpo-{method}", seed_dir / "pretrained" / "qwen2-vl",
-                                    seed_dir / "public", seed_dir / "world", sizes, seed, method, config, federation)
+                                    seed_dir / "prompts", seed_dir / "world", sizes, seed, method, config, federation)
                 for method in POLICY_METHODS}
     return {"seed": seed, "epsilon": eps_name(eps), "sites": sites,
             "reward_accuracy": {"mor": report["accuracy"], "uniform": report["uniform_accuracy"],
@@ -403,7 +419,8 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], si
              "- Sites (the product's `client_agent.train`, DP-SGD with Opacus, PRV accountant, one pair = one sample, "
              "every site at the row's epsilon; `inf` = no DP): client-0 dual-encoder, client-1 qwen2-vl LoRA, "
              "client-2 llava LoRA. The VLM sites start from a tiny VLM pretrained on the public data (a real site "
-             "starts from a public pretrained VLM), the qwen2-vl one being the policy's warm start.",
+             "starts from a public pretrained VLM), the qwen2-vl one being the policy's warm start; the "
+             "dual-encoder site from a dual-encoder trained on public pairs (`mor coordinator public-reward`).",
              "- Reward accuracy: share of the router's held-out labelled pairs (all domains) whose chosen answer "
              "scores higher. MoR = the learned router over calibrated scores; FedAvg RM and centralised RM are "
              "dual-encoders trained in process on the sites' pairs at the same epsilon (the centralised one pools "

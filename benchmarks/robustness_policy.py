@@ -184,7 +184,7 @@ def prepare(root: Path, grid: Grid, seed: int, bases: Path | None) -> dict[str, 
             shutil.rmtree(seed_dir)
         generate_world(seed_dir / "world", seed=seed, clients=len(SITES), pairs=grid.sizes.pairs,
                        router_pairs=grid.sizes.router_pairs, eval_questions=grid.sizes.eval_questions)
-        for name in ("public", "pretrained"):
+        for name in ("public", "prompts", "pretrained"):
             (seed_dir / name).symlink_to(bases / f"seed-{seed}" / name, target_is_directory=True)
         prepared = {**reused, "bases": str(bases / f"seed-{seed}")}
     else:
@@ -314,7 +314,7 @@ def policy(root: Path, grid: Grid, seed: int, setting: str, method: str, prepare
     # a defended mixture of one site could never reach the quorum of 2 (every reward None, no learning)
     quorum = min(QUORUM, len(router["agreement"]["sites"])) if method == "mor-defence" else QUORUM
     result = privacy_utility.grpo_policy(run_dir / f"grpo-{method}", seed_dir / "pretrained" / "qwen2-vl",
-                                         seed_dir / "public", seed_dir / "world", grid.sizes, seed,
+                                         seed_dir / "prompts", seed_dir / "world", grid.sizes, seed,
                                          "mor" if method.startswith("mor") else method, config, federation,
                                          quorum=quorum)
     return {**result, "quorum": quorum}
