@@ -84,13 +84,8 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
     import torch
 
     from coordinator.sft import run_sft
-    from datasets import load_from_disk
-
+    from coordinator.public_reward import save_public_reward
     from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
-    from mor_secure.data.public_pairs import public_pairs
-    from mor_secure.rewards import build_reward_model
-    from mor_secure.rewards.config import ModelSection
-    from mor_secure.rewards.pretrain import pretrain_reward
     from mor_secure.data.world import generate_world
     from mor_secure.models.zoo import build_tiny_vlm
 
@@ -107,10 +102,8 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
         # GRPO asks new questions: on its SFT rows the warm start recites the memorised label
         generate_public_sft(folder / "prompts", seed=seed + 10_000, n=sizes.public_rows, flaws=DEFAULT_FLAWS,
                             exclude_world=world)
-        encoder = build_reward_model(ModelSection(family="dual-encoder"), seed=seed)
-        pretrain_reward(encoder, public_pairs(load_from_disk(str(public)), seed=seed),
-                        epochs=sizes.public_reward_epochs, seed=seed, progress=False)
-        encoder.save(folder / "pretrained" / "dual-encoder")
+        save_public_reward(public, folder / "pretrained" / "dual-encoder", epochs=sizes.public_reward_epochs,
+                           seed=seed, progress=False)
         for family in ("qwen2-vl", "llava"):
             tiny = build_tiny_vlm(family, folder / "tiny" / family, seed=seed, overwrite=True)
             run_sft(tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3,

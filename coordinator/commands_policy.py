@@ -118,23 +118,17 @@ def public_reward(data_dir: Path, out_dir: Path, family: str, width: int, epochs
     no style) or over malformed output. Public data costs no privacy; under DP from scratch a small
     model learns little from a few thousand private pairs.
     """
-    from datasets import load_from_disk
-
-    from mor_secure.data.public_pairs import public_pairs
-    from mor_secure.rewards import build_reward_model
-    from mor_secure.rewards.config import ModelSection
-    from mor_secure.rewards.pretrain import pretrain_reward
+    from coordinator.public_reward import save_public_reward
 
     if out_dir.exists():
         raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
     try:
-        pairs = public_pairs(load_from_disk(str(data_dir)), seed=seed)
-        model = build_reward_model(ModelSection(family=family, width=width), seed=seed)
-        losses = pretrain_reward(model, pairs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        result = save_public_reward(data_dir, out_dir, family=family, width=width, epochs=epochs,
+                                    batch_size=batch_size, lr=lr, seed=seed)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    model.save(out_dir)
-    click.echo(f"saved {family} reward model to {out_dir} ({len(pairs)} public pairs, loss {losses[0]:.3f} -> "
+    losses = result["losses"]
+    click.echo(f"saved {family} reward model to {out_dir} ({result['pairs']} public pairs, loss {losses[0]:.3f} -> "
                f"{losses[-1]:.3f}); set [model] base = \"{out_dir}\" at the sites")
 
 

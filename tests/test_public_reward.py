@@ -8,6 +8,8 @@ import torch
 from click.testing import CliRunner
 from datasets import load_from_disk
 
+from coordinator.public_reward import pretrain_reward
+
 from mor_secure.data.candidates import renderings
 from mor_secure.data.domains import get_domain
 from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
@@ -16,7 +18,6 @@ from mor_secure.data.schema import answer_text
 from mor_secure.rewards import build_reward_model, load_reward_model
 from mor_secure.rewards.config import ModelSection
 from mor_secure.rewards.dual_encoder import DualEncoderReward
-from mor_secure.rewards.pretrain import pretrain_reward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,8 +15,8 @@ GRPO with the federation's rewards has something to fix:
   right) and names it wrong in its habitual verbose frame: greedy answers are wrong, yet about one
   sample in four is the true concise answer, which a reward can reinforce. A swap in a random 60% of
   all rows instead hides the feature itself (measured on the tiny Qwen2-VL: lesion presence sampled
-  true 47% / swapped 52% on every image, the prior), and GRPO with the
-  ground-truth reward fixed it in one run of four.
+  true 47% / swapped 52% on every image, the prior), and GRPO fixed it in one run of four (in
+  neither run with the ground-truth reward).
   Flaws sit on features the tiny VLM sees (GRPO corrects what a model sees; it does not teach a
   feature that supervised training never learned).
 """

@@ -38,15 +38,16 @@ def public_pairs(rows: Any, *, seed: int = 0, pairs_per_row: int = 2) -> Any:
     out: dict[str, list] = {"image": [], "prompt": [], "chosen": [], "rejected": []}
     for row in rows:
         truth, kind = row["answer"], row["question_type"]
+        truths = renderings(truth)
         wrong = [a for a in get_domain(row["domain"]).answer_space(kind) if a != truth]
         for _ in range(pairs_per_row):
-            style = rng.randrange(len(renderings(truth)))
+            style = rng.randrange(len(truths))
             if wrong and rng.random() >= OFF_FORMAT_SHARE:
                 rejected = renderings(rng.choice(wrong))[style]
             else:
                 rejected = off_format(row["domain"], kind, truth, rng)
             out["image"].append(row["image"])
             out["prompt"].append(row["prompt"])
-            out["chosen"].append(assistant_message(renderings(truth)[style]))
+            out["chosen"].append(assistant_message(truths[style]))
             out["rejected"].append(assistant_message(rejected))
     return Dataset.from_dict(out)

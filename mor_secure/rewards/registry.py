@@ -30,8 +30,8 @@ def build_reward_model(model_config: Any, *, seed: int = 0) -> RewardModel:
     where ``[model] base`` is a saved reward-model folder of that family (a publicly pretrained one),
     that model, to train on from its weights and spec."""
     cls = family_class(model_config.family)
-    base = Path(str(getattr(model_config, "base", "") or ""))
-    if str(base) not in ("", ".") and (base / CONFIG_NAME).is_file():
+    base = getattr(model_config, "base", "")
+    if base and (Path(base) / CONFIG_NAME).is_file():
         model = load_reward_model(base)
         if model.family != cls.family:
             raise ValueError(f"[model] base {base} is a saved {model.family!r} reward model; set [model].family "
