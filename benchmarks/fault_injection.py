@@ -33,6 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_lines, write_markdown  # noqa: E402
 
+from mor_secure.demo.stages import signal_group, stop_group
+
 SITES = ("client-0", "client-1", "client-2")
 KILLED, STALLED, REVOKED = SITES
 COORDINATOR = "coord"
@@ -40,14 +42,6 @@ COORDINATOR = "coord"
 
 class ScenarioError(RuntimeError):
     """An expected effect did not show up in time; the message says which and where to look."""
-
-
-def signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
-    """Send ``sig`` to the process group of ``proc`` (a `mor` child started in a new session), if still there."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass(frozen=True)
@@ -275,8 +269,6 @@ class Scene:
 
     def stop(self) -> None:
         """Stop every process this scene started (agents with SIGTERM, so their sessions end cleanly)."""
-        from mor_secure.demo.stages import stop_group
-
         for proc in [*self.coordinators, *self.agents.values()]:
             if proc.poll() is None:
                 signal_group(proc, signal.SIGCONT)  # a stalled agent cannot handle SIGTERM

@@ -191,7 +191,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], summary: list[dict[str, 
               "also protects uniform fusion. A "
               "fixed-wrong client is near chance on pairs whose wrong answer is uniform, so it barely moves the "
               "pair metric here, but it would steer a policy towards its answer: the defence excludes it.",
-              "- Policy accuracy after GRPO (the issue's second metric) is measured with real DP sites in "
+              "- Policy accuracy after GRPO (the second metric) is measured with real DP sites in "
               "[robustness_policy.md](robustness_policy.md) (`mor bench robustness-policy`); the fused pair "
               "accuracy above is the reward quality GRPO optimises.",
               "- Limits: the trust is measured on the coordinator's labelled pairs; a client that is honest on "

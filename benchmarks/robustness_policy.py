@@ -62,7 +62,7 @@ LABELS = {"mor": "MoR", "mor-defence": "MoR + defence", "uniform": "uniform", "f
 QUORUM = 2
 """Fewest sites that must score a completion for its reward to count (as in the privacy/utility benchmark)."""
 TARGET_POINTS = 2.0
-"""The issue's target: with 1 adversarial client of 4, MoR loses at most 2 points of policy accuracy."""
+"""The robustness target: with 1 adversarial client of 4, MoR loses at most 2 points of policy accuracy."""
 QUICK_SETTINGS = ("clean", "1x inverted")
 QUICK_SIZES = replace(QUICK, eval_questions=12, grpo_steps=2)
 

@@ -450,7 +450,7 @@ def _takeover_delays(ca: Path, rounds: int) -> tuple[float, list[float], list[fl
 
 
 def _summary(rows: list[tuple]) -> list[str]:
-    """Computed findings: ours against both plaintext baselines at the issue's targets, and against gRPC."""
+    """Computed findings: ours against both plaintext baselines at the transport's targets, and against gRPC."""
     rate = {(r[0], r[1], r[2]): r[3] for r in rows}
     lines = ["Summary (computed from the table):", ""]
     for label, n, base, target in (("1 KB", 1, PLAIN, 0.6), ("64 KB", 8, PLAIN, 0.5), ("1 KB", 1, HANDOFF, 0.95),

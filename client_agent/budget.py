@@ -17,7 +17,6 @@ data set fixes its delta and accountant; later runs must use the same.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from mor_secure.errors import MissingInput, MorError
+from mor_secure.files import create_exclusive, hash_file_into, open_locked
 from mor_secure.logs import get_logger
 from mor_secure.privacy import MAX_TARGET_EPSILON, AccountantHistory, BudgetTooLow, compose, epsilon, plan_noise
 
@@ -41,7 +42,7 @@ START_MARK = "started"
 _SKIPPED_FILES = ("cache-", ".")
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(MorError, RuntimeError):
     """The planned run would take the data set's composed epsilon above the lifetime budget.
 
     ``fits`` is the largest target_epsilon that the same run (steps, sample rate) could still
@@ -77,7 +78,7 @@ def largest_fitting_epsilon(prior: AccountantHistory, planned: AccountantHistory
     return epsilon(AccountantHistory([(sigma, mechanism.sample_rate, mechanism.steps)]), delta, accountant)
 
 
-class LedgerCorrupt(RuntimeError):
+class LedgerCorrupt(MorError, RuntimeError):
     """A ledger line is not a valid record, or the ledger cannot be read; the budget fails closed."""
 
 
@@ -85,7 +86,7 @@ class LedgerMissing(LedgerCorrupt):
     """The ledger file does not exist: it may have been deleted, so the budget fails closed."""
 
 
-class SettingsChanged(ValueError):
+class SettingsChanged(MorError, ValueError):
     """A run's delta or accountant differs from the one its data set's first run fixed."""
 
 
@@ -97,7 +98,7 @@ def file_fingerprint(path: str | Path) -> str:
     """
     root = Path(path)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: data set not found; set [data].path to a preference data folder")
+        raise MissingInput(f"{root}: data set not found; set [data].path to a preference data folder")
     files = [root] if root.is_file() else sorted(
         p for p in root.rglob("*") if p.is_file()
         and not any(part.startswith(_SKIPPED_FILES) for part in p.relative_to(root).parts))
@@ -105,9 +106,7 @@ def file_fingerprint(path: str | Path) -> str:
     for file in files:
         rel = file.name if file == root else file.relative_to(root).as_posix()
         digest.update(rel.encode("utf-8") + b"\0" + str(file.stat().st_size).encode() + b"\0")
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        hash_file_into(digest, file)
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -231,16 +230,12 @@ class SiteLedger:
     def start(self, *, reason: str = "") -> None:
         """Create a new, empty ledger (a header line saying when and why); refuses an existing one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise LedgerCorrupt(f"{self.path} already exists; a ledger is never replaced or reset") from None
         header = {"format": LEDGER_FORMAT, "ledger": START_MARK, "time": now_utc(), "reason": reason,
                   "user": os.environ.get("USER", "")}
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(header, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            create_exclusive(self.path, 0o600, (json.dumps(header, sort_keys=True) + "\n").encode("utf-8"))
+        except FileExistsError:
+            raise LedgerCorrupt(f"{self.path} already exists; a ledger is never replaced or reset") from None
         log.warning("new privacy ledger started", extra={"ledger": str(self.path), "reason": reason})
 
     def _missing(self) -> LedgerMissing:
@@ -253,18 +248,14 @@ class SiteLedger:
     @contextmanager
     def _locked(self) -> Iterator[TextIO]:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            fd = open_locked(self.path)
         except FileNotFoundError:
             raise self._missing() from None
         except OSError as exc:
             raise LedgerCorrupt(f"{self.path}: cannot open the site's privacy ledger ({exc.strerror}); the "
                                 "budget fails closed: fix its permissions or restore it") from None
-        with os.fdopen(fd, "r+", encoding="utf-8") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield fh
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with os.fdopen(fd, "r+", encoding="utf-8") as fh:  # closing it releases the flock
+            yield fh
 
     def _read(self, fh: TextIO) -> list[LedgerRecord]:
         fh.seek(0)
@@ -429,7 +420,7 @@ def site_status(config: Any) -> tuple[BudgetStatus, list[dict[str, Any]]]:
     from client_agent.train import load_pairs, open_data
 
     if config.data.path is None:
-        raise FileNotFoundError("no data set: set [data].path in the site config")
+        raise MissingInput("no data set: set [data].path in the site config")
     site = open_data(config)
     ledger = SiteLedger(ledger_path(config))
     related = ledger.related(ledger.records(), data_key(site))

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
+from mor_secure.cli import MorGroup
+
 CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
                       help="The site's client.toml ([tls], [coordinator], ...).")
 
 
-@click.group(name="client")
+@click.group(name="client", cls=MorGroup)
 def group() -> None:
     """The agent installed at a site: train a DP reward model, serve scores.
 
@@ -39,31 +41,20 @@ def serve(config_path: Path, worker_id: str | None, health_only: bool) -> None:
     """
     from client_agent.agent import Agent
     from client_agent.config import load_client_config
-    from mor_secure import pki
-    from mor_secure.config import ConfigError
-    from mor_secure.transport import AgentRefused
 
-    try:
-        config = load_client_config(config_path)
-        agent = Agent(config, worker_id=worker_id)
-    except (ConfigError, pki.PKIError) as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_client_config(config_path)
+    agent = Agent(config, worker_id=worker_id)
     if not health_only:
-        from client_agent.scoring import ScoringService, ServeError, load_served_model, signed_report
+        from client_agent.scoring import ScoringService, load_served_model, signed_report
 
-        try:
-            served = load_served_model(config, config_path)
-            report = signed_report(config, served.report)
-        except ServeError as exc:
-            raise click.ClickException(str(exc)) from None
+        served = load_served_model(config, config_path)
+        report = signed_report(config, served.report)
         agent.serve_scores(ScoringService(served.model, served.sha256, config.serve), report)
         click.echo(f"serving {served.report.get('family')} model {served.sha256[:19]}... from {served.folder}",
                    err=True)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     try:
-        agent.run()
-    except (AgentRefused, pki.PKIError) as exc:  # refused, or own PKI unusable at a reconnect (stale CRL)
-        raise click.ClickException(str(exc)) from None
+        agent.run()  # AgentRefused, or PKIError at a reconnect (stale CRL): shown by the group, no traceback
     except KeyboardInterrupt:
         agent.stop()
 

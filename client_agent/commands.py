@@ -13,28 +13,6 @@ CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path)
                       help="The site's client.toml ([data], [model], [train], [privacy] ...).")
 
 
-def _load(config_path: Path):
-    from client_agent.config import load_client_config
-    from mor_secure.config import ConfigError
-
-    try:
-        return load_client_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions whose message already names the cause and the fix: shown without a traceback."""
-    from client_agent.budget import BudgetExceeded, LedgerCorrupt, SettingsChanged
-    from client_agent.train import TrainingError
-    from mor_secure.data.schema import DataError
-    from mor_secure.models.loading import ModelNotFoundError
-    from mor_secure.privacy import BudgetTooLow
-
-    return (BudgetExceeded, LedgerCorrupt, SettingsChanged, TrainingError, DataError, ModelNotFoundError,
-            BudgetTooLow, FileNotFoundError, ValueError)
-
-
 def _eps(value: float) -> str:
     return "inf (no DP)" if math.isinf(value) else f"{value:.3f}"
 
@@ -58,13 +36,11 @@ def train(config_path: Path, no_dp: bool, no_resume: bool, quiet: bool) -> None:
     killed run resumes from its last checkpoint with its privacy accounting intact. Writes model.safetensors, reward_config.json and privacy_report.json into
     [train].out.
     """
-    config = _load(config_path)
+    from client_agent.config import load_client_config
     from client_agent.train import train_reward_model
 
-    try:
-        result = train_reward_model(config, no_dp=no_dp, resume=not no_resume, progress=not quiet)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_client_config(config_path)
+    result = train_reward_model(config, no_dp=no_dp, resume=not no_resume, progress=not quiet)
     report = result.report
     click.echo(f"trained {report.family} on {report.n_pairs} pairs in {report.steps} steps"
                + (f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else ""))
@@ -89,15 +65,13 @@ def evaluate(config_path: Path, split: str | None, model_dir: Path | None, as_js
     answers, junk): the ranking GRPO climbs. Evaluation is post-processing of the DP model: it costs no
     privacy budget.
     """
-    config = _load(config_path)
+    from client_agent.config import load_client_config
     from client_agent.evaluate import evaluate_saved
     from client_agent.train import load_pairs
 
-    try:
-        data = load_pairs(config, split or config.data.test_split, limit=False)
-        result = evaluate_saved(model_dir or config.train.out, data, top1=True)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_client_config(config_path)
+    data = load_pairs(config, split or config.data.test_split, limit=False)
+    result = evaluate_saved(model_dir or config.train.out, data, top1=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -123,19 +97,14 @@ def budget(config_path: Path, as_json: bool, new_ledger: bool) -> None:
     budget is never reset and follows the data's content (not its folder, files or layout). Reads
     and decodes the data set once for its fingerprint. A missing ledger fails closed.
     """
-    config = _load(config_path)
     from client_agent.budget import SiteLedger, ledger_path, site_status
+    from client_agent.config import load_client_config
 
+    config = load_client_config(config_path)
     if new_ledger:
-        try:
-            SiteLedger(ledger_path(config)).start(reason=f"`mor client budget --new-ledger --config {config_path}`")
-        except _user_errors() as exc:
-            raise click.ClickException(str(exc)) from None
+        SiteLedger(ledger_path(config)).start(reason=f"`mor client budget --new-ledger --config {config_path}`")
         click.echo(f"started a new privacy ledger at {ledger_path(config)} (logged)", err=True)
-    try:
-        status, runs = site_status(config)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    status, runs = site_status(config)
     if as_json:
         click.echo(json.dumps({**vars(status), "remaining": status.remaining, "runs": runs}, indent=2))
         return

@@ -26,6 +26,7 @@ from PIL import Image
 
 from client_agent.config import ClientConfig, ServeSection
 from mor_secure import protocol
+from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Error, Message, PrivacyReportMsg, ScoreReply, ScoreRequest
 
@@ -38,7 +39,7 @@ REQUEST_PIXEL_FACTOR = 16
 200 MB as RGB), whatever its batch: 100 images of 2048^2 once cost an agent 1.6 GB for one item."""
 
 
-class ServeError(RuntimeError):
+class ServeError(MorError, RuntimeError):
     """The agent cannot serve scores (no trained model, a report that does not match it ...); the
     message names the cause and the fix."""
 
@@ -188,9 +189,9 @@ class ServedModel:
 
 def load_served_model(config: ClientConfig, config_path: str | Path = "FILE") -> ServedModel:
     """Load [train].out and check its privacy report describes exactly these weights (``ServeError``)."""
+    from mor_secure.files import sha256_file
     from mor_secure.rewards import load_reward_model
     from mor_secure.rewards.base import WEIGHTS_NAME
-    from client_agent.train import sha256_file
 
     folder = Path(config.train.out)
     retrain = f"run `mor client train --config {config_path}` first"

@@ -25,14 +25,9 @@ def init(site: str, endpoint: str, out_dir: Path, coordinator_name: str | None, 
     certificate, CA and CRL point into OUT/certs/, where the files the CA operator sends back go.
     """
     from client_agent.init import init_site, next_steps
-    from mor_secure import pki
-    from mor_secure.config import ConfigError
 
-    try:
-        folder = init_site(site, endpoint, out_dir, coordinator_name=coordinator_name,
-                           ca_fingerprint=ca_fingerprint, data=data)
-    except (ConfigError, pki.PKIError) as exc:
-        raise click.ClickException(str(exc)) from None
+    folder = init_site(site, endpoint, out_dir, coordinator_name=coordinator_name,
+                       ca_fingerprint=ca_fingerprint, data=data)
     click.echo(f"config: {folder.config}\nkey:    {folder.key} (0600: it never leaves this machine)\n"
                f"CSR:    {folder.csr}\n\nNext steps:")
     for number, step in enumerate(next_steps(folder, site), start=1):

@@ -24,14 +24,14 @@ from typing import Any
 
 import torch
 
-from client_agent.budget import (LedgerRecord, SiteLedger, data_key, fixed_settings, ledger_path, now_utc,
-                                 resolve_delta)
+from client_agent.budget import LedgerRecord, SiteLedger, data_key, fixed_settings, ledger_path, now_utc, resolve_delta
 from client_agent.config import ClientConfig
+from mor_secure.errors import MorError
+from mor_secure.files import sha256_file
 from mor_secure.logs import get_logger
 from mor_secure.privacy import AccountantHistory, PrivacyReport, epsilon, plan_noise
 from mor_secure.rewards import RewardModel, build_reward_model
-from mor_secure.rewards.training import (PairRows, index_loader, make_private, pair_step, resolve_device,
-                                         steps_per_epoch)
+from mor_secure.rewards.training import PairRows, index_loader, make_private, pair_step, resolve_device, steps_per_epoch
 
 log = get_logger("client.train")
 
@@ -41,7 +41,7 @@ REPORT_NAME = "privacy_report.json"
 STATE_FORMAT = 1
 
 
-class TrainingError(RuntimeError):
+class TrainingError(MorError, RuntimeError):
     """Training cannot start or continue; the message names the cause and the fix."""
 
 
@@ -72,42 +72,6 @@ class Plan:
     def history(self, steps: int | None = None) -> AccountantHistory:
         steps = self.total_steps if steps is None else steps
         return AccountantHistory([(self.noise_multiplier, self.sample_rate, steps)])
-
-
-def sha256_file(path: Path) -> str:
-    """'sha256:...' of one file's bytes."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
-
-
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
-
-
-def check_settings(config: ClientConfig) -> None:
-    """Refuse out-of-range [train] and [model] settings (``TrainingError`` naming each and its range)."""
-    import math
-
-    train, problems = config.train, []
-    for name in ("epochs", "batch_size", "checkpoint_every"):
-        value = getattr(train, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            problems.append(f"[train] {name} must be an integer of at least 1, got {value!r}")
-    if not (math.isfinite(train.lr) and train.lr > 0):
-        problems.append(f"[train] lr must be finite and positive, got {train.lr}")
-    if not (math.isfinite(train.weight_decay) and train.weight_decay >= 0):
-        problems.append(f"[train] weight_decay must be finite and >= 0, got {train.weight_decay}")
-    if train.grad_sample_mode not in GRAD_SAMPLE_MODES:
-        problems.append(f"[train] grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
-                        f"got {train.grad_sample_mode!r}")
-    if config.model.max_length < 1:
-        problems.append(f"[model] max_length must be at least 1, got {config.model.max_length}")
-    if problems:
-        raise TrainingError("; ".join(problems))
 
 
 def open_data(config: ClientConfig):
@@ -272,7 +236,6 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
     when the ledger is absent (``new_ledger`` starts one, logged: the operator's explicit choice), and
     ``TrainingError`` for unusable data, checkpoints or settings.
     """
-    check_settings(config)
     out = Path(config.train.out)
     ckpt_dir = out / CHECKPOINT_DIR
     site = open_data(config)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.calibration")
@@ -28,7 +29,7 @@ METHODS = ("zscore", "robust")
 _NORMAL_IQR = 1.3489795003921634
 
 
-class CalibrationError(ValueError):
+class CalibrationError(MorError, ValueError):
     """Calibration cannot be fitted, applied or loaded; the message names the cause and the fix."""
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
+from mor_secure.cli import MorGroup
+
 CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
                       help="The coordinator.toml ([tls], bind, [clients]).")
 
 
-@click.group(name="coordinator")
+@click.group(name="coordinator", cls=MorGroup)
 def group() -> None:
     """Probe the federation, train the router, run GRPO."""
 
@@ -33,18 +35,14 @@ def probe(config_path: Path, wait_s: float) -> None:
 
     from coordinator.config import load_coordinator_config
     from coordinator.pool import ClientPool
-    from mor_secure import pki
     from mor_secure.config import ConfigError
     from mor_secure.protocol import HealthRequest
 
-    try:
-        config = load_coordinator_config(config_path)
-        if not config.clients.allow:
-            raise ConfigError(f"{config_path}: [clients] allow is empty, so no site may join: list the "
-                              "site names (their certificates' mor://client/SITE)")
-        pool = ClientPool.from_config(config)
-    except (ConfigError, pki.PKIError) as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_coordinator_config(config_path)
+    if not config.clients.allow:
+        raise ConfigError(f"{config_path}: [clients] allow is empty, so no site may join: list the "
+                          "site names (their certificates' mor://client/SITE)")
+    pool = ClientPool.from_config(config)
     allowed = sorted(config.clients.allow)
     try:
         endpoint = pool.start()

@@ -85,13 +85,9 @@ def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, l
     The saved folder is the policy GRPO starts from and its frozen KL reference.
     """
     from coordinator.sft import run_sft
-    from mor_secure.models import ModelNotFoundError
 
     _quiet_transformers()
-    try:
-        path = run_sft(base, data_dir, out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    except (ModelNotFoundError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    path = run_sft(base, data_dir, out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     summary = json.loads((path / "sft.json").read_text(encoding="utf-8"))
     click.echo(f"saved policy to {path} (loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f})")
 
@@ -122,11 +118,8 @@ def public_reward(data_dir: Path, out_dir: Path, family: str, width: int, epochs
 
     if out_dir.exists():
         raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
-    try:
-        result = save_public_reward(data_dir, out_dir, family=family, width=width, epochs=epochs,
-                                    batch_size=batch_size, lr=lr, seed=seed)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    result = save_public_reward(data_dir, out_dir, family=family, width=width, epochs=epochs,
+                                batch_size=batch_size, lr=lr, seed=seed)
     losses = result["losses"]
     click.echo(f"saved {family} reward model to {out_dir} ({result['pairs']} public pairs, loss {losses[0]:.3f} -> "
                f"{losses[-1]:.3f}); set [model] base = \"{out_dir}\" at the sites")
@@ -144,13 +137,9 @@ def eval_(policy: str, data_dir: Path, limit: int | None, as_json: bool) -> None
     from rich.table import Table
 
     from coordinator.policy_eval import evaluate_policy
-    from mor_secure.models import ModelNotFoundError
 
     _quiet_transformers()
-    try:
-        result = evaluate_policy(policy, data_dir, limit=limit)
-    except (ModelNotFoundError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    result = evaluate_policy(policy, data_dir, limit=limit)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -181,34 +170,27 @@ def grpo(config_path: Path, resume: bool) -> None:
     from contextlib import ExitStack
 
     from coordinator.config import load_coordinator_config
-    from coordinator.grpo import run_grpo
     from coordinator.fusion import RewardFusion
-    from coordinator.rewards import FederatedReward, RewardContext, RewardError, build_reward, needs_federation
+    from coordinator.grpo import run_grpo
+    from coordinator.rewards import FederatedReward, RewardContext, build_reward, needs_federation
     from coordinator.service import Federation
-    from mor_secure import pki
-    from mor_secure.config import ConfigError
-    from mor_secure.ledger import LedgerError
-    from mor_secure.models import ModelNotFoundError
+    from mor_secure.errors import MorError
 
     _quiet_transformers()
-    try:
-        config = load_coordinator_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_coordinator_config(config_path)
     cfg = config.grpo
     if cfg.data is None:
         raise click.ClickException(f"{config_path}: [grpo] data is not set; point it at the prompts "
                                    "(`mor coordinator public-data` output)")
-    try:
-        strategy = build_reward(cfg.reward, RewardContext(cfg.mixture or config.router.out / "mixture", config))
-    except RewardError as exc:
-        raise click.ClickException(str(exc)) from None
+    strategy = build_reward(cfg.reward, RewardContext(cfg.mixture or config.router.out / "mixture", config))
     name = cfg.reward.replace(":", "_")
     with ExitStack() as stack:
         if needs_federation(strategy):
             try:
                 federation = stack.enter_context(Federation(config))
-            except (pki.PKIError, LedgerError, OSError) as exc:
+            except MorError:  # PKI, ledger: they name their own cause
+                raise
+            except OSError as exc:
                 raise click.ClickException(f"cannot start the federation on {config.bind}: {exc}") from None
             allowed = sorted(config.clients.allow)
             federation.wait_for(sites=allowed, timeout=cfg.wait_s)
@@ -227,8 +209,5 @@ def grpo(config_path: Path, resume: bool) -> None:
             reward = FederatedReward(strategy, name=name)
         else:
             reward = strategy
-        try:
-            path = run_grpo(cfg, reward, cfg.data, resume=resume)
-        except (ModelNotFoundError, FileNotFoundError, FileExistsError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
+        path = run_grpo(cfg, reward, cfg.data, resume=resume)
     click.echo(f"saved policy to {path}; TensorBoard logs: tensorboard --logdir {cfg.out / 'runs'}")

@@ -31,26 +31,15 @@ def router(config_path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from coordinator.calibration import CalibrationError
     from coordinator.config import load_coordinator_config
-    from coordinator.router import RouterError
-    from coordinator.router_run import RouterRunError, accuracy_rows, run_router
-    from coordinator.trust import TrustError
-    from mor_secure import pki
-    from mor_secure.config import ConfigError
-    from mor_secure.data.schema import DataError
-    from mor_secure.ledger import LedgerError
-    from mor_secure.models.loading import ModelNotFoundError
+    from coordinator.router_run import accuracy_rows, run_router
+    from mor_secure.errors import MorError
 
-    try:
-        config = load_coordinator_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_coordinator_config(config_path)
     try:
         report = run_router(config)
-    except (ConfigError, pki.PKIError, RouterRunError, RouterError, CalibrationError, DataError, LedgerError,
-            ModelNotFoundError, TrustError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except MorError:  # names its own cause (a missing file is one too): shown by the group
+        raise
     except OSError as exc:
         raise click.ClickException(f"cannot bind {config.bind} or write {config.router.out}: {exc}") from None
 

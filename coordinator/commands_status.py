@@ -43,13 +43,9 @@ def status(config_path: Path, as_json: bool) -> None:
 
     from coordinator.config import load_coordinator_config
     from coordinator.status import read_status
-    from mor_secure.config import ConfigError
 
-    try:
-        config = load_coordinator_config(config_path)
-        report = read_status(config)
-    except (ConfigError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_coordinator_config(config_path)
+    report = read_status(config)
     if as_json:
         out = dataclasses.asdict(report)
         for site in out["sites"]:

@@ -8,65 +8,52 @@ from pathlib import Path
 from coordinator.baselines_config import BaselinesConfig
 from coordinator.grpo_config import GRPORunConfig
 from coordinator.router_config import RouterRunConfig
-from mor_secure.config import TLSConfig, field, load_config
+from mor_secure.config import Section, TLSConfig, field, load_config
 
 
 @dataclass
-class ClientsSection:
+class ClientsSection(Section):
     allow: list[str] = field(help="Site names (SAN mor://client/SITE) allowed to join.", default_factory=list)
-    quorum: int = field(1, help="Fewest answering sites for a scoring round (and the probe) to count.")
+    quorum: int = field(1, help="Fewest answering sites for a scoring round (and the probe) to count.", ge=1)
     deadline_s: float = field(10.0, help="Seconds to wait for replies to one request before "
-                                         "treating a site as failed for it.")
-    heartbeat_s: float = field(5.0, help="Heartbeat interval the coordinator asks agents for.")
+                                         "treating a site as failed for it.", gt=0)
+    heartbeat_s: float = field(5.0, help="Heartbeat interval the coordinator asks agents for.", gt=0)
     peer_timeout_s: float = field(30.0, help="Drop an agent session silent this long (ZeroMQ reports no "
-                                             "disconnects; heartbeats are the signal).")
-    handshake_timeout_s: float = field(10.0, help="Drop a session whose TLS handshake and hello take longer.")
+                                             "disconnects; heartbeats are the signal).", gt=0)
+    handshake_timeout_s: float = field(10.0, help="Drop a session whose TLS handshake and hello take longer.", gt=0)
     certificate_timeout_s: float = field(3.0, help="Drop a half-open session whose client sends no certificate "
                                                    "this long after its ClientHello (a real agent needs one round "
-                                                   "trip).")
+                                                   "trip).", gt=0)
     max_pending_handshakes: int = field(64, help="Most half-open sessions at once; at the cap, the oldest one "
-                                                 "still without a certificate (of the busiest address) makes room.")
+                                                 "still without a certificate (of the busiest address) makes room.",
+                                        ge=1)
     max_pending_per_address: int = field(8, help="Most half-open sessions from one address; a new ClientHello "
-                                                 "from it replaces its oldest one without a certificate.")
+                                                 "from it replaces its oldest one without a certificate.", ge=1)
     handshakes_per_s: float = field(20.0, help="New TLS sessions a second one address may open (token bucket); "
-                                               "more are refused before any TLS work.")
-    handshake_burst: int = field(40, help="Burst of new TLS sessions one address may open at once.")
+                                               "more are refused before any TLS work.", gt=0)
+    handshake_burst: int = field(40, help="Burst of new TLS sessions one address may open at once.", ge=1)
     refusal_window_s: float = field(60.0, help="Refused peers are written to the ledger one by one up to "
-                                               "refusals_per_window per window; the rest as one summary entry.")
+                                               "refusals_per_window per window; the rest as one summary entry.", gt=0)
     refusals_per_window: int = field(20, help="Refusals recorded one by one per window (5 per peer at most); "
-                                              "a flood costs one summary entry per window.")
-    max_message_mb: int = field(16, help="Largest message accepted or sent, in MiB (a scoring batch with images).")
-    crypto_threads: int = field(2, help="Threads that decrypt large messages and run handshakes in parallel.")
+                                              "a flood costs one summary entry per window.", ge=1)
+    max_message_mb: int = field(16, help="Largest message accepted or sent, in MiB (a scoring batch with images).",
+                                ge=1)
+    crypto_threads: int = field(2, help="Threads that decrypt large messages and run handshakes in parallel.", ge=1)
 
-    def __post_init__(self) -> None:
-        for name in ("deadline_s", "heartbeat_s", "peer_timeout_s", "handshake_timeout_s", "certificate_timeout_s",
-                     "handshakes_per_s", "refusal_window_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"[clients] {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("max_pending_handshakes", "max_pending_per_address", "handshake_burst", "refusals_per_window",
-                     "max_message_mb"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"[clients] {name} must be at least 1, got {getattr(self, name)!r}")
 
 
 @dataclass
-class PoolSection:
+class PoolSection(Section):
     max_batch: int = field(64, help="Most items per scoring request; larger batches are split. Keep it at most "
-                                    "the smallest [serve] max_batch of the sites.")
-    parallel: int = field(4, help="Sub-batches of one large batch in flight at once.")
+                                    "the smallest [serve] max_batch of the sites.", ge=1)
+    parallel: int = field(4, help="Sub-batches of one large batch in flight at once.", ge=1)
     retries: int = field(2, help="Extra attempts, within one request's deadline, for a site that failed fast "
-                                 "(disconnected, busy); a timeout is not retried.")
-    backoff_s: float = field(0.2, help="Wait before the first retry; it doubles at each further retry.")
+                                 "(disconnected, busy); a timeout is not retried.", ge=0)
+    backoff_s: float = field(0.2, help="Wait before the first retry; it doubles at each further retry.", ge=0)
     max_failures: int = field(3, help="Consecutive failures after which a site is put aside (circuit breaker); "
-                                      "a timeout puts it aside at once.")
+                                      "a timeout puts it aside at once.", ge=1)
     cooldown_s: float = field(30.0, help="Seconds a site stays aside before one trial request; a site that "
-                                         "reconnects with a verified report rejoins at once.")
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.parallel < 1 or self.retries < 0 or self.max_failures < 1:
-            raise ValueError("[pool] max_batch, parallel and max_failures must be >= 1, retries >= 0")
-        if self.backoff_s < 0 or self.cooldown_s < 0:
-            raise ValueError("[pool] backoff_s and cooldown_s must be >= 0")
+                                         "reconnects with a verified report rejoins at once.", ge=0)
 
 
 @dataclass

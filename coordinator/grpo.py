@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from coordinator.grpo_config import GRPORunConfig
+from mor_secure.config import ConfigError
+from mor_secure.data.schema import DataError
+from mor_secure.errors import MissingInput, OutputExists
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.grpo")
@@ -101,8 +104,8 @@ def prompt_dataset(data: Any) -> Any:
     rows = load_rows(data)
     missing = {"image", "prompt"} - set(rows.column_names)
     if missing:
-        raise ValueError(f"the GRPO data lacks column(s) {', '.join(sorted(missing))}; it needs a conversational "
-                         "prompt and an image per row")
+        raise DataError(f"the GRPO data lacks column(s) {', '.join(sorted(missing))}; it needs a conversational "
+                        "prompt and an image per row")
     return rows.remove_columns([c for c in ("completion",) if c in rows.column_names])
 
 
@@ -155,15 +158,15 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
     from mor_secure.models import load_processor, resolve_model
 
     if not cfg.policy:
-        raise ValueError("no policy to train: set [grpo] policy to the saved warm start (`mor coordinator sft`)")
+        raise ConfigError("no policy to train: set [grpo] policy to the saved warm start (`mor coordinator sft`)")
     policy = resolve_model(cfg.policy)
     last = last_checkpoint(cfg.out)
     if resume and last is None:
-        raise FileNotFoundError(f"nothing to resume in {cfg.out}: it holds no checkpoint-N folder with a "
-                                "trainer_state.json; run without --resume to start")
+        raise MissingInput(f"nothing to resume in {cfg.out}: it holds no checkpoint-N folder with a "
+                           "trainer_state.json; run without --resume to start")
     if not resume and last is not None:
-        raise FileExistsError(f"{cfg.out} already holds {last.name}; pass --resume to continue it, or "
-                              "choose a new [grpo] out folder")
+        raise OutputExists(f"{cfg.out} already holds {last.name}; pass --resume to continue it, or "
+                           "choose a new [grpo] out folder")
     funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
     peft_config = None
     if cfg.lora:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from coordinator.policy_eval import parse_answer
+from mor_secure.data.schema import DataError
 
 CORRECT_REWARD = 1.0
 CONCISE_BONUS = 0.25
@@ -31,8 +32,8 @@ class OracleReward:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str] | None = None,
                  **kwargs: Any) -> list[float]:
         if answer is None:
-            raise ValueError("the oracle reward needs an `answer` column in the training data (the ground "
-                             "truth); use data from `mor coordinator public-data` or pick another reward")
+            raise DataError("the oracle reward needs an `answer` column in the training data (the ground "
+                            "truth); use data from `mor coordinator public-data` or pick another reward")
         parsed = [parse_answer(c) for c in completions]
         correct = [p.answer == str(a).strip().lower() for p, a in zip(parsed, answer, strict=True)]
         n = max(len(parsed), 1)

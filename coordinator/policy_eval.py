@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mor_secure.data.public import parse_verbose
-from mor_secure.data.schema import answer_text
+from mor_secure.data.schema import DataError, answer_text
 from mor_secure.data.styles import parse_styled
 from mor_secure.logs import get_logger
 
@@ -104,9 +104,9 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
     rows = eval_data if isinstance(eval_data, Dataset) else load_preferences(eval_data, kind="eval")
     missing = {"image", "prompt", "answer"} - set(rows.column_names)
     if missing:
-        raise ValueError(f"the evaluation data lacks column(s) {', '.join(sorted(missing))}; pass the "
-                         "world's held-out set (server/eval) or rows with image, prompt and answer (domain and "
-                         "question_type, where present, break the result down)")
+        raise DataError(f"the evaluation data lacks column(s) {', '.join(sorted(missing))}; pass the "
+                        "world's held-out set (server/eval) or rows with image, prompt and answer (domain and "
+                        "question_type, where present, break the result down)")
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     if isinstance(model_or_path, (str, Path)):

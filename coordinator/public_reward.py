@@ -9,6 +9,7 @@ from typing import Any
 from tqdm.auto import trange
 
 from coordinator.baselines.local import LocalTrainer
+from mor_secure.errors import BadInput
 from mor_secure.logs import get_logger
 from mor_secure.rewards import RewardModel
 from mor_secure.rewards.training import steps_per_epoch
@@ -20,7 +21,7 @@ def pretrain_reward(model: RewardModel, pairs: Any, *, epochs: int = 16, batch_s
                     weight_decay: float = 0.01, seed: int = 0, progress: bool = True) -> list[float]:
     """Train ``model`` in place on ``pairs`` (image, prompt, chosen, rejected); returns each epoch's mean loss."""
     if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+        raise BadInput(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
     per_epoch = steps_per_epoch(len(pairs), batch_size)
     trainer = LocalTrainer(model, pairs, total_steps=epochs * per_epoch, batch_size=batch_size, lr=lr,
                            weight_decay=weight_decay, seed=seed)

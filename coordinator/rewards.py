@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.contrast import ImageContrast
-from coordinator.fusion import Conservative, MixtureOfRewards, Quorum, RewardFusion, Scorer, ScoreItem, reward_callable
-from coordinator.fusion import as_messages, images_from
+from coordinator.fusion import (Conservative, MixtureOfRewards, Quorum, RewardFusion, ScoreItem, Scorer, as_messages,
+                                images_from, reward_callable)
+from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.rewards")
@@ -27,7 +28,7 @@ PLUGINS = ("coordinator.baselines",)
 """Modules imported before a lookup so that they can register more reward names (missing ones are skipped)."""
 
 
-class RewardError(ValueError):
+class RewardError(MorError, ValueError):
     """A reward name that cannot be built; the message names the cause and the fix."""
 
 

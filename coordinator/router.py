@@ -21,6 +21,7 @@ from torch import nn
 
 from coordinator.features import ObjectiveEmbedding
 from mor_secure.config import field
+from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.router")
@@ -29,7 +30,7 @@ CONFIG_NAME = "router.json"
 WEIGHTS_NAME = "router.safetensors"
 
 
-class RouterError(ValueError):
+class RouterError(MorError, ValueError):
     """A router cannot be built, trained or loaded; the message names the cause and the fix."""
 
 
@@ -138,7 +139,7 @@ class Router(nn.Module):
         folder = Path(in_dir)
         if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
             raise RouterError(f"{folder}: no router here (need {CONFIG_NAME} and {WEIGHTS_NAME}); "
-                              "train one with `mor coordinator train-router`")
+                              "train one with `mor coordinator router --config coordinator.toml`")
         try:
             raw = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
             config = RouterConfig(**raw)

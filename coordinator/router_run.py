@@ -20,6 +20,7 @@ import torch
 from coordinator.calibration import Calibrator
 from coordinator.config import CoordinatorConfig
 from coordinator.service import Federation, build_requests, items_fingerprint
+from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.router_run")
@@ -27,7 +28,7 @@ log = get_logger("coordinator.router_run")
 CACHE_FORMAT = "mor-score-cache"
 
 
-class RouterRunError(RuntimeError):
+class RouterRunError(MorError, RuntimeError):
     """The router cannot be trained (no data, too few sites ...); the message names the cause and the fix."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mor_secure.data.schema import DataError
+from mor_secure.errors import BadInput
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.sft")
@@ -99,12 +101,12 @@ def run_sft(base: str | Path, data: Any, out_dir: str | Path, *, steps: int = 15
     from mor_secure.models import load_vlm
 
     if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be at least 1 (got {steps}, {batch_size})")
+        raise BadInput(f"steps and batch_size must be at least 1 (got {steps}, {batch_size})")
     rows = load_rows(data)
     missing = {"image", "prompt", "completion"} - set(rows.column_names)
     if missing:
-        raise ValueError(f"the SFT data lacks column(s) {', '.join(sorted(missing))}; it needs image, "
-                         "prompt and completion (as `mor coordinator public-data` writes)")
+        raise DataError(f"the SFT data lacks column(s) {', '.join(sorted(missing))}; it needs image, "
+                        "prompt and completion (as `mor coordinator public-data` writes)")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, processor = load_vlm(base)

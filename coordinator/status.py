@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from mor_secure import pki
-from mor_secure.ledger import LedgerError, read_entries
+from mor_secure.errors import MorError
+from mor_secure.ledger import read_entries
 from mor_secure.logs import get_logger
 from mor_secure.reports import ReportError, SignedReport
 
@@ -34,6 +35,10 @@ log = get_logger("coordinator.status")
 STATUS_NAME = "status.json"
 WINDOW_S = 3600.0
 """Failures and refusals are listed for this many seconds back."""
+
+
+class StatusError(MorError, ValueError):
+    """The status snapshot cannot be read; the message names the file and what to do."""
 
 
 def status_path(config: CoordinatorConfig) -> Path:
@@ -49,8 +54,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is unreadable ({exc}): it is rewritten every few seconds while the "
-                         "coordinator runs; delete it if it stays broken") from None
+        raise StatusError(f"{path} is unreadable ({exc}): it is rewritten every few seconds while the "
+                          "coordinator runs; delete it if it stays broken") from None
     return data if isinstance(data, dict) else None
 
 
@@ -184,10 +189,7 @@ def _join_ledger(config: CoordinatorConfig, rows: dict[str, SiteStatus], now: fl
     path = Path(config.ledger.path) if config.ledger.path is not None else None
     if path is None or not path.exists():
         return
-    try:
-        entries = read_entries(path)
-    except LedgerError as exc:
-        raise ValueError(str(exc)) from None
+    entries = read_entries(path)
     since = dt.datetime.fromtimestamp(now - WINDOW_S, dt.timezone.utc)
     for entry in entries:
         body, when = entry.body, entry.time

@@ -21,6 +21,7 @@ import torch
 
 from coordinator.fusion import ClientScores, RewardFusion, ScoreItem
 from coordinator.router_config import DEFENCES
+from mor_secure.errors import MorError
 from mor_secure.ledger import LedgerEntry, PrivacyLedger
 from mor_secure.logs import get_logger
 
@@ -29,7 +30,7 @@ log = get_logger("coordinator.trust")
 __all__ = ["DEFENCES", "ClientTrust", "TrustError", "Trusted", "agreement_trust", "mask_untrusted",
            "record_trust", "trusted_sites"]
 
-class TrustError(ValueError):
+class TrustError(MorError, ValueError):
     """No site can be trusted, or the inputs do not fit; the message names the cause and the fix."""
 
 

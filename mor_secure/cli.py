@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 import click
 
 from mor_secure import __version__
+from mor_secure.errors import MorError
 from mor_secure.logs import configure_logging
 
 ENTRY_POINT_GROUP = "mor_secure.commands"
@@ -34,7 +36,18 @@ def _registered() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-class LazyGroup(click.Group):
+class MorGroup(click.Group):
+    """A click group that shows a ``MorError`` as its cause and fix, without a traceback: the one place
+    where user-facing errors are handled. Any other exception is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MorError as exc:
+            raise click.ClickException(exc.user_message()) from None
+
+
+class LazyGroup(MorGroup):
     """A click group whose sub-commands are imported only when invoked."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -8,26 +8,73 @@ the fix. Relative paths in a config are resolved against the config file's folde
 from __future__ import annotations
 
 import dataclasses
+import operator
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from mor_secure.errors import MorError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(MorError, ValueError):
     """A configuration file is missing, unreadable or invalid; the message says how to fix it."""
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, path: bool = False,
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a help string; ``path=True`` resolves it against the config's folder."""
-    metadata = {"help": help, "path": path}
+          default_factory: Any = dataclasses.MISSING, choices: Iterable[Any] | None = None,
+          ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None) -> Any:
+    """A dataclass field with a help string; ``path=True`` resolves it against the config's folder.
+
+    ``choices`` and the bounds ``ge``/``gt``/``le``/``lt`` declare the values it accepts: a ``Section``
+    checks them when it is built (from a file or in code), and `mor client init` writes them in its template.
+    """
+    metadata = {"help": help, "path": path, "choices": tuple(choices) if choices is not None else None,
+                "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def accepted(f: dataclasses.Field) -> str:
+    """The values field ``f`` accepts, in words ("" when it declares none): "one of 'a', 'b'", ">= 1, < 2"."""
+    choices = f.metadata.get("choices")
+    if choices is not None:
+        return "one of " + ", ".join(repr(c) for c in choices)
+    return ", ".join(f"{_BOUNDS[k][1]} {v:g}" for k, v in f.metadata.get("bounds", {}).items())
+
+
+def check_fields(obj: Any) -> None:
+    """``ConfigError`` naming the first field of dataclass ``obj`` outside its declared choices or bounds
+    (a list is checked item by item; None, where a field allows it, means unset)."""
+    for f in dataclasses.fields(obj):
+        choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds") or {}
+        if choices is None and not bounds:
+            continue
+        value = getattr(obj, f.name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None:
+                continue
+            if choices is not None and item not in choices:
+                raise ConfigError(f"{f.name} must be {accepted(f)}, got {item!r}")
+            if any(not test(item, limit) for test, limit in ((_BOUNDS[k][0], v) for k, v in bounds.items())):
+                raise ConfigError(f"{f.name} must be {accepted(f)}, got {item!r}")
+
+
+class Section:
+    """Base of the config dataclasses: building one checks every field's declared choices and bounds.
+    A section with checks across fields adds them in ``__post_init__`` after calling this one."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def _type_name(tp: Any) -> str:
@@ -95,8 +142,8 @@ def _build(cls: type[T], data: dict[str, Any], where: str, base: Path) -> T:
             kwargs[name] = _coerce(str(f.default), hints[name], key, base, True)
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # a section's own checks (``Section``) name the key, not the section
+        raise ConfigError(f"[{where}] {exc}" if where else str(exc)) from exc
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
@@ -126,7 +173,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        rows.append((key, default, f.metadata.get("help", "")))
+        limits = accepted(f)
+        rows.append((key, default, f.metadata.get("help", "") + (f" Accepts {limits}." if limits else "")))
     return rows
 
 

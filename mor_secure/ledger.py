@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import math
@@ -37,11 +36,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mor_secure import pki
+from mor_secure.errors import MorError
+from mor_secure.files import append_durably, create_exclusive, fsync_dir, open_locked
+from mor_secure.logs import get_logger
 from mor_secure.pki.identity import has_role_eku
 from mor_secure.pki.keys import load_private_key
-from mor_secure.logs import get_logger
-from mor_secure.reports import (CanonicalError, ReportError, SignedReport, canonical_json, encode_epsilon,
-                                load_ca, report_epsilon, verify_report)
+from mor_secure.reports import (CanonicalError, ReportError, SignedReport, canonical_json, encode_epsilon, load_ca,
+                                report_epsilon, verify_report)
 
 GENESIS = "0" * 64
 """``prev_hash`` of the first entry."""
@@ -58,7 +59,7 @@ _READ_CHUNK = 8192
 log = get_logger("ledger")
 
 
-class LedgerError(Exception):
+class LedgerError(MorError):
     """The ledger file is missing, unreadable or holds a malformed entry; the message says what to do."""
 
 
@@ -189,6 +190,19 @@ def _check_summary(body: Any) -> None:
             raise LedgerError(f"refusal_summary entry key {key!r} must map at most 100 texts to counts")
 
 
+def _check_trust(body: Any) -> None:
+    """One site's trust decision (``coordinator.trust.record_trust``): agreement, bound and threshold are
+    shares in [0, 1] (agreement and bound None for a site with no scored pair); the decision matches."""
+    share_or_none = (*_NUM, type(None))
+    _require(body, {"site": (str,), "agreement": share_or_none, "pairs": (int,), "lower_bound": share_or_none,
+                    "threshold": _NUM, "trusted": (bool,), "group": (str, type(None)), "defence": (str,),
+                    "decision": (str,)}, "trust")
+    if any(body[key] is not None and body[key] > 1 for key in ("agreement", "lower_bound", "threshold")):
+        raise LedgerError("trust entry agreement, lower_bound and threshold must be shares in [0, 1]")
+    if body["decision"] != ("trusted" if body["trusted"] else "excluded"):
+        raise LedgerError(f"trust entry decision {body['decision']!r:.40} does not match trusted={body['trusted']}")
+
+
 def _check_checkpoint(body: Any) -> None:
     if not isinstance(body, dict) or set(body) != {"covers_seq", "covers_hash", "every", "signature", "cert_pem"}:
         raise LedgerError("a checkpoint entry needs the keys covers_seq, covers_hash, every, signature, cert_pem")
@@ -264,7 +278,7 @@ register_kind("refusal", check=_check_refusal)
 register_kind("refusal_summary", check=_check_summary)
 register_kind("crl", check=lambda body: _require(body, {"number": (int,)}, "crl"))
 register_kind("checkpoint", check=_check_checkpoint, attest=_attest_checkpoint)
-register_kind("trust")  # reserved for the trust issue: any JSON body
+register_kind("trust", check=_check_trust)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -569,14 +583,6 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _last_line_start(fd: int, end: int) -> int:
     """Offset just after the last newline before ``end`` (0 if none): where the final line starts."""
     pos = end
@@ -609,8 +615,7 @@ class PrivacyLedger:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            _fsync_dir(self.path.parent)
+            create_exclusive(self.path, 0o644)
             log.info("ledger created", extra={"path": str(self.path)})
         except FileExistsError:
             pass
@@ -654,18 +659,17 @@ class PrivacyLedger:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, head)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     @contextmanager
     def _locked(self) -> Iterator[int]:
         """An O_APPEND descriptor of the file, held under the thread lock and an exclusive flock."""
         with self._lock:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+                fd = open_locked(self.path)
             except OSError as exc:
                 raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror}") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 yield fd
             finally:
                 os.close(fd)  # releases the flock
@@ -690,7 +694,7 @@ class PrivacyLedger:
             os.fsync(handle.fileno())
         os.ftruncate(fd, start)
         os.fsync(fd)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         log.warning("ledger: moved a torn last line aside (a crash interrupted a write)",
                     extra={"bytes": len(last), "aside": aside.name})
 
@@ -734,10 +738,7 @@ class PrivacyLedger:
         """Write the entry after ``seq``/``prev_hash`` and fsync it (caller holds the lock)."""
         seq, ts = seq + 1, _utc_now()
         entry = LedgerEntry(seq, ts, kind, body, prev_hash, entry_hash(seq, ts, kind, body, prev_hash))
-        line = memoryview(canonical_json(entry.to_dict()) + b"\n")
-        while line:
-            line = line[os.write(fd, line):]
-        os.fsync(fd)
+        append_durably(fd, canonical_json(entry.to_dict()) + b"\n")
         return entry
 
     def record_report(self, signed: SignedReport, ca_cert: x509.Certificate | str | Path, *,

@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mor_secure.config import ConfigError
+from mor_secure.errors import MorError
+
 DEFAULT_ACCOUNTANT = "prv"
 MAX_NOISE_MULTIPLIER = 1e4
 MAX_TARGET_EPSILON = 100.0
@@ -23,7 +26,7 @@ grid grows with epsilon (1e308 asked for 38.7 GiB)."""
 HISTORY_FORMAT = 1
 
 
-class BudgetTooLow(ValueError):
+class BudgetTooLow(MorError, ValueError):
     """No noise multiplier reaches the target epsilon (the prior history alone may exceed it)."""
 
 
@@ -157,30 +160,30 @@ def get_accountant(name: str) -> Accountant:
     try:
         return ACCOUNTANTS[name]
     except KeyError:
-        raise ValueError(f"unknown accountant {name!r}; choose one of {sorted(ACCOUNTANTS)} "
-                         "(GDP is not offered: it under-states epsilon here)") from None
+        raise ConfigError(f"unknown accountant {name!r}; choose one of {sorted(ACCOUNTANTS)} "
+                          "(GDP is not offered: it under-states epsilon here)") from None
 
 
 def check_privacy_settings(target_epsilon: float, max_epsilon: float, delta: float | None, accountant: str,
                            max_grad_norm: float) -> None:
-    """Refuse out-of-range privacy settings with a ``ValueError`` naming the setting and its range."""
+    """Refuse out-of-range privacy settings with a ``ConfigError`` naming the setting and its range."""
     if not 0 < target_epsilon <= MAX_TARGET_EPSILON:
-        raise ValueError(f"[privacy] target_epsilon must be in (0, {MAX_TARGET_EPSILON:g}], got {target_epsilon}")
+        raise ConfigError(f"target_epsilon must be in (0, {MAX_TARGET_EPSILON:g}], got {target_epsilon}")
     if not (math.isfinite(max_epsilon) and max_epsilon > 0):
-        raise ValueError(f"[privacy] max_epsilon must be a finite positive lifetime budget, got {max_epsilon}")
+        raise ConfigError(f"max_epsilon must be a finite positive lifetime budget, got {max_epsilon}")
     if delta is not None and not 0 < delta < 1:
-        raise ValueError(f"[privacy] delta must be in (0, 1/number of pairs], got {delta}")
+        raise ConfigError(f"delta must be in (0, 1/number of pairs], got {delta}")
     get_accountant(accountant)
     if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
-        raise ValueError(f"[privacy] max_grad_norm must be finite and positive, got {max_grad_norm}")
+        raise ConfigError(f"max_grad_norm must be finite and positive, got {max_grad_norm}")
 
 
 def check_delta(delta: float, n_records: int) -> None:
-    """delta must be at most 1/n: a larger one allows releasing a whole record (``ValueError``)."""
+    """delta must be at most 1/n: a larger one allows releasing a whole record (``ConfigError``)."""
     if not 0 < delta <= 1.0 / n_records:
-        raise ValueError(f"[privacy] delta {delta:g} is above 1/n = {1.0 / n_records:g} for {n_records} pairs: "
-                         f"such a delta allows releasing a record; set it to at most {1.0 / n_records:g} "
-                         "(or leave it unset)")
+        raise ConfigError(f"[privacy] delta {delta:g} is above 1/n = {1.0 / n_records:g} for {n_records} pairs: "
+                          f"such a delta allows releasing a record; set it to at most {1.0 / n_records:g} "
+                          "(or leave it unset)")
 
 
 def default_delta(n_records: int) -> float:

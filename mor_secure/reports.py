@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from mor_secure import pki
+from mor_secure.errors import MorError
 from mor_secure.pki.identity import has_role_eku
 from mor_secure.pki.keys import load_private_key
 
@@ -68,7 +69,7 @@ class CanonicalError(ValueError):
     """A value cannot be encoded as canonical JSON (NaN, infinity, a non-JSON type)."""
 
 
-class ReportError(ValueError):
+class ReportError(MorError, ValueError):
     """A privacy report is malformed or its signature or certificate does not verify."""
 
 

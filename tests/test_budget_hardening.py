@@ -126,13 +126,14 @@ def test_delta_and_accountant_are_fixed_per_data_set_and_delta_is_at_most_one_ov
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("train:batch_size = 0", "[train] batch_size must be an integer of at least 1, got 0"),
-    ("train:epochs = -1", "[train] epochs must be an integer of at least 1"),
+    ("train:batch_size = 0", "[train] batch_size must be >= 1, got 0"),
+    ("train:epochs = -1", "[train] epochs must be >= 1, got -1"),
+    ("train:grad_sample_mode = \"magic\"", "[train] grad_sample_mode must be one of 'hooks', 'functorch', 'ew'"),
     ("privacy:target_epsilon = 1e308", "target_epsilon must be in (0, 100]"),
     ("privacy:target_epsilon = 4.0\nmax_epsilon = inf", "max_epsilon must be a finite"),
     ("privacy:target_epsilon = 9.0", "privacy budget exceeded: spent epsilon 0.000 of 5"),
     ("model:family = \"nonsense\"", "cannot build the [model] ('nonsense')"),
-    ("model:max_length = 0", "[model] max_length must be at least 1"),
+    ("model:max_length = 0", "[model] max_length must be >= 1, got 0"),
 ])
 def test_bad_settings_fail_in_one_line_before_the_budget(setting, message, data, ledger, tmp_path):
     section, _, value = setting.partition(":")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,7 +18,8 @@ from click.testing import CliRunner
 from client_agent.budget import BudgetExceeded, LedgerCorrupt, LedgerRecord, SiteLedger, now_utc, site_status
 from client_agent.config import load_client_config
 from client_agent.evaluate import evaluate_saved
-from client_agent.train import load_pairs, open_data, sha256_file, train_reward_model
+from client_agent.train import load_pairs, open_data, train_reward_model
+from mor_secure.files import sha256_file
 from mor_secure.privacy import AccountantHistory, epsilon, plan_noise
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

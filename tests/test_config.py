@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mor_secure.config import ConfigError, describe, field, load_config
+from mor_secure.config import ConfigError, Section, describe, field, load_config
 
 
 @dataclass
@@ -56,3 +56,35 @@ def test_missing_file_says_how_to_fix(tmp_path):
 def test_describe_lists_every_field_with_help():
     keys = {k: h for k, _, h in describe(Outer)}
     assert keys["tls.port"] == "port" and keys["site"] == "site name"
+
+
+@dataclass
+class Bounded(Section):
+    mode: str = field("fast", help="how", choices=("fast", "exact"))
+    rate: float = field(0.1, help="a share", ge=0, lt=1)
+    sizes: list[int] = field(help="sizes", default_factory=lambda: [1], ge=1)
+
+
+@dataclass
+class WithBounded:
+    run: Bounded = field(help="run section", default_factory=Bounded)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[run]\nmode = "slow"', "[run] mode must be one of 'fast', 'exact', got 'slow'"),
+    ("[run]\nrate = 1.0", "[run] rate must be >= 0, < 1, got 1.0"),
+    ("[run]\nrate = nan", "[run] rate must be >= 0, < 1, got nan"),
+    ("[run]\nsizes = [3, 0]", "[run] sizes must be >= 1, got 0"),
+])
+def test_declared_choices_and_bounds_are_checked_by_the_loader(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(WithBounded, write(tmp_path, text))
+    assert needle in str(info.value)
+    assert load_config(WithBounded, write(tmp_path, '[run]\nmode = "exact"\nrate = 0.0')).run.mode == "exact"
+
+
+def test_declared_limits_hold_for_sections_built_in_code_and_show_in_the_template():
+    with pytest.raises(ConfigError, match="rate must be >= 0, < 1, got -0.5"):
+        Bounded(rate=-0.5)
+    rows = {key: text for key, _, text in describe(WithBounded)}
+    assert rows["run.mode"].endswith("Accepts one of 'fast', 'exact'.") and rows["run.rate"].endswith("Accepts >= 0, < 1.")

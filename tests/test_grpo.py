@@ -94,7 +94,7 @@ def test_config_refuses_a_batch_that_does_not_divide_into_groups():
         GRPORunConfig(policy="x", batch_size=12, num_generations=8)
     with pytest.raises(ValueError, match="spread_penalty"):
         GRPORunConfig(policy="x", spread_penalty=-0.5)
-    with pytest.raises(ValueError, match="scale_rewards must be 'group', 'batch' or 'none'"):
+    with pytest.raises(ValueError, match="scale_rewards must be one of 'group', 'batch', 'none', got 'prompt'"):
         GRPORunConfig(policy="x", scale_rewards="prompt")
 
 

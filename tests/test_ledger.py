@@ -38,10 +38,14 @@ def ledger_bytes(pki_dir, ca, tmp_path_factory) -> bytes:
     ledger.record_scoring("site-a", 64, 1.25)
     ledger.record_scoring("site-b", 64, 2.5)
     ledger.record_refusal("site-x", "certificate revoked")
-    ledger.append("trust", {"site": "site-a", "score": 0.5})
+    ledger.append("trust", TRUST_BODY)
     ledger.record_report(sign_report(make_report(epsilon=2.0, model_sha256="ff" * 32), pki_dir / "site-a.key"), ca)
     ledger.record_scoring("site-a", 32, 0.5)
     return ledger.path.read_bytes()
+
+
+TRUST_BODY = {"site": "site-a", "agreement": 0.9, "pairs": 40, "lower_bound": 0.77, "threshold": 0.55,
+              "trusted": True, "group": None, "defence": "agreement", "decision": "trusted"}
 
 
 def lines_of(data: bytes) -> list[bytes]:
@@ -260,7 +264,11 @@ def test_appends_are_validated(pki_dir, ca, tmp_path):
     with pytest.raises(LedgerError, match="'items' is negative"):
         ledger.record_scoring("site-a", -1, 0.1)
     with pytest.raises(LedgerError, match="canonical JSON.*NaN"):
-        ledger.append("trust", {"score": math.nan})
+        ledger.append("scoring_session", {"site": "a", "items": 1, "duration_s": math.nan})
+    with pytest.raises(LedgerError, match="trust entry needs the keys"):
+        ledger.append("trust", {"site": "site-a", "score": 0.5})
+    with pytest.raises(LedgerError, match="does not match trusted=False"):
+        ledger.append("trust", {**TRUST_BODY, "trusted": False})
     signed = sign_report(make_report(), pki_dir / "site-a.key")
     forged = SignedReport({**signed.report, "epsilon": 0.0}, signed.signature, signed.cert_pem)
     with pytest.raises(ReportError, match="does not match"):

@@ -45,7 +45,7 @@ def test_plan_noise_reaches_target_and_matches_the_measured_noise():
     sigma = plan_noise(3.0, DELTA, Q, STEPS)
     spent = epsilon(AccountantHistory([(sigma, Q, STEPS)]), DELTA)
     assert 2.99 - 0.01 <= spent <= 3.0
-    assert sigma == pytest.approx(0.875, abs=0.01)  # DESIGN section 5 (PRV)
+    assert sigma == pytest.approx(0.875, abs=0.01)  # measured once with Opacus' PRV accountant (RDP: 0.942)
     sigma_rdp = plan_noise(3.0, DELTA, Q, STEPS, accountant="rdp")
     assert sigma_rdp > sigma  # RDP is looser, so it needs more noise for the same epsilon
 

@@ -17,6 +17,7 @@ import torch
 
 from coordinator.fusion import ClientScores, RewardFusion, ScoreItem
 from coordinator.router import pairwise_wins
+from mor_secure.errors import BadInput
 from mor_secure.rewards import RewardModel, load_reward_model
 
 RECORD_NAME = "baseline.json"
@@ -69,8 +70,8 @@ class ModelReward(RewardFusion):
         try:
             record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{folder / RECORD_NAME}: missing or not JSON ({exc}); pass a folder written by "
-                             "a FedAvg or centralised baseline") from None
+            raise BadInput(f"{folder / RECORD_NAME}: missing or not JSON ({exc}); pass a folder written by "
+                           "a FedAvg or centralised baseline") from None
         if not isinstance(record, dict) or record.pop("format", None) != RECORD_FORMAT:
-            raise ValueError(f"{folder / RECORD_NAME}: not a baseline record (format {RECORD_FORMAT!r})")
+            raise BadInput(f"{folder / RECORD_NAME}: not a baseline record (format {RECORD_FORMAT!r})")
         return cls(load_reward_model(folder), record)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from mor_secure.cli import MorGroup
+
 BENCHMARKS = {"transport": "transport.py", "dp-overhead": "dp_overhead.py", "mia": "mia_audit.py",
               "robustness": "robustness.py", "reward-overhead": "reward_overhead.py",
               "privacy-utility": "privacy_utility.py", "faults": "fault_injection.py",
@@ -64,7 +66,7 @@ def run_script(name: str, args: list[str], out: Path | None) -> int:
     return subprocess.run(command, cwd=root).returncode
 
 
-@click.group(name="bench")
+@click.group(name="bench", cls=MorGroup)
 def group() -> None:
     """Run the benchmarks and write reports under benchmarks/results/.
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from mor_secure import pki
+from mor_secure.cli import MorGroup
 
 CA_DIR = click.option("--ca-dir", type=click.Path(path_type=Path), default=Path("certs/ca"),
                       show_default=True, envvar="MOR_CA_DIR",
@@ -29,21 +28,12 @@ KEY_TYPE = click.option("--key-type", type=click.Choice(pki.KEY_TYPES), default=
                         help="Key algorithm; both work with TLS 1.3 here, P-256 is the most widely supported.")
 
 
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Turn PKI errors (which name cause and fix) into one-line CLI errors without a traceback."""
-    try:
-        yield
-    except pki.PKIError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 def _crl_reminder(crl: Path, days: int) -> None:
     click.echo(f"CRL:  {crl} (stale in {days} days: copy it to every site now and re-run "
                f"`mor certs crl` before then, or every handshake fails)")
 
 
-@click.group(name="certs")
+@click.group(name="certs", cls=MorGroup)
 def group() -> None:
     """Project CA, site keys and certificates, revocation (PKI).
 
@@ -71,11 +61,10 @@ def init(ca_dir: Path, common_name: str, days: int, crl_days: int) -> None:
 
     Prints the CA fingerprint that every site pins (tls.ca_fingerprint in its config).
     """
-    with _clear_errors():
-        ca = pki.init_ca(ca_dir, common_name=common_name, days=days, crl_days=crl_days)
-        click.echo(f"CA:   {ca}\nkey:  {ca_dir / 'ca.key'} (0600: keep it offline and backed up)")
-        _crl_reminder(ca_dir / "crl.pem", crl_days)
-        click.echo(f"fingerprint (sites pin this): {pki.ca_fingerprint(ca)}")
+    ca = pki.init_ca(ca_dir, common_name=common_name, days=days, crl_days=crl_days)
+    click.echo(f"CA:   {ca}\nkey:  {ca_dir / 'ca.key'} (0600: keep it offline and backed up)")
+    _crl_reminder(ca_dir / "crl.pem", crl_days)
+    click.echo(f"fingerprint (sites pin this): {pki.ca_fingerprint(ca)}")
 
 
 @group.command()
@@ -91,8 +80,7 @@ def init(ca_dir: Path, common_name: str, days: int, crl_days: int) -> None:
                    "the agent keeps serving until `mor certs install` swaps in the new certificate.")
 def request(role: str, name: str, out_dir: Path, key_type: str, reuse_key: bool, renew: bool) -> None:
     """Make this party's private key and a certificate request (run at the site)."""
-    with _clear_errors():
-        key, csr = pki.make_request(role, name, out_dir, key_type=key_type, reuse_key=reuse_key, renew=renew)
+    key, csr = pki.make_request(role, name, out_dir, key_type=key_type, reuse_key=reuse_key, renew=renew)
     click.echo(f"key:  {key} ({'reused' if reuse_key else 'new'}, 0600: it never leaves this machine)")
     click.echo(f"CSR:  {csr} (send it to the CA operator: `mor certs sign --csr {csr.name}`)")
     if renew or reuse_key:
@@ -113,8 +101,7 @@ def install(cert_path: Path, out_dir: Path) -> None:
     certificate into place atomically. A running agent keeps its session and presents the new
     certificate at its next reconnect.
     """
-    with _clear_errors():
-        done = pki.install_certificate(cert_path, out_dir)
+    done = pki.install_certificate(cert_path, out_dir)
     click.echo(f"installed: {done.cert} ({done.fingerprint[:23]}...) until {done.not_after:%Y-%m-%d %H:%M} UTC"
                + (f", key {done.key} replaced" if done.new_key else ", same key"))
     click.echo("running agents present it at their next reconnect; once they have, the CA operator may "
@@ -135,12 +122,11 @@ def sign(ca_dir: Path, csr_path: Path, days: int, out: Path | None, replace: boo
     Refuses a second live certificate for a name on a new key unless the request proves the old key
     (`mor certs request --renew`) or --replace revokes the old one; copy the new crl.pem to every site then.
     """
-    with _clear_errors():
-        cert = pki.sign_request(ca_dir, csr_path, days=days, out=out, replace=replace)
-        info = pki.describe(cert)
-        click.echo(f"certificate: {cert} for mor://{info['role']}/{info['name']} until {info['not_after']}")
-        click.echo(f"send back:   {cert.name}, {ca_dir / 'ca.pem'} and {ca_dir / 'crl.pem'}")
-        click.echo(f"CA fingerprint (sites pin this): {pki.ca_fingerprint(ca_dir)}")
+    cert = pki.sign_request(ca_dir, csr_path, days=days, out=out, replace=replace)
+    info = pki.describe(cert)
+    click.echo(f"certificate: {cert} for mor://{info['role']}/{info['name']} until {info['not_after']}")
+    click.echo(f"send back:   {cert.name}, {ca_dir / 'ca.pem'} and {ca_dir / 'crl.pem'}")
+    click.echo(f"CA fingerprint (sites pin this): {pki.ca_fingerprint(ca_dir)}")
 
 
 @group.command()
@@ -157,11 +143,10 @@ def issue(ca_dir: Path, role: str, name: str, days: int, out_dir: Path | None, k
 
     In production use `request` at the site and `sign` here, so the key never travels.
     """
-    with _clear_errors():
-        cert, key = pki.issue(ca_dir, role=role, name=name, days=days, out_dir=out_dir, key_type=key_type,
-                              replace=replace)
-        click.echo(f"certificate: {cert}\nkey:         {key} (0600)")
-        click.echo(f"CA fingerprint: {pki.ca_fingerprint(ca_dir)}")
+    cert, key = pki.issue(ca_dir, role=role, name=name, days=days, out_dir=out_dir, key_type=key_type,
+                          replace=replace)
+    click.echo(f"certificate: {cert}\nkey:         {key} (0600)")
+    click.echo(f"CA fingerprint: {pki.ca_fingerprint(ca_dir)}")
 
 
 @group.command()
@@ -177,8 +162,7 @@ def revoke(ca_dir: Path, name: str, crl_days: int, serial: str | None) -> None:
     except ValueError:
         raise click.BadParameter(f"{serial!r} is not a hex serial; copy it from `mor certs list`",
                                  param_hint="--serial") from None
-    with _clear_errors():
-        serials = pki.revoke(ca_dir, name, crl_days=crl_days, serial=number)
+    serials = pki.revoke(ca_dir, name, crl_days=crl_days, serial=number)
     if serials:
         click.echo(f"revoked {len(serials)} certificate(s) of {name}: " + ", ".join(f"{s:x}" for s in serials))
     else:
@@ -192,8 +176,7 @@ def revoke(ca_dir: Path, name: str, crl_days: int, serial: str | None) -> None:
               help="Days until this CRL goes stale.")
 def crl(ca_dir: Path, days: int) -> None:
     """Re-issue the CRL (do it before the current one goes stale, e.g. from cron)."""
-    with _clear_errors():
-        path = pki.write_crl(ca_dir, days=days)
+    path = pki.write_crl(ca_dir, days=days)
     _crl_reminder(path, days)
 
 
@@ -201,8 +184,7 @@ def crl(ca_dir: Path, days: int) -> None:
 @CA_DIR
 def list_(ca_dir: Path) -> None:
     """List every certificate the CA issued, with its status (live, expired, revoked)."""
-    with _clear_errors():
-        rows = pki.certificates(ca_dir)
+    rows = pki.certificates(ca_dir)
     if not rows:
         click.echo("no certificates issued yet")
     for row in rows:
@@ -218,8 +200,7 @@ def list_(ca_dir: Path) -> None:
               help="Check revocation against this CRL (default with --ca-dir: its crl.pem).")
 def show(cert_file: Path, ca_dir: Path | None, crl: Path | None) -> None:
     """Show a certificate: subject, role, site, validity, fingerprint, revoked or not."""
-    with _clear_errors():
-        info = pki.describe(cert_file, ca_dir=ca_dir, crl=crl)
+    info = pki.describe(cert_file, ca_dir=ca_dir, crl=crl)
     yes_no = {True: "yes", False: "no", None: "unknown (give --ca-dir or --crl)"}
     rows = [("subject", info["subject"]), ("role", info["role"] or "none (not a MoR-Secure certificate)"),
             ("site", info["name"] or "none"), ("issuer", info["issuer"]), ("serial", info["serial"]),

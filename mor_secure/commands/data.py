@@ -11,8 +11,10 @@ from typing import Any
 
 import click
 
+from mor_secure.cli import MorGroup
 
-@click.group(name="data")
+
+@click.group(name="data", cls=MorGroup)
 def group() -> None:
     """Generate the benchmark world and check preference data sets.
 
@@ -78,12 +80,8 @@ def synth(out_dir: Path, seed: int, clients: int, pairs: int, router_pairs: int,
                                        "(no manifest.json); refusing to delete it even with --force: "
                                        "choose an empty or new --out")
         shutil.rmtree(out_dir)
-    try:
-        manifest = generate_world(out_dir, seed=seed, clients=clients, pairs=pairs,
-                                  router_pairs=router_pairs, eval_questions=eval_questions,
-                                  own_domain_share=own_domain_share)
-    except ValueError as exc:
-        raise click.ClickException(f"{exc}; adjust the option") from None
+    manifest = generate_world(out_dir, seed=seed, clients=clients, pairs=pairs, router_pairs=router_pairs,
+                              eval_questions=eval_questions, own_domain_share=own_domain_share)
     click.echo(f"benchmark world written to {out_dir} (seed {seed})")
     for line in _table(manifest):
         click.echo(line)
@@ -143,33 +141,25 @@ def check(path: Path | None, kind: str, split: str | None, columns: tuple[str, .
     """
     from mor_secure.data.check import check_site_data
     from mor_secure.data.loader import MAX_IMAGE_PIXELS, parse_columns
-    from mor_secure.data.schema import DataError
     from mor_secure.data.site import open_site_data
 
     config = None
     if config_path is not None:
         from client_agent.config import load_client_config
-        from mor_secure.config import ConfigError
 
-        try:
-            config = load_client_config(config_path)
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+        config = load_client_config(config_path)
     data = config.data if config is not None else None
     path = path or (data.path if data is not None else None)
     if path is None:
         raise click.ClickException("no data set: pass PATH, or --config with [data] path set")
-    try:
-        mapping = parse_columns(columns) if columns else (dict(data.columns) if data is not None else {})
-        site = open_site_data(
-            path, kind=kind, strict=False, columns=mapping,
-            train_split=data.train_split if data else "train", test_split=data.test_split if data else "test",
-            test_fraction=test_fraction if test_fraction is not None else (data.test_fraction if data else 0.1),
-            max_pixels=data.max_image_pixels if data else MAX_IMAGE_PIXELS)
-        if split is not None:
-            site.rows(split)
-    except DataError as exc:
-        raise click.ClickException(f"{exc}") from None
+    mapping = parse_columns(columns) if columns else (dict(data.columns) if data is not None else {})
+    site = open_site_data(
+        path, kind=kind, strict=False, columns=mapping,
+        train_split=data.train_split if data else "train", test_split=data.test_split if data else "test",
+        test_fraction=test_fraction if test_fraction is not None else (data.test_fraction if data else 0.1),
+        max_pixels=data.max_image_pixels if data else MAX_IMAGE_PIXELS)
+    if split is not None:
+        site.rows(split)
     length, families = _families(config, max_length, bases)
     result = check_site_data(site, max_length=length, families=families, only_split=split)
     click.echo(f"data set   {path}")

@@ -31,7 +31,6 @@ def command(workdir: Path, quick: bool, fresh: bool) -> None:
     from rich.console import Console
 
     from mor_secure.demo.pipeline import FULL, QUICK, Demo
-    from mor_secure.demo.stages import DemoError
 
     def stop(signum: int, frame: object) -> None:  # SIGTERM unwinds like Ctrl-C: the agents are stopped
         raise SystemExit(128 + signum)
@@ -45,11 +44,7 @@ def command(workdir: Path, quick: bool, fresh: bool) -> None:
         raise click.ClickException(f"cannot create --workdir {workdir}: {exc}; pick a writable folder") from None
     console.print(f"[bold]MoR-Secure demo ({name})[/bold] in {workdir.resolve()}")
     start = time.monotonic()
-    try:
-        report = Demo(workdir, QUICK if quick else FULL, console, name=name, fresh=fresh).run()
-    except DemoError as exc:
-        raise click.ClickException(f"{exc}\nThe workdir {workdir} is left for inspection; fix the cause and run "
-                                   "again (built stages are reused).") from None
+    report = Demo(workdir, QUICK if quick else FULL, console, name=name, fresh=fresh).run()
     console.print(report.read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"[bold green]demo finished in {time.monotonic() - start:.0f}s[/bold green]; "
                   f"report: {report} (plot: {report.with_suffix('.png')})")

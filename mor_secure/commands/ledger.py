@@ -9,10 +9,12 @@ from pathlib import Path
 
 import click
 
+from mor_secure.cli import MorGroup
+
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.group(name="ledger")
+@click.group(name="ledger", cls=MorGroup)
 def group() -> None:
     """Show and verify the hash-chained privacy ledger.
 
@@ -42,12 +44,9 @@ def show(file: Path, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mor_secure.ledger import LedgerError, read_entries, summarize
+    from mor_secure.ledger import read_entries, summarize
 
-    try:
-        entries = read_entries(file)
-    except LedgerError as exc:
-        raise click.ClickException(str(exc)) from None
+    entries = read_entries(file)
     sites = summarize(entries)
     head = entries[-1] if entries else None
     if as_json:
@@ -92,12 +91,9 @@ def verify_command(file: Path, ca: Path, anchor: str | None, allow_unsigned: boo
     Exits 0 when intact; exits 1 naming the first bad entry (line, seq, what is wrong). A torn tail
     (bytes after the last newline, left by a crash) is reported but does not fail.
     """
-    from mor_secure.ledger import LedgerError, verify
+    from mor_secure.ledger import verify
 
-    try:
-        result = verify(file, ca, anchor=anchor, require_signed=not allow_unsigned)
-    except LedgerError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = verify(file, ca, anchor=anchor, require_signed=not allow_unsigned)
     if not result.ok:
         raise click.ClickException(
             f"ledger {file} is NOT intact: {result.problem} ({result.entries} entries before it verified); "

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from mor_secure.cli import MorGroup
+
 
 def _quiet_transformers() -> None:
     """Hide transformers' progress bars (weights loading, shard writing) from command output."""
@@ -17,7 +19,7 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-@click.group(name="models")
+@click.group(name="models", cls=MorGroup)
 def group() -> None:
     """Build tiny offline vision-language models for tests and the demo, and check models load.
 
@@ -39,13 +41,14 @@ def tiny(family: str, out_dir: Path, seed: int, force: bool) -> None:
 
     The folder loads like a hub checkpoint, with `load_vlm(DIR)` or `mor models check DIR`.
     """
+    from mor_secure.errors import MorError
     from mor_secure.models import build_tiny_vlm, count_parameters, load_vlm
 
     _quiet_transformers()
     try:
         build_tiny_vlm(family, out_dir, seed=seed, overwrite=force)
-    except (ValueError, FileExistsError) as exc:  # unknown family, or a folder we must not replace
-        raise click.ClickException(str(exc)) from None
+    except MorError:  # a folder it must not replace: shown by the group
+        raise
     except OSError as exc:
         raise click.ClickException(f"cannot write the model to {out_dir}: {exc.strerror or exc}; "
                                    "choose a folder you can write to") from None

@@ -33,6 +33,7 @@ from pathlib import Path
 from mor_secure.data.domains import domain_names, get_domain
 from mor_secure.data.schema import EVAL_FEATURES, assistant_message, content_hash, question_text, user_prompt
 from mor_secure.data.styles import ANSWER_PATTERN
+from mor_secure.errors import BadInput
 from mor_secure.logs import get_logger
 
 log = get_logger("data.public")
@@ -101,13 +102,13 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
     from datasets import Dataset, Features, Value
 
     if not 0.0 <= verbose_share <= 1.0:
-        raise ValueError(f"verbose_share must be in [0, 1], got {verbose_share}")
+        raise BadInput(f"verbose_share must be in [0, 1], got {verbose_share}")
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise BadInput(f"n must be at least 1, got {n}")
     if not 0.0 <= flaw_share <= 1.0:
-        raise ValueError(f"flaw_share must be in [0, 1], got {flaw_share}")
+        raise BadInput(f"flaw_share must be in [0, 1], got {flaw_share}")
     if flaw_style is not None and flaw_style not in FLAW_STYLES:
-        raise ValueError(f"flaw_style must be one of {', '.join(FLAW_STYLES)} or None (any style), got {flaw_style!r}")
+        raise BadInput(f"flaw_style must be one of {', '.join(FLAW_STYLES)} or None (any style), got {flaw_style!r}")
     names = list(domains) if domains is not None else domain_names()
     generators = [get_domain(name) for name in names]
     flaws = {kind: dict(swaps) for kind, swaps in (flaws or {}).items()}

@@ -18,7 +18,7 @@ from typing import Any
 
 from mor_secure.data.candidates import off_format, renderings
 from mor_secure.data.domains import get_domain
-from mor_secure.data.schema import assistant_message
+from mor_secure.data.schema import DataError, assistant_message
 
 OFF_FORMAT_SHARE = 0.25
 """Share of pairs whose rejected answer is malformed rather than a wrong answer of the type."""
@@ -32,8 +32,8 @@ def public_pairs(rows: Any, *, seed: int = 0, pairs_per_row: int = 2) -> Any:
 
     missing = [c for c in NEEDED if c not in rows.column_names]
     if missing:
-        raise ValueError(f"public rows lack column(s) {', '.join(missing)}; pass `mor coordinator public-data` "
-                         "output (it records the true answer of every row)")
+        raise DataError(f"public rows lack column(s) {', '.join(missing)}; pass `mor coordinator public-data` "
+                        "output (it records the true answer of every row)")
     rng = random.Random(f"mor-secure/public-pairs/{seed}")
     out: dict[str, list] = {"image": [], "prompt": [], "chosen": [], "rejected": []}
     for row in rows:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import datasets
 from PIL import Image
 
+from mor_secure.errors import MorError
+
 SCHEMA_VERSION = 1
 
 Kind = Literal["pairs", "eval", "prompts"]
@@ -32,7 +34,7 @@ METADATA = ("domain", "question_type", "answer")
 """Optional columns (ground truth of the benchmark world), kept where present."""
 
 
-class DataError(ValueError):
+class DataError(MorError, ValueError):
     """A data source cannot be used: absent, unknown layout, missing split or bad content."""
 
 

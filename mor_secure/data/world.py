@@ -19,9 +19,10 @@ import datasets
 
 from mor_secure.data.candidates import off_format, renderings
 from mor_secure.data.domains import Question, domain_names, get_domain
-from mor_secure.data.schema import (EVAL_FEATURES, PAIR_FEATURES, SCHEMA_VERSION, assistant_message,
-                                    content_hash, user_prompt)
+from mor_secure.data.schema import (EVAL_FEATURES, PAIR_FEATURES, SCHEMA_VERSION, assistant_message, content_hash,
+                                    user_prompt)
 from mor_secure.data.styles import render, style_names
+from mor_secure.errors import BadInput, OutputExists
 from mor_secure.logs import get_logger
 
 GENERATOR_VERSION = "3.0.0"
@@ -136,12 +137,12 @@ def _save_pairs(splits: dict[str, list[dict]], path: Path) -> dict[str, Any]:
 def _check_args(clients: int, pairs: int, router_pairs: int, eval_questions: int,
                 own_domain_share: float, n_domains: int) -> None:
     if clients < 1:
-        raise ValueError(f"clients must be at least 1, got {clients}")
+        raise BadInput(f"clients must be at least 1, got {clients}")
     for name, value in (("pairs", pairs), ("router_pairs", router_pairs), ("eval_questions", eval_questions)):
         if value < n_domains * 2:
-            raise ValueError(f"{name} must be at least {n_domains * 2} (two per domain), got {value}")
+            raise BadInput(f"{name} must be at least {n_domains * 2} (two per domain), got {value}")
     if not 0.0 <= own_domain_share <= 1.0:
-        raise ValueError(f"own_domain_share must lie in [0, 1], got {own_domain_share}")
+        raise BadInput(f"own_domain_share must lie in [0, 1], got {own_domain_share}")
 
 
 def generate_world(out_dir: Path, *, seed: int = 0, clients: int = 3, pairs: int = 400,
@@ -156,7 +157,7 @@ def generate_world(out_dir: Path, *, seed: int = 0, clients: int = 3, pairs: int
     domains, styles = domain_names(), style_names()
     _check_args(clients, pairs, router_pairs, eval_questions, own_domain_share, len(domains))
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; choose a new folder or remove it first")
+        raise OutputExists(f"{out_dir} is not empty; choose a new folder or remove it first")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     held_out: set[str] = set()

@@ -11,7 +11,6 @@ only through the CLI, which is also how they are deployed.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import tomllib

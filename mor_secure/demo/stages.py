@@ -20,15 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mor_secure.errors import MorError
+
 TAIL_LINES = 25
 
 
-class DemoError(RuntimeError):
+class DemoError(MorError, RuntimeError):
     """A stage failed; names the stage, its log file and the log's last lines."""
 
     def __init__(self, stage: str, log: Path, reason: str) -> None:
         self.stage, self.log = stage, log
-        super().__init__(f"stage '{stage}' failed: {reason}\n--- last lines of {log} ---\n{tail(log)}")
+        super().__init__(f"stage '{stage}' failed: {reason}\n--- last lines of {log} ---\n{tail(log)}",
+                         fix="the workdir is left for inspection; fix the cause and run again (built stages "
+                             "are reused)")
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -54,14 +58,22 @@ def mor_command(*args: object) -> list[str]:
     return [sys.executable, "-P", "-m", "mor_secure.cli", *(str(a) for a in args)]
 
 
+def signal_group(proc: subprocess.Popen, sig: signal.Signals) -> bool:
+    """Send ``sig`` to the process group of ``proc`` (a `mor` child started in a new session); False when the
+    group is gone."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM the process group of ``proc``, then SIGKILL it if it has not exited within ``grace_s``."""
     if proc.poll() is not None:
         return
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        if not signal_group(proc, sig):
             return
         try:
             proc.wait(timeout=wait)

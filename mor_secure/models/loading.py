@@ -16,10 +16,11 @@ import transformers
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from PIL import Image
-from transformers import (AutoConfig, AutoModelForImageTextToText, AutoProcessor, BatchFeature,
-                          PreTrainedConfig, PreTrainedModel, ProcessorMixin)
+from transformers import (AutoConfig, AutoModelForImageTextToText, AutoProcessor, BatchFeature, PreTrainedConfig,
+                          PreTrainedModel, ProcessorMixin)
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
+from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 from mor_secure.models.processors import image_only, needs_video_processor
 
@@ -29,7 +30,7 @@ Message = dict[str, Any]
 Conversation = list[Message]
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(MorError, ValueError):
     """A model is neither a local folder nor in the local Hugging Face cache; says how to get it."""
 
 

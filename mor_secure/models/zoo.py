@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel, ProcessorMixin
 
+from mor_secure.errors import BadInput, OutputExists
 from mor_secure.logs import get_logger
 from mor_secure.models.processors import image_only
 from mor_secure.models.tokenizer import build_tokenizer
@@ -66,8 +67,7 @@ def _qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
 
 def _llava() -> tuple[PreTrainedModel, ProcessorMixin]:
     """LLaVA: a tiny CLIP vision tower (2 layers, width 32, patch 8) and a tiny Llama: 64 image tokens."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     tokenizer = build_tokenizer(["<image>"], "<image>", extra_attributes={"image_token": "<image>"})
@@ -90,8 +90,8 @@ def _llava() -> tuple[PreTrainedModel, ProcessorMixin]:
 
 def _idefics3() -> tuple[PreTrainedModel, ProcessorMixin]:
     """Idefics3: a tiny SigLIP-style vision tower (patch 8) with 2x2 pixel shuffle and a tiny Llama: 16 image tokens."""
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor,
-                              Idefics3VisionConfig, LlamaConfig)
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, Idefics3VisionConfig,
+                              LlamaConfig)
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     tokenizer = build_tokenizer(["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"],
@@ -124,15 +124,15 @@ def _prepare_target(out_dir: Path, overwrite: bool) -> None:
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder; choose another output folder")
+        raise OutputExists(f"{out_dir} exists and is not a folder; choose another output folder")
     if not any(out_dir.iterdir()):
         return
     if not (out_dir / "config.json").is_file() or any(p.is_dir() for p in out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty and does not look like a model folder; "
-                              "choose a new or empty output folder")
+        raise OutputExists(f"{out_dir} is not empty and does not look like a model folder; "
+                           "choose a new or empty output folder")
     if not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a model; replace it with overwrite=True "
-                              "(`mor models tiny --force`), or choose another output folder")
+        raise OutputExists(f"{out_dir} already holds a model; replace it with overwrite=True "
+                           "(`mor models tiny --force`), or choose another output folder")
 
 
 def build_tiny_vlm(family: str, out_dir: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
@@ -141,7 +141,7 @@ def build_tiny_vlm(family: str, out_dir: Path, *, seed: int = 0, overwrite: bool
     The same family and seed always give identical weights. Returns ``out_dir``.
     """
     if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known families: {', '.join(FAMILIES)}")
+        raise BadInput(f"unknown model family {family!r}; known families: {', '.join(FAMILIES)}")
     out_dir = Path(out_dir)
     _prepare_target(out_dir, overwrite)
     with torch.random.fork_rng(devices=[]):

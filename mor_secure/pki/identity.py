@@ -16,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from mor_secure.errors import MorError
+
 Role = Literal["client", "coordinator"]
 ROLES: tuple[str, ...] = get_args(Role)
 
@@ -26,7 +28,7 @@ NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?")
 _URI_RE = re.compile(r"mor://(client|coordinator)/([^/]+)")
 
 
-class PKIError(Exception):
+class PKIError(MorError):
     """A certificate, key, CSR or CA operation is invalid; the message names the cause and the fix."""
 
 

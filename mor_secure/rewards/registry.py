@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mor_secure.config import ConfigError
+from mor_secure.errors import BadInput, MissingInput
 from mor_secure.rewards.base import CONFIG_NAME, FORMAT, RewardModel
 from mor_secure.rewards.dual_encoder import DualEncoderReward
 from mor_secure.rewards.vlm import LlavaReward, Qwen2VLReward
@@ -21,8 +23,8 @@ def family_class(name: str) -> type[RewardModel]:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ValueError(f"unknown reward-model family {name!r}; set [model].family to one of "
-                         f"{', '.join(sorted(FAMILIES))}") from None
+        raise ConfigError(f"unknown reward-model family {name!r}; set [model].family to one of "
+                          f"{', '.join(sorted(FAMILIES))}") from None
 
 
 def build_reward_model(model_config: Any, *, seed: int = 0) -> RewardModel:
@@ -34,8 +36,8 @@ def build_reward_model(model_config: Any, *, seed: int = 0) -> RewardModel:
     if base and (Path(base) / CONFIG_NAME).is_file():
         model = load_reward_model(base)
         if model.family != cls.family:
-            raise ValueError(f"[model] base {base} is a saved {model.family!r} reward model; set [model].family "
-                             f"= {model.family!r} or point base at a {cls.family!r} model")
+            raise ConfigError(f"[model] base {base} is a saved {model.family!r} reward model; set [model].family "
+                              f"= {model.family!r} or point base at a {cls.family!r} model")
         model.train()
         return model
     names = inspect.signature(cls.__init__).parameters
@@ -52,21 +54,21 @@ def load_reward_model(path: str | Path) -> RewardModel:
     folder = Path(path)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; point at the [train].out folder of a "
-                                "finished `mor client train` run")
+        raise MissingInput(f"{folder}: no {CONFIG_NAME}; point at the [train].out folder of a "
+                           "finished `mor client train` run")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{config_path}: not valid JSON ({exc})") from exc
+        raise BadInput(f"{config_path}: not valid JSON ({exc})") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT or not isinstance(config.get("spec"), dict):
-        raise ValueError(f"{config_path}: not a reward-model config (format {FORMAT})")
+        raise BadInput(f"{config_path}: not a reward-model config (format {FORMAT})")
     weights = folder / Path(str(config.get("weights", ""))).name
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: weights missing; re-run training or copy the whole folder")
+        raise MissingInput(f"{weights}: weights missing; re-run training or copy the whole folder")
     try:
         model = family_class(str(config.get("family")))(**config["spec"])
     except TypeError as exc:
-        raise ValueError(f"{config_path}: spec does not fit family {config.get('family')!r} ({exc})") from exc
+        raise BadInput(f"{config_path}: spec does not fit family {config.get('family')!r} ({exc})") from exc
     model.load_saved_state_dict(load_file(str(weights)))
     model.eval()
     return model

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mor_secure.config import ConfigError
 from mor_secure.rewards.base import Batch, RewardModel, Text
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -40,14 +41,14 @@ class VLMReward(RewardModel):
         from mor_secure.models.loading import family_of, load_vlm
 
         if not base:
-            raise ValueError(f"family {self.family!r} needs [model].base: a local model folder or a hub id "
-                             "in the local cache (`mor models tiny --family ...` builds a tiny one)")
+            raise ConfigError(f"family {self.family!r} needs [model].base: a local model folder or a hub id "
+                              "in the local cache (`mor models tiny --family ...` builds a tiny one)")
         if finetune not in FINETUNE_MODES:
-            raise ValueError(f"[model].finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+            raise ConfigError(f"[model].finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
         vlm, self.processor = load_vlm(base)
         if family_of(vlm) != self.family:
-            raise ValueError(f"{base} is a {family_of(vlm)} model, not {self.family}; set [model].family "
-                             f"= {family_of(vlm)!r} or point [model].base at a {self.family} model")
+            raise ConfigError(f"{base} is a {family_of(vlm)} model, not {self.family}; set [model].family "
+                              f"= {family_of(vlm)!r} or point [model].base at a {self.family} model")
         self.max_length = max_length
         self.backbone = vlm.model  # the multimodal model without its language-model head
         self.backbone.requires_grad_(False)

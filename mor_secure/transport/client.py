@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import zmq
 
 from mor_secure import pki, protocol
+from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Error, Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
 from mor_secure.transport.outbox import Outbox
@@ -42,7 +43,7 @@ log = get_logger("transport.client")
 Handler = Callable[[Message], Message | None]
 
 
-class AgentRefused(Exception):
+class AgentRefused(MorError):
     """The verified coordinator refused this agent; retrying will not help."""
 
 
