@@ -1,16 +1,17 @@
 """Privacy/utility: reward and policy accuracy against epsilon for MoR and the federated baselines.
 
-For each seed, a benchmark world (3 sites, 3 domains) and a public warm start; for each epsilon (every
-site at the same epsilon), each site trains its reward model with DP-SGD through the product's own
-``client_agent.train`` (families dual-encoder, qwen2-vl, llava, as in the demo), the coordinator
-calibrates and trains the router on the sites' scores and trains the FedAvg and centralised reward
-models at the same epsilon (``coordinator.router_run.run_router``), then GRPO with a KL penalty trains
-the warm start once per fusion (MoR, uniform, FedAvg, centralised) and once with the ground truth as
-reward (the oracle: the ceiling any learned reward can reach). Scores come from each site's
-``ScoringService`` answering the very requests sent over TLS (``benchmarks/local_federation.py``);
-bytes on the wire per GRPO step are counted from those encoded messages.
+For each seed, a benchmark world (3 sites, 3 domains), the demo's flawed public warm start and its GRPO
+prompts, at the full demo's sizes; for each epsilon (every site at the same epsilon), each site trains its
+reward model with DP-SGD through the product's own ``client_agent.train`` at its defaults (families
+dual-encoder, qwen2-vl, llava, as in the demo) and measures it on its own held-out pairs; the coordinator
+calibrates and trains the router on the sites' scores and trains the FedAvg and centralised reward models
+at the same epsilon (``coordinator.router_run.run_router``). At the policy epsilons, GRPO with a KL penalty
+then trains the warm start once per reward (MoR, uniform, FedAvg, centralised, each site alone); once per
+seed with the ground truth as reward (the oracle: the ceiling any learned reward can reach). Scores come
+from each site's ``ScoringService`` answering the very requests sent over TLS
+(``benchmarks/local_federation.py``); bytes on the wire per GRPO step are counted from those encoded messages.
 
-    python benchmarks/privacy_utility.py --out benchmarks/results           # full grid (the committed run)
+    python benchmarks/privacy_utility.py --out benchmarks/results           # the committed run
     python benchmarks/privacy_utility.py --quick --out /tmp/privacy-utility  # reduced grid
 
 Cells are cached in --workdir (one result.json each): an interrupted run resumes where it stopped.
@@ -36,38 +37,56 @@ from common import format_interval, machine_lines, mean_interval, write_markdown
 
 SITES = ("client-0", "client-1", "client-2")
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
-EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
-POLICY_METHODS = ("mor", "uniform", "fedavg", "centralised")
+EPSILONS = (0.25, 1.0, 4.0, math.inf)
+POLICY_EPSILONS = (4.0,)
+"""Epsilons whose cells also run GRPO per fusion (the reward columns run at every epsilon)."""
+POLICY_METHODS = ("mor", "uniform", "fedavg", "centralised", *(f"single:{s}" for s in SITES))
 METHOD_LABELS = {"mor": "MoR", "uniform": "uniform", "fedavg": "FedAvg RM", "centralised": "centralised RM",
-                 "oracle": "oracle (ground truth)", "warm": "warm start (before GRPO)"}
+                 "oracle": "oracle (ground truth)", "warm": "warm start (before GRPO)",
+                 **{f"single:{s}": f"{s} alone" for s in SITES}}
 
 
 @dataclass(frozen=True)
 class Sizes:
     """Sizes of one run; every field is recorded in the report and in each cached cell."""
 
-    pairs: int = 600
-    router_pairs: int = 900
-    eval_questions: int = 300
-    site_epochs: int = 3
-    site_batch: int = 32
-    public_rows: int = 2000
-    sft_steps: int = 800
-    public_reward_epochs: int = 16
-    router_epochs: int = 100
-    grpo_steps: int = 100
-    grpo_batch: int = 32
-    beta: float = 0.04
-    baseline_rounds: int = 20
-    baseline_epochs: int = 10
+    pairs: int
+    router_pairs: int
+    eval_questions: int
+    site_epochs: int
+    site_batch: int
+    public_rows: int
+    sft_steps: int
+    public_reward_epochs: int
+    router_epochs: int
+    grpo_steps: int
+    grpo_batch: int
+    baseline_rounds: int
+    baseline_epochs: int
+    baseline_pairs: int
+    beta: float = 0.3
+    """KL coefficient of GRPO (the product's default)."""
+
+    @classmethod
+    def of_demo(cls, profile: Any) -> Sizes:
+        """The sizes of a `mor demo` profile: the benchmark measures what the demo shows, at every epsilon."""
+        from dataclasses import fields
+
+        return cls(**{f.name: getattr(profile, f.name) for f in fields(cls) if hasattr(profile, f.name)})
 
 
 PRETRAIN_FIELDS = ("pairs", "router_pairs", "eval_questions", "public_rows", "sft_steps", "public_reward_epochs")
 """The sizes that make a seed's world and pretrained bases (a change in any other one reuses them)."""
 
-FULL = Sizes()
-QUICK = Sizes(pairs=80, router_pairs=100, eval_questions=30, site_epochs=1, site_batch=16, public_rows=256,
-              sft_steps=40, public_reward_epochs=1, router_epochs=20, grpo_steps=4, grpo_batch=16, baseline_rounds=2, baseline_epochs=1)
+
+def _demo_sizes(name: str) -> Sizes:
+    from mor_secure.demo import pipeline
+
+    return Sizes.of_demo(getattr(pipeline, name))
+
+
+FULL = _demo_sizes("FULL")
+QUICK = _demo_sizes("QUICK")
 
 
 def eps_name(eps: float) -> str:
@@ -118,11 +137,13 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
 # ----- one cell: (seed, epsilon) -----
 
 def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES,
-                families: Sequence[str] = FAMILIES) -> dict[str, Any]:
-    """Each site's DP reward model via ``client_agent.train`` (epsilon infinity: ``no_dp``); returns paths and
-    the epsilon each site's report states."""
+                families: Sequence[str] = FAMILIES, evaluate: bool = False) -> dict[str, Any]:
+    """Each site's DP reward model via ``client_agent.train`` at the product's defaults (epsilon infinity:
+    ``no_dp``); returns paths, the epsilon each site's report states and, with ``evaluate``, what `mor client
+    eval` measures on the site's own held-out pairs (pairwise and top-1, per domain)."""
     from client_agent.config import load_client_config
-    from client_agent.train import train_reward_model
+    from client_agent.evaluate import evaluate_saved
+    from client_agent.train import load_pairs, train_reward_model
     from mor_secure.demo.pipeline import write_toml
 
     out = {}
@@ -136,13 +157,16 @@ def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes,
             "data": {"path": str(seed_dir / "world" / site)},
             "model": {"family": family, "base": base},
             "train": {"out": str(folder / "reward-model"), "epochs": sizes.site_epochs,
-                      "batch_size": sizes.site_batch, "lr": 0.01, "seed": seed, "checkpoint_every": 100000},
+                      "batch_size": sizes.site_batch, "seed": seed, "checkpoint_every": 100000},
             "privacy": {"target_epsilon": 1.0 if math.isinf(eps) else eps, "max_epsilon": 1e6,
                         "ledger": str(folder / "budget.jsonl")},
         })
-        result = train_reward_model(load_client_config(folder / "client.toml"), no_dp=math.isinf(eps),
-                                    resume=False, progress=False, new_ledger=True)
+        config = load_client_config(folder / "client.toml")
+        result = train_reward_model(config, no_dp=math.isinf(eps), resume=False, progress=False, new_ledger=True)
         out[site] = {"model": str(result.out_dir), "family": family, "epsilon": result.report.epsilon}
+        if evaluate:
+            held_out = load_pairs(config, config.data.test_split, limit=False)
+            out[site]["own"] = evaluate_saved(result.out_dir, held_out, top1=True).to_json()
     return out
 
 
@@ -160,7 +184,8 @@ def coordinator_config(cell: Path, seed_dir: Path, eps: float, seed: int, sizes:
         "ledger": {"path": str(cell / "ledger.jsonl")},
         "router": {"policy": str(seed_dir / "pretrained" / "qwen2-vl"), "data": str(seed_dir / "world" / "server" /
                    "router"), "out": str(cell / "router"), "epochs": sizes.router_epochs, "seed": seed},
-        "baselines": {"data": [str(seed_dir / "world" / s) for s in sites], "rounds": sizes.baseline_rounds,
+        "baselines": {"data": [str(seed_dir / "world" / s) for s in sites], "max_pairs": sizes.baseline_pairs,
+                      "rounds": sizes.baseline_rounds,
                       "epochs": sizes.baseline_epochs, "dp": not math.isinf(eps),
                       "target_epsilon": 1.0 if math.isinf(eps) else eps, "seed": seed},
     })
@@ -208,8 +233,9 @@ def grpo_policy(out: Path, warm: Path, prompts: Path, world: Path, sizes: Sizes,
     return result
 
 
-def run_cell(root: Path, seed: int, eps: float, sizes: Sizes) -> dict[str, Any]:
-    """Sites, router + baselines, and one GRPO run per fusion at one (seed, epsilon)."""
+def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> dict[str, Any]:
+    """Sites (with their own-domain accuracy), router + baselines and, with ``policy``, one GRPO run per fusion
+    at one (seed, epsilon)."""
     import torch
 
     from coordinator.router_run import run_router
@@ -218,14 +244,14 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes) -> dict[str, Any]:
     torch.set_num_threads(1)
     seed_dir = root / f"seed-{seed}"
     cell = seed_dir / f"eps-{eps_name(eps)}"
-    sites = train_sites(cell, seed_dir, eps, seed, sizes)
+    sites = train_sites(cell, seed_dir, eps, seed, sizes, evaluate=True)
     config = coordinator_config(cell, seed_dir, eps, seed, sizes)
     federation = LocalFederation({site: s["model"] for site, s in sites.items()})
     report = run_router(config, collect=federation.collect)
     summary = json.loads((cell / "router" / "baselines" / "summary.json").read_text(encoding="utf-8"))
     policies = {method: grpo_policy(cell / f"grpo-{method}", seed_dir / "pretrained" / "qwen2-vl",
                                     seed_dir / "prompts", seed_dir / "world", sizes, seed, method, config, federation)
-                for method in POLICY_METHODS}
+                for method in (POLICY_METHODS if policy else ())}
     return {"seed": seed, "epsilon": eps_name(eps), "sites": sites,
             "reward_accuracy": {"mor": report["accuracy"], "uniform": report["uniform_accuracy"],
                                 "fedavg": summary["fedavg"]["accuracy"],
@@ -259,7 +285,7 @@ def save_cached(path: Path, sizes: Sizes | dict[str, Any], result: dict[str, Any
     path.write_text(json.dumps({"sizes": _plain(sizes), "result": result}, indent=1) + "\n", encoding="utf-8")
 
 
-def _task(kind: str, root: Path, seed: int, eps: float, sizes: Sizes) -> dict[str, Any]:
+def _task(kind: str, root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> dict[str, Any]:
     """One unit of work in a worker process (spawned: its own torch with one thread, no progress bars)."""
     import os
 
@@ -269,15 +295,17 @@ def _task(kind: str, root: Path, seed: int, eps: float, sizes: Sizes) -> dict[st
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    return prepare_seed(root, seed, sizes) if kind == "seed" else run_cell(root, seed, eps, sizes)
+    return prepare_seed(root, seed, sizes) if kind == "seed" else run_cell(root, seed, eps, sizes, policy)
 
 
 def _what(kind: str, seed: int, eps: float) -> str:
     return f"seed {seed} prepared" if kind == "seed" else f"seed {seed}, epsilon {eps_name(eps)}"
 
 
-def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, jobs: int) -> dict[str, Any]:
-    """Every seed preparation, then every (seed, epsilon) cell, ``jobs`` at a time; cached in ``root``."""
+def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, jobs: int,
+             policy_epsilons: Sequence[float] = POLICY_EPSILONS) -> dict[str, Any]:
+    """Every seed preparation, then every (seed, epsilon) cell, ``jobs`` at a time (GRPO only in the cells at
+    ``policy_epsilons``); cached in ``root``."""
     results: dict[str, Any] = {"seeds": {}, "cells": [], "computed": 0, "from_cache": 0}
     pending: dict[Future, tuple[str, int, float]] = {}
 
@@ -291,9 +319,12 @@ def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, 
         folder = root / f"seed-{seed}"
         return folder / ("prepared.json" if kind == "seed" else f"eps-{eps_name(eps)}" / Path("result.json"))
 
+    def marker(kind: str, eps: float) -> Sizes | dict[str, Any]:
+        return sizes if kind == "seed" else {**asdict(sizes), "policy": eps in policy_epsilons}
+
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         def submit(kind: str, seed: int, eps: float) -> None:
-            hit = cached(result_path(kind, seed, eps), sizes)
+            hit = cached(result_path(kind, seed, eps), marker(kind, eps))
             if hit is not None:
                 print(f"cached: {_what(kind, seed, eps)}", flush=True)
                 record(kind, seed, eps, hit)
@@ -302,7 +333,7 @@ def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, 
                     for e in epsilons:
                         submit("cell", seed, e)
                 return
-            pending[pool.submit(_task, kind, root, seed, eps, sizes)] = (kind, seed, eps)
+            pending[pool.submit(_task, kind, root, seed, eps, sizes, eps in policy_epsilons)] = (kind, seed, eps)
 
         for seed in seeds:
             submit("seed", seed, math.nan)
@@ -312,7 +343,7 @@ def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, 
             for future in done:
                 kind, seed, eps = pending.pop(future)
                 result = future.result()
-                save_cached(result_path(kind, seed, eps), sizes, result)
+                save_cached(result_path(kind, seed, eps), marker(kind, eps), result)
                 record(kind, seed, eps, result)
                 results["computed"] += 1
                 print(f"[{time.perf_counter() - start:7.0f} s] done: {_what(kind, seed, eps)}", flush=True)
@@ -324,14 +355,31 @@ def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, 
 
 # ----- the report -----
 
+def own_domain(site: dict[str, Any]) -> tuple[str, float, float]:
+    """A site's own domain (the one with most held-out pairs) and its pairwise and top-1 accuracy there."""
+    own = site["own"]
+    domain = max(own["per_domain"], key=lambda d: own["per_domain"][d]["pairs"])
+    top1 = (own.get("top1") or {}).get("per_domain", {}).get(domain, {}).get("accuracy", math.nan)
+    return domain, own["per_domain"][domain]["accuracy"], top1
+
+
+def best_single(cells: list[dict[str, Any]]) -> str:
+    """The single-site reward with the highest mean policy accuracy here: chosen after the fact, which
+    favours that baseline."""
+    singles = [m for m in POLICY_METHODS if m.startswith("single:")]
+    return max(singles, key=lambda m: sum(c["policy"][m]["accuracy"] for c in cells))
+
+
 def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
-    """Per epsilon and method: mean and 95% half-width over seeds of reward and policy accuracy, the share
-    of the oracle's gain, and bytes per step."""
+    """Per epsilon: mean and 95% half-width over seeds of each site's own-domain accuracy and of the fused
+    reward accuracies; where GRPO ran, of each reward's policy gain, its share of the oracle's gain and MoR's
+    paired differences to the others; bytes per step."""
     seeds = results["seeds"]
-    warm = [s["warm"]["accuracy"] for s in seeds.values()]
-    oracle = [s["oracle"]["accuracy"] for s in seeds.values()]
-    out: dict[str, Any] = {"warm": mean_interval(warm), "oracle": mean_interval(oracle),
-                           "oracle_gain": mean_interval([o - w for o, w in zip(oracle, warm)]), "rows": []}
+    warm = {s: v["warm"]["accuracy"] for s, v in seeds.items()}
+    oracle = {s: v["oracle"]["accuracy"] for s, v in seeds.items()}
+    out: dict[str, Any] = {"warm": mean_interval(list(warm.values())), "oracle": mean_interval(list(oracle.values())),
+                           "oracle_gain": mean_interval([oracle[s] - warm[s] for s in seeds]), "rows": []}
+    oracle_gained = out["oracle_gain"][0] - out["oracle_gain"][1] > 0
     for eps in epsilons:
         cells = [c for c in results["cells"] if c["epsilon"] == eps_name(eps)]
         if not cells:
@@ -339,28 +387,38 @@ def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
         names = sorted({k for c in cells for k in c["reward_accuracy"]})
         row: dict[str, Any] = {"epsilon": eps_name(eps), "seeds": len(cells),
                                "reward": {k: mean_interval([c["reward_accuracy"][k] for c in cells]) for k in names},
-                               "policy": {}, "gain_share": {}}
-        for method in POLICY_METHODS:
-            accs = [c["policy"][method]["accuracy"] for c in cells]
-            row["policy"][method] = mean_interval(accs)
-            shares = []
-            for c, acc in zip(cells, accs):
-                base = seeds[c["seed"]]["warm"]["accuracy"]
-                gain = seeds[c["seed"]]["oracle"]["accuracy"] - base
-                shares.append((acc - base) / gain if gain > 0 else math.nan)
-            finite = [s for s in shares if math.isfinite(s)]
-            # a share of a gain the oracle did not clearly make is noise divided by noise: not reported
-            oracle_gained = out["oracle_gain"][0] - out["oracle_gain"][1] > 0
-            row["gain_share"][method] = mean_interval(finite) if finite and oracle_gained else (math.nan, math.nan)
-            row.setdefault("policy_minus_warm", {})[method] = mean_interval(
-                [acc - seeds[c["seed"]]["warm"]["accuracy"] for c, acc in zip(cells, accs)])
+                               "own": {}, "policy": {}, "gain": {}, "gain_share": {}, "paired_gain": {}}
+        for site in SITES:
+            measured = [own_domain(c["sites"][site]) for c in cells if "own" in c["sites"][site]]
+            if measured:
+                row["own"][site] = {"domain": measured[0][0], "pairwise": mean_interval([m[1] for m in measured]),
+                                    "top1": mean_interval([m[2] for m in measured])}
         row["paired"] = {other: mean_interval([c["reward_accuracy"]["mor"] - c["reward_accuracy"][other]
                                                for c in cells]) for other in ("uniform", "fedavg")}
-        row["mor_bytes_per_step"] = sum(c["policy"]["mor"].get("bytes_per_step", 0) for c in cells) / len(cells)
         row["fedavg_round_bytes"] = sum(c["fedavg_round_bytes"] for c in cells) / len(cells)
         row["site_epsilon"] = {s: max(c["sites"][s]["epsilon"] for c in cells) for s in SITES}
+        with_policy = [c for c in cells if c["policy"]]
+        if with_policy:
+            gains = {m: [c["policy"][m]["accuracy"] - warm[c["seed"]] for c in with_policy] for m in POLICY_METHODS}
+            for method in POLICY_METHODS:
+                row["policy"][method] = mean_interval([c["policy"][method]["accuracy"] for c in with_policy])
+                row["gain"][method] = mean_interval(gains[method])
+                shares = [g / (oracle[c["seed"]] - warm[c["seed"]]) for g, c in zip(gains[method], with_policy)
+                          if oracle[c["seed"]] > warm[c["seed"]]]
+                # a share of a gain the oracle did not clearly make is noise divided by noise: not reported
+                row["gain_share"][method] = mean_interval(shares) if shares and oracle_gained else (math.nan, math.nan)
+            row["best_single"] = best_single(with_policy)
+            for other in ("uniform", row["best_single"], "fedavg", "centralised"):
+                row["paired_gain"][other] = mean_interval([a - b for a, b in zip(gains["mor"], gains[other])])
+            row["policy_seeds"] = len(with_policy)
+            row["mor_bytes_per_step"] = sum(c["policy"]["mor"].get("bytes_per_step", 0)
+                                            for c in with_policy) / len(with_policy)
         out["rows"].append(row)
     return out
+
+
+def _err(half: float) -> float:
+    return 0.0 if math.isnan(half) else 100 * half
 
 
 def _plot(path: Path, summary: dict[str, Any]) -> None:
@@ -371,27 +429,32 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
 
     rows = summary["rows"]
     xs = list(range(len(rows)))
-    labels = [r["epsilon"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    reward_methods = ["mor", "uniform", "fedavg", "centralised"] + [f"single:{s}" for s in SITES]
-    for name in reward_methods:
-        means = [100 * r["reward"].get(name, (math.nan, math.nan))[0] for r in rows]
-        errs = [100 * (0 if math.isnan(h) else h) for h in (r["reward"].get(name, (0, math.nan))[1] for r in rows)]
-        style = "-o" if ":" not in name else ":."
-        axes[0].errorbar(xs, means, yerr=errs, fmt=style, capsize=3, label=METHOD_LABELS.get(name, name))
+    for site, family in zip(SITES, FAMILIES):
+        points = [(x, r["own"][site]["pairwise"]) for x, r in zip(xs, rows) if site in r["own"]]
+        axes[0].errorbar([x for x, _ in points], [100 * m for _, (m, _) in points],
+                         yerr=[_err(h) for _, (_, h) in points], fmt="-o", capsize=3,
+                         label=f"{site} ({family}) on its own domain")
+    for name in ("mor", "uniform"):
+        axes[0].errorbar(xs, [100 * r["reward"][name][0] for r in rows], yerr=[_err(r["reward"][name][1]) for r in rows],
+                         fmt="--s", capsize=3, label=f"{METHOD_LABELS[name]}, all domains (router pairs)")
     axes[0].axhline(50, color="grey", linestyle=":")
+    axes[0].set_xticks(xs, [r["epsilon"] for r in rows])
+    axes[0].set_xlabel("epsilon per site")
     axes[0].set_title("Held-out pairwise reward accuracy (%)")
-    for name in POLICY_METHODS:
-        means = [100 * r["policy"][name][0] for r in rows]
-        errs = [100 * (0 if math.isnan(r["policy"][name][1]) else r["policy"][name][1]) for r in rows]
-        axes[1].errorbar(xs, means, yerr=errs, fmt="-o", capsize=3, label=METHOD_LABELS[name])
-    for key, style in (("oracle", "--"), ("warm", ":")):
-        axes[1].axhline(100 * summary[key][0], color="black", linestyle=style, label=METHOD_LABELS[key])
-    axes[1].set_title("Policy accuracy after GRPO (%)")
-    for ax in axes:
-        ax.set_xticks(xs, labels)
-        ax.set_xlabel("epsilon per site")
-        ax.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
+    policy_rows = [r for r in rows if r["gain"]]
+    width = 0.8 / max(len(policy_rows), 1)
+    for i, r in enumerate(policy_rows):
+        gains = [r["gain"][m] for m in POLICY_METHODS]
+        axes[1].bar([j + i * width for j in range(len(POLICY_METHODS))], [100 * g for g, _ in gains], width,
+                    yerr=[_err(h) for _, h in gains], capsize=3, label=f"epsilon {r['epsilon']}")
+    axes[1].axhline(100 * summary["oracle_gain"][0], color="black", linestyle="--", label="oracle (ground truth)")
+    axes[1].axhline(0, color="grey", linewidth=0.8)
+    axes[1].set_xticks(range(len(POLICY_METHODS)), [METHOD_LABELS[m] for m in POLICY_METHODS], rotation=20,
+                       fontsize=8)
+    axes[1].set_title("Policy gain over the warm start after GRPO (points)")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -401,55 +464,68 @@ def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], si
                  command: str, seconds: float, machine: list[str]) -> None:
     """privacy_utility.md + .png + .json in ``out``."""
     rows = summary["rows"]
+    policy_rows = [r for r in rows if r["gain"]]
     lines = ["# Privacy / utility of the federated reward", "",
              f"Command: `{command}` ({seconds / 60:.1f} min; {results['computed']} seed preparations and cells "
              f"computed in this invocation, {results['from_cache']} read from the cache of earlier ones in "
              "--workdir)", "", *machine, "",
              "## Setup", "",
              f"- Seeds {seeds}: each its own benchmark world (3 sites; site k holds mostly domain k: detail, medical, "
-             f"chart), public warm-start data and pretraining, DP noise and GRPO sampling. Sizes: "
-             + ", ".join(f"{k}={v}" for k, v in asdict(sizes).items()) + ".",
-             "- Sites (the product's `client_agent.train`, DP-SGD with Opacus, PRV accountant, one pair = one sample, "
-             "every site at the row's epsilon; `inf` = no DP): client-0 dual-encoder, client-1 qwen2-vl LoRA, "
-             "client-2 llava LoRA. The VLM sites start from a tiny VLM pretrained on the public data (a real site "
-             "starts from a public pretrained VLM), the qwen2-vl one being the policy's warm start; the "
+             f"chart), public warm-start data (with the demo's deliberate flaws) and pretraining, DP noise and GRPO "
+             "sampling. Sizes (those of the full `mor demo`): " + ", ".join(f"{k}={v}" for k, v in asdict(sizes).items())
+             + ".",
+             "- Sites (the product's `client_agent.train` at its defaults, DP-SGD with Opacus, PRV accountant, one "
+             "pair = one sample, every site at the row's epsilon; `inf` = no DP): client-0 dual-encoder, client-1 "
+             "qwen2-vl, client-2 llava. The VLM sites start from a tiny VLM pretrained on the public data (a real "
+             "site starts from a public pretrained VLM), the qwen2-vl one being the policy's warm start; the "
              "dual-encoder site from a dual-encoder trained on public pairs (`mor coordinator public-reward`).",
-             "- Reward accuracy: share of the router's held-out labelled pairs (all domains) whose chosen answer "
+             "- Own domain: what `mor client eval` measures at each site on its held-out pairs of the domain it holds "
+             "most of: pairwise accuracy, and top-1 (the true answer ranked above every other candidate answer of "
+             "its question: all answers in all styles, other types' answers, junk).",
+             "- Fused reward accuracy: share of the router's held-out labelled pairs (all domains) whose chosen answer "
              "scores higher. MoR = the learned router over calibrated scores; FedAvg RM and centralised RM are "
              "dual-encoders trained in process on the sites' pairs at the same epsilon (the centralised one pools "
              "the data: an upper reference, not federated).",
-             f"- Policy accuracy: greedy exact-match answers to the world's held-out questions after GRPO "
-             f"({sizes.grpo_steps} steps of {sizes.grpo_batch} completions, 8 per prompt, beta {sizes.beta}, "
-             "reference = the warm start) with each reward; the oracle rewards the ground truth (+1 correct, "
-             "+0.25 concise). Gain share = (method - warm start) / (oracle - warm start), per seed.",
+             f"- Policy (at epsilon {', '.join(r['epsilon'] for r in policy_rows) or 'none'} only, to fit the run "
+             f"in time): greedy answers to the world's {sizes.eval_questions} held-out questions after GRPO "
+             f"({sizes.grpo_steps} steps of {sizes.grpo_batch} completions, beta {sizes.beta}, the product's GRPO "
+             "defaults, reference = the warm start) with each reward; an answer counts when it names the true "
+             "answer in any style. The oracle rewards the ground truth (+1 correct, +0.25 concise). Gain = policy "
+             "accuracy minus the warm start's, per seed; gain share = gain / the oracle's gain. *Best single site* "
+             "is picked after the fact (highest mean policy accuracy), which favours that baseline.",
              "- Bytes per GRPO step: encoded ScoreRequest + ScoreReply messages to and from every site (msgpack, "
              "before TLS framing, which adds ~22 bytes per 16 KB record); FedAvg round: the reward model's "
              "parameters down to and up from every site once.", "",
-             f"Warm start (before GRPO): {format_interval(summary['warm'])}%; "
-             f"oracle GRPO: {format_interval(summary['oracle'])}% "
+             f"Warm start (before GRPO): {format_interval(summary['warm'])}%; oracle GRPO: "
+             f"{format_interval(summary['oracle'])}%; oracle gain {format_interval(summary['oracle_gain'])} points "
              "(mean ± 95% t-interval over seeds).", "",
-             "## Held-out pairwise reward accuracy (%)", "",
-             "| epsilon | MoR | uniform | FedAvg RM | centralised RM | "
-             + " | ".join(f"{s} ({f})" for s, f in zip(SITES, FAMILIES)) + " | site epsilon (max over seeds) |",
-             "|---" * (6 + len(SITES)) + "|"]
+             "## Each site on its own domain (%): pairwise / top-1", "",
+             "| epsilon | " + " | ".join(f"{s} ({f})" for s, f in zip(SITES, FAMILIES)) + " | site epsilon (max) |",
+             "|---" * (2 + len(SITES)) + "|"]
+    for r in rows:
+        lines.append(f"| {r['epsilon']} | " + " | ".join(
+            f"{r['own'][s]['domain']}: {format_interval(r['own'][s]['pairwise'])} / {format_interval(r['own'][s]['top1'])}"
+            if s in r["own"] else "-" for s in SITES) + " | " + ", ".join(f"{r['site_epsilon'][s]:.2f}" for s in SITES)
+            + " |")
+    lines += ["", "## Fused reward accuracy on the router's held-out pairs, all domains (%)", "",
+              "| epsilon | MoR | uniform | FedAvg RM | centralised RM | " + " | ".join(f"{s} alone" for s in SITES) + " |",
+              "|---" * (5 + len(SITES)) + "|"]
     for r in rows:
         rw = r["reward"]
-        fused = ("mor", "uniform", "fedavg", "centralised")
-        lines.append(f"| {r['epsilon']} | " + " | ".join(format_interval(rw[k]) for k in fused)
+        lines.append(f"| {r['epsilon']} | " + " | ".join(format_interval(rw[k]) for k in ("mor", "uniform", "fedavg",
+                                                                                         "centralised"))
                      + " | " + " | ".join(format_interval(rw.get(f"single:{s}", (math.nan, math.nan))) for s in SITES)
-                     + " | " + ", ".join(f"{r['site_epsilon'][s]:.2f}" for s in SITES) + " |")
-    lines += ["", "## Policy accuracy after GRPO (%) and share of the oracle's gain", "",
-              "| epsilon | " + " | ".join(METHOD_LABELS[m] for m in POLICY_METHODS) + " | "
-              + " | ".join(f"{METHOD_LABELS[m]} gain share" for m in POLICY_METHODS) + " |",
-              "|---" * (1 + 2 * len(POLICY_METHODS)) + "|"]
-    for r in rows:
-        lines.append(f"| {r['epsilon']} | "
-                     + " | ".join(format_interval(r["policy"][m]) for m in POLICY_METHODS) + " | "
-                     + " | ".join(format_interval(r["gain_share"][m], 1.0) for m in POLICY_METHODS) + " |")
+                     + " |")
+    lines += ["", "## Policy gain after GRPO (points over the warm start) and share of the oracle's gain", "",
+              "| epsilon | reward | policy accuracy (%) | gain (points) | gain share |", "|---|---|---|---|---|"]
+    for r in policy_rows:
+        for m in POLICY_METHODS:
+            lines.append(f"| {r['epsilon']} | {METHOD_LABELS[m]} | {format_interval(r['policy'][m])} | "
+                         f"{format_interval(r['gain'][m])} | {format_interval(r['gain_share'][m], 1.0)} |")
     lines += ["", "## Communication", "",
               "| epsilon | MoR bytes per GRPO step (all sites) | FedAvg bytes per round (all sites) | ratio |",
               "|---|---|---|---|"]
-    for r in rows:
+    for r in policy_rows:
         ratio = r["fedavg_round_bytes"] / r["mor_bytes_per_step"] if r["mor_bytes_per_step"] else math.nan
         lines.append(f"| {r['epsilon']} | {r['mor_bytes_per_step'] / 1e3:.1f} KB | "
                      f"{r['fedavg_round_bytes'] / 1e3:.1f} KB | {ratio:.2f} |")
@@ -465,29 +541,31 @@ def reading(summary: dict[str, Any], sizes: Sizes) -> list[str]:
     """Plain statements of what the numbers show, computed from them (never hoped for)."""
     rows = summary["rows"]
     out = []
+    for site, family in zip(SITES, FAMILIES):
+        curve = [(r["epsilon"], r["own"][site]) for r in rows if site in r["own"]]
+        if curve:
+            out.append(f"- {site} ({family}) on {curve[0][1]['domain']}, pairwise / top-1 by epsilon: "
+                       + "; ".join(f"{e}: {format_interval(o['pairwise'])} / {format_interval(o['top1'])}"
+                                   for e, o in curve) + ".")
     for other, label in (("uniform", "uniform"), ("fedavg", "the FedAvg RM")):
-        above = [r["epsilon"] for r in rows if r["paired"][other][0] > 0]
         sure = [r["epsilon"] for r in rows if r["paired"][other][0] - r["paired"][other][1] > 0]
-        out.append(f"- Reward accuracy, MoR minus {label} (paired by seed): above at epsilon "
-                   f"{', '.join(above) or 'none'} of {len(rows)}; the 95% interval excludes 0 at "
-                   f"{', '.join(sure) or 'none'}. Per epsilon: "
-                   + "; ".join(f"{r['epsilon']}: {format_interval(r['paired'][other])}" for r in rows) + " points.")
+        out.append(f"- Fused reward accuracy, MoR minus {label} (paired by seed): "
+                   + "; ".join(f"{r['epsilon']}: {format_interval(r['paired'][other])}" for r in rows)
+                   + f" points; the 95% interval excludes 0 at {', '.join(sure) or 'none'}.")
     gain = summary["oracle_gain"]
     if math.isnan(gain[1]) or gain[0] - gain[1] <= 0:
         out.append(f"- Policy: the oracle's own gain over the warm start is {format_interval(gain)} points after "
-                   f"{sizes.grpo_steps} GRPO steps of {sizes.grpo_batch} completions: at this budget even the "
-                   "ground-truth reward does not "
-                   "move held-out accuracy beyond seed noise, so the policy columns cannot rank the rewards and the "
-                   "gain shares are not meaningful (shown as - where the oracle gained nothing).")
+                   f"{sizes.grpo_steps} GRPO steps of {sizes.grpo_batch} completions: not clearly above 0, so the "
+                   "gain shares are not meaningful (shown as -).")
     else:
-        out.append(f"- Policy: the oracle gains {format_interval(gain)} points over the warm start; gain shares "
-                   "compare each "
-                   "reward with that ceiling.")
-    out.append("- Policy accuracy minus the warm start (paired by seed), per epsilon: " + "; ".join(
-        f"{r['epsilon']}: " + ", ".join(f"{METHOD_LABELS[m]} {format_interval(r['policy_minus_warm'][m])}"
-                                        for m in POLICY_METHODS)
-        for r in rows) + " points.")
-    ratios = [r["fedavg_round_bytes"] / r["mor_bytes_per_step"] for r in rows if r["mor_bytes_per_step"]]
+        out.append(f"- Policy: the oracle gains {format_interval(gain)} points over the warm start.")
+    for r in (r for r in rows if r["gain"]):
+        pairs = "; ".join(f"vs {METHOD_LABELS[o]} {format_interval(d)}" + (" (excludes 0)" if d[0] - d[1] > 0 else "")
+                          for o, d in r["paired_gain"].items())
+        out.append(f"- Epsilon {r['epsilon']}: MoR gains {format_interval(r['gain']['mor'])} points, "
+                   f"{format_interval(r['gain_share']['mor'], 1.0)} of the oracle's gain; MoR's gain minus the "
+                   f"others' (paired by seed, points): {pairs}.")
+    ratios = [r["fedavg_round_bytes"] / r["mor_bytes_per_step"] for r in rows if r.get("mor_bytes_per_step")]
     if ratios:
         out.append(f"- Communication: one FedAvg round of these (small) reward models moves {min(ratios):.0f}-"
                    f"{max(ratios):.0f}x the bytes of one MoR GRPO step; MoR's traffic grows with completions scored, "
@@ -505,8 +583,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="Seeds (worlds, pretraining, DP noise, sampling).")
     parser.add_argument("--epsilons", default=",".join(eps_name(e) for e in EPSILONS),
                         help="Comma-separated epsilons per site ('inf' = no DP).")
+    parser.add_argument("--policy-epsilons", default=",".join(eps_name(e) for e in POLICY_EPSILONS),
+                        help="Comma-separated epsilons (of --epsilons) whose cells also run GRPO per reward; each "
+                             "costs 7 GRPO runs per seed, the reward columns alone about a tenth of that.")
     parser.add_argument("--quick", action="store_true",
-                        help="Reduced grid: epsilons 1 and inf, 1 seed, tiny sizes (a smoke run of every stage).")
+                        help="Reduced grid: epsilons 1 and inf (GRPO at 1), 1 seed, the quick demo's sizes (a smoke "
+                             "run of every stage).")
     parser.add_argument("--grpo-steps", type=int, default=None, help="Override the GRPO steps per run.")
     parser.add_argument("--jobs", type=int, default=2, help="Cells run at once (one process and thread each).")
     args = parser.parse_args(argv)
@@ -515,15 +597,16 @@ def main(argv: list[str] | None = None) -> None:
         sizes = replace(sizes, grpo_steps=args.grpo_steps)
     try:
         epsilons = [1.0, math.inf] if args.quick else [float(e) for e in args.epsilons.split(",")]
+        policy_epsilons = [1.0] if args.quick else [float(e) for e in args.policy_epsilons.split(",") if e]
     except ValueError:
-        parser.error("--epsilons must be numbers or 'inf', separated by commas")
+        parser.error("--epsilons and --policy-epsilons must be numbers or 'inf', separated by commas")
     seeds = list(range(1 if args.quick else args.seeds))
     if not seeds or any(e <= 0 for e in epsilons) or args.jobs < 1:
         parser.error("--seeds and --jobs must be >= 1 and every epsilon > 0")
     command = " ".join(["python", "benchmarks/privacy_utility.py", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_lines(["torch", "transformers", "trl", "opacus"])
     start = time.perf_counter()
-    results = run_grid(args.workdir.resolve(), seeds, epsilons, sizes, args.jobs)
+    results = run_grid(args.workdir.resolve(), seeds, epsilons, sizes, args.jobs, policy_epsilons)
     summary = summarise(results, epsilons)
     write_report(args.out, results, summary, sizes, seeds, command, time.perf_counter() - start, machine)
     print((args.out / "privacy_utility.md").read_text(encoding="utf-8"))

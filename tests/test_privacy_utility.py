@@ -18,7 +18,8 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
     out, work = tmp_path / "out", tmp_path / "work"
     privacy_utility.main(["--quick", "--out", str(out), "--workdir", str(work), "--jobs", "2"])
     report = (out / "privacy_utility.md").read_text()
-    for heading in ("## Held-out pairwise reward accuracy", "## Policy accuracy after GRPO", "## Communication"):
+    for heading in ("## Each site on its own domain", "## Fused reward accuracy", "## Policy gain after GRPO",
+                    "## Communication"):
         assert heading in report
     assert (out / "privacy_utility.png").stat().st_size > 10_000
     data = json.loads((out / "privacy_utility.json").read_text())
@@ -28,12 +29,19 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
     assert all(0.5 < s["epsilon"] <= 1.0 + 1e-6 for s in cells["1"]["sites"].values())
     assert all(s["epsilon"] is None or math.isinf(s["epsilon"]) for s in cells["inf"]["sites"].values())
     for cell in cells.values():
-        assert set(cell["policy"]) == {"mor", "uniform", "fedavg", "centralised"}
-        assert all(0.0 <= p["accuracy"] <= 1.0 for p in cell["policy"].values())
         assert {"mor", "uniform", "fedavg", "centralised", "single:client-0"} <= set(cell["reward_accuracy"])
-        # scores travel, parameters do not: a GRPO step of scores is far smaller than one FedAvg round
-        assert 0 < cell["policy"]["mor"]["bytes_per_step"] < cell["fedavg_round_bytes"]
-        assert "bytes_per_step" not in cell["policy"]["fedavg"]
+        # each site measured on its own held-out pairs, pairwise and top-1 (as `mor client eval` does)
+        assert all(0.0 <= s["own"]["accuracy"] <= 1.0 and s["own"]["top1"] for s in cell["sites"].values())
+    assert cells["inf"]["policy"] == {}  # GRPO runs at the policy epsilons only
+    policy = cells["1"]["policy"]
+    assert set(policy) == {"mor", "uniform", "fedavg", "centralised", "single:client-0", "single:client-1",
+                           "single:client-2"}
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in policy.values())
+    # scores travel, parameters do not: a GRPO step of scores is far smaller than one FedAvg round
+    assert 0 < policy["mor"]["bytes_per_step"] < cells["1"]["fedavg_round_bytes"]
+    assert "bytes_per_step" not in policy["fedavg"]
+    row = next(r for r in data["summary"]["rows"] if r["epsilon"] == "1")
+    assert set(row["paired_gain"]) == {"uniform", row["best_single"], "fedavg", "centralised"}
     seed = data["results"]["seeds"]["0"]
     assert 0.0 <= seed["warm"]["accuracy"] <= 1.0 and 0.0 <= seed["oracle"]["accuracy"] <= 1.0
     capsys.readouterr()
