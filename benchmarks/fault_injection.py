@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_lines, write_markdown  # noqa: E402
 
 from mor_secure.demo.stages import signal_group, stop_group
+from mor_secure.events import (AGENT_ADMITTED, AGENT_LEFT, CRL_RELOADED, GRPO_DONE, GRPO_START, PEER_REFUSED,
+                               SCORING_FAILURES, SITE_PUT_ASIDE)
 
 SITES = ("client-0", "client-1", "client-2")
 KILLED, STALLED, REVOKED = SITES
@@ -399,8 +401,8 @@ class AgentKill(Fault):
 
     def check(self, scene: Scene) -> Outcome:
         events = scene.events()
-        left = records(events, "agent left", self.at, site=self.site)
-        admitted = records(events, "agent admitted", self.restarted, site=self.site)
+        left = records(events, AGENT_LEFT, self.at, site=self.site)
+        admitted = records(events, AGENT_ADMITTED, self.restarted, site=self.site)
         self.expect(self.returncode == -signal.SIGKILL, f"the agent exited with {self.returncode}, not SIGKILL")
         self.expect(left, f"no 'agent left' record for {self.site} after the kill")
         self.expect(admitted, f"the restarted {self.site} agent was never admitted")
@@ -425,7 +427,7 @@ class AgentStall(Fault):
         signal_group(proc, signal.SIGSTOP)
         try:
             aside = scene.wait(f"the coordinator to put the stalled {self.site} aside", lambda: records(
-                scene.events(), "site put aside", self.at, site=self.site))
+                scene.events(), SITE_PUT_ASIDE, self.at, site=self.site))
             since = event_time(aside[0])
             scene.wait("a scoring round without the stalled site, one deadline after the stall", lambda: (
                 time.time() - self.at > scene.sizes.deadline_s and all(scene.scored_after(s, since) for s in others)))
@@ -437,8 +439,8 @@ class AgentStall(Fault):
 
     def check(self, scene: Scene) -> Outcome:
         events = scene.events()
-        aside = records(events, "site put aside", self.at, site=self.site)
-        failures = [e for e in records(events, "scoring round with failures", self.at)
+        aside = records(events, SITE_PUT_ASIDE, self.at, site=self.site)
+        failures = [e for e in records(events, SCORING_FAILURES, self.at)
                     if event_time(e) <= self.resumed]
         stalled_s = self.resumed - self.at
         self.expect(aside, f"no 'site put aside' record for {self.site}")
@@ -474,14 +476,14 @@ class Revocation(Fault):
                        check=True, capture_output=True)
         self.revoked = (scene.ca / "crl.pem").stat().st_mtime
         scene.wait(f"the coordinator to cut {self.site} off", lambda: records(
-            scene.events(), "agent left", self.revoked, site=self.site, reason="revoked"))
+            scene.events(), AGENT_LEFT, self.revoked, site=self.site, kind="revoked"))
         self.first_exit = scene.agents[self.site].wait(timeout=scene.sizes.timeout_s)
         self.redialled = time.time()
         # dialling again is refused at the TLS handshake, before any model matters: no need to load it
         self.redial_exit = scene.start_agent(self.site, health_only=True).wait(timeout=scene.sizes.timeout_s)
 
     def _cut_at(self, scene: Scene) -> float | None:
-        left = records(scene.events(), "agent left", self.revoked, site=self.site, reason="revoked")
+        left = records(scene.events(), AGENT_LEFT, self.revoked, site=self.site, kind="revoked")
         return event_time(left[0]) if left else None
 
     def check(self, scene: Scene) -> Outcome:
@@ -490,12 +492,12 @@ class Revocation(Fault):
         deadline = scene.sizes.deadline_s
         refusals = [r for r in scene.ledger_rows() if r["kind"] == "refusal" and r["t"] >= self.revoked
                     and r["body"]["peer"] == f"mor://client/{self.site}" and "revoked" in r["body"]["reason"]]
-        redial = records(events, "peer refused or dropped", self.redialled, reason="revoked")
+        redial = records(events, PEER_REFUSED, self.redialled, reason="revoked")
         redial_ledgered = [r for r in scene.ledger_rows() if r["kind"] == "refusal" and r["t"] >= self.redialled
                            and "revoked" in r["body"]["reason"]]
         late = [r for r in scene.ledger_rows() if r["kind"] == "scoring_session" and r["body"]["site"] == self.site
                 and cut is not None and r["t"] - r["body"]["duration_s"] > cut]
-        reloads = records(events, "CRL reloaded", self.revoked)
+        reloads = records(events, CRL_RELOADED, self.revoked)
         latency = f"{cut - self.revoked:.2f} s" if cut is not None else "never"
         self.expect(cut is not None and cut - self.revoked <= deadline, f"cut off: {latency} (deadline {deadline:g} s)")
         self.expect(refusals, "no ledger refusal of the revoked site")
@@ -568,12 +570,12 @@ class GarbageFlood(Fault):
     def _refused(self, scene: Scene) -> list[dict[str, Any]]:
         """Peers without a certificate refused since the flood began, within one deadline of its end."""
         until = (self.done or time.time()) + scene.sizes.deadline_s
-        return [e for e in records(scene.events(), "peer refused or dropped", self.at)
+        return [e for e in records(scene.events(), PEER_REFUSED, self.at)
                 if not e.get("identity") and event_time(e) <= until]
 
     def check(self, scene: Scene) -> Outcome:
         refused = self._refused(scene)
-        left = [e for e in records(scene.events(), "agent left", self.at) if event_time(e) <= self.done + 1.0]
+        left = [e for e in records(scene.events(), AGENT_LEFT, self.at) if event_time(e) <= self.done + 1.0]
         self.expect(self.done, "the flood was not sent")
         garbage, fake_hello = self.replies or [[], []]
         alerts = all(frame[:1] == b"\x15" for frame in fake_hello)  # TLS alert records, nothing else
@@ -613,14 +615,14 @@ class CoordinatorKill(Fault):
         live = scene.live_sites()
         scene.start_coordinator(resume=True)
         scene.wait("the resumed run to start", lambda: records(scene.events(len(scene.coordinators) - 1),
-                                                               "grpo start"))
+                                                               GRPO_START))
         scene.wait("every live agent to be scored by the resumed coordinator",
                    lambda: all(scene.scored_after(s, self.killed) for s in live))
 
     def check(self, scene: Scene) -> Outcome:
         run = len(scene.coordinators) - 1
-        start = records(scene.events(run), "grpo start")
-        admitted = sorted({e["site"] for e in records(scene.events(run), "agent admitted")})
+        start = records(scene.events(run), GRPO_START)
+        admitted = sorted({e["site"] for e in records(scene.events(run), AGENT_ADMITTED)})
         rows = scene.ledger_rows()
         self.expect(self.returncode == -signal.SIGKILL, f"the coordinator exited with {self.returncode}")
         self.expect(_first(start, "resume_from") == self.checkpoint,
@@ -667,7 +669,7 @@ def run_scenario(scene: Scene, faults: Sequence[Fault]) -> Result:
             scene.start_agent(site)
         scene.train_router()
         scene.start_coordinator()
-        start = event_time(scene.wait("the GRPO run to start", lambda: records(scene.events(0), "grpo start"))[0])
+        start = event_time(scene.wait("the GRPO run to start", lambda: records(scene.events(0), GRPO_START))[0])
         scene.wait("the first GRPO step, scored by every agent", lambda: scene.step() >= 1 and all(
             scene.scored_after(s, start) for s in SITES))
         for fault in faults:
@@ -701,7 +703,7 @@ def _row(name: str, logged: str, outcome: str, problems: list[str], scene: Scene
 
 def check_finished(scene: Scene) -> Outcome:
     """The last coordinator exited 0 at global step == steps and saved the final policy."""
-    done = records(scene.events(len(scene.coordinators) - 1), "grpo done")
+    done = records(scene.events(len(scene.coordinators) - 1), GRPO_DONE)
     step = int(_first(done, "global_step", "0"))
     policy = scene.grpo_out / "policy" / "model.safetensors"
     problems = [p for ok, p in [

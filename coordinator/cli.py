@@ -66,7 +66,7 @@ def probe(config_path: Path, wait_s: float) -> None:
         if site in result.replies:
             status, latency = "[green]ok[/green]", f"{result.latency_s.get(site, 0.0) * 1000:.1f}"
         else:
-            status, latency = f"[red]{escape(result.failures.get(site, 'not connected'))}[/red]", "-"
+            status, latency = f"[red]{escape(str(result.failures.get(site, 'not connected')))}[/red]", "-"
         table.add_row(site, peer.fingerprint[:23] + "..." if peer else "-", status, latency,
                       peer.worker_id if peer else "-", peer.address if peer else "-")
     console.print(table)

@@ -21,6 +21,7 @@ from coordinator.grpo_config import GRPORunConfig
 from mor_secure.config import ConfigError
 from mor_secure.data.schema import DataError
 from mor_secure.errors import MissingInput, OutputExists
+from mor_secure import events
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.grpo")
@@ -190,7 +191,7 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
                           args=trl_config(cfg, suppressed_tokens(processor)),
                           train_dataset=prompt_dataset(train_dataset), processing_class=processor,
                           peft_config=peft_config, callbacks=[_drop_pickled_args_callback(), *callbacks])
-    log.info("grpo start", extra={"steps": cfg.steps, "beta": cfg.beta, "rewards": len(funcs),
+    log.info(events.GRPO_START, extra={"steps": cfg.steps, "beta": cfg.beta, "rewards": len(funcs),
                                   "resume_from": last.name if resume else "-"})
     trainer.train(resume_from_checkpoint=str(last) if resume else None)
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -201,5 +202,5 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
         model.save_pretrained(out)
         processor.save_pretrained(out)
     trainer.accelerator.wait_for_everyone()
-    log.info("grpo done", extra={"global_step": trainer.state.global_step, "policy": str(out)})
+    log.info(events.GRPO_DONE, extra={"global_step": trainer.state.global_step, "policy": str(out)})
     return out

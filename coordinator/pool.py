@@ -20,10 +20,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coordinator.config import CoordinatorConfig
-from mor_secure import protocol
+from coordinator.failures import Failure, FailureKind
+from mor_secure import events, protocol
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Message
-from mor_secure.transport import Peer, ServerOptions, TLSServer
+from mor_secure.transport import Peer, ServerOptions, SessionEnded, TLSServer
 from mor_secure.transport.contexts import context_factory
 
 log = get_logger("pool")
@@ -31,10 +32,10 @@ log = get_logger("pool")
 
 @dataclass
 class FanoutResult:
-    """Replies by site, failure reasons by site, and each reply's round-trip time in seconds."""
+    """Replies by site, failures by site, and each reply's round-trip time in seconds."""
 
     replies: dict[str, Message] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, Failure] = field(default_factory=dict)
     latency_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -123,7 +124,7 @@ class ClientPool:
         done, late = wait_futures(by_future, timeout=deadline_s)
         for future in late:
             future.cancel()
-            result.failures[by_future[future]] = f"timeout: no reply within {deadline_s:.3g}s"
+            result.failures[by_future[future]] = Failure(FailureKind.TIMEOUT, f"no reply within {deadline_s:.3g}s")
         for future in done:
             site = by_future[future]
             self._settle(site, future, result)
@@ -149,36 +150,30 @@ class ClientPool:
                 result.failures[site] = self._absence_reason(site)
         return chosen
 
-    def _absence_reason(self, site: str) -> str:
+    def _absence_reason(self, site: str) -> Failure:
         if any(peer.site == site for peer in self.server.peers()):
-            return "connected but not admitted (no verified privacy report)"
+            return Failure(FailureKind.NOT_ADMITTED, "no verified privacy report")
         uri = f"mor://client/{site}"
         for refusal in reversed(self.server.refusals()):
             if refusal.identity == uri:
-                return f"refused or dropped: {refusal.reason}"
-        return "not connected"
+                return Failure(FailureKind.REFUSED, refusal.reason)
+        return Failure(FailureKind.NOT_CONNECTED)
 
     @staticmethod
     def _settle(site: str, future: Future, result: FanoutResult) -> None:
-        exc = future.exception() if not future.cancelled() else TimeoutError("cancelled")
+        if future.cancelled():
+            result.failures[site] = Failure(FailureKind.DISCONNECTED, "request cancelled")
+            return
+        exc = future.exception()
         if exc is not None:
-            result.failures[site] = f"disconnected: {exc}" if not str(exc).startswith("disconnected") else str(exc)
+            detail = exc.reason if isinstance(exc, SessionEnded) else f"{type(exc).__name__}: {exc}"
+            result.failures[site] = Failure(FailureKind.DISCONNECTED, detail)
             return
         reply = future.result()
         if isinstance(reply, protocol.Error):
-            result.failures[site] = f"error reply: {reply.code}: {reply.message}"
+            result.failures[site] = Failure(FailureKind.ERROR_REPLY, f"{reply.code}: {reply.message}", reply.code)
         else:
             result.replies[site] = reply
-
-
-# Error codes that say the request itself is wrong: retrying it, or blaming the site, would not help.
-REQUEST_ERRORS = frozenset({"malformed", "bad_image", "image_too_large", "batch_too_large", "unsupported",
-                            "bad_reply"})
-
-
-def is_request_error(reason: str) -> bool:
-    """Whether a failure reason is an agent's refusal of the request's content (not the site's fault)."""
-    return reason.startswith("error reply: ") and reason[len("error reply: "):].split(":", 1)[0] in REQUEST_ERRORS
 
 
 @dataclass
@@ -220,18 +215,19 @@ class CircuitBreaker:
             health.state, health.consecutive = "closed", 0
             health.successes += 1
 
-    def failure(self, site: str, reason: str) -> None:
+    def failure(self, site: str, failure: Failure) -> None:
         """The site failed a request; open the breaker after too many, or at once on a timeout or a failed trial."""
         with self._lock:
             health = self._sites.setdefault(site, SiteHealth())
             health.consecutive += 1
             health.failures += 1
-            health.last_failure = reason
-            if (health.state == "half-open" or reason.startswith("timeout")
+            health.last_failure = str(failure)
+            if (health.state == "half-open" or failure.opens_breaker_at_once
                     or health.consecutive >= self.max_failures):
                 if health.state != "open":
-                    log.warning("site put aside", extra={"site": site, "failures": health.consecutive,
-                                                         "cooldown_s": self.cooldown_s, "reason": reason})
+                    log.warning(events.SITE_PUT_ASIDE, extra={"site": site, "failures": health.consecutive,
+                                                              "cooldown_s": self.cooldown_s, "reason": str(failure),
+                                                              "kind": failure.kind.value})
                 health.state, health.opened_at = "open", self._clock()
 
     def reset(self, site: str) -> None:
@@ -269,8 +265,9 @@ class ResilientPool:
             if self.breaker.allow(site):
                 todo.append(site)
             else:
-                result.failures[site] = f"put aside: circuit open after {self.breaker.health()[site].consecutive} " \
-                                        "failure(s); tried again after the cool-down"
+                result.failures[site] = Failure(FailureKind.PUT_ASIDE, f"circuit open after "
+                                                f"{self.breaker.health()[site].consecutive} failure(s); tried again "
+                                                "after the cool-down")
         attempt = 0
         while todo:
             left = end - time.monotonic()
@@ -284,15 +281,14 @@ class ResilientPool:
             result.failures.update(got.failures)
             for site in got.replies:
                 result.failures.pop(site, None)
-            todo = [site for site, reason in got.failures.items()
-                    if not reason.startswith("timeout") and not is_request_error(reason)]
+            todo = [site for site, failure in got.failures.items() if failure.retryable]
             if attempt >= self.retries or not todo:
                 break
             time.sleep(min(self.backoff_s * 2 ** attempt, max(0.0, end - time.monotonic())))
             attempt += 1
         for site in result.replies:
             self.breaker.success(site)
-        for site, reason in result.failures.items():
-            if not reason.startswith("put aside") and not is_request_error(reason):
-                self.breaker.failure(site, reason)
+        for site, failure in result.failures.items():
+            if failure.counts_against_site:
+                self.breaker.failure(site, failure)
         return result

@@ -88,7 +88,7 @@ def fetch_scores(federation: Federation, rows: Any, cache_dir: Path) -> dict[str
         for site in missing:
             if fetched.get(site) is None:
                 log.warning("a site gave no scores", extra={"site": site,
-                                                            "reason": federation.last_round.failures.get(site)})
+                                                            "reason": str(federation.last_round.failures.get(site, ""))})
                 continue
             scores[site] = fetched[site]
             record = {"format": CACHE_FORMAT, "site": site, "model_sha256": models[site],

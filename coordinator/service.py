@@ -27,10 +27,11 @@ from cryptography import x509
 from PIL import Image
 
 from coordinator.config import CoordinatorConfig
+from coordinator.failures import Failure, FailureKind
 from coordinator.ledger_writer import LedgerWriter
 from coordinator.pool import CircuitBreaker, ClientPool, FanoutResult, ResilientPool, SiteHealth
 from coordinator.status import StatusWriter, status_path
-from mor_secure import pki
+from mor_secure import events, pki
 from mor_secure.data.schema import answer_text, question_text
 from mor_secure.ledger import LedgerError, LedgerSigner, PrivacyLedger, highest_crl_number
 from mor_secure.logs import get_logger
@@ -39,10 +40,6 @@ from mor_secure.reports import ReportError, SignedReport, load_ca, report_epsilo
 from mor_secure.transport import Peer, Refusal
 
 log = get_logger("coordinator.federation")
-
-DEPARTURES = ("disconnected", "silent for")
-"""Reasons the server gives when a session ends without being refused (not ledger refusals)."""
-
 
 def encode_image(image: Any) -> bytes:
     """PNG bytes of a PIL image (lossless, so the site sees the same pixels); PNG/JPEG bytes pass as is."""
@@ -110,7 +107,7 @@ class ScoringRound:
     """What the last ``scorer`` call saw: failures by site and how long it took."""
 
     items: int = 0
-    failures: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, Failure] = field(default_factory=dict)
     duration_s: float = 0.0
 
 
@@ -220,15 +217,15 @@ class Federation:
         if not requests:
             return {site: ([] if site in targets else None) for site in keys}
         results = list(self._chunks.map(lambda job: self.resilient.fanout(job[1], targets), requests))
-        failures: dict[str, str] = {}
+        failures: dict[str, Failure] = {}
         models = self._models()
         for site in targets:
             scores: list[float | None] = [None] * len(prompts)
             answered = 0
             for (offset, request), result in zip(requests, results):
-                reason = self._check_reply(site, result, request, models)
-                if reason:
-                    failures.setdefault(site, reason)
+                failure = self._check_reply(site, result, request, models)
+                if failure is not None:
+                    failures.setdefault(site, failure)
                     continue
                 reply_scores = result.replies[site].scores
                 scores[offset:offset + len(reply_scores)] = reply_scores
@@ -238,7 +235,7 @@ class Federation:
                 self._record_scoring(site, answered, time.monotonic() - start)
         self.last_round = ScoringRound(len(prompts), failures, time.monotonic() - start)
         if failures:
-            log.info("scoring round with failures", extra={"items": len(prompts), "failed": len(failures),
+            log.info(events.SCORING_FAILURES, extra={"items": len(prompts), "failed": len(failures),
                                                            "answered": sum(v is not None for v in out.values())})
         return out
 
@@ -254,20 +251,22 @@ class Federation:
             return [r for r in self._admitted.values() if r.session_id in live]
 
     def _check_reply(self, site: str, result: FanoutResult, request: ScoreRequest,
-                     models: dict[str, set[str]]) -> str:
-        """Why ``site``'s reply to ``request`` is unusable, or '' when it is usable."""
+                     models: dict[str, set[str]]) -> Failure | None:
+        """Why ``site``'s reply to ``request`` is unusable, or None when it is usable."""
         if site in result.failures:
             return result.failures[site]
         reply = result.replies.get(site)
         if reply is None:
-            return "no reply"
+            return Failure(FailureKind.BAD_REPLY, "no reply")
         if len(reply.scores) != len(request.prompts):
-            return f"answered {len(reply.scores)} scores for {len(request.prompts)} items"
+            return Failure(FailureKind.BAD_REPLY, f"answered {len(reply.scores)} scores for {len(request.prompts)} "
+                                                  "items")
         if reply.model_sha256 not in models.get(site, set()):
-            self.breaker.failure(site, "model mismatch")
-            return ("scores come from a model whose privacy report was not received (model sha256 "
-                    f"{reply.model_sha256[:23]}...)")
-        return ""
+            failure = Failure(FailureKind.MODEL_MISMATCH, "scores come from a model whose privacy report was not "
+                                                          f"received (model sha256 {reply.model_sha256[:23]}...)")
+            self.breaker.failure(site, failure)
+            return failure
+        return None
 
     def _record_scoring(self, site: str, items: int, duration_s: float) -> None:
         try:
@@ -317,7 +316,7 @@ class Federation:
             self._admitted[peer.session_id] = report
             self._changed.notify_all()
         self.breaker.reset(peer.site)
-        log.info("agent admitted", extra={"site": peer.site, "session": peer.session_id,
+        log.info(events.AGENT_ADMITTED, extra={"site": peer.site, "session": peer.session_id,
                                           "epsilon": report.epsilon, "ledger_seq": entry.seq})
 
     def _refuse(self, peer: Peer, reason: str) -> None:
@@ -332,7 +331,7 @@ class Federation:
         """A peer the server refused (TLS, role, allow-list, revocation, protocol violation), as it happens:
         queued for the ledger at once, so a coordinator killed a moment later loses none. An admitted agent
         that simply went away is not a refusal."""
-        if not refusal.reason.startswith(DEPARTURES):
+        if not refusal.departed:
             self.writer.refusal(refusal.identity or refusal.address or "unknown peer", refusal.reason,
                                 certified=bool(refusal.identity))
 

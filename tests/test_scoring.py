@@ -28,6 +28,7 @@ from client_agent.config import load_client_config
 from client_agent.scoring import (Refusal, ScoringService, TokenBucket, decode_image, load_served_model,
                                   signed_report)
 from coordinator.config import load_coordinator_config
+from coordinator.failures import Failure, FailureKind
 from coordinator.pool import CircuitBreaker
 from coordinator.service import Federation, build_requests
 from mor_secure import pki, protocol
@@ -225,7 +226,9 @@ def test_malformed_requests_get_error_replies_and_the_agent_keeps_serving(world,
         assert fed.wait_for(1, timeout=30)
         for code, request in cases.items():
             result = fed.pool.fanout(request)
-            assert result.failures["client-0"].startswith(f"error reply: {code}: "), (code, result.failures)
+            failure = result.failures["client-0"]
+            assert (failure.kind, failure.code) == (FailureKind.ERROR_REPLY, code), (code, result.failures)
+            assert str(failure).startswith(f"error reply: {code}: ") and failure.blames_request
         assert fed.pool.fanout(good).replies["client-0"].scores  # still serving, same session
         assert len(fed.pool.peers()) == 1
 
@@ -237,7 +240,8 @@ def test_rate_limited_requests_get_error_replies(world, tmp_path):
         assert fed.wait_for(1, timeout=30)
         outcomes = [fed.pool.fanout(request) for _ in range(3)]
         assert [bool(o.replies) for o in outcomes] == [True, True, False]
-        assert outcomes[2].failures["client-1"].startswith("error reply: rate_limited")
+        limited = outcomes[2].failures["client-1"]
+        assert limited.code == "rate_limited" and limited.retryable and not limited.blames_request
         assert fed.pool.fanout(HealthRequest(request_id="")).replies["client-1"].site == "client-1"
 
 
@@ -263,12 +267,12 @@ def test_a_hung_agent_trips_the_breaker_keeps_its_session_and_rejoins_after_the_
         assert fed.wait_for(2, timeout=30)
         first = fed.scorer(*args)
         assert first["client-1"] is None and first["client-0"] is not None
-        assert fed.last_round.failures["client-1"].startswith("timeout")
+        assert fed.last_round.failures["client-1"].kind is FailureKind.TIMEOUT
         assert fed.health()["client-1"].state == "open" and asked["n"] == 1
         for _ in range(3):  # the dead site is put aside: not asked, no deadline spent on it
             later = fed.scorer(*args)
             assert later["client-1"] is None and later["client-0"] is not None
-            assert fed.last_round.failures["client-1"].startswith("put aside")
+            assert fed.last_round.failures["client-1"].kind is FailureKind.PUT_ASIDE
         assert asked["n"] == 1 and fed.health()["client-1"].failures == 1
         # The hung batch outlives the agent's idle timeout (2 s): heartbeats run off the handler threads,
         # so the session survives; by then the cool-down (1.5 s) has passed too.
@@ -322,7 +326,8 @@ def test_scores_from_a_model_without_a_received_report_are_not_used(world, tmp_p
         assert fed.wait_for(1, timeout=30)
         scores = fed.scorer(list(rows["image"]), list(rows["prompt"]), list(rows["chosen"]))
         assert scores["client-0"] is None
-        assert "privacy report was not received" in fed.last_round.failures["client-0"]
+        mismatch = fed.last_round.failures["client-0"]
+        assert mismatch.kind is FailureKind.MODEL_MISMATCH and "privacy report was not received" in str(mismatch)
     assert not [e for e in fed.ledger.entries() if e.kind == "scoring_session"]
 
 
@@ -358,13 +363,13 @@ def test_policy_pieces():
     assert decode_image(_png((4, 4)), 16, "images[0]").size == (4, 4)
     clock = [0.0]
     breaker = CircuitBreaker(max_failures=2, cooldown_s=5, clock=lambda: clock[0])
-    breaker.failure("a", "disconnected")
+    breaker.failure("a", Failure(FailureKind.DISCONNECTED, "lost"))
     assert breaker.allow("a")
-    breaker.failure("a", "disconnected")
+    breaker.failure("a", Failure(FailureKind.DISCONNECTED, "lost"))
     assert not breaker.allow("a")
     clock[0] = 5.0
     assert breaker.allow("a") and breaker.health()["a"].state == "half-open"
-    breaker.failure("a", "disconnected")  # a failed trial re-opens at once
+    breaker.failure("a", Failure(FailureKind.DISCONNECTED, "lost"))  # a failed trial re-opens at once
     assert not breaker.allow("a")
     breaker.reset("a")
     assert breaker.allow("a") and breaker.health()["a"].failures == 3

@@ -13,6 +13,7 @@ from client_agent.agent import Agent
 from client_agent.config import load_client_config
 from coordinator.cli import group as coordinator_group
 from coordinator.config import load_coordinator_config
+from coordinator.failures import Failure, FailureKind
 from coordinator.service import Federation
 from coordinator.status import read_status, status_path
 from tests.site_helpers import coordinator_toml, enrol_site, free_port, install_model, make_ca, serving_agent
@@ -42,7 +43,7 @@ def test_status_shows_workers_expiry_epsilon_and_failures_while_running_and_afte
             fed.scorer([Image.new("RGB", (8, 8))] * 3, ["q"] * 3, ["a"] * 3)
             assert _until(lambda: outsider.client.error is not None)
             assert _until(lambda: any(e.kind == "refusal" for e in fed.ledger.entries()))
-            fed.breaker.failure("site-a", "timeout: no reply within 5s")
+            fed.breaker.failure("site-a", Failure(FailureKind.TIMEOUT, "no reply within 5s"))
             fed.status.write()
             running = read_status(config)
             shown = CliRunner().invoke(coordinator_group, ["status", "--config", str(config_path)])

@@ -19,10 +19,11 @@ from abuse_peers import RawPeer
 from mor_secure import pki, protocol
 from mor_secure.pki.keys import load_private_key, signing_hash
 from mor_secure.protocol import HealthReply, HealthRequest
-from mor_secure.transport import AgentRefused, ClientOptions, ServerOptions, TLSClient, TLSServer
+from mor_secure.transport import (AgentRefused, ClientOptions, EndKind, ServerOptions, SessionEnded, TLSClient,
+                                  TLSServer)
 from mor_secure.transport.tls import TLSSession
 
-ALLOW = ["site-a", "site-r1", "site-r2", "site-old", "site-new"]
+ALLOW = ["site-a", "site-c", "site-r1", "site-r2", "site-old", "site-new"]
 FAST = ClientOptions(heartbeat_s=0.5, idle_timeout_s=3.0, connect_timeout_s=3.0, backoff_initial_s=0.1,
                      backoff_max_s=0.5)
 
@@ -49,7 +50,7 @@ def ca(tmp_path_factory) -> Path:
     ca_dir = tmp_path_factory.mktemp("transport-pki") / "ca"
     pki.init_ca(ca_dir)
     pki.issue(ca_dir, role="coordinator", name="coord")
-    for name in ("site-a", "site-b", "site-r1", "site-r2", "site-old", "site-new"):
+    for name in ("site-a", "site-b", "site-c", "site-r1", "site-r2", "site-old", "site-new"):
         pki.issue(ca_dir, role="client", name=name)
     _resign(ca_dir, "site-old", "expired", start=dt.timedelta(days=-10), end=dt.timedelta(days=-1))
     _resign(ca_dir, "site-new", "future", start=dt.timedelta(days=2), end=dt.timedelta(days=10))
@@ -195,7 +196,8 @@ def test_revoking_a_connected_agent_drops_it_when_the_crl_file_changes(federatio
         assert _wait(lambda: victim.error is not None)
         assert isinstance(victim.error, AgentRefused) and "revoked" in str(victim.error)
         assert "site-r2" not in server.sites()
-        assert any(r.identity == "mor://client/site-r2" and "revoked" in r.reason for r in server.refusals())
+        assert any(r.identity == "mor://client/site-r2" and r.kind is EndKind.REVOKED and not r.departed
+                   for r in server.refusals())
         _good_agent_answers(server, good)
     finally:
         victim.stop()
@@ -232,6 +234,21 @@ def test_a_restarted_coordinator_ignores_records_of_the_old_sessions_without_ref
         agent.stop()
 
 
+def test_a_request_to_an_agent_that_left_fails_with_a_typed_departure_not_a_refusal(federation, ca):
+    server, endpoint, good = federation
+    leaver = _agent(endpoint, _client_ctx(ca, ca / "site-c.pem", ca / "site-c.key"), site="site-c")
+    assert leaver.error is None
+    session = leaver.session_id
+    leaver.stop()
+    future = server.request(session, HealthRequest(request_id="h-after-leaving"))
+    with pytest.raises(SessionEnded) as ended:
+        future.result(15)  # at once when the send fails, at the latest when the session falls silent
+    assert ended.value.kind is EndKind.DEPARTED
+    mine = [r for r in server.refusals() if r.identity == "mor://client/site-c"]
+    assert mine and all(r.departed for r in mine)  # a departure: nothing a ledger should count as a refusal
+    _good_agent_answers(server, good)
+
+
 def test_every_refusal_reaches_on_refusal_before_it_is_listed(ca):
     heard = []
     server = TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW,
@@ -247,6 +264,7 @@ def test_every_refusal_reaches_on_refusal_before_it_is_listed(ca):
             sock.close()
         refusal, listed_before = heard[0]
         assert "plaintext or non-TLS peer" in refusal.reason and listed_before == 0  # heard first: none lost
+        assert refusal.kind is EndKind.PROTOCOL and not refusal.departed
         assert server.refusals() == [refusal]
 
 

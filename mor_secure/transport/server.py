@@ -24,12 +24,14 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import zmq
 from cryptography import x509
 
 from mor_secure import pki, protocol
+from mor_secure import events
 from mor_secure.logs import get_logger
 from mor_secure.protocol import PROTOCOL_VERSION, Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
 from mor_secure.transport.limits import AddressBuckets, Throttle
@@ -49,14 +51,50 @@ INLINE_BYTES = 16 * 1024
 PARALLEL_BYTES = 256 * 1024
 
 
+class EndKind(str, Enum):
+    """Why the server refused a peer or ended a session: a code to act on, beside the reason text for people
+    (logged as the ``kind`` field). Only ``DEPARTED`` is not a refusal."""
+
+    DEPARTED = "departed"
+    """The peer went away: disconnected, unreachable, or silent past the heartbeat timeout."""
+    PROTOCOL = "protocol"
+    """Not our protocol: plaintext, its own routing id, malformed frames or messages, flooding."""
+    THROTTLED = "throttled"
+    """Over a rate or half-open cap, or evicted by a newer half-open session."""
+    TIMEOUT = "timeout"
+    """No client certificate or no hello in time after the ClientHello."""
+    TLS = "tls"
+    """The TLS session failed (bad or untrusted certificate, alert, revoked at the handshake)."""
+    NOT_ALLOWED = "not_allowed"
+    """Authenticated but refused: wrong role, not on the allow-list, another protocol version."""
+    REVOKED = "revoked"
+    """The certificate was revoked while the session was live (CRL reloaded)."""
+    INTERNAL = "internal"
+    """A bug while serving this peer (logged with its traceback); the others are served on."""
+
+
+class SessionEnded(ConnectionError):
+    """A request's session ended before its reply: ``kind`` says how, the message why."""
+
+    def __init__(self, kind: EndKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
 @dataclass(frozen=True)
 class Refusal:
-    """A peer the server refused or dropped: when, from where, who it claimed to be, and why."""
+    """A peer the server refused or dropped: when, from where, who it claimed to be, how and why."""
 
     at: float
     address: str
     reason: str
     identity: str = ""
+    kind: EndKind = EndKind.PROTOCOL
+
+    @property
+    def departed(self) -> bool:
+        """The session ended without a refusal (not a ledger refusal)."""
+        return self.kind is EndKind.DEPARTED
 
 
 @dataclass(frozen=True)
@@ -212,7 +250,7 @@ class TLSServer:
             self._pool.shutdown()
         for future in list(self._pending.values()):
             if not future.done():
-                future.set_exception(ConnectionError("server stopped"))
+                future.set_exception(SessionEnded(EndKind.DEPARTED, "the server stopped"))
         self._outbox.close()
 
     def __enter__(self) -> TLSServer:
@@ -273,14 +311,14 @@ class TLSServer:
             futures[session_id] = future
             session = self._by_id.get(session_id)
             if session is None or session.dead or session.peer is None:
-                future.set_exception(ConnectionError("disconnected"))
+                future.set_exception(SessionEnded(EndKind.DEPARTED, "not connected"))
                 continue
             key = (session_id, request_id)
             self._pending[key] = future
             session.requests.add(key)
             future.add_done_callback(lambda _, s=session, k=key: self._forget(s, k))
             if session.dead:  # dropped while we registered: its drop may have missed this request
-                future.set_exception(ConnectionError("disconnected"))
+                future.set_exception(SessionEnded(EndKind.DEPARTED, "not connected"))
                 continue
             targets.append((session, future))
         # Large messages are encrypted on the pool when there are several, or when called from the
@@ -299,7 +337,7 @@ class TLSServer:
             session.tls.send(data)
         except TLSError as exc:
             if not future.done():
-                future.set_exception(ConnectionError(f"disconnected: {exc.reason}"))
+                future.set_exception(SessionEnded(EndKind.TLS, exc.reason))
 
     def reload_crl(self, timeout: float = 10.0) -> int:
         """Rebuild the SSL context from the current CRL inside the loop; returns live sessions dropped."""
@@ -367,7 +405,7 @@ class TLSServer:
         except zmq.ZMQError as exc:
             if session is not None:
                 cause = "send queue full (peer not reading)" if exc.errno == zmq.EAGAIN else "peer unreachable"
-                self._drop(session, f"disconnected: {cause}")
+                self._drop(session, cause, EndKind.DEPARTED)
 
     def _on_frames(self, frames: list[zmq.Frame]) -> None:
         rid = frames[0].bytes
@@ -376,7 +414,7 @@ class TLSServer:
             self._new_session(rid, frames)
             return
         if len(frames) != 2:
-            self._drop(session, f"malformed message ({len(frames)} frames)")
+            self._drop(session, f"malformed message ({len(frames)} frames)", EndKind.PROTOCOL)
             return
         self._deliver(session, frames[1])
 
@@ -385,7 +423,7 @@ class TLSServer:
             return
         address = _peer_address(frames[-1])
         if rid[:1] != b"\x00":
-            self._refuse_early(rid, address, "peer chose its own routing id (not allowed)")
+            self._refuse_early(rid, address, "peer chose its own routing id (not allowed)", EndKind.PROTOCOL)
         elif len(frames) == 2 and looks_like_session_record(frames[1].buffer):
             self._ban(rid)
             self.stale_records += 1
@@ -393,14 +431,15 @@ class TLSServer:
                      extra={"address": address, "stale_records": self.stale_records})
         elif len(frames) != 2 or not looks_like_client_hello(frames[1].buffer):
             self._refuse_early(rid, address, "plaintext or non-TLS peer: the first message is not a "
-                                             "TLS ClientHello")
+                                             "TLS ClientHello", EndKind.PROTOCOL)
         elif not self._rates.take(address):
             self._refuse_early(rid, address, f"more than {self.options.handshakes_per_s:g} new TLS sessions a "
-                                             "second from this address (rate limit)")
+                                             "second from this address (rate limit)", EndKind.THROTTLED)
         elif not self._make_room(address):
             self._refuse_early(rid, address, f"too many half-open sessions (cap "
                                              f"{self.options.max_pending_handshakes}, "
-                                             f"{self.options.max_pending_per_address} per address)")
+                                             f"{self.options.max_pending_per_address} per address)",
+                               EndKind.THROTTLED)
         else:
             tls = TLSSession(self._context, server_side=True, emit=lambda data: self._outbox.put((rid, data)),
                              max_message_bytes=self.options.max_message_bytes,
@@ -435,13 +474,13 @@ class TLSServer:
         victim = min(waiting, key=lambda s: s.created)
         self.evicted += 1
         self._drop(victim, "half-open session evicted: a newer ClientHello needed its slot (too many from "
-                           f"{victim.address or 'its address'} without a certificate)")
+                           f"{victim.address or 'its address'} without a certificate)", EndKind.THROTTLED)
         return True
 
-    def _refuse_early(self, rid: bytes, address: str, reason: str) -> None:
+    def _refuse_early(self, rid: bytes, address: str, reason: str, kind: EndKind) -> None:
         self._ban(rid)
         self.refused_early += 1
-        self._record(address, reason)
+        self._record(address, reason, kind)
 
     def _deliver(self, session: _Session, frame: zmq.Frame) -> None:
         """Process a frame in order: inline when small and nothing is queued, else on the pool."""
@@ -457,7 +496,7 @@ class TLSServer:
             self._process(session, frame)
             return
         if overflow:
-            self._drop(session, "flooding: too many unprocessed messages")
+            self._drop(session, "flooding: too many unprocessed messages", EndKind.PROTOCOL)
             return
         self._pool.submit(self._drain_inbox, session)
 
@@ -484,15 +523,15 @@ class TLSServer:
             for raw in messages:
                 self._on_message_from(session, protocol.decode(raw, self.limits))
         except TLSError as exc:
-            self._call_soon(self._drop, session, exc.reason)
+            self._call_soon(self._drop, session, exc.reason, EndKind.DEPARTED if exc.closed else EndKind.TLS)
         except ProtocolError as exc:
             if session.peer is None and session.identity is not None:  # authenticated: tell it why
-                self._refuse(session, f"protocol violation: {exc}")
+                self._refuse(session, f"protocol violation: {exc}", EndKind.PROTOCOL)
             else:
-                self._call_soon(self._drop, session, f"protocol violation: {exc}")
+                self._call_soon(self._drop, session, f"protocol violation: {exc}", EndKind.PROTOCOL)
         except Exception as exc:  # never let one peer kill the pool or the loop
             log.exception("unexpected error while serving a peer", extra={"session": session.session_id})
-            self._call_soon(self._drop, session, f"internal error: {type(exc).__name__}")
+            self._call_soon(self._drop, session, f"internal error: {type(exc).__name__}", EndKind.INTERNAL)
 
     def _accept(self, session: _Session) -> bool:
         """After the handshake: role, allow-list; refuse with a Refused message when they fail."""
@@ -505,10 +544,11 @@ class TLSServer:
             session.identity = pki.identity_of(cert)
             identity = pki.peer_identity(ssl_object, "client")
         except pki.PKIError as exc:
-            self._refuse(session, f"wrong role: {exc}")
+            self._refuse(session, f"wrong role: {exc}", EndKind.NOT_ALLOWED)
             return False
         if self.allow is not None and identity.name not in self.allow:
-            self._refuse(session, f"site {identity.name!r} is not on the allow-list ([clients] allow)")
+            self._refuse(session, f"site {identity.name!r} is not on the allow-list ([clients] allow)",
+                         EndKind.NOT_ALLOWED)
             return False
         return True
 
@@ -537,7 +577,8 @@ class TLSServer:
         assert session.identity is not None
         if hello.protocol != PROTOCOL_VERSION:
             self._refuse(session, f"the agent speaks protocol version {hello.protocol} and this coordinator "
-                                  f"{PROTOCOL_VERSION}: install the same mor-secure version at the site and here")
+                                  f"{PROTOCOL_VERSION}: install the same mor-secure version at the site and here",
+                         EndKind.NOT_ALLOWED)
             return
         session.peer = Peer(session.session_id, session.identity.name, session.fingerprint, session.address,
                             hello.worker_id, hello.agent_version, time.time())
@@ -548,14 +589,14 @@ class TLSServer:
         with self._changed:
             self._changed.notify_all()
 
-    def _refuse(self, session: _Session, reason: str) -> None:
+    def _refuse(self, session: _Session, reason: str, kind: EndKind) -> None:
         """Tell the peer why, then ignore it until the loop drops the session."""
         try:
             self._send(session, Refused(reason=reason))
         except (TLSError, ProtocolError):
             pass
         session.dead = True
-        self._call_soon(self._drop, session, reason)
+        self._call_soon(self._drop, session, reason, kind)
 
     def _send(self, session: _Session, msg: Message) -> None:
         session.tls.send(protocol.encode_parts(msg, self.limits))
@@ -563,8 +604,8 @@ class TLSServer:
     def _call_soon(self, fn: Callable, *args: object) -> None:
         self._outbox.put(lambda: fn(*args))
 
-    def _drop(self, session: _Session, reason: str) -> None:
-        """Forget a session (loop thread): fail its requests, ban its routing id, record why."""
+    def _drop(self, session: _Session, reason: str, kind: EndKind) -> None:
+        """Forget a session (loop thread): fail its requests, ban its routing id, record how and why."""
         if self._sessions.get(session.rid) is not session:
             return
         session.tls.close()
@@ -574,12 +615,12 @@ class TLSServer:
         for key in list(session.requests):
             future = self._pending.get(key)
             if future is not None and not future.done():
-                future.set_exception(ConnectionError(f"disconnected: {reason}"))
+                future.set_exception(SessionEnded(kind, reason))
         identity = session.identity.uri if session.identity else ""
         if session.peer is not None:
-            log.info("agent left", extra={"site": session.peer.site, "session": session.session_id,
-                                          "reason": reason})
-        self._record(session.address, reason, identity)
+            log.info(events.AGENT_LEFT, extra={"site": session.peer.site, "session": session.session_id,
+                                               "reason": reason, "kind": kind.value})
+        self._record(session.address, reason, kind, identity)
         with self._changed:
             self._changed.notify_all()
 
@@ -587,14 +628,14 @@ class TLSServer:
         self._pending.pop(key, None)
         session.requests.discard(key)
 
-    def _record(self, address: str, reason: str, identity: str = "") -> None:
-        refusal = Refusal(time.time(), address, reason, identity)
+    def _record(self, address: str, reason: str, kind: EndKind, identity: str = "") -> None:
+        refusal = Refusal(time.time(), address, reason, identity, kind)
         if self._on_refusal is not None:
             self._on_refusal(refusal)
         self._refusals.append(refusal)
         if self._log_gate.admit(identity or address, reason):
-            log.warning("peer refused or dropped", extra={"address": address, "identity": identity,
-                                                          "reason": reason})
+            log.warning(events.PEER_REFUSED, extra={"address": address, "identity": identity, "reason": reason,
+                                                     "kind": kind.value})
 
     def _ban(self, rid: bytes) -> None:
         self._banned[rid] = time.monotonic() + self.options.ban_s
@@ -605,18 +646,19 @@ class TLSServer:
         for session in list(self._sessions.values()):
             if session.peer is None and session.tls.handshake_expired(now):
                 self._drop(session, f"no client certificate within {self.options.certificate_timeout_s:g}s "
-                                    "(half-open TLS session)")
+                                    "(half-open TLS session)", EndKind.TIMEOUT)
             elif session.peer is None and now - session.created > self.options.handshake_timeout_s:
-                self._drop(session, f"no hello within {self.options.handshake_timeout_s:g}s of the ClientHello")
+                self._drop(session, f"no hello within {self.options.handshake_timeout_s:g}s of the ClientHello",
+                           EndKind.TIMEOUT)
             elif session.peer is not None and now - session.last_seen > self.options.peer_timeout_s:
-                self._drop(session, f"silent for {self.options.peer_timeout_s:g}s (no heartbeat)")
+                self._drop(session, f"silent for {self.options.peer_timeout_s:g}s (no heartbeat)", EndKind.DEPARTED)
             elif session.peer is not None and now - session.last_probe > self.options.heartbeat_s:
                 # A send to a vanished peer fails at once (ROUTER_MANDATORY): the drop comes early.
                 session.last_probe = now
                 try:
                     self._send(session, Heartbeat(sent_at=time.time()))
                 except TLSError as exc:
-                    self._drop(session, exc.reason)
+                    self._drop(session, exc.reason, EndKind.DEPARTED)
         while self._banned and next(iter(self._banned.values())) < now:
             self._banned.popitem(last=False)
         summary = self._log_gate.flush()
@@ -663,10 +705,10 @@ class TLSServer:
         dropped = 0
         for session in list(self._sessions.values()):
             if session.serial in revoked:
-                self._refuse(session, "certificate revoked (CRL reloaded)")
-                self._drop(session, "certificate revoked (CRL reloaded)")
+                self._refuse(session, "certificate revoked (CRL reloaded)", EndKind.REVOKED)
+                self._drop(session, "certificate revoked (CRL reloaded)", EndKind.REVOKED)
                 dropped += 1
-        log.info("CRL reloaded", extra={"number": number, "revoked": len(revoked), "dropped": dropped})
+        log.info(events.CRL_RELOADED, extra={"number": number, "revoked": len(revoked), "dropped": dropped})
         return dropped
 
 

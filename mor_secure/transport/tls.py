@@ -56,12 +56,13 @@ _VERIFY_REASONS = {
 
 class TLSError(Exception):
     """A TLS session failed; ``reason`` says why in operator terms (any alert for the peer was already
-    emitted); ``peer_alert`` is True when the failure is an alert the peer sent us."""
+    emitted); ``peer_alert`` is True when the failure is an alert the peer sent us, ``closed`` when the peer
+    ended the session cleanly (close_notify: a departure, not a failure of the peer)."""
 
-    def __init__(self, reason: str, *, peer_alert: bool = False) -> None:
+    def __init__(self, reason: str, *, peer_alert: bool = False, closed: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.peer_alert = peer_alert
+        self.peer_alert, self.closed = peer_alert, closed
 
 
 def _ssl_failure(exc: ssl.SSLError) -> TLSError:
@@ -226,7 +227,7 @@ class TLSSession:
                 raise _ssl_failure(exc) from None
             if got == 0:
                 self._fail()
-                raise TLSError("the peer closed the session")
+                raise TLSError("the peer closed the session", closed=True)
             self._filled += got
             if self._body is None and self._filled == len(self._view):  # the length header is complete
                 size = int.from_bytes(self._header, "big")
