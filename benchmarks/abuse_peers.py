@@ -51,16 +51,24 @@ def client_hello() -> bytes:
 def nested_maps(megabytes: float = 15.0) -> bytes:
     """A msgpack privacy report of ~``megabytes`` MB of empty maps (1 byte each on the wire, ~200 in Python)."""
     n = int(megabytes * 1024 * 1024) // 1000
-    return msgpack.packb({"v": 1, "t": "privacy_report",
-                          "b": {"report": {"x": [[{}] * 1000] * n}, "signature": b""}}, use_bin_type=True)
+    return msgpack.packb(
+        {"v": 1, "t": "privacy_report", "b": {"report": {"x": [[{}] * 1000] * n}, "signature": b""}}, use_bin_type=True
+    )
 
 
 class HalfOpenFlood(threading.Thread):
     """Keeps ``per_address`` half-open TLS sessions (one ClientHello each, never finished) open from each of
     ``addresses``, replacing them all every ``refresh_s`` seconds, until ``stop()`` or ``duration_s``."""
 
-    def __init__(self, endpoint: str, addresses: Sequence[str], *, per_address: int = 64, refresh_s: float = 2.0,
-                 duration_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        addresses: Sequence[str],
+        *,
+        per_address: int = 64,
+        refresh_s: float = 2.0,
+        duration_s: float = 60.0,
+    ) -> None:
         super().__init__(name="half-open-flood", daemon=True)
         self.targets = [from_address(endpoint, a) for a in addresses]
         self.per_address, self.refresh_s, self.duration_s = per_address, refresh_s, duration_s
@@ -97,8 +105,9 @@ class HalfOpenFlood(threading.Thread):
         self.join(10)
 
 
-def plaintext_flood(endpoint: str, connections: int, *, source: str | None = None,
-                    payload: bytes = b"GET / HTTP/1.0\r\n") -> int:
+def plaintext_flood(
+    endpoint: str, connections: int, *, source: str | None = None, payload: bytes = b"GET / HTTP/1.0\r\n"
+) -> int:
     """Open ``connections`` ZeroMQ connections that each send one plaintext frame, then close; returns the count.
 
     A context of its own holds them (libzmq caps sockets per context), and closing it waits until every
@@ -157,8 +166,15 @@ class RawPeer:
     """A hand-driven agent: a real handshake with ``context`` (any certificate), then ``hello`` (default a
     valid one), then whatever the caller sends; ``replies`` holds what came back before the first message."""
 
-    def __init__(self, endpoint: str, context: ssl.SSLContext, hello: bytes | None = None, *,
-                 source: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        context: ssl.SSLContext,
+        hello: bytes | None = None,
+        *,
+        source: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
         from mor_secure import protocol
 
         self.out: list[bytes] = []
@@ -194,8 +210,9 @@ class RawPeer:
         self.sock.close()
 
 
-def hostile_coordinator(endpoint: str, context_factory, *, allow: Sequence[str],
-                        welcome_heartbeat_s: float | None = None):
+def hostile_coordinator(
+    endpoint: str, context_factory, *, allow: Sequence[str], welcome_heartbeat_s: float | None = None
+):
     """A ``TLSServer`` with a real coordinator certificate that misbehaves: it may welcome with
     ``welcome_heartbeat_s`` (e.g. 0), and ``send_raw(site, data)`` sends unchecked bytes to a welcomed site."""
     from mor_secure.transport import TLSServer
@@ -206,10 +223,28 @@ def hostile_coordinator(endpoint: str, context_factory, *, allow: Sequence[str],
             if welcome_heartbeat_s is None:
                 super()._welcome(session, hello)
                 return
-            session.peer = Peer(session.session_id, session.identity.name, session.fingerprint, session.address,
-                                hello.worker_id, hello.agent_version, time.time())
-            session.tls.send(msgpack.packb({"v": 1, "t": "welcome", "b": {
-                "coordinator": self.name, "session_id": session.session_id, "heartbeat_s": welcome_heartbeat_s}}))
+            session.peer = Peer(
+                session.session_id,
+                session.identity.name,
+                session.fingerprint,
+                session.address,
+                hello.worker_id,
+                hello.agent_version,
+                time.time(),
+            )
+            session.tls.send(
+                msgpack.packb(
+                    {
+                        "v": 1,
+                        "t": "welcome",
+                        "b": {
+                            "coordinator": self.name,
+                            "session_id": session.session_id,
+                            "heartbeat_s": welcome_heartbeat_s,
+                        },
+                    }
+                )
+            )
 
         def send_raw(self, site: str, data: bytes) -> None:
             (session,) = [s for s in list(self._sessions.values()) if s.peer is not None and s.peer.site == site][:1]

@@ -16,16 +16,26 @@ def machine_lines(packages: Sequence[str] = ()) -> list[str]:
     """Markdown bullet lines describing this machine: CPU and cores, load average, GPU if any, Python,
     OS and the versions of ``packages`` (distribution names)."""
     try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor() or "?")
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or "?",
+        )
     except OSError:
         cpu = platform.processor() or "?"
-    lines = [f"- CPU: {cpu}, `nproc` = {os.cpu_count()}; load average at start {os.getloadavg()[0]:.2f} "
-             "(the machine may be shared with other jobs)"]
+    lines = [
+        f"- CPU: {cpu}, `nproc` = {os.cpu_count()}; load average at start {os.getloadavg()[0]:.2f} "
+        "(the machine may be shared with other jobs)"
+    ]
     if "torch" in packages:
         import torch
 
-        lines.append(f"- Accelerator: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (CPU only)'}")
+        lines.append(
+            f"- Accelerator: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (CPU only)'}"
+        )
     versions = []
     for name in packages:
         try:

@@ -31,11 +31,19 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_lines, write_markdown  # noqa: E402
-
 from mor_secure.demo.stages import signal_group, stop_group
-from mor_secure.events import (AGENT_ADMITTED, AGENT_LEFT, CRL_RELOADED, GRPO_DONE, GRPO_START, PEER_REFUSED,
-                               SCORING_FAILURES, SITE_PUT_ASIDE)
+from mor_secure.events import (
+    AGENT_ADMITTED,
+    AGENT_LEFT,
+    CRL_RELOADED,
+    GRPO_DONE,
+    GRPO_START,
+    PEER_REFUSED,
+    SCORING_FAILURES,
+    SITE_PUT_ASIDE,
+)
+
+from common import machine_lines, write_markdown  # noqa: E402
 
 SITES = ("client-0", "client-1", "client-2")
 KILLED, STALLED, REVOKED = SITES
@@ -88,6 +96,7 @@ def build_inputs(folder: Path) -> Inputs:
 
 # --------------------------------------------------------------------------- reading what happened
 
+
 def log_events(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """The JSON log records (`mor --log-json`) of the files in ``paths``, in order, each with its ``run``."""
     events = []
@@ -113,8 +122,13 @@ def event_time(event: dict[str, Any]) -> float:
 
 def records(events: Sequence[dict[str, Any]], msg: str, after: float = 0.0, **fields: object) -> list[dict[str, Any]]:
     """Log records with message ``msg`` logged at or after ``after`` whose ``fields`` contain the given text."""
-    return [e for e in events if e.get("msg") == msg and event_time(e) >= after - 0.01
-            and all(str(v) in str(e.get(k, "")) for k, v in fields.items())]
+    return [
+        e
+        for e in events
+        if e.get("msg") == msg
+        and event_time(e) >= after - 0.01
+        and all(str(v) in str(e.get(k, "")) for k, v in fields.items())
+    ]
 
 
 def ledger_rows(path: Path) -> list[dict[str, Any]]:
@@ -147,6 +161,7 @@ def progress_step(path: Path) -> int:
 
 
 # --------------------------------------------------------------------------- the federation under test
+
 
 class Scene:
     """The federation in ``workdir``: a CA, three sites with DP reward models, their agents (`mor client
@@ -185,8 +200,12 @@ class Scene:
         self._write_coordinator_config()
 
     def _tls(self, name: str, trust: Path) -> dict[str, str]:
-        return {"ca": str(trust / "ca.pem"), "cert": str(self.ca / f"{name}.pem"),
-                "key": str(self.ca / f"{name}.key"), "crl": str(trust / "crl.pem")}
+        return {
+            "ca": str(trust / "ca.pem"),
+            "cert": str(self.ca / f"{name}.pem"),
+            "key": str(self.ca / f"{name}.key"),
+            "crl": str(trust / "crl.pem"),
+        }
 
     def site_config(self, site: str) -> Path:
         """The site's client.toml."""
@@ -204,32 +223,65 @@ class Scene:
         for name in ("ca.pem", "crl.pem"):  # the site's own copies, as the CA operator sent them at enrolment
             (folder / name).write_bytes((self.ca / name).read_bytes())
         # a short idle timeout: after the coordinator is killed the agents redial the resumed one fast
-        write_toml(self.site_config(site), {
-            "site": site, "tls": self._tls(site, folder),
-            "coordinator": {"endpoint": self.endpoint, "name": COORDINATOR, "heartbeat_s": 0.5,
-                            "idle_timeout_s": 2.0, "connect_timeout_s": 3.0, "backoff_max_s": 0.5},
-            "data": {"path": str(self.inputs.world / site), "max_pairs": self.sizes.site_pairs},
-            "train": {"out": str(folder / "reward-model"), "epochs": 1, "batch_size": 16, "lr": 0.01},
-            "privacy": {"target_epsilon": epsilon, "max_epsilon": 100.0, "ledger": str(folder / "budget.jsonl")},
-        })
+        write_toml(
+            self.site_config(site),
+            {
+                "site": site,
+                "tls": self._tls(site, folder),
+                "coordinator": {
+                    "endpoint": self.endpoint,
+                    "name": COORDINATOR,
+                    "heartbeat_s": 0.5,
+                    "idle_timeout_s": 2.0,
+                    "connect_timeout_s": 3.0,
+                    "backoff_max_s": 0.5,
+                },
+                "data": {"path": str(self.inputs.world / site), "max_pairs": self.sizes.site_pairs},
+                "train": {"out": str(folder / "reward-model"), "epochs": 1, "batch_size": 16, "lr": 0.01},
+                "privacy": {"target_epsilon": epsilon, "max_epsilon": 100.0, "ledger": str(folder / "budget.jsonl")},
+            },
+        )
 
     def _write_coordinator_config(self) -> None:
         from mor_secure.demo.pipeline import write_toml
 
         s = self.sizes
         self.coordinator_toml.parent.mkdir(parents=True, exist_ok=True)
-        write_toml(self.coordinator_toml, {
-            "name": COORDINATOR, "bind": self.endpoint, "tls": self._tls(COORDINATOR, self.ca),
-            "clients": {"allow": list(SITES), "quorum": 2, "deadline_s": s.deadline_s, "heartbeat_s": 0.5},
-            "pool": {"cooldown_s": s.cooldown_s},
-            "ledger": {"path": str(self.ledger)},
-            "router": {"policy": str(self.inputs.policy), "data": str(self.inputs.world / "server" / "router"),
-                       "max_pairs": 12, "epochs": 5, "out": str(self.w / "router"), "wait_s": s.timeout_s},
-            "grpo": {"policy": str(self.inputs.policy), "data": str(self.inputs.public), "reward": "mor",
-                     "out": str(self.grpo_out), "steps": s.steps, "batch_size": s.batch_size, "num_generations": 8,
-                     "max_completion_length": s.max_completion_length, "lr": 1e-3, "logging_steps": 1,
-                     "save_steps": s.save_steps, "quorum": 2, "wait_s": s.wait_s, "report_to": "none"},
-        })
+        write_toml(
+            self.coordinator_toml,
+            {
+                "name": COORDINATOR,
+                "bind": self.endpoint,
+                "tls": self._tls(COORDINATOR, self.ca),
+                "clients": {"allow": list(SITES), "quorum": 2, "deadline_s": s.deadline_s, "heartbeat_s": 0.5},
+                "pool": {"cooldown_s": s.cooldown_s},
+                "ledger": {"path": str(self.ledger)},
+                "router": {
+                    "policy": str(self.inputs.policy),
+                    "data": str(self.inputs.world / "server" / "router"),
+                    "max_pairs": 12,
+                    "epochs": 5,
+                    "out": str(self.w / "router"),
+                    "wait_s": s.timeout_s,
+                },
+                "grpo": {
+                    "policy": str(self.inputs.policy),
+                    "data": str(self.inputs.public),
+                    "reward": "mor",
+                    "out": str(self.grpo_out),
+                    "steps": s.steps,
+                    "batch_size": s.batch_size,
+                    "num_generations": 8,
+                    "max_completion_length": s.max_completion_length,
+                    "lr": 1e-3,
+                    "logging_steps": 1,
+                    "save_steps": s.save_steps,
+                    "quorum": 2,
+                    "wait_s": s.wait_s,
+                    "report_to": "none",
+                },
+            },
+        )
 
     def train_router(self) -> None:
         """The router from the agents' scores (in this process; the agents must be live)."""
@@ -244,24 +296,41 @@ class Scene:
         from mor_secure.demo.stages import child_env, mor_command
 
         with open(log, "a", encoding="utf-8") as out:
-            return subprocess.Popen(mor_command("--log-json", *args), stdout=out, stderr=out,
-                                    stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True)
+            return subprocess.Popen(
+                mor_command("--log-json", *args),
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                env=child_env(),
+                start_new_session=True,
+            )
 
     def start_agent(self, site: str, health_only: bool = False) -> subprocess.Popen:
         """Start (or restart) the site's agent (``health_only``: without its model, only to dial); its log is
         logs/agent-SITE-N.log."""
         n = sum(1 for _ in self.logs.glob(f"agent-{site}-*.log"))
         self.agent_logs[site] = self.logs / f"agent-{site}-{n}.log"
-        self.agents[site] = self._spawn(self.agent_logs[site], "client", "serve", "--config", self.site_config(site),
-                                        "--worker-id", f"{site}-{n}", *(["--health-only"] if health_only else []))
+        self.agents[site] = self._spawn(
+            self.agent_logs[site],
+            "client",
+            "serve",
+            "--config",
+            self.site_config(site),
+            "--worker-id",
+            f"{site}-{n}",
+            *(["--health-only"] if health_only else []),
+        )
         return self.agents[site]
 
     def start_coordinator(self, resume: bool = False) -> subprocess.Popen:
         """Start `mor coordinator grpo` (``--resume``: from the last checkpoint); log coordinator-N.log."""
         log = self.logs / f"coordinator-{len(self.coordinators)}.log"
         self.coordinator_logs.append(log)
-        self.coordinators.append(self._spawn(log, "coordinator", "grpo", "--config", self.coordinator_toml,
-                                             *(["--resume"] if resume else [])))
+        self.coordinators.append(
+            self._spawn(
+                log, "coordinator", "grpo", "--config", self.coordinator_toml, *(["--resume"] if resume else [])
+            )
+        )
         return self.coordinators[-1]
 
     @property
@@ -289,8 +358,10 @@ class Scene:
 
     def scored_after(self, site: str, t: float) -> bool:
         """Whether the ledger holds a scoring session of ``site`` that began after ``t``."""
-        return any(r["kind"] == "scoring_session" and r["body"]["site"] == site
-                   and r["t"] - r["body"]["duration_s"] > t for r in self.ledger_rows())
+        return any(
+            r["kind"] == "scoring_session" and r["body"]["site"] == site and r["t"] - r["body"]["duration_s"] > t
+            for r in self.ledger_rows()
+        )
 
     def step(self) -> int:
         """The current run's global step (from its progress bar)."""
@@ -323,6 +394,7 @@ class Scene:
 
 # --------------------------------------------------------------------------- the faults
 
+
 @dataclass
 class Outcome:
     """One row of the report: the fault, when it was injected, what the coordinator logged, what happened."""
@@ -354,8 +426,10 @@ class Fault:
         """Note when the fault starts; refuse to start when the run is already over (too few steps)."""
         self.step, self.at = scene.step(), time.time()
         if scene.coordinator.poll() is not None or self.step >= scene.sizes.steps:
-            raise ScenarioError(f"the GRPO run ended (step {self.step} of {scene.sizes.steps}) before the fault "
-                                f"'{self.name}' could be injected: run more steps (--steps)")
+            raise ScenarioError(
+                f"the GRPO run ended (step {self.step} of {scene.sizes.steps}) before the fault "
+                f"'{self.name}' could be injected: run more steps (--steps)"
+            )
 
     def inject(self, scene: Scene) -> None:
         """Do the fault and wait until its effect is seen."""
@@ -373,8 +447,9 @@ class Fault:
     def outcome(self, scene: Scene, logged: str, outcome: str) -> Outcome:
         """This fault's row."""
         problems = [self.error] if self.error else []
-        return Outcome(self.name, self.step, round(scene.elapsed(self.at), 1), logged, outcome,
-                       problems + self.problems)
+        return Outcome(
+            self.name, self.step, round(scene.elapsed(self.at), 1), logged, outcome, problems + self.problems
+        )
 
 
 def _first(found: Sequence[dict[str, Any]], key: str, default: str = "-") -> str:
@@ -396,8 +471,9 @@ class AgentKill(Fault):
         self.returncode = proc.wait(timeout=30)
         self.restarted = time.time()
         scene.start_agent(self.site)
-        scene.wait(f"the restarted {self.site} agent to be scored",
-                   lambda: scene.scored_after(self.site, self.restarted))
+        scene.wait(
+            f"the restarted {self.site} agent to be scored", lambda: scene.scored_after(self.site, self.restarted)
+        )
 
     def check(self, scene: Scene) -> Outcome:
         events = scene.events()
@@ -408,8 +484,11 @@ class AgentKill(Fault):
         self.expect(admitted, f"the restarted {self.site} agent was never admitted")
         self.expect(scene.scored_after(self.site, self.restarted), f"{self.site} was not scored after its restart")
         back = event_time(admitted[0]) - self.at if admitted else float("nan")
-        return self.outcome(scene, f"agent left ({_first(left, 'reason')}); agent admitted again",
-                            f"restarted agent admitted {back:.1f} s after the kill and scored again")
+        return self.outcome(
+            scene,
+            f"agent left ({_first(left, 'reason')}); agent admitted again",
+            f"restarted agent admitted {back:.1f} s after the kill and scored again",
+        )
 
 
 class AgentStall(Fault):
@@ -426,11 +505,17 @@ class AgentStall(Fault):
         others = [s for s in scene.live_sites() if s != self.site]
         signal_group(proc, signal.SIGSTOP)
         try:
-            aside = scene.wait(f"the coordinator to put the stalled {self.site} aside", lambda: records(
-                scene.events(), SITE_PUT_ASIDE, self.at, site=self.site))
+            aside = scene.wait(
+                f"the coordinator to put the stalled {self.site} aside",
+                lambda: records(scene.events(), SITE_PUT_ASIDE, self.at, site=self.site),
+            )
             since = event_time(aside[0])
-            scene.wait("a scoring round without the stalled site, one deadline after the stall", lambda: (
-                time.time() - self.at > scene.sizes.deadline_s and all(scene.scored_after(s, since) for s in others)))
+            scene.wait(
+                "a scoring round without the stalled site, one deadline after the stall",
+                lambda: (
+                    time.time() - self.at > scene.sizes.deadline_s and all(scene.scored_after(s, since) for s in others)
+                ),
+            )
             self.steps_while_stalled = scene.step() - self.step
         finally:
             signal_group(proc, signal.SIGCONT)
@@ -440,21 +525,24 @@ class AgentStall(Fault):
     def check(self, scene: Scene) -> Outcome:
         events = scene.events()
         aside = records(events, SITE_PUT_ASIDE, self.at, site=self.site)
-        failures = [e for e in records(events, SCORING_FAILURES, self.at)
-                    if event_time(e) <= self.resumed]
+        failures = [e for e in records(events, SCORING_FAILURES, self.at) if event_time(e) <= self.resumed]
         stalled_s = self.resumed - self.at
         self.expect(aside, f"no 'site put aside' record for {self.site}")
         self.expect("timeout" in _first(aside, "reason", ""), "the breaker did not name a timeout")
         self.expect(stalled_s > scene.sizes.deadline_s, f"stalled only {stalled_s:.1f} s")
         self.expect(self.steps_while_stalled > 0, "no GRPO step completed while the agent was stalled")
-        self.expect(scene.agents[self.site].poll() is None or scene.agents[self.site].returncode == 0,
-                    f"the stalled agent died ({scene.agents[self.site].returncode})")
+        self.expect(
+            scene.agents[self.site].poll() is None or scene.agents[self.site].returncode == 0,
+            f"the stalled agent died ({scene.agents[self.site].returncode})",
+        )
         self.expect(scene.scored_after(self.site, self.resumed), f"{self.site} was not scored after SIGCONT")
-        return self.outcome(scene, f"site put aside ({_first(aside, 'reason')}); {len(failures)} scoring "
-                                   "round(s) with failures while stalled",
-                            f"stalled {stalled_s:.1f} s (deadline {scene.sizes.deadline_s:g} s); "
-                            f"{self.steps_while_stalled} steps went on without it; scored again after the "
-                            "cool-down")
+        return self.outcome(
+            scene,
+            f"site put aside ({_first(aside, 'reason')}); {len(failures)} scoring round(s) with failures while stalled",
+            f"stalled {stalled_s:.1f} s (deadline {scene.sizes.deadline_s:g} s); "
+            f"{self.steps_while_stalled} steps went on without it; scored again after the "
+            "cool-down",
+        )
 
 
 class Revocation(Fault):
@@ -472,11 +560,17 @@ class Revocation(Fault):
     def inject(self, scene: Scene) -> None:
         from mor_secure.demo.stages import child_env, mor_command
 
-        subprocess.run(mor_command("certs", "revoke", "--ca-dir", scene.ca, "--name", self.site), env=child_env(),
-                       check=True, capture_output=True)
+        subprocess.run(
+            mor_command("certs", "revoke", "--ca-dir", scene.ca, "--name", self.site),
+            env=child_env(),
+            check=True,
+            capture_output=True,
+        )
         self.revoked = (scene.ca / "crl.pem").stat().st_mtime
-        scene.wait(f"the coordinator to cut {self.site} off", lambda: records(
-            scene.events(), AGENT_LEFT, self.revoked, site=self.site, kind="revoked"))
+        scene.wait(
+            f"the coordinator to cut {self.site} off",
+            lambda: records(scene.events(), AGENT_LEFT, self.revoked, site=self.site, kind="revoked"),
+        )
         self.first_exit = scene.agents[self.site].wait(timeout=scene.sizes.timeout_s)
         self.redialled = time.time()
         # dialling again is refused at the TLS handshake, before any model matters: no need to load it
@@ -490,13 +584,28 @@ class Revocation(Fault):
         events = scene.events()
         cut = self._cut_at(scene)
         deadline = scene.sizes.deadline_s
-        refusals = [r for r in scene.ledger_rows() if r["kind"] == "refusal" and r["t"] >= self.revoked
-                    and r["body"]["peer"] == f"mor://client/{self.site}" and "revoked" in r["body"]["reason"]]
+        refusals = [
+            r
+            for r in scene.ledger_rows()
+            if r["kind"] == "refusal"
+            and r["t"] >= self.revoked
+            and r["body"]["peer"] == f"mor://client/{self.site}"
+            and "revoked" in r["body"]["reason"]
+        ]
         redial = records(events, PEER_REFUSED, self.redialled, reason="revoked")
-        redial_ledgered = [r for r in scene.ledger_rows() if r["kind"] == "refusal" and r["t"] >= self.redialled
-                           and "revoked" in r["body"]["reason"]]
-        late = [r for r in scene.ledger_rows() if r["kind"] == "scoring_session" and r["body"]["site"] == self.site
-                and cut is not None and r["t"] - r["body"]["duration_s"] > cut]
+        redial_ledgered = [
+            r
+            for r in scene.ledger_rows()
+            if r["kind"] == "refusal" and r["t"] >= self.redialled and "revoked" in r["body"]["reason"]
+        ]
+        late = [
+            r
+            for r in scene.ledger_rows()
+            if r["kind"] == "scoring_session"
+            and r["body"]["site"] == self.site
+            and cut is not None
+            and r["t"] - r["body"]["duration_s"] > cut
+        ]
         reloads = records(events, CRL_RELOADED, self.revoked)
         latency = f"{cut - self.revoked:.2f} s" if cut is not None else "never"
         self.expect(cut is not None and cut - self.revoked <= deadline, f"cut off: {latency} (deadline {deadline:g} s)")
@@ -506,12 +615,17 @@ class Revocation(Fault):
         self.expect(self.redial_exit not in (None, 0), "the revoked agent's new connection was not refused")
         self.expect(redial, "the coordinator did not log refusing the revoked certificate on reconnect")
         self.expect(redial_ledgered, "the refusal on reconnect is not in the ledger")
-        self.expect("revoked" in scene.agent_logs[self.site].read_text(encoding="utf-8", errors="replace"),
-                    "the refused agent's own log does not say it is revoked")
-        return self.outcome(scene, f"CRL reloaded (dropped {_first(reloads, 'dropped')}); agent left "
-                                   f"(certificate revoked); on reconnect: peer refused ({_first(redial, 'reason')})",
-                            f"cut off {latency} after the new CRL (deadline {deadline:g} s), ledger refusal "
-                            f"recorded, never scored again; reconnect refused (agent exit {self.redial_exit})")
+        self.expect(
+            "revoked" in scene.agent_logs[self.site].read_text(encoding="utf-8", errors="replace"),
+            "the refused agent's own log does not say it is revoked",
+        )
+        return self.outcome(
+            scene,
+            f"CRL reloaded (dropped {_first(reloads, 'dropped')}); agent left "
+            f"(certificate revoked); on reconnect: peer refused ({_first(redial, 'reason')})",
+            f"cut off {latency} after the new CRL (deadline {deadline:g} s), ledger refusal "
+            f"recorded, never scored again; reconnect refused (agent exit {self.redial_exit})",
+        )
 
 
 class GarbageFlood(Fault):
@@ -548,8 +662,10 @@ class GarbageFlood(Fault):
                 raw.sendall(self.rng.randbytes(64 * 1024))
             self.done = time.time()
             scene.wait("the rogue peers' refusals in the ledger", lambda: len(self._ledgered(scene)) >= 2)
-            scene.wait("every live site to be scored after the flood",
-                       lambda: all(scene.scored_after(s, self.done) for s in live))
+            scene.wait(
+                "every live site to be scored after the flood",
+                lambda: all(scene.scored_after(s, self.done) for s in live),
+            )
             self.replies = [self._drain(sock) for sock in rogues]
         finally:
             for sock in rogues:
@@ -564,14 +680,20 @@ class GarbageFlood(Fault):
 
     def _ledgered(self, scene: Scene) -> list[dict[str, Any]]:
         """Ledger refusals of peers without a certificate since the flood began."""
-        return [r for r in scene.ledger_rows() if r["kind"] == "refusal" and r["t"] >= self.at
-                and not r["body"]["peer"].startswith("mor://")]
+        return [
+            r
+            for r in scene.ledger_rows()
+            if r["kind"] == "refusal" and r["t"] >= self.at and not r["body"]["peer"].startswith("mor://")
+        ]
 
     def _refused(self, scene: Scene) -> list[dict[str, Any]]:
         """Peers without a certificate refused since the flood began, within one deadline of its end."""
         until = (self.done or time.time()) + scene.sizes.deadline_s
-        return [e for e in records(scene.events(), PEER_REFUSED, self.at)
-                if not e.get("identity") and event_time(e) <= until]
+        return [
+            e
+            for e in records(scene.events(), PEER_REFUSED, self.at)
+            if not e.get("identity") and event_time(e) <= until
+        ]
 
     def check(self, scene: Scene) -> Outcome:
         refused = self._refused(scene)
@@ -585,11 +707,14 @@ class GarbageFlood(Fault):
         self.expect(not garbage, f"the garbage peer got {len(garbage)} answer(s)")
         self.expect(alerts, "the fake ClientHello got something other than a TLS alert")
         reasons = "; ".join(str(e.get("reason", "")) for e in refused)
-        return self.outcome(scene, f"{len(refused)} x peer refused or dropped: {reasons}",
-                            f"{2 * self.frames + 1} garbage frames from 2 DEALERs and 64 KiB of raw TCP junk; "
-                            f"{len(refused)} rogue peers refused and recorded in the ledger, answered with "
-                            f"{len(fake_hello)} TLS alert(s) and nothing else; no agent dropped, every live site "
-                            "scored after it")
+        return self.outcome(
+            scene,
+            f"{len(refused)} x peer refused or dropped: {reasons}",
+            f"{2 * self.frames + 1} garbage frames from 2 DEALERs and 64 KiB of raw TCP junk; "
+            f"{len(refused)} rogue peers refused and recorded in the ledger, answered with "
+            f"{len(fake_hello)} TLS alert(s) and nothing else; no agent dropped, every live site "
+            "scored after it",
+        )
 
 
 class CoordinatorKill(Fault):
@@ -614,10 +739,11 @@ class CoordinatorKill(Fault):
         self.checkpoint = scene.checkpoint().name
         live = scene.live_sites()
         scene.start_coordinator(resume=True)
-        scene.wait("the resumed run to start", lambda: records(scene.events(len(scene.coordinators) - 1),
-                                                               GRPO_START))
-        scene.wait("every live agent to be scored by the resumed coordinator",
-                   lambda: all(scene.scored_after(s, self.killed) for s in live))
+        scene.wait("the resumed run to start", lambda: records(scene.events(len(scene.coordinators) - 1), GRPO_START))
+        scene.wait(
+            "every live agent to be scored by the resumed coordinator",
+            lambda: all(scene.scored_after(s, self.killed) for s in live),
+        )
 
     def check(self, scene: Scene) -> Outcome:
         run = len(scene.coordinators) - 1
@@ -625,15 +751,19 @@ class CoordinatorKill(Fault):
         admitted = sorted({e["site"] for e in records(scene.events(run), AGENT_ADMITTED)})
         rows = scene.ledger_rows()
         self.expect(self.returncode == -signal.SIGKILL, f"the coordinator exited with {self.returncode}")
-        self.expect(_first(start, "resume_from") == self.checkpoint,
-                    f"resumed from {_first(start, 'resume_from')}, not {self.checkpoint}")
+        self.expect(
+            _first(start, "resume_from") == self.checkpoint,
+            f"resumed from {_first(start, 'resume_from')}, not {self.checkpoint}",
+        )
         self.expect(any(r["hash"] == self.anchor for r in rows), "the ledger head before the kill is gone")
         self.expect([r["seq"] for r in rows] == list(range(1, len(rows) + 1)), "the ledger's seq has gaps")
         self.expect(len(admitted) >= 2, f"only {admitted} redialled the resumed coordinator")
-        return self.outcome(scene, f"grpo start resume_from={_first(start, 'resume_from')}; agent admitted: "
-                                   f"{', '.join(admitted)}",
-                            f"killed at step {self.step}, resumed from {self.checkpoint}; {len(admitted)} agents "
-                            f"redialled; all {self.entries_before} ledger entries before the kill kept")
+        return self.outcome(
+            scene,
+            f"grpo start resume_from={_first(start, 'resume_from')}; agent admitted: {', '.join(admitted)}",
+            f"killed at step {self.step}, resumed from {self.checkpoint}; {len(admitted)} agents "
+            f"redialled; all {self.entries_before} ledger entries before the kill kept",
+        )
 
 
 def default_faults() -> list[Fault]:
@@ -642,6 +772,7 @@ def default_faults() -> list[Fault]:
 
 
 # --------------------------------------------------------------------------- the scenario and the checks after it
+
 
 @dataclass
 class Result:
@@ -670,8 +801,10 @@ def run_scenario(scene: Scene, faults: Sequence[Fault]) -> Result:
         scene.train_router()
         scene.start_coordinator()
         start = event_time(scene.wait("the GRPO run to start", lambda: records(scene.events(0), GRPO_START))[0])
-        scene.wait("the first GRPO step, scored by every agent", lambda: scene.step() >= 1 and all(
-            scene.scored_after(s, start) for s in SITES))
+        scene.wait(
+            "the first GRPO step, scored by every agent",
+            lambda: scene.step() >= 1 and all(scene.scored_after(s, start) for s in SITES),
+        )
         for fault in faults:
             try:
                 fault.begin(scene)
@@ -679,15 +812,17 @@ def run_scenario(scene: Scene, faults: Sequence[Fault]) -> Result:
             except ScenarioError as exc:
                 fault.error = error = str(exc)
                 break
-        scene.wait("the GRPO run to finish", lambda: scene.coordinator.poll() is not None,
-                   timeout=scene.sizes.timeout_s * 2)
+        scene.wait(
+            "the GRPO run to finish", lambda: scene.coordinator.poll() is not None, timeout=scene.sizes.timeout_s * 2
+        )
     except ScenarioError as exc:
         error = error or str(exc)  # judged below: the run did not finish
     finally:
         scene.stop()  # agents end their sessions, so every record is written before the checks
-    outcomes = [fault.check(scene) if fault.at else Outcome(fault.name, 0, 0.0, "-", "not injected",
-                                                             [f"not injected: {error}"])
-                for fault in faults]
+    outcomes = [
+        fault.check(scene) if fault.at else Outcome(fault.name, 0, 0.0, "-", "not injected", [f"not injected: {error}"])
+        for fault in faults
+    ]
     anchor = next((f.anchor for f in faults if isinstance(f, CoordinatorKill)), None)
     return Result(outcomes, checks_after(scene, anchor), round(scene.elapsed(), 1), scene.sizes)
 
@@ -706,13 +841,23 @@ def check_finished(scene: Scene) -> Outcome:
     done = records(scene.events(len(scene.coordinators) - 1), GRPO_DONE)
     step = int(_first(done, "global_step", "0"))
     policy = scene.grpo_out / "policy" / "model.safetensors"
-    problems = [p for ok, p in [
-        (scene.coordinator.returncode == 0, f"the coordinator exited with {scene.coordinator.returncode}"),
-        (step == scene.sizes.steps, f"global step {step}, planned {scene.sizes.steps}"),
-        (policy.is_file(), f"no final policy at {policy}")] if not ok]
-    return _row("run finished", f"grpo done global_step={step}",
-                f"exit {scene.coordinator.returncode}, step {step} of {scene.sizes.steps}, policy saved "
-                f"({len(scene.coordinators)} coordinator processes)", problems, scene)
+    problems = [
+        p
+        for ok, p in [
+            (scene.coordinator.returncode == 0, f"the coordinator exited with {scene.coordinator.returncode}"),
+            (step == scene.sizes.steps, f"global step {step}, planned {scene.sizes.steps}"),
+            (policy.is_file(), f"no final policy at {policy}"),
+        ]
+        if not ok
+    ]
+    return _row(
+        "run finished",
+        f"grpo done global_step={step}",
+        f"exit {scene.coordinator.returncode}, step {step} of {scene.sizes.steps}, policy saved "
+        f"({len(scene.coordinators)} coordinator processes)",
+        problems,
+        scene,
+    )
 
 
 def check_ledger(scene: Scene, anchor: str | None) -> Outcome:
@@ -724,10 +869,14 @@ def check_ledger(scene: Scene, anchor: str | None) -> Outcome:
     summary = (proc.stdout or proc.stderr).strip().splitlines()
     rows = scene.ledger_rows()
     kinds = {k: sum(r["kind"] == k for r in rows) for k in ("privacy_report", "scoring_session", "refusal")}
-    return _row("ledger verifies", summary[0] if summary else "-",
-                f"{len(rows)} entries ({', '.join(f'{v} {k}' for k, v in kinds.items())})"
-                + (", pre-kill head still in the chain" if anchor else ""),
-                [] if proc.returncode == 0 else [f"`mor ledger verify` failed: {' '.join(summary)}"], scene)
+    return _row(
+        "ledger verifies",
+        summary[0] if summary else "-",
+        f"{len(rows)} entries ({', '.join(f'{v} {k}' for k, v in kinds.items())})"
+        + (", pre-kill head still in the chain" if anchor else ""),
+        [] if proc.returncode == 0 else [f"`mor ledger verify` failed: {' '.join(summary)}"],
+        scene,
+    )
 
 
 def check_epsilon(scene: Scene, site: str) -> Outcome:
@@ -743,15 +892,25 @@ def check_epsilon(scene: Scene, site: str) -> Outcome:
     status, _ = site_status(load_client_config(scene.site_config(site)))  # what `mor client budget` prints
     spent = status.spent
     eps = None if ledger is None else ledger.epsilon
-    problems = [p for ok, p in [
-        (eps is not None and eps == report, f"ledger epsilon {eps} != report epsilon {report}"),
-        (math.isclose(spent, report, rel_tol=1e-9),
-         f"`mor client budget` says {spent}, the report {report}")] if not ok]
-    return _row(f"epsilon of {site}", f"{ledger.reports if ledger else 0} signed report(s) in the ledger",
-                f"ledger {eps}, privacy_report.json {report}, `mor client budget` {spent}", problems, scene)
+    problems = [
+        p
+        for ok, p in [
+            (eps is not None and eps == report, f"ledger epsilon {eps} != report epsilon {report}"),
+            (math.isclose(spent, report, rel_tol=1e-9), f"`mor client budget` says {spent}, the report {report}"),
+        ]
+        if not ok
+    ]
+    return _row(
+        f"epsilon of {site}",
+        f"{ledger.reports if ledger else 0} signed report(s) in the ledger",
+        f"ledger {eps}, privacy_report.json {report}, `mor client budget` {spent}",
+        problems,
+        scene,
+    )
 
 
 # --------------------------------------------------------------------------- the report
+
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
@@ -762,8 +921,10 @@ def table(rows: Sequence[Outcome], first: str = "fault") -> list[str]:
     lines = [f"| {first} | when (step / s) | what the coordinator logged | outcome | result |", "|---|---|---|---|---|"]
     for o in rows:
         verdict = "pass" if o.passed else "**FAIL**: " + "; ".join(o.problems)
-        lines.append(f"| {_cell(o.fault)} | {o.step} / {o.seconds:g} | {_cell(o.logged)} | {_cell(o.outcome)} | "
-                     f"{_cell(verdict)} |")
+        lines.append(
+            f"| {_cell(o.fault)} | {o.step} / {o.seconds:g} | {_cell(o.logged)} | {_cell(o.outcome)} | "
+            f"{_cell(verdict)} |"
+        )
     return lines
 
 
@@ -771,38 +932,70 @@ def report(result: Result, machine: list[str], command: str) -> list[str]:
     """The markdown report."""
     s = result.sizes
     passed = sum(o.passed for o in result.outcomes)
-    return ["# Fault injection during a federated GRPO run", "",
-            f"**{passed} of {len(result.outcomes)} faults survived; checks after the run: "
-            f"{'all passed' if all(o.passed for o in result.after) else 'FAILED'}** "
-            f"({result.seconds:g} s in all).", "",
-            f"Three `mor client serve` agents (tiny dual-encoder reward models trained with DP at epsilon 2 / 4 / 8) "
-            f"score for `mor coordinator grpo` over mutual TLS 1.3 on 127.0.0.1: {s.steps} GRPO steps of "
-            f"{s.batch_size} completions, the MoR reward, quorum 2, deadline {s.deadline_s:g} s, breaker cool-down "
-            f"{s.cooldown_s:g} s, a checkpoint every {s.save_steps} steps. Each fault is injected once the "
-            "previous one's effect shows in the ledger or the coordinator's log (`mor --log-json`); 'when' is the "
-            "global step and the seconds since the scenario began.", "",
-            "## Faults", "", *table(result.outcomes), "",
-            "## After the run", "", *table(result.after, "check"), "",
-            "The raw TCP junk reaches the application too: libzmq takes a peer whose first byte is not a ZMTP 3 "
-            "greeting for a ZMTP 1.0 peer, so the junk arrives as a message with a self-chosen routing id, which "
-            "the server refuses ('peer chose its own routing id'; the same with every seed tried).", "",
-            "## Machine", "", *machine, "", "## Command", "", "```", command, "```"]
+    return [
+        "# Fault injection during a federated GRPO run",
+        "",
+        f"**{passed} of {len(result.outcomes)} faults survived; checks after the run: "
+        f"{'all passed' if all(o.passed for o in result.after) else 'FAILED'}** "
+        f"({result.seconds:g} s in all).",
+        "",
+        f"Three `mor client serve` agents (tiny dual-encoder reward models trained with DP at epsilon 2 / 4 / 8) "
+        f"score for `mor coordinator grpo` over mutual TLS 1.3 on 127.0.0.1: {s.steps} GRPO steps of "
+        f"{s.batch_size} completions, the MoR reward, quorum 2, deadline {s.deadline_s:g} s, breaker cool-down "
+        f"{s.cooldown_s:g} s, a checkpoint every {s.save_steps} steps. Each fault is injected once the "
+        "previous one's effect shows in the ledger or the coordinator's log (`mor --log-json`); 'when' is the "
+        "global step and the seconds since the scenario began.",
+        "",
+        "## Faults",
+        "",
+        *table(result.outcomes),
+        "",
+        "## After the run",
+        "",
+        *table(result.after, "check"),
+        "",
+        "The raw TCP junk reaches the application too: libzmq takes a peer whose first byte is not a ZMTP 3 "
+        "greeting for a ZMTP 1.0 peer, so the junk arrives as a message with a self-chosen routing id, which "
+        "the server refuses ('peer chose its own routing id'; the same with every seed tried).",
+        "",
+        "## Machine",
+        "",
+        *machine,
+        "",
+        "## Command",
+        "",
+        "```",
+        command,
+        "```",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="Folder of the report.")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mor-fault-injection",
-                        help="Work folder (its inputs/ are reused; the federation in run/ is made afresh).")
-    parser.add_argument("--steps", type=int, default=Sizes.steps, help="GRPO steps (enough for every fault "
-                                                                       "to happen during the run).")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "mor-fault-injection",
+        help="Work folder (its inputs/ are reused; the federation in run/ is made afresh).",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=Sizes.steps, help="GRPO steps (enough for every fault to happen during the run)."
+    )
     args = parser.parse_args()
     if args.steps < 4 * Sizes.save_steps:
-        parser.error(f"--steps {args.steps} is too short for five faults; use at least {4 * Sizes.save_steps} "
-                     f"(the coordinator is killed after a checkpoint, every {Sizes.save_steps} steps)")
+        parser.error(
+            f"--steps {args.steps} is too short for five faults; use at least {4 * Sizes.save_steps} "
+            f"(the coordinator is killed after a checkpoint, every {Sizes.save_steps} steps)"
+        )
     command = " ".join(["python", *sys.argv])
-    for name, value in {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                        "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    for name, value in {
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
         os.environ.setdefault(name, value)
     import shutil
 
@@ -815,11 +1008,20 @@ def main() -> None:
     scene = Scene(workdir / "run", build_inputs(workdir / "inputs"), Sizes(steps=args.steps))
     result = run_scenario(scene, default_faults())
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fault_injection.json").write_text(json.dumps(
-        {"passed": result.passed, "seconds": result.seconds, "sizes": asdict(result.sizes),
-         "faults": [{**asdict(o), "passed": o.passed} for o in result.outcomes],
-         "after": [{**asdict(o), "passed": o.passed} for o in result.after], "command": command}, indent=1),
-        encoding="utf-8")
+    (args.out / "fault_injection.json").write_text(
+        json.dumps(
+            {
+                "passed": result.passed,
+                "seconds": result.seconds,
+                "sizes": asdict(result.sizes),
+                "faults": [{**asdict(o), "passed": o.passed} for o in result.outcomes],
+                "after": [{**asdict(o), "passed": o.passed} for o in result.after],
+                "command": command,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
     write_markdown(args.out / "fault_injection.md", report(result, machine, command))
     for row in table([*result.outcomes, *result.after]):
         print(row)

@@ -19,7 +19,6 @@ from mor_secure import protocol
 from mor_secure.protocol import ScoreReply
 from mor_secure.rewards import load_reward_model
 
-
 Poison = Callable[[list[float], Sequence[Any]], list[float]]
 """(a site's honest scores, the completions they score) -> the scores the poisoned site returns instead."""
 
@@ -31,11 +30,14 @@ class LocalFederation:
     answering at the scoring interface); the other sites answer honestly.
     """
 
-    def __init__(self, models: Mapping[str, str | Path], *, max_batch: int = 256,
-                 poison: Mapping[str, Poison] | None = None) -> None:
+    def __init__(
+        self, models: Mapping[str, str | Path], *, max_batch: int = 256, poison: Mapping[str, Poison] | None = None
+    ) -> None:
         policy = ServeSection(max_batch=max_batch, requests_per_minute=10**9)
-        self.services = {site: ScoringService(load_reward_model(path), f"local:{site}", policy)
-                         for site, path in sorted(models.items())}
+        self.services = {
+            site: ScoringService(load_reward_model(path), f"local:{site}", policy)
+            for site, path in sorted(models.items())
+        }
         unknown = sorted(set(poison or {}) - set(self.services))
         if unknown:
             raise ValueError(f"poison names sites with no model: {', '.join(unknown)}")
@@ -43,8 +45,13 @@ class LocalFederation:
         self.max_batch = max_batch
         self.bytes_sent = self.bytes_received = 0
 
-    def scorer(self, images: Sequence[Any], prompts: Sequence[Any], completions: Sequence[Any],
-               sites: Sequence[str] | None = None) -> dict[str, list[float] | None]:
+    def scorer(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        sites: Sequence[str] | None = None,
+    ) -> dict[str, list[float] | None]:
         """Raw scores per site, in item order; every site receives every request."""
         requests = build_requests(list(images), list(prompts), list(completions), self.max_batch)
         out: dict[str, list[float] | None] = {}

@@ -42,6 +42,7 @@ Scorer = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], list[float]]
 
 # ----- the statistics -----
 
+
 def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
     """P(member statistic > non-member statistic) + 0.5 P(tie): the area under the ROC curve of
     'member if the statistic is above a threshold' (Mann-Whitney U with mid-ranks)."""
@@ -59,13 +60,13 @@ def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
     return float(u / (len(members) * len(nonmembers)))
 
 
-def bootstrap_auc(members: Sequence[float], nonmembers: Sequence[float], *, rounds: int = 1000,
-                  seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_auc(
+    members: Sequence[float], nonmembers: Sequence[float], *, rounds: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``auc``, members and non-members resampled separately."""
     rng = np.random.default_rng(seed)
     members, nonmembers = np.asarray(members, float), np.asarray(nonmembers, float)
-    draws = [auc(rng.choice(members, len(members)), rng.choice(nonmembers, len(nonmembers)))
-             for _ in range(rounds)]
+    draws = [auc(rng.choice(members, len(members)), rng.choice(nonmembers, len(nonmembers))) for _ in range(rounds)]
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -108,6 +109,7 @@ def membership_statistics(scorer: Scorer, pairs: Any) -> np.ndarray:
 
 # ----- the site: data, training, serving -----
 
+
 def service_scorer(service: Callable[[Any], Any], max_batch: int = 256) -> Scorer:
     """A ``Scorer`` that sends ``ScoreRequest``s to a site's ``ScoringService`` and keeps only the scores."""
     from coordinator.service import build_requests
@@ -143,7 +145,8 @@ def tls_scorer(config_path: Path, work: Path) -> Iterator[Scorer]:
     coordinator_toml.write_text(
         f'name = "coord"\nbind = "tcp://127.0.0.1:0"\n[tls]\nca = "{ca}/ca.pem"\ncert = "{ca}/coord.pem"\n'
         f'key = "{ca}/coord.key"\ncrl = "{ca}/crl.pem"\n[clients]\nallow = ["{site.site}"]\ndeadline_s = 60.0\n'
-        'heartbeat_s = 0.5\n[pool]\nmax_batch = 256\n')
+        "heartbeat_s = 0.5\n[pool]\nmax_batch = 256\n"
+    )
     with Federation(load_coordinator_config(coordinator_toml)) as federation:
         text = config_path.read_text().replace("tcp://127.0.0.1:1", federation.pool.server.endpoint)
         (work / "client-tls.toml").write_text(text)
@@ -180,19 +183,21 @@ def make_site(pool: Any, test: Any, members: int, seed: int, folder: Path, ca: P
     return Site(folder, pool.select(sorted(order[members:])), ca)
 
 
-def site_config(data: Path, ca: Path, work: Path, tag: str, epsilon: float | None, seed: int,
-                args: argparse.Namespace) -> Path:
+def site_config(
+    data: Path, ca: Path, work: Path, tag: str, epsilon: float | None, seed: int, args: argparse.Namespace
+) -> Path:
     """client.toml of a site training on ``data``: dual encoder, [train] and [privacy] for this run."""
     path = work / f"{tag}.toml"
     path.write_text(
         f'site = "site-a"\n[tls]\nca = "{ca}/ca.pem"\ncert = "{ca}/site-a.pem"\nkey = "{ca}/site-a.key"\n'
         f'crl = "{ca}/crl.pem"\n[coordinator]\nendpoint = "tcp://127.0.0.1:1"\nname = "coord"\n'
-        'heartbeat_s = 0.5\nidle_timeout_s = 30.0\n'
+        "heartbeat_s = 0.5\nidle_timeout_s = 30.0\n"
         f'[data]\npath = "{data}"\n[model]\nfamily = "dual-encoder"\n'
         f'[train]\nout = "{work / tag}"\nepochs = {args.epochs}\nbatch_size = {args.batch}\nlr = {args.lr}\n'
-        f'seed = {seed}\ncheckpoint_every = 100000\n'
+        f"seed = {seed}\ncheckpoint_every = 100000\n"
         f'[privacy]\ntarget_epsilon = {epsilon or 1.0}\nmax_epsilon = 1e9\nledger = "{work / tag}.ledger.jsonl"\n'
-        '[serve]\nmax_batch = 256\nrequests_per_minute = 100000\nallow_no_dp = true\n')
+        "[serve]\nmax_batch = 256\nrequests_per_minute = 100000\nallow_no_dp = true\n"
+    )
     return path
 
 
@@ -213,8 +218,9 @@ def shadow_statistics(site: Site, reference: Any, work: Path, seed: int, args: a
     """The attacker's side: ``args.shadows`` models trained without DP on random halves of its own
     ``reference`` pairs, queried through a ScoringService like the site; the site with their mean
     statistics of its members and non-members."""
-    from client_agent.scoring import ScoringService
     from datasets import DatasetDict, load_from_disk
+
+    from client_agent.scoring import ScoringService
 
     members = load_from_disk(str(site.data / "train"))
     sums = [np.zeros(len(members)), np.zeros(len(site.nonmembers))]
@@ -222,16 +228,18 @@ def shadow_statistics(site: Site, reference: Any, work: Path, seed: int, args: a
         order = np.random.default_rng([seed, k, 1]).permutation(len(reference))
         folder = work / f"shadow-{seed}-{k}"
         DatasetDict({"train": reference.select(sorted(order[: args.members]))}).save_to_disk(str(folder))
-        config, served, _, _ = train_and_serve(site_config(folder, site.ca, work, f"shadow-{seed}-{k}", None,
-                                                           1000 + 10 * seed + k, args), None)
+        config, served, _, _ = train_and_serve(
+            site_config(folder, site.ca, work, f"shadow-{seed}-{k}", None, 1000 + 10 * seed + k, args), None
+        )
         scorer = service_scorer(ScoringService(served.model, served.sha256, config.serve))
         sums[0] += membership_statistics(scorer, members)
         sums[1] += membership_statistics(scorer, site.nonmembers)
     return replace(site, shadow=(sums[0] / args.shadows, sums[1] / args.shadows))
 
 
-def audit_run(site: Site, work: Path, epsilon: float | None, seed: int, args: argparse.Namespace, *,
-              over_tls: bool = False) -> dict[str, Any]:
+def audit_run(
+    site: Site, work: Path, epsilon: float | None, seed: int, args: argparse.Namespace, *, over_tls: bool = False
+) -> dict[str, Any]:
     """Train the site at ``epsilon`` (None: no DP), serve it, attack it through its scores; one result row."""
     from client_agent.evaluate import pairwise_accuracy
     from client_agent.scoring import ScoringService
@@ -244,14 +252,22 @@ def audit_run(site: Site, work: Path, epsilon: float | None, seed: int, args: ar
     scorer = service_scorer(ScoringService(served.model, served.sha256, config.serve))
     stats_in = membership_statistics(scorer, members)
     stats_out = membership_statistics(scorer, site.nonmembers)
-    row = {"target_epsilon": epsilon, "seed": seed, "epsilon": report.epsilon, "delta": report.delta,
-           "noise": report.noise_multiplier, "steps": report.steps, "members": len(members),
-           "nonmembers": len(site.nonmembers), "auc": auc(stats_in, stats_out),
-           "ci": bootstrap_auc(stats_in, stats_out, rounds=args.bootstrap, seed=seed),
-           "bound": max_auc(report.epsilon, report.delta),
-           "train_accuracy": float(np.mean(stats_in > -math.log(2))),
-           "test_accuracy": pairwise_accuracy(served.model, load_pairs(config, "test", limit=False)).accuracy,
-           "train_s": train_s}
+    row = {
+        "target_epsilon": epsilon,
+        "seed": seed,
+        "epsilon": report.epsilon,
+        "delta": report.delta,
+        "noise": report.noise_multiplier,
+        "steps": report.steps,
+        "members": len(members),
+        "nonmembers": len(site.nonmembers),
+        "auc": auc(stats_in, stats_out),
+        "ci": bootstrap_auc(stats_in, stats_out, rounds=args.bootstrap, seed=seed),
+        "bound": max_auc(report.epsilon, report.delta),
+        "train_accuracy": float(np.mean(stats_in > -math.log(2))),
+        "test_accuracy": pairwise_accuracy(served.model, load_pairs(config, "test", limit=False)).accuracy,
+        "train_s": train_s,
+    }
     if site.shadow is not None:
         calibrated = stats_in - site.shadow[0], stats_out - site.shadow[1]
         row["shadow_auc"] = auc(*calibrated)
@@ -263,33 +279,45 @@ def audit_run(site: Site, work: Path, epsilon: float | None, seed: int, args: ar
             tls_out = membership_statistics(remote, site.nonmembers)
         row["tls_auc"] = auc(tls_in, tls_out)
         row["tls_max_diff"] = float(max(np.abs(tls_in - stats_in).max(), np.abs(tls_out - stats_out).max()))
-    print(f"  eps {epsilon or 'inf':>4} seed {seed}: accountant eps {report.epsilon:.2f}, AUC {row['auc']:.3f} "
-          f"[{row['ci'][0]:.3f}, {row['ci'][1]:.3f}], shadow {row.get('shadow_auc', float('nan')):.3f}, bound {row['bound']:.3f}, test acc "
-          f"{row['test_accuracy']:.3f} ({train_s:.1f} s)", flush=True)
+    print(
+        f"  eps {epsilon or 'inf':>4} seed {seed}: accountant eps {report.epsilon:.2f}, AUC {row['auc']:.3f} "
+        f"[{row['ci'][0]:.3f}, {row['ci'][1]:.3f}], shadow {row.get('shadow_auc', float('nan')):.3f}, "
+        f"bound {row['bound']:.3f}, test acc "
+        f"{row['test_accuracy']:.3f} ({train_s:.1f} s)",
+        flush=True,
+    )
     return row
 
 
 # ----- the report -----
+
 
 def summarise(rows: list[dict[str, Any]], epsilons: Sequence[float | None]) -> list[dict[str, Any]]:
     """Per epsilon: means over seeds, and the AUC interval of all seeds' statistics pooled by mean AUC."""
     out = []
     for eps in epsilons:
         runs = [r for r in rows if r["target_epsilon"] == eps]
-        out.append({"target_epsilon": eps, "epsilon": float(np.mean([r["epsilon"] for r in runs])),
-                    "auc": float(np.mean([r["auc"] for r in runs])),
-                    "aucs": [r["auc"] for r in runs], "cis": [r["ci"] for r in runs],
-                    "shadow_aucs": [r["shadow_auc"] for r in runs if "shadow_auc" in r],
-                    "shadow_cis": [r["shadow_ci"] for r in runs if "shadow_ci" in r],
-                    "bound": float(np.mean([r["bound"] for r in runs])),
-                    "implied_epsilon": max(r["implied_epsilon"] for r in runs),
-                    "train_accuracy": float(np.mean([r["train_accuracy"] for r in runs])),
-                    "test_accuracy": float(np.mean([r["test_accuracy"] for r in runs]))})
+        out.append(
+            {
+                "target_epsilon": eps,
+                "epsilon": float(np.mean([r["epsilon"] for r in runs])),
+                "auc": float(np.mean([r["auc"] for r in runs])),
+                "aucs": [r["auc"] for r in runs],
+                "cis": [r["ci"] for r in runs],
+                "shadow_aucs": [r["shadow_auc"] for r in runs if "shadow_auc" in r],
+                "shadow_cis": [r["shadow_ci"] for r in runs if "shadow_ci" in r],
+                "bound": float(np.mean([r["bound"] for r in runs])),
+                "implied_epsilon": max(r["implied_epsilon"] for r in runs),
+                "train_accuracy": float(np.mean([r["train_accuracy"] for r in runs])),
+                "test_accuracy": float(np.mean([r["test_accuracy"] for r in runs])),
+            }
+        )
     return out
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, command: str,
-                 machine: list[str], seconds: float) -> None:
+def write_report(
+    out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, command: str, machine: list[str], seconds: float
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,56 +326,81 @@ def write_report(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace
     summary = summarise(rows, args.epsilons)
     first = rows[0]
     label = lambda eps: "inf (no DP)" if eps is None else f"{eps:g}"  # noqa: E731
-    lines = ["# Membership-inference audit of a site's reward model", "",
-             f"Command: `{command}` (whole run {seconds / 60:.1f} min)", "", *machine, "",
-             f"One site (client-0 of a world generated with seed 0), dual-encoder reward model trained through "
-             f"`train_reward_model` on {first['members']} member pairs drawn at random (per seed) from a pool of "
-             f"{first['members'] + first['nonmembers']} train pairs; the other {first['nonmembers']} are the "
-             f"non-members. {args.epochs} epochs, batch {args.batch}, lr {args.lr}, the same at every epsilon "
-             "(DP: Poisson sampling, per-pair clipping C=1, PRV accountant, delta = 1/n capped at 1e-5). "
-             "The attacker sends each pair's chosen and rejected answer to the site's `ScoringService` as "
-             "`ScoreRequest`s and sees only the returned scores; its statistic is log sigmoid(s_chosen - "
-             "s_rejected), minus the pair's Bradley-Terry loss (loss-threshold attack). AUC 0.5 is chance. "
-             f"The shadow-model attack subtracts from it the pair's mean statistic under {args.shadows} models the "
-             f"attacker trains itself without DP, same recipe, each on {args.members} pairs drawn from "
-             f"{2 * args.members} other pairs of the same client (disjoint from members and non-members), "
-             "queried through a ScoringService too.", "",
-             "Theoretical maximum: (eps, delta)-DP bounds every membership test by TPR <= e^eps FPR + delta "
-             "and 1 - FPR <= e^eps (1 - TPR) + delta. The best ROC curve allowed is their upper envelope; its "
-             "area is", "",
-             "    max AUC = (1 - delta)(e^eps + delta) / (e^eps + 1) + delta",
-             "", "(e^eps / (1 + e^eps) for delta = 0). Taking only the first line, TPR <= min(1, e^eps FPR + "
-             "delta), gives the looser 1 - (1 - delta)^2 / (2 e^eps).", "",
-             f"Seeds {', '.join(map(str, args.seeds))} (the seed draws the member set and the training's "
-             f"initialisation, sampling and noise); 95% intervals: percentile bootstrap over pairs, "
-             f"{args.bootstrap} resamples, one per seed.", "",
-             "Epsilon the attack demonstrates: the largest, over seeds, of the epsilon whose maximum AUC equals "
-             "the lower end of the seed's interval (the higher of the two attacks) (the formula inverted: e^eps = (AUC - 2 delta + delta^2) / "
-             "(1 - AUC)); a DP claim below it would be refuted at 95%.", "",
-             "| target epsilon | accountant epsilon | loss attack AUC, mean | loss AUC [95% CI] per seed | "
-             "shadow attack AUC, mean | shadow AUC [95% CI] per seed | theoretical max AUC | epsilon the attack "
-             "demonstrates | train / test pairwise accuracy |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Membership-inference audit of a site's reward model",
+        "",
+        f"Command: `{command}` (whole run {seconds / 60:.1f} min)",
+        "",
+        *machine,
+        "",
+        f"One site (client-0 of a world generated with seed 0), dual-encoder reward model trained through "
+        f"`train_reward_model` on {first['members']} member pairs drawn at random (per seed) from a pool of "
+        f"{first['members'] + first['nonmembers']} train pairs; the other {first['nonmembers']} are the "
+        f"non-members. {args.epochs} epochs, batch {args.batch}, lr {args.lr}, the same at every epsilon "
+        "(DP: Poisson sampling, per-pair clipping C=1, PRV accountant, delta = 1/n capped at 1e-5). "
+        "The attacker sends each pair's chosen and rejected answer to the site's `ScoringService` as "
+        "`ScoreRequest`s and sees only the returned scores; its statistic is log sigmoid(s_chosen - "
+        "s_rejected), minus the pair's Bradley-Terry loss (loss-threshold attack). AUC 0.5 is chance. "
+        f"The shadow-model attack subtracts from it the pair's mean statistic under {args.shadows} models the "
+        f"attacker trains itself without DP, same recipe, each on {args.members} pairs drawn from "
+        f"{2 * args.members} other pairs of the same client (disjoint from members and non-members), "
+        "queried through a ScoringService too.",
+        "",
+        "Theoretical maximum: (eps, delta)-DP bounds every membership test by TPR <= e^eps FPR + delta "
+        "and 1 - FPR <= e^eps (1 - TPR) + delta. The best ROC curve allowed is their upper envelope; its "
+        "area is",
+        "",
+        "    max AUC = (1 - delta)(e^eps + delta) / (e^eps + 1) + delta",
+        "",
+        "(e^eps / (1 + e^eps) for delta = 0). Taking only the first line, TPR <= min(1, e^eps FPR + "
+        "delta), gives the looser 1 - (1 - delta)^2 / (2 e^eps).",
+        "",
+        f"Seeds {', '.join(map(str, args.seeds))} (the seed draws the member set and the training's "
+        f"initialisation, sampling and noise); 95% intervals: percentile bootstrap over pairs, "
+        f"{args.bootstrap} resamples, one per seed.",
+        "",
+        "Epsilon the attack demonstrates: the largest, over seeds, of the epsilon whose maximum AUC equals "
+        "the lower end of the seed's interval (the higher of the two attacks) (the formula inverted: "
+        "e^eps = (AUC - 2 delta + delta^2) / "
+        "(1 - AUC)); a DP claim below it would be refuted at 95%.",
+        "",
+        "| target epsilon | accountant epsilon | loss attack AUC, mean | loss AUC [95% CI] per seed | "
+        "shadow attack AUC, mean | shadow AUC [95% CI] per seed | theoretical max AUC | epsilon the attack "
+        "demonstrates | train / test pairwise accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary:
         per_seed = "; ".join(f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, (lo, hi) in zip(s["aucs"], s["cis"]))
         shadow = "; ".join(f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, (lo, hi) in zip(s["shadow_aucs"], s["shadow_cis"]))
         shadow_mean = f"**{np.mean(s['shadow_aucs']):.3f}**" if s["shadow_aucs"] else "-"
-        lines.append(f"| {label(s['target_epsilon'])} | {s['epsilon']:.3f} | **{s['auc']:.3f}** | {per_seed} | "
-                     f"{shadow_mean} | {shadow or '-'} | "
-                     f"{s['bound']:.4f} | {s['implied_epsilon']:.2f} | {s['train_accuracy']:.3f} / {s['test_accuracy']:.3f} |")
+        lines.append(
+            f"| {label(s['target_epsilon'])} | {s['epsilon']:.3f} | **{s['auc']:.3f}** | {per_seed} | "
+            f"{shadow_mean} | {shadow or '-'} | "
+            f"{s['bound']:.4f} | {s['implied_epsilon']:.2f} | {s['train_accuracy']:.3f} / {s['test_accuracy']:.3f} |"
+        )
     tls = [r for r in rows if "tls_auc" in r]
     if tls:
         r = tls[0]
-        lines += ["", f"End to end over mutual TLS (eps {label(r['target_epsilon'])}, seed {r['seed']}): the same "
-                  f"attack through the coordinator's `Federation.scorer` and a real agent gave AUC "
-                  f"{r['tls_auc']:.3f} (in process {r['auc']:.3f}); largest difference of a statistic "
-                  f"{r['tls_max_diff']:.2g}."]
-    lines += ["", *findings(summary), "",
-              "Reading: at eps 4 and 8 the bound is close to 1 and constrains no attack; only eps 1 tests it "
-              "closely. Attacks on natural data sit far below the worst case DP allows (the epsilon they "
-              "demonstrate is small even without DP), so this audit catches gross failures (noise not "
-              "applied, a wrong accountant, scores that leak beyond the model), not the accountant's "
-              "tightness; that needs crafted canary pairs and many more training runs.", "",
-              "Raw numbers: `mia_audit.json` next to this file.", ""]
+        lines += [
+            "",
+            f"End to end over mutual TLS (eps {label(r['target_epsilon'])}, seed {r['seed']}): the same "
+            f"attack through the coordinator's `Federation.scorer` and a real agent gave AUC "
+            f"{r['tls_auc']:.3f} (in process {r['auc']:.3f}); largest difference of a statistic "
+            f"{r['tls_max_diff']:.2g}.",
+        ]
+    lines += [
+        "",
+        *findings(summary),
+        "",
+        "Reading: at eps 4 and 8 the bound is close to 1 and constrains no attack; only eps 1 tests it "
+        "closely. Attacks on natural data sit far below the worst case DP allows (the epsilon they "
+        "demonstrate is small even without DP), so this audit catches gross failures (noise not "
+        "applied, a wrong accountant, scores that leak beyond the model), not the accountant's "
+        "tightness; that needs crafted canary pairs and many more training runs.",
+        "",
+        "Raw numbers: `mia_audit.json` next to this file.",
+        "",
+    ]
     write_markdown(out / "mia_audit.md", lines)
     raw = {"command": command, "machine": machine, "run_seconds": seconds, "rows": rows, "summary": summary}
     (out / "mia_audit.json").write_text(json.dumps(_strict_json(raw), indent=1))
@@ -356,12 +409,23 @@ def write_report(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace
     x = np.arange(len(summary))
     for i, s in enumerate(summary):
         left.scatter([i] * len(s["aucs"]), s["aucs"], color="C0", alpha=0.5, s=15)
-        left.errorbar([i], [s["auc"]], yerr=[[s["auc"] - min(c[0] for c in s["cis"])],
-                                            [max(c[1] for c in s["cis"]) - s["auc"]]], fmt="o", color="C0",
-                      capsize=4, label="attack AUC (widest 95% CI)" if i == 0 else None)
+        left.errorbar(
+            [i],
+            [s["auc"]],
+            yerr=[[s["auc"] - min(c[0] for c in s["cis"])], [max(c[1] for c in s["cis"]) - s["auc"]]],
+            fmt="o",
+            color="C0",
+            capsize=4,
+            label="attack AUC (widest 95% CI)" if i == 0 else None,
+        )
     if any(s["shadow_aucs"] for s in summary):
-        left.plot(x, [np.mean(s["shadow_aucs"]) if s["shadow_aucs"] else np.nan for s in summary], "D-",
-                  color="C2", label="shadow-model attack AUC (mean)")
+        left.plot(
+            x,
+            [np.mean(s["shadow_aucs"]) if s["shadow_aucs"] else np.nan for s in summary],
+            "D-",
+            color="C2",
+            label="shadow-model attack AUC (mean)",
+        )
     left.plot(x, [min(s["bound"], 1.0) for s in summary], "s--", color="C3", label="theoretical max AUC")
     left.axhline(0.5, color="grey", linestyle=":", label="chance")
     left.set_xticks(x, [label(s["target_epsilon"]) for s in summary])
@@ -374,8 +438,9 @@ def write_report(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace
     for s in summary:
         eps, delta = s["epsilon"], first["delta"]
         if math.isfinite(eps):
-            envelope = np.minimum.reduce([np.ones_like(grid), math.exp(eps) * grid + delta,
-                                          1 - math.exp(-eps) * (1 - delta - grid)])
+            envelope = np.minimum.reduce(
+                [np.ones_like(grid), math.exp(eps) * grid + delta, 1 - math.exp(-eps) * (1 - delta - grid)]
+            )
             right.plot(grid, envelope, label=f"eps {eps:.2f}: max AUC {max_auc(eps, delta):.3f}")
     right.plot(grid, grid, color="grey", linestyle=":")
     right.set_xlabel("false-positive rate")
@@ -403,28 +468,48 @@ def findings(summary: list[dict[str, Any]]) -> list[str]:
         eps = s["target_epsilon"]
         lows = [max(c[0], sc[0]) for c, sc in zip(s["cis"], s["shadow_cis"] or s["cis"])]
         if eps is None:
-            signal = ("every seed's interval lies above 0.5: the audit has signal" if min(lows) > 0.5 else
-                      "some seed's interval includes 0.5: the attack's signal is weak even without DP")
-            lines.append(f"- Without DP the attacks reach AUC {s['auc']:.3f} (loss) and "
-                         f"{np.mean(s['shadow_aucs'] or [np.nan]):.3f} (shadow) (train accuracy "
-                         f"{s['train_accuracy']:.3f} vs test {s['test_accuracy']:.3f}); {signal}.")
+            signal = (
+                "every seed's interval lies above 0.5: the audit has signal"
+                if min(lows) > 0.5
+                else "some seed's interval includes 0.5: the attack's signal is weak even without DP"
+            )
+            lines.append(
+                f"- Without DP the attacks reach AUC {s['auc']:.3f} (loss) and "
+                f"{np.mean(s['shadow_aucs'] or [np.nan]):.3f} (shadow) (train accuracy "
+                f"{s['train_accuracy']:.3f} vs test {s['test_accuracy']:.3f}); {signal}."
+            )
         else:
-            verdict = ("every seed's interval reaches below" if max(lows) <= s["bound"]
-                       else "a seed's interval lies wholly ABOVE (a DP violation, or a bug)")
-            lines.append(f"- eps {eps:g}: AUC {s['auc']:.3f} (loss), {np.mean(s['shadow_aucs'] or [np.nan]):.3f} "
-                         f"(shadow); {verdict} the bound {s['bound']:.3f}.")
+            verdict = (
+                "every seed's interval reaches below"
+                if max(lows) <= s["bound"]
+                else "a seed's interval lies wholly ABOVE (a DP violation, or a bug)"
+            )
+            lines.append(
+                f"- eps {eps:g}: AUC {s['auc']:.3f} (loss), {np.mean(s['shadow_aucs'] or [np.nan]):.3f} "
+                f"(shadow); {verdict} the bound {s['bound']:.3f}."
+            )
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="Folder of mia_audit.md/.png/.json.")
-    parser.add_argument("--quick", action="store_true", help="A small grid (2 seeds, fewer pairs and epochs) "
-                                                             "for a check in about a minute.")
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results"), help="Folder of mia_audit.md/.png/.json."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="A small grid (2 seeds, fewer pairs and epochs) for a check in about a minute.",
+    )
     parser.add_argument("--members", type=int, default=100, help="Member pairs (as many non-members).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds (member draw, training).")
-    parser.add_argument("--epsilons", type=lambda v: None if v in ("inf", "none") else float(v), nargs="+",
-                        default=list(EPSILONS), help="Target epsilons; 'inf' trains without DP.")
+    parser.add_argument(
+        "--epsilons",
+        type=lambda v: None if v in ("inf", "none") else float(v),
+        nargs="+",
+        default=list(EPSILONS),
+        help="Target epsilons; 'inf' trains without DP.",
+    )
     parser.add_argument("--epochs", type=int, default=120, help="Epochs over the members (many, to overfit).")
     parser.add_argument("--batch", type=int, default=25, help="Expected pairs per step.")
     parser.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate.")
@@ -438,9 +523,8 @@ def main(argv: list[str] | None = None) -> None:
         args.shadows = min(args.shadows, 1)
     command = " ".join(["python", "benchmarks/mia_audit.py", *(sys.argv[1:] if argv is None else argv)])
 
-    import torch
-
     import datasets
+    import torch
 
     from mor_secure import pki
     from mor_secure.data.loader import load_preferences
@@ -469,7 +553,11 @@ def main(argv: list[str] | None = None) -> None:
             if args.shadows:
                 site = shadow_statistics(site, reference, work, seed, args)
             for eps in args.epsilons:
-                tls = not args.no_tls and seed == args.seeds[0] and eps == max((e for e in args.epsilons if e), default=None)
+                tls = (
+                    not args.no_tls
+                    and seed == args.seeds[0]
+                    and eps == max((e for e in args.epsilons if e), default=None)
+                )
                 rows.append(audit_run(site, work, eps, seed, args, over_tls=tls))
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(args.out, rows, args, command, machine, time.time() - began)

@@ -37,13 +37,20 @@ from common import format_interval, machine_lines, mean_interval, write_markdown
 
 SITES = ("client-0", "client-1", "client-2")
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
-EPSILONS = (0.25, 1.0, 4.0, math.inf)
+EPSILONS = (0.25, 4.0, math.inf)
 POLICY_EPSILONS = (4.0,)
 """Epsilons whose cells also run GRPO per fusion (the reward columns run at every epsilon)."""
-POLICY_METHODS = ("mor", "uniform", "fedavg", "centralised", *(f"single:{s}" for s in SITES))
-METHOD_LABELS = {"mor": "MoR", "uniform": "uniform", "fedavg": "FedAvg RM", "centralised": "centralised RM",
-                 "oracle": "oracle (ground truth)", "warm": "warm start (before GRPO)",
-                 **{f"single:{s}": f"{s} alone" for s in SITES}}
+POLICY_METHODS = ("mor", "uniform", "single", "fedavg", "centralised")
+"""Rewards GRPO runs with; ``single`` is the one site whose scores rank the router's training pairs best."""
+METHOD_LABELS = {
+    "mor": "MoR",
+    "uniform": "uniform",
+    "single": "best single site",
+    "fedavg": "FedAvg RM",
+    "centralised": "centralised RM",
+    "oracle": "oracle (ground truth)",
+    "warm": "warm start (before GRPO)",
+}
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ def eps_name(eps: float) -> str:
 
 # ----- one seed: world, public data, pretrained bases -----
 
+
 def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES) -> dict[str, Any]:
     """World (one client per site), public data (with the demo's deliberate flaws) and GRPO prompts, the
     policy's warm start (tiny qwen2-vl after SFT on public data), a public-data SFT of the tiny llava and a
@@ -102,8 +110,8 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
     public pretrained model. Also the warm start's and the oracle run's policy accuracy."""
     import torch
 
-    from coordinator.sft import run_sft
     from coordinator.public_reward import save_public_reward
+    from coordinator.sft import run_sft
     from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
     from mor_secure.data.world import generate_world
     from mor_secure.models.zoo import build_tiny_vlm
@@ -115,29 +123,49 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
     if cached(folder / "pretrained.json", marker) is None:  # else world and bases are reused (only GRPO changed)
         if folder.exists():  # its cells depend on what is rebuilt here
             shutil.rmtree(folder)
-        generate_world(world, seed=seed, clients=len(sites), pairs=sizes.pairs, router_pairs=sizes.router_pairs,
-                       eval_questions=sizes.eval_questions)
+        generate_world(
+            world,
+            seed=seed,
+            clients=len(sites),
+            pairs=sizes.pairs,
+            router_pairs=sizes.router_pairs,
+            eval_questions=sizes.eval_questions,
+        )
         generate_public_sft(public, seed=seed, n=sizes.public_rows, flaws=DEFAULT_FLAWS, exclude_world=world)
         # GRPO asks new questions: on its SFT rows the warm start recites the memorised label
-        generate_public_sft(folder / "prompts", seed=seed + 10_000, n=sizes.public_rows, flaws=DEFAULT_FLAWS,
-                            exclude_world=world)
-        save_public_reward(public, folder / "pretrained" / "dual-encoder", epochs=sizes.public_reward_epochs,
-                           seed=seed, progress=False)
+        generate_public_sft(
+            folder / "prompts", seed=seed + 10_000, n=sizes.public_rows, flaws=DEFAULT_FLAWS, exclude_world=world
+        )
+        save_public_reward(
+            public, folder / "pretrained" / "dual-encoder", epochs=sizes.public_reward_epochs, seed=seed, progress=False
+        )
         for family in ("qwen2-vl", "llava"):
             tiny = build_tiny_vlm(family, folder / "tiny" / family, seed=seed, overwrite=True)
-            run_sft(tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3,
-                    seed=seed)
+            run_sft(
+                tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3, seed=seed
+            )
         save_cached(folder / "pretrained.json", marker, {})
     warm = folder / "pretrained" / "qwen2-vl"
-    return {"warm": policy_accuracy(warm, world),
-            "oracle": grpo_policy(folder / "oracle", warm, folder / "prompts", world, sizes, seed, "oracle", None,
-                                  None)}
+    return {
+        "warm": policy_accuracy(warm, world),
+        "oracle": grpo_policy(folder / "oracle", warm, folder / "prompts", world, sizes, seed, "oracle", None, None),
+    }
 
 
 # ----- one cell: (seed, epsilon) -----
 
-def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES,
-                families: Sequence[str] = FAMILIES, evaluate: bool = False) -> dict[str, Any]:
+
+def train_sites(
+    cell: Path,
+    seed_dir: Path,
+    eps: float,
+    seed: int,
+    sizes: Sizes,
+    *,
+    sites: Sequence[str] = SITES,
+    families: Sequence[str] = FAMILIES,
+    evaluate: bool = False,
+) -> dict[str, Any]:
     """Each site's DP reward model via ``client_agent.train`` at the product's defaults (epsilon infinity:
     ``no_dp``); returns paths, the epsilon each site's report states and, with ``evaluate``, what `mor client
     eval` measures on the site's own held-out pairs (pairwise and top-1, per domain)."""
@@ -152,15 +180,28 @@ def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes,
         folder.mkdir(parents=True, exist_ok=True)
         tls = {name: str(folder / f"unused.{name}") for name in ("ca", "cert", "key", "crl")}
         base = str(seed_dir / "pretrained" / family)
-        write_toml(folder / "client.toml", {
-            "site": site, "tls": tls, "coordinator": {"endpoint": "tcp://127.0.0.1:1", "name": "coord"},
-            "data": {"path": str(seed_dir / "world" / site)},
-            "model": {"family": family, "base": base},
-            "train": {"out": str(folder / "reward-model"), "epochs": sizes.site_epochs,
-                      "batch_size": sizes.site_batch, "seed": seed, "checkpoint_every": 100000},
-            "privacy": {"target_epsilon": 1.0 if math.isinf(eps) else eps, "max_epsilon": 1e6,
-                        "ledger": str(folder / "budget.jsonl")},
-        })
+        write_toml(
+            folder / "client.toml",
+            {
+                "site": site,
+                "tls": tls,
+                "coordinator": {"endpoint": "tcp://127.0.0.1:1", "name": "coord"},
+                "data": {"path": str(seed_dir / "world" / site)},
+                "model": {"family": family, "base": base},
+                "train": {
+                    "out": str(folder / "reward-model"),
+                    "epochs": sizes.site_epochs,
+                    "batch_size": sizes.site_batch,
+                    "seed": seed,
+                    "checkpoint_every": 100000,
+                },
+                "privacy": {
+                    "target_epsilon": 1.0 if math.isinf(eps) else eps,
+                    "max_epsilon": 1e6,
+                    "ledger": str(folder / "budget.jsonl"),
+                },
+            },
+        )
         config = load_client_config(folder / "client.toml")
         result = train_reward_model(config, no_dp=math.isinf(eps), resume=False, progress=False, new_ledger=True)
         out[site] = {"model": str(result.out_dir), "family": family, "epsilon": result.report.epsilon}
@@ -170,25 +211,41 @@ def train_sites(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes,
     return out
 
 
-def coordinator_config(cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes, *,
-                       sites: Sequence[str] = SITES) -> Any:
+def coordinator_config(
+    cell: Path, seed_dir: Path, eps: float, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES
+) -> Any:
     """The coordinator's config for the router and the in-process baselines at the cell's epsilon."""
     from coordinator.config import load_coordinator_config
     from mor_secure.demo.pipeline import write_toml
 
     tls = {name: str(cell / f"unused.{name}") for name in ("ca", "cert", "key", "crl")}
     path = cell / "coordinator.toml"
-    write_toml(path, {
-        "name": "coord", "bind": "tcp://127.0.0.1:1", "tls": tls,
-        "clients": {"allow": list(sites), "quorum": 2},
-        "ledger": {"path": str(cell / "ledger.jsonl")},
-        "router": {"policy": str(seed_dir / "pretrained" / "qwen2-vl"), "data": str(seed_dir / "world" / "server" /
-                   "router"), "out": str(cell / "router"), "epochs": sizes.router_epochs, "seed": seed},
-        "baselines": {"data": [str(seed_dir / "world" / s) for s in sites], "max_pairs": sizes.baseline_pairs,
-                      "rounds": sizes.baseline_rounds,
-                      "epochs": sizes.baseline_epochs, "dp": not math.isinf(eps),
-                      "target_epsilon": 1.0 if math.isinf(eps) else eps, "seed": seed},
-    })
+    write_toml(
+        path,
+        {
+            "name": "coord",
+            "bind": "tcp://127.0.0.1:1",
+            "tls": tls,
+            "clients": {"allow": list(sites), "quorum": 2},
+            "ledger": {"path": str(cell / "ledger.jsonl")},
+            "router": {
+                "policy": str(seed_dir / "pretrained" / "qwen2-vl"),
+                "data": str(seed_dir / "world" / "server" / "router"),
+                "out": str(cell / "router"),
+                "epochs": sizes.router_epochs,
+                "seed": seed,
+            },
+            "baselines": {
+                "data": [str(seed_dir / "world" / s) for s in sites],
+                "max_pairs": sizes.baseline_pairs,
+                "rounds": sizes.baseline_rounds,
+                "epochs": sizes.baseline_epochs,
+                "dp": not math.isinf(eps),
+                "target_epsilon": 1.0 if math.isinf(eps) else eps,
+                "seed": seed,
+            },
+        },
+    )
     return load_coordinator_config(path)
 
 
@@ -197,13 +254,27 @@ def policy_accuracy(policy: Path, world: Path) -> dict[str, Any]:
     from coordinator.policy_eval import evaluate_policy
 
     result = evaluate_policy(policy, world / "server" / "eval", progress=False)
-    return {"accuracy": result["accuracy"], "answered": result["answered_share"],
-            "per_domain": {d: r["accuracy"] for d, r in result["per_domain"].items()},
-            "per_question_type": {t: r["accuracy"] for t, r in result["per_question_type"].items()}}
+    return {
+        "accuracy": result["accuracy"],
+        "answered": result["answered_share"],
+        "per_domain": {d: r["accuracy"] for d, r in result["per_domain"].items()},
+        "per_question_type": {t: r["accuracy"] for t, r in result["per_question_type"].items()},
+    }
 
 
-def grpo_policy(out: Path, warm: Path, prompts: Path, world: Path, sizes: Sizes, seed: int, method: str,
-                config: Any, federation: Any, *, quorum: int = 2) -> dict[str, Any]:
+def grpo_policy(
+    out: Path,
+    warm: Path,
+    prompts: Path,
+    world: Path,
+    sizes: Sizes,
+    seed: int,
+    method: str,
+    config: Any,
+    federation: Any,
+    *,
+    quorum: int = 2,
+) -> dict[str, Any]:
     """GRPO of the warm start with reward ``method`` (KL to the warm start; a completion's client-score reward
     counts when ``quorum`` of the fusion's sites scored it), then its held-out accuracy and, for client-score
     rewards, the bytes the federation carried per step."""
@@ -211,14 +282,31 @@ def grpo_policy(out: Path, warm: Path, prompts: Path, world: Path, sizes: Sizes,
     from coordinator.grpo_config import GRPORunConfig
     from coordinator.rewards import FederatedReward, RewardContext, build_reward, needs_federation
 
-    cfg = GRPORunConfig(policy=str(warm), data=prompts, reward=method, out=out, steps=sizes.grpo_steps,
-                        beta=sizes.beta, batch_size=sizes.grpo_batch, save_steps=10**6, report_to="none",
-                        logging_steps=max(1, sizes.grpo_steps // 10), seed=seed, quorum=quorum)
+    cfg = GRPORunConfig(
+        policy=str(warm),
+        data=prompts,
+        reward=method,
+        out=out,
+        steps=sizes.grpo_steps,
+        beta=sizes.beta,
+        batch_size=sizes.grpo_batch,
+        save_steps=10**6,
+        report_to="none",
+        logging_steps=max(1, sizes.grpo_steps // 10),
+        seed=seed,
+        quorum=quorum,
+    )
     strategy = build_reward(method, RewardContext(out.parent / "router" / "mixture", config))
     before = (federation.bytes_sent, federation.bytes_received) if federation else (0, 0)
     if needs_federation(strategy):
-        reward = FederatedReward(strategy, federation.scorer, quorum=quorum, spread_penalty=cfg.spread_penalty,
-                                 image_contrast=cfg.image_contrast, name=method)
+        reward = FederatedReward(
+            strategy,
+            federation.scorer,
+            quorum=quorum,
+            spread_penalty=cfg.spread_penalty,
+            image_contrast=cfg.image_contrast,
+            name=method,
+        )
     elif method != "oracle":
         reward = FederatedReward(strategy, name=method)
     else:
@@ -228,8 +316,9 @@ def grpo_policy(out: Path, warm: Path, prompts: Path, world: Path, sizes: Sizes,
     policy = run_grpo(cfg, reward, prompts)
     result = {**policy_accuracy(policy, world), "grpo_seconds": time.perf_counter() - start}
     if federation is not None and needs_federation(strategy):
-        result["bytes_per_step"] = ((federation.bytes_sent - before[0]) + (federation.bytes_received - before[1])) \
-            / sizes.grpo_steps
+        result["bytes_per_step"] = (
+            (federation.bytes_sent - before[0]) + (federation.bytes_received - before[1])
+        ) / sizes.grpo_steps
     return result
 
 
@@ -239,6 +328,7 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> d
     import torch
 
     from coordinator.router_run import run_router
+
     from local_federation import LocalFederation
 
     torch.set_num_threads(1)
@@ -249,22 +339,44 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> d
     federation = LocalFederation({site: s["model"] for site, s in sites.items()})
     report = run_router(config, collect=federation.collect)
     summary = json.loads((cell / "router" / "baselines" / "summary.json").read_text(encoding="utf-8"))
-    policies = {method: grpo_policy(cell / f"grpo-{method}", seed_dir / "pretrained" / "qwen2-vl",
-                                    seed_dir / "prompts", seed_dir / "world", sizes, seed, method, config, federation)
-                for method in (POLICY_METHODS if policy else ())}
-    return {"seed": seed, "epsilon": eps_name(eps), "sites": sites,
-            "reward_accuracy": {"mor": report["accuracy"], "uniform": report["uniform_accuracy"],
-                                "fedavg": summary["fedavg"]["accuracy"],
-                                "centralised": summary["centralised"]["accuracy"],
-                                **{f"single:{s}": a for s, a in report["site_accuracy"].items()}},
-            "weights_by_domain": report.get("weights_by"), "test_pairs": report["test_pairs"],
-            "fedavg_round_bytes": 2 * len(SITES) * summary["fedavg"]["parameter_bytes"],
-            "fedavg_parameter_bytes": summary["fedavg"]["parameter_bytes"],
-            "baseline_epsilon": {k: summary[k].get("epsilon") for k in ("fedavg", "centralised")},
-            "policy": policies}
+    single = max(report["site_train_accuracy"], key=report["site_train_accuracy"].get)  # chosen on training pairs
+    policies = {
+        method: grpo_policy(
+            cell / f"grpo-{method}",
+            seed_dir / "pretrained" / "qwen2-vl",
+            seed_dir / "prompts",
+            seed_dir / "world",
+            sizes,
+            seed,
+            f"single:{single}" if method == "single" else method,
+            config,
+            federation,
+        )
+        for method in (POLICY_METHODS if policy else ())
+    }
+    return {
+        "seed": seed,
+        "epsilon": eps_name(eps),
+        "sites": sites,
+        "single_site": single,
+        "reward_accuracy": {
+            "mor": report["accuracy"],
+            "uniform": report["uniform_accuracy"],
+            "fedavg": summary["fedavg"]["accuracy"],
+            "centralised": summary["centralised"]["accuracy"],
+            **{f"single:{s}": a for s, a in report["site_accuracy"].items()},
+        },
+        "weights_by_domain": report.get("weights_by"),
+        "test_pairs": report["test_pairs"],
+        "fedavg_round_bytes": 2 * len(SITES) * summary["fedavg"]["parameter_bytes"],
+        "fedavg_parameter_bytes": summary["fedavg"]["parameter_bytes"],
+        "baseline_epsilon": {k: summary[k].get("epsilon") for k in ("fedavg", "centralised")},
+        "policy": policies,
+    }
 
 
 # ----- the grid -----
+
 
 def _plain(sizes: Sizes | dict[str, Any]) -> Any:
     return json.loads(json.dumps(asdict(sizes) if isinstance(sizes, Sizes) else sizes))
@@ -302,8 +414,14 @@ def _what(kind: str, seed: int, eps: float) -> str:
     return f"seed {seed} prepared" if kind == "seed" else f"seed {seed}, epsilon {eps_name(eps)}"
 
 
-def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, jobs: int,
-             policy_epsilons: Sequence[float] = POLICY_EPSILONS) -> dict[str, Any]:
+def run_grid(
+    root: Path,
+    seeds: list[int],
+    epsilons: list[float],
+    sizes: Sizes,
+    jobs: int,
+    policy_epsilons: Sequence[float] = POLICY_EPSILONS,
+) -> dict[str, Any]:
     """Every seed preparation, then every (seed, epsilon) cell, ``jobs`` at a time (GRPO only in the cells at
     ``policy_epsilons``); cached in ``root``."""
     results: dict[str, Any] = {"seeds": {}, "cells": [], "computed": 0, "from_cache": 0}
@@ -323,6 +441,7 @@ def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, 
         return sizes if kind == "seed" else {**asdict(sizes), "policy": eps in policy_epsilons}
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+
         def submit(kind: str, seed: int, eps: float) -> None:
             hit = cached(result_path(kind, seed, eps), marker(kind, eps))
             if hit is not None:
@@ -355,19 +474,13 @@ def run_grid(root: Path, seeds: list[int], epsilons: list[float], sizes: Sizes, 
 
 # ----- the report -----
 
+
 def own_domain(site: dict[str, Any]) -> tuple[str, float, float]:
     """A site's own domain (the one with most held-out pairs) and its pairwise and top-1 accuracy there."""
     own = site["own"]
     domain = max(own["per_domain"], key=lambda d: own["per_domain"][d]["pairs"])
     top1 = (own.get("top1") or {}).get("per_domain", {}).get(domain, {}).get("accuracy", math.nan)
     return domain, own["per_domain"][domain]["accuracy"], top1
-
-
-def best_single(cells: list[dict[str, Any]]) -> str:
-    """The single-site reward with the highest mean policy accuracy here: chosen after the fact, which
-    favours that baseline."""
-    singles = [m for m in POLICY_METHODS if m.startswith("single:")]
-    return max(singles, key=lambda m: sum(c["policy"][m]["accuracy"] for c in cells))
 
 
 def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
@@ -377,24 +490,40 @@ def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
     seeds = results["seeds"]
     warm = {s: v["warm"]["accuracy"] for s, v in seeds.items()}
     oracle = {s: v["oracle"]["accuracy"] for s, v in seeds.items()}
-    out: dict[str, Any] = {"warm": mean_interval(list(warm.values())), "oracle": mean_interval(list(oracle.values())),
-                           "oracle_gain": mean_interval([oracle[s] - warm[s] for s in seeds]), "rows": []}
+    out: dict[str, Any] = {
+        "warm": mean_interval(list(warm.values())),
+        "oracle": mean_interval(list(oracle.values())),
+        "oracle_gain": mean_interval([oracle[s] - warm[s] for s in seeds]),
+        "rows": [],
+    }
     oracle_gained = out["oracle_gain"][0] - out["oracle_gain"][1] > 0
     for eps in epsilons:
         cells = [c for c in results["cells"] if c["epsilon"] == eps_name(eps)]
         if not cells:
             continue
         names = sorted({k for c in cells for k in c["reward_accuracy"]})
-        row: dict[str, Any] = {"epsilon": eps_name(eps), "seeds": len(cells),
-                               "reward": {k: mean_interval([c["reward_accuracy"][k] for c in cells]) for k in names},
-                               "own": {}, "policy": {}, "gain": {}, "gain_share": {}, "paired_gain": {}}
+        row: dict[str, Any] = {
+            "epsilon": eps_name(eps),
+            "seeds": len(cells),
+            "reward": {k: mean_interval([c["reward_accuracy"][k] for c in cells]) for k in names},
+            "own": {},
+            "policy": {},
+            "gain": {},
+            "gain_share": {},
+            "paired_gain": {},
+        }
         for site in SITES:
             measured = [own_domain(c["sites"][site]) for c in cells if "own" in c["sites"][site]]
             if measured:
-                row["own"][site] = {"domain": measured[0][0], "pairwise": mean_interval([m[1] for m in measured]),
-                                    "top1": mean_interval([m[2] for m in measured])}
-        row["paired"] = {other: mean_interval([c["reward_accuracy"]["mor"] - c["reward_accuracy"][other]
-                                               for c in cells]) for other in ("uniform", "fedavg")}
+                row["own"][site] = {
+                    "domain": measured[0][0],
+                    "pairwise": mean_interval([m[1] for m in measured]),
+                    "top1": mean_interval([m[2] for m in measured]),
+                }
+        row["paired"] = {
+            other: mean_interval([c["reward_accuracy"]["mor"] - c["reward_accuracy"][other] for c in cells])
+            for other in ("uniform", "fedavg")
+        }
         row["fedavg_round_bytes"] = sum(c["fedavg_round_bytes"] for c in cells) / len(cells)
         row["site_epsilon"] = {s: max(c["sites"][s]["epsilon"] for c in cells) for s in SITES}
         with_policy = [c for c in cells if c["policy"]]
@@ -403,16 +532,20 @@ def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
             for method in POLICY_METHODS:
                 row["policy"][method] = mean_interval([c["policy"][method]["accuracy"] for c in with_policy])
                 row["gain"][method] = mean_interval(gains[method])
-                shares = [g / (oracle[c["seed"]] - warm[c["seed"]]) for g, c in zip(gains[method], with_policy)
-                          if oracle[c["seed"]] > warm[c["seed"]]]
+                shares = [
+                    g / (oracle[c["seed"]] - warm[c["seed"]])
+                    for g, c in zip(gains[method], with_policy)
+                    if oracle[c["seed"]] > warm[c["seed"]]
+                ]
                 # a share of a gain the oracle did not clearly make is noise divided by noise: not reported
                 row["gain_share"][method] = mean_interval(shares) if shares and oracle_gained else (math.nan, math.nan)
-            row["best_single"] = best_single(with_policy)
-            for other in ("uniform", row["best_single"], "fedavg", "centralised"):
+            row["single_sites"] = sorted({c["single_site"] for c in with_policy})
+            for other in ("uniform", "single", "fedavg", "centralised"):
                 row["paired_gain"][other] = mean_interval([a - b for a, b in zip(gains["mor"], gains[other])])
             row["policy_seeds"] = len(with_policy)
-            row["mor_bytes_per_step"] = sum(c["policy"]["mor"].get("bytes_per_step", 0)
-                                            for c in with_policy) / len(with_policy)
+            row["mor_bytes_per_step"] = sum(c["policy"]["mor"].get("bytes_per_step", 0) for c in with_policy) / len(
+                with_policy
+            )
         out["rows"].append(row)
     return out
 
@@ -432,12 +565,23 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for site, family in zip(SITES, FAMILIES):
         points = [(x, r["own"][site]["pairwise"]) for x, r in zip(xs, rows) if site in r["own"]]
-        axes[0].errorbar([x for x, _ in points], [100 * m for _, (m, _) in points],
-                         yerr=[_err(h) for _, (_, h) in points], fmt="-o", capsize=3,
-                         label=f"{site} ({family}) on its own domain")
+        axes[0].errorbar(
+            [x for x, _ in points],
+            [100 * m for _, (m, _) in points],
+            yerr=[_err(h) for _, (_, h) in points],
+            fmt="-o",
+            capsize=3,
+            label=f"{site} ({family}) on its own domain",
+        )
     for name in ("mor", "uniform"):
-        axes[0].errorbar(xs, [100 * r["reward"][name][0] for r in rows], yerr=[_err(r["reward"][name][1]) for r in rows],
-                         fmt="--s", capsize=3, label=f"{METHOD_LABELS[name]}, all domains (router pairs)")
+        axes[0].errorbar(
+            xs,
+            [100 * r["reward"][name][0] for r in rows],
+            yerr=[_err(r["reward"][name][1]) for r in rows],
+            fmt="--s",
+            capsize=3,
+            label=f"{METHOD_LABELS[name]}, all domains (router pairs)",
+        )
     axes[0].axhline(50, color="grey", linestyle=":")
     axes[0].set_xticks(xs, [r["epsilon"] for r in rows])
     axes[0].set_xlabel("epsilon per site")
@@ -447,12 +591,17 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
     width = 0.8 / max(len(policy_rows), 1)
     for i, r in enumerate(policy_rows):
         gains = [r["gain"][m] for m in POLICY_METHODS]
-        axes[1].bar([j + i * width for j in range(len(POLICY_METHODS))], [100 * g for g, _ in gains], width,
-                    yerr=[_err(h) for _, h in gains], capsize=3, label=f"epsilon {r['epsilon']}")
+        axes[1].bar(
+            [j + i * width for j in range(len(POLICY_METHODS))],
+            [100 * g for g, _ in gains],
+            width,
+            yerr=[_err(h) for _, h in gains],
+            capsize=3,
+            label=f"epsilon {r['epsilon']}",
+        )
     axes[1].axhline(100 * summary["oracle_gain"][0], color="black", linestyle="--", label="oracle (ground truth)")
     axes[1].axhline(0, color="grey", linewidth=0.8)
-    axes[1].set_xticks(range(len(POLICY_METHODS)), [METHOD_LABELS[m] for m in POLICY_METHODS], rotation=20,
-                       fontsize=8)
+    axes[1].set_xticks(range(len(POLICY_METHODS)), [METHOD_LABELS[m] for m in POLICY_METHODS], rotation=20, fontsize=8)
     axes[1].set_title("Policy gain over the warm start after GRPO (points)")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
@@ -460,81 +609,134 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, results: dict[str, Any], summary: dict[str, Any], sizes: Sizes, seeds: list[int],
-                 command: str, seconds: float, machine: list[str]) -> None:
+def write_report(
+    out: Path,
+    results: dict[str, Any],
+    summary: dict[str, Any],
+    sizes: Sizes,
+    seeds: list[int],
+    command: str,
+    seconds: float,
+    machine: list[str],
+) -> None:
     """privacy_utility.md + .png + .json in ``out``."""
     rows = summary["rows"]
     policy_rows = [r for r in rows if r["gain"]]
-    lines = ["# Privacy / utility of the federated reward", "",
-             f"Command: `{command}` ({seconds / 60:.1f} min; {results['computed']} seed preparations and cells "
-             f"computed in this invocation, {results['from_cache']} read from the cache of earlier ones in "
-             "--workdir)", "", *machine, "",
-             "## Setup", "",
-             f"- Seeds {seeds}: each its own benchmark world (3 sites; site k holds mostly domain k: detail, medical, "
-             f"chart), public warm-start data (with the demo's deliberate flaws) and pretraining, DP noise and GRPO "
-             "sampling. Sizes (those of the full `mor demo`): " + ", ".join(f"{k}={v}" for k, v in asdict(sizes).items())
-             + ".",
-             "- Sites (the product's `client_agent.train` at its defaults, DP-SGD with Opacus, PRV accountant, one "
-             "pair = one sample, every site at the row's epsilon; `inf` = no DP): client-0 dual-encoder, client-1 "
-             "qwen2-vl, client-2 llava. The VLM sites start from a tiny VLM pretrained on the public data (a real "
-             "site starts from a public pretrained VLM), the qwen2-vl one being the policy's warm start; the "
-             "dual-encoder site from a dual-encoder trained on public pairs (`mor coordinator public-reward`).",
-             "- Own domain: what `mor client eval` measures at each site on its held-out pairs of the domain it holds "
-             "most of: pairwise accuracy, and top-1 (the true answer ranked above every other candidate answer of "
-             "its question: all answers in all styles, other types' answers, junk).",
-             "- Fused reward accuracy: share of the router's held-out labelled pairs (all domains) whose chosen answer "
-             "scores higher. MoR = the learned router over calibrated scores; FedAvg RM and centralised RM are "
-             "dual-encoders trained in process on the sites' pairs at the same epsilon (the centralised one pools "
-             "the data: an upper reference, not federated).",
-             f"- Policy (at epsilon {', '.join(r['epsilon'] for r in policy_rows) or 'none'} only, to fit the run "
-             f"in time): greedy answers to the world's {sizes.eval_questions} held-out questions after GRPO "
-             f"({sizes.grpo_steps} steps of {sizes.grpo_batch} completions, beta {sizes.beta}, the product's GRPO "
-             "defaults, reference = the warm start) with each reward; an answer counts when it names the true "
-             "answer in any style. The oracle rewards the ground truth (+1 correct, +0.25 concise). Gain = policy "
-             "accuracy minus the warm start's, per seed; gain share = gain / the oracle's gain. *Best single site* "
-             "is picked after the fact (highest mean policy accuracy), which favours that baseline.",
-             "- Bytes per GRPO step: encoded ScoreRequest + ScoreReply messages to and from every site (msgpack, "
-             "before TLS framing, which adds ~22 bytes per 16 KB record); FedAvg round: the reward model's "
-             "parameters down to and up from every site once.", "",
-             f"Warm start (before GRPO): {format_interval(summary['warm'])}%; oracle GRPO: "
-             f"{format_interval(summary['oracle'])}%; oracle gain {format_interval(summary['oracle_gain'])} points "
-             "(mean ± 95% t-interval over seeds).", "",
-             "## Each site on its own domain (%): pairwise / top-1", "",
-             "| epsilon | " + " | ".join(f"{s} ({f})" for s, f in zip(SITES, FAMILIES)) + " | site epsilon (max) |",
-             "|---" * (2 + len(SITES)) + "|"]
+    lines = [
+        "# Privacy / utility of the federated reward",
+        "",
+        f"Command: `{command}` ({seconds / 60:.1f} min; {results['computed']} seed preparations and cells "
+        f"computed in this invocation, {results['from_cache']} read from the cache of earlier ones in "
+        "--workdir)",
+        "",
+        *machine,
+        "",
+        "## Setup",
+        "",
+        f"- Seeds {seeds}: each its own benchmark world (3 sites; site k holds mostly domain k: detail, medical, "
+        f"chart), public warm-start data (with the demo's deliberate flaws) and pretraining, DP noise and GRPO "
+        "sampling. Sizes (those of the full `mor demo`): "
+        + ", ".join(f"{k}={v}" for k, v in asdict(sizes).items())
+        + ".",
+        "- Sites (the product's `client_agent.train` at its defaults, DP-SGD with Opacus, PRV accountant, one "
+        "pair = one sample, every site at the row's epsilon; `inf` = no DP): client-0 dual-encoder, client-1 "
+        "qwen2-vl, client-2 llava. The VLM sites start from a tiny VLM pretrained on the public data (a real "
+        "site starts from a public pretrained VLM), the qwen2-vl one being the policy's warm start; the "
+        "dual-encoder site from a dual-encoder trained on public pairs (`mor coordinator public-reward`).",
+        "- Own domain: what `mor client eval` measures at each site on its held-out pairs of the domain it holds "
+        "most of: pairwise accuracy, and top-1 (the true answer ranked above every other candidate answer of "
+        "its question: all answers in all styles, other types' answers, junk).",
+        "- Fused reward accuracy: share of the router's held-out labelled pairs (all domains) whose chosen answer "
+        "scores higher. MoR = the learned router over calibrated scores; FedAvg RM and centralised RM are "
+        "dual-encoders trained in process on the sites' pairs at the same epsilon (the centralised one pools "
+        "the data: an upper reference, not federated).",
+        f"- Policy (at epsilon {', '.join(r['epsilon'] for r in policy_rows) or 'none'} only, to fit the run "
+        f"in time): greedy answers to the world's {sizes.eval_questions} held-out questions after GRPO "
+        f"({sizes.grpo_steps} steps of {sizes.grpo_batch} completions, beta {sizes.beta}, the product's GRPO "
+        "defaults, reference = the warm start) with each reward; an answer counts when it names the true "
+        "answer in any style. The oracle rewards the ground truth (+1 correct, +0.25 concise). Gain = policy "
+        "accuracy minus the warm start's, per seed; gain share = gain / the oracle's gain. *Best single site*: "
+        "the site whose calibrated scores rank the router's training pairs best (chosen on training data).",
+        "- Bytes per GRPO step: encoded ScoreRequest + ScoreReply messages to and from every site (msgpack, "
+        "before TLS framing, which adds ~22 bytes per 16 KB record); FedAvg round: the reward model's "
+        "parameters down to and up from every site once.",
+        "",
+        f"Warm start (before GRPO): {format_interval(summary['warm'])}%; oracle GRPO: "
+        f"{format_interval(summary['oracle'])}%; oracle gain {format_interval(summary['oracle_gain'])} points "
+        "(mean ± 95% t-interval over seeds).",
+        "",
+        "## Each site on its own domain (%): pairwise / top-1",
+        "",
+        "| epsilon | " + " | ".join(f"{s} ({f})" for s, f in zip(SITES, FAMILIES)) + " | site epsilon (max) |",
+        "|---" * (2 + len(SITES)) + "|",
+    ]
     for r in rows:
-        lines.append(f"| {r['epsilon']} | " + " | ".join(
-            f"{r['own'][s]['domain']}: {format_interval(r['own'][s]['pairwise'])} / {format_interval(r['own'][s]['top1'])}"
-            if s in r["own"] else "-" for s in SITES) + " | " + ", ".join(f"{r['site_epsilon'][s]:.2f}" for s in SITES)
-            + " |")
-    lines += ["", "## Fused reward accuracy on the router's held-out pairs, all domains (%)", "",
-              "| epsilon | MoR | uniform | FedAvg RM | centralised RM | " + " | ".join(f"{s} alone" for s in SITES) + " |",
-              "|---" * (5 + len(SITES)) + "|"]
+        lines.append(
+            f"| {r['epsilon']} | "
+            + " | ".join(
+                f"{r['own'][s]['domain']}: {format_interval(r['own'][s]['pairwise'])} / "
+                f"{format_interval(r['own'][s]['top1'])}"
+                if s in r["own"]
+                else "-"
+                for s in SITES
+            )
+            + " | "
+            + ", ".join(f"{r['site_epsilon'][s]:.2f}" for s in SITES)
+            + " |"
+        )
+    lines += [
+        "",
+        "## Fused reward accuracy on the router's held-out pairs, all domains (%)",
+        "",
+        "| epsilon | MoR | uniform | FedAvg RM | centralised RM | " + " | ".join(f"{s} alone" for s in SITES) + " |",
+        "|---" * (5 + len(SITES)) + "|",
+    ]
     for r in rows:
         rw = r["reward"]
-        lines.append(f"| {r['epsilon']} | " + " | ".join(format_interval(rw[k]) for k in ("mor", "uniform", "fedavg",
-                                                                                         "centralised"))
-                     + " | " + " | ".join(format_interval(rw.get(f"single:{s}", (math.nan, math.nan))) for s in SITES)
-                     + " |")
-    lines += ["", "## Policy gain after GRPO (points over the warm start) and share of the oracle's gain", "",
-              "| epsilon | reward | policy accuracy (%) | gain (points) | gain share |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['epsilon']} | "
+            + " | ".join(format_interval(rw[k]) for k in ("mor", "uniform", "fedavg", "centralised"))
+            + " | "
+            + " | ".join(format_interval(rw.get(f"single:{s}", (math.nan, math.nan))) for s in SITES)
+            + " |"
+        )
+    lines += [
+        "",
+        "## Policy gain after GRPO (points over the warm start) and share of the oracle's gain",
+        "",
+        "| epsilon | reward | policy accuracy (%) | gain (points) | gain share |",
+        "|---|---|---|---|---|",
+    ]
     for r in policy_rows:
         for m in POLICY_METHODS:
-            lines.append(f"| {r['epsilon']} | {METHOD_LABELS[m]} | {format_interval(r['policy'][m])} | "
-                         f"{format_interval(r['gain'][m])} | {format_interval(r['gain_share'][m], 1.0)} |")
-    lines += ["", "## Communication", "",
-              "| epsilon | MoR bytes per GRPO step (all sites) | FedAvg bytes per round (all sites) | ratio |",
-              "|---|---|---|---|"]
+            lines.append(
+                f"| {r['epsilon']} | {METHOD_LABELS[m]} | {format_interval(r['policy'][m])} | "
+                f"{format_interval(r['gain'][m])} | {format_interval(r['gain_share'][m], 1.0)} |"
+            )
+    lines += [
+        "",
+        "## Communication",
+        "",
+        "| epsilon | MoR bytes per GRPO step (all sites) | FedAvg bytes per round (all sites) | ratio |",
+        "|---|---|---|---|",
+    ]
     for r in policy_rows:
         ratio = r["fedavg_round_bytes"] / r["mor_bytes_per_step"] if r["mor_bytes_per_step"] else math.nan
-        lines.append(f"| {r['epsilon']} | {r['mor_bytes_per_step'] / 1e3:.1f} KB | "
-                     f"{r['fedavg_round_bytes'] / 1e3:.1f} KB | {ratio:.2f} |")
+        lines.append(
+            f"| {r['epsilon']} | {r['mor_bytes_per_step'] / 1e3:.1f} KB | "
+            f"{r['fedavg_round_bytes'] / 1e3:.1f} KB | {ratio:.2f} |"
+        )
     lines += ["", "![privacy/utility](privacy_utility.png)", "", "## Reading", "", *reading(summary, sizes)]
     write_markdown(out / "privacy_utility.md", lines)
     _plot(out / "privacy_utility.png", summary)
-    (out / "privacy_utility.json").write_text(json.dumps({"command": command, "seconds": seconds,
-                                                          "sizes": asdict(sizes), "summary": summary,
-                                                          "results": results}, indent=1) + "\n", encoding="utf-8")
+    (out / "privacy_utility.json").write_text(
+        json.dumps(
+            {"command": command, "seconds": seconds, "sizes": asdict(sizes), "summary": summary, "results": results},
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
 
 
 def reading(summary: dict[str, Any], sizes: Sizes) -> list[str]:
@@ -544,51 +746,78 @@ def reading(summary: dict[str, Any], sizes: Sizes) -> list[str]:
     for site, family in zip(SITES, FAMILIES):
         curve = [(r["epsilon"], r["own"][site]) for r in rows if site in r["own"]]
         if curve:
-            out.append(f"- {site} ({family}) on {curve[0][1]['domain']}, pairwise / top-1 by epsilon: "
-                       + "; ".join(f"{e}: {format_interval(o['pairwise'])} / {format_interval(o['top1'])}"
-                                   for e, o in curve) + ".")
+            out.append(
+                f"- {site} ({family}) on {curve[0][1]['domain']}, pairwise / top-1 by epsilon: "
+                + "; ".join(f"{e}: {format_interval(o['pairwise'])} / {format_interval(o['top1'])}" for e, o in curve)
+                + "."
+            )
     for other, label in (("uniform", "uniform"), ("fedavg", "the FedAvg RM")):
         sure = [r["epsilon"] for r in rows if r["paired"][other][0] - r["paired"][other][1] > 0]
-        out.append(f"- Fused reward accuracy, MoR minus {label} (paired by seed): "
-                   + "; ".join(f"{r['epsilon']}: {format_interval(r['paired'][other])}" for r in rows)
-                   + f" points; the 95% interval excludes 0 at {', '.join(sure) or 'none'}.")
+        out.append(
+            f"- Fused reward accuracy, MoR minus {label} (paired by seed): "
+            + "; ".join(f"{r['epsilon']}: {format_interval(r['paired'][other])}" for r in rows)
+            + f" points; the 95% interval excludes 0 at {', '.join(sure) or 'none'}."
+        )
     gain = summary["oracle_gain"]
     if math.isnan(gain[1]) or gain[0] - gain[1] <= 0:
-        out.append(f"- Policy: the oracle's own gain over the warm start is {format_interval(gain)} points after "
-                   f"{sizes.grpo_steps} GRPO steps of {sizes.grpo_batch} completions: not clearly above 0, so the "
-                   "gain shares are not meaningful (shown as -).")
+        out.append(
+            f"- Policy: the oracle's own gain over the warm start is {format_interval(gain)} points after "
+            f"{sizes.grpo_steps} GRPO steps of {sizes.grpo_batch} completions: not clearly above 0, so the "
+            "gain shares are not meaningful (shown as -)."
+        )
     else:
         out.append(f"- Policy: the oracle gains {format_interval(gain)} points over the warm start.")
     for r in (r for r in rows if r["gain"]):
-        pairs = "; ".join(f"vs {METHOD_LABELS[o]} {format_interval(d)}" + (" (excludes 0)" if d[0] - d[1] > 0 else "")
-                          for o, d in r["paired_gain"].items())
-        out.append(f"- Epsilon {r['epsilon']}: MoR gains {format_interval(r['gain']['mor'])} points, "
-                   f"{format_interval(r['gain_share']['mor'], 1.0)} of the oracle's gain; MoR's gain minus the "
-                   f"others' (paired by seed, points): {pairs}.")
+        pairs = "; ".join(
+            f"vs {METHOD_LABELS[o]} {format_interval(d)}" + (" (excludes 0)" if d[0] - d[1] > 0 else "")
+            for o, d in r["paired_gain"].items()
+        )
+        out.append(
+            f"- Epsilon {r['epsilon']} (best single site by training pairs: {', '.join(r['single_sites'])}): MoR "
+            f"gains {format_interval(r['gain']['mor'])} points, "
+            f"{format_interval(r['gain_share']['mor'], 1.0)} of the oracle's gain; MoR's gain minus the "
+            f"others' (paired by seed, points): {pairs}."
+        )
     ratios = [r["fedavg_round_bytes"] / r["mor_bytes_per_step"] for r in rows if r.get("mor_bytes_per_step")]
     if ratios:
-        out.append(f"- Communication: one FedAvg round of these (small) reward models moves {min(ratios):.0f}-"
-                   f"{max(ratios):.0f}x the bytes of one MoR GRPO step; MoR's traffic grows with completions scored, "
-                   "FedAvg's with model size (a 2B-parameter reward model in fp32 is 8 GB per client and direction "
-                   "per round; LoRA adapters alone, tens of MB).")
+        out.append(
+            f"- Communication: one FedAvg round of these (small) reward models moves {min(ratios):.0f}-"
+            f"{max(ratios):.0f}x the bytes of one MoR GRPO step; MoR's traffic grows with completions scored, "
+            "FedAvg's with model size (a 2B-parameter reward model in fp32 is 8 GB per client and direction "
+            "per round; LoRA adapters alone, tens of MB)."
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                        help="Folder of privacy_utility.md/.png/.json.")
-    parser.add_argument("--workdir", type=Path, default=Path("privacy-utility-work"),
-                        help="Cache of worlds, models and cell results (resumable; delete to recompute).")
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results"), help="Folder of privacy_utility.md/.png/.json."
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("privacy-utility-work"),
+        help="Cache of worlds, models and cell results (resumable; delete to recompute).",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="Seeds (worlds, pretraining, DP noise, sampling).")
-    parser.add_argument("--epsilons", default=",".join(eps_name(e) for e in EPSILONS),
-                        help="Comma-separated epsilons per site ('inf' = no DP).")
-    parser.add_argument("--policy-epsilons", default=",".join(eps_name(e) for e in POLICY_EPSILONS),
-                        help="Comma-separated epsilons (of --epsilons) whose cells also run GRPO per reward; each "
-                             "costs 7 GRPO runs per seed, the reward columns alone about a tenth of that.")
-    parser.add_argument("--quick", action="store_true",
-                        help="Reduced grid: epsilons 1 and inf (GRPO at 1), 1 seed, the quick demo's sizes (a smoke "
-                             "run of every stage).")
+    parser.add_argument(
+        "--epsilons",
+        default=",".join(eps_name(e) for e in EPSILONS),
+        help="Comma-separated epsilons per site ('inf' = no DP).",
+    )
+    parser.add_argument(
+        "--policy-epsilons",
+        default=",".join(eps_name(e) for e in POLICY_EPSILONS),
+        help="Comma-separated epsilons (of --epsilons) whose cells also run GRPO per reward; each "
+        "costs 7 GRPO runs per seed, the reward columns alone about a tenth of that.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Reduced grid: epsilons 1 and inf (GRPO at 1), 1 seed, the quick demo's sizes (a smoke "
+        "run of every stage).",
+    )
     parser.add_argument("--grpo-steps", type=int, default=None, help="Override the GRPO steps per run.")
     parser.add_argument("--jobs", type=int, default=2, help="Cells run at once (one process and thread each).")
     args = parser.parse_args(argv)

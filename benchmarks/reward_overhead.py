@@ -77,8 +77,10 @@ def local_scorer(site_configs: Sequence[Path]) -> Callable[..., dict[str, list[f
 
     def scorer(images: Sequence[Any], prompts: Sequence[Any], completions: Sequence[Any]) -> dict[str, list[float]]:
         questions, answers = [question_text(p) for p in prompts], [answer_text(c) for c in completions]
-        return {site: [float(s) for s in model.score(list(images), questions, answers, batch_size=32)]
-                for site, model in models.items()}
+        return {
+            site: [float(s) for s in model.score(list(images), questions, answers, batch_size=32)]
+            for site, model in models.items()
+        }
 
     return scorer
 
@@ -138,10 +140,18 @@ def one_run(cfg: Any, rewards: dict[str, Any], first: str, scratch: Path, steps:
     load = os.getloadavg()[0]
     run_grpo(cfg, reward, cfg.data, callbacks=[timer])
     if len(reward.modes) != len(timer.seconds):
-        raise RuntimeError(f"{len(reward.modes)} reward calls for {len(timer.seconds)} steps: the pairing of calls "
-                           "and steps assumes one generation per step (gradient_accumulation_steps = 1)")
-    return {"step_s": timer.seconds, "reward_s": reward.seconds, "modes": reward.modes, "load_before": load,
-            "load_after": os.getloadavg()[0], "last_call": reward.last_call}
+        raise RuntimeError(
+            f"{len(reward.modes)} reward calls for {len(timer.seconds)} steps: the pairing of calls "
+            "and steps assumes one generation per step (gradient_accumulation_steps = 1)"
+        )
+    return {
+        "step_s": timer.seconds,
+        "reward_s": reward.seconds,
+        "modes": reward.modes,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+        "last_call": reward.last_call,
+    }
 
 
 def wire_bytes(config: Any, prompts: list[Any], completions: list[Any], kwargs: dict, sites: int) -> dict[str, int]:
@@ -153,13 +163,16 @@ def wire_bytes(config: Any, prompts: list[Any], completions: list[Any], kwargs: 
     images = images_from(prompts, kwargs.get("image"), kwargs.get("images"))
     requests = build_requests(images, prompts, completions, config.pool.max_batch)
     sent = sum(len(encode(dataclasses.replace(r, request_id="r" * 32))) for _, r in requests)
-    replies = sum(len(encode(ScoreReply(request_id="r" * 32, scores=[0.5] * len(r.prompts),
-                                        model_sha256="sha256:" + "0" * 64))) for _, r in requests)
+    replies = sum(
+        len(encode(ScoreReply(request_id="r" * 32, scores=[0.5] * len(r.prompts), model_sha256="sha256:" + "0" * 64)))
+        for _, r in requests
+    )
     return {"sent_per_site": sent, "received_per_site": replies, "total": sites * (sent + replies)}
 
 
 def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     """Per mode: median step and reward time per run and pooled, reward share; the ratio per run and overall."""
+
     def timed(run: dict[str, Any], key: str, mode: str) -> list[float]:
         return [v for i, (v, m) in enumerate(zip(run[key], run["modes"])) if i >= warmup and m == mode]
 
@@ -168,11 +181,13 @@ def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         steps = [timed(r, "step_s", mode) for r in runs]
         rewards = [timed(r, "reward_s", mode) for r in runs]
         pooled_steps, pooled_rewards = sum(steps, []), sum(rewards, [])
-        out[mode] = {"run_medians_s": [statistics.median(s) for s in steps],
-                     "median_step_s": statistics.median(pooled_steps),
-                     "median_reward_s": statistics.median(pooled_rewards),
-                     "reward_share": sum(pooled_rewards) / sum(pooled_steps),
-                     "timed_steps": len(pooled_steps)}
+        out[mode] = {
+            "run_medians_s": [statistics.median(s) for s in steps],
+            "median_step_s": statistics.median(pooled_steps),
+            "median_reward_s": statistics.median(pooled_rewards),
+            "reward_share": sum(pooled_rewards) / sum(pooled_steps),
+            "timed_steps": len(pooled_steps),
+        }
     remote, local = out["remote"], out["local"]
     out["ratio_per_run"] = [r / lo for r, lo in zip(remote["run_medians_s"], local["run_medians_s"])]
     out["ratio"] = remote["median_step_s"] / local["median_step_s"]
@@ -211,77 +226,127 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], warmup: int, path:
     plt.close(fig)
 
 
-def report(args: argparse.Namespace, runs: list[dict[str, Any]], summary: dict[str, Any],
-           wire: dict[str, int], cfg: Any, machine: list[str], command: str) -> list[str]:
+def report(
+    args: argparse.Namespace,
+    runs: list[dict[str, Any]],
+    summary: dict[str, Any],
+    wire: dict[str, int],
+    cfg: Any,
+    machine: list[str],
+    command: str,
+) -> list[str]:
     """The markdown report."""
     met = summary["ratio"] <= TARGET
-    lines = ["# Reward overhead: the fused MoR reward over mutual TLS vs in process", "",
-             f"Target: GRPO step time with the reward from remote agents at most {TARGET}x the same reward "
-             f"models in process. **Measured: {summary['ratio']:.2f}x ({'met' if met else 'NOT met'})**; "
-             f"median of the per-run ratios {summary['ratio_of_run_medians']:.2f}x "
-             f"({', '.join(f'{r:.2f}' for r in summary['ratio_per_run'])}).", "",
-             "## Setup", "",
-             f"- Work folder of `mor demo --quick` ({args.workdir}): three sites (dual-encoder, tiny Qwen2-VL, tiny "
-             "LLaVA reward models trained with DP), the router's Mixture-of-Rewards bundle and the SFT warm-start "
-             "tiny Qwen2-VL policy.",
-             f"- GRPO: {args.steps} steps per run, first {args.warmup} skipped as warm-up; batch {cfg.batch_size} "
-             f"completions ({cfg.batch_size // cfg.num_generations} prompts x {cfg.num_generations} generations), "
-             f"at most {cfg.max_completion_length} new tokens, beta {cfg.beta}, seed {cfg.seed}, quorum {cfg.quorum}; "
-             f"{args.repeats} runs. Within a run the reward alternates step by step between the two modes (remote "
-             "first in odd runs), so paired steps see the same machine load; both modes give identical rewards, "
-             "so the policy follows one trajectory.",
-             "- remote: `Federation.scorer`, three `mor client serve` agents (one torch thread each) on this "
-             "machine, PNG images and texts over mutual TLS, every scoring session in the ledger.",
-             f"- local: the same three models loaded with `load_reward_model` in the training process "
-             f"({args.threads} torch thread(s), as the trainer), scored one after the other.",
-             "- Step time: wall time between TrainerCallback `on_step_begin` and `on_step_end` (sampling, "
-             "reference log-probs, reward, update). Reward: wall time of the reward callable (scoring + fusion).",
-             "", "## Results", "",
-             "| mode | median step (s) | per-run medians (s) | median reward call (s) | reward share of step time "
-             "| timed steps |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Reward overhead: the fused MoR reward over mutual TLS vs in process",
+        "",
+        f"Target: GRPO step time with the reward from remote agents at most {TARGET}x the same reward "
+        f"models in process. **Measured: {summary['ratio']:.2f}x ({'met' if met else 'NOT met'})**; "
+        f"median of the per-run ratios {summary['ratio_of_run_medians']:.2f}x "
+        f"({', '.join(f'{r:.2f}' for r in summary['ratio_per_run'])}).",
+        "",
+        "## Setup",
+        "",
+        f"- Work folder of `mor demo --quick` ({args.workdir}): three sites (dual-encoder, tiny Qwen2-VL, tiny "
+        "LLaVA reward models trained with DP), the router's Mixture-of-Rewards bundle and the SFT warm-start "
+        "tiny Qwen2-VL policy.",
+        f"- GRPO: {args.steps} steps per run, first {args.warmup} skipped as warm-up; batch {cfg.batch_size} "
+        f"completions ({cfg.batch_size // cfg.num_generations} prompts x {cfg.num_generations} generations), "
+        f"at most {cfg.max_completion_length} new tokens, beta {cfg.beta}, seed {cfg.seed}, quorum {cfg.quorum}; "
+        f"{args.repeats} runs. Within a run the reward alternates step by step between the two modes (remote "
+        "first in odd runs), so paired steps see the same machine load; both modes give identical rewards, "
+        "so the policy follows one trajectory.",
+        "- remote: `Federation.scorer`, three `mor client serve` agents (one torch thread each) on this "
+        "machine, PNG images and texts over mutual TLS, every scoring session in the ledger.",
+        f"- local: the same three models loaded with `load_reward_model` in the training process "
+        f"({args.threads} torch thread(s), as the trainer), scored one after the other.",
+        "- Step time: wall time between TrainerCallback `on_step_begin` and `on_step_end` (sampling, "
+        "reference log-probs, reward, update). Reward: wall time of the reward callable (scoring + fusion).",
+        "",
+        "## Results",
+        "",
+        "| mode | median step (s) | per-run medians (s) | median reward call (s) | reward share of step time "
+        "| timed steps |",
+        "|---|---|---|---|---|---|",
+    ]
     for mode in MODES:
         s = summary[mode]
-        lines.append(f"| {LABELS[mode]} | {s['median_step_s']:.3f} | "
-                     f"{', '.join(f'{m:.3f}' for m in s['run_medians_s'])} | {s['median_reward_s']:.3f} | "
-                     f"{100 * s['reward_share']:.0f}% | {s['timed_steps']} |")
+        lines.append(
+            f"| {LABELS[mode]} | {s['median_step_s']:.3f} | "
+            f"{', '.join(f'{m:.3f}' for m in s['run_medians_s'])} | {s['median_reward_s']:.3f} | "
+            f"{100 * s['reward_share']:.0f}% | {s['timed_steps']} |"
+        )
     extra = summary["remote"]["median_reward_s"] - summary["local"]["median_reward_s"]
-    lines += ["", f"Remote reward call minus local: {1000 * extra:+.0f} ms per step. Bytes on the wire per step "
-              f"(msgpack payload before TLS framing, for the last step's batch): {wire['sent_per_site']:,} B sent "
-              f"and {wire['received_per_site']:,} B received per site, {wire['total']:,} B in all for "
-              f"{wire['sites']} sites.", "",
-              "Load average (1 min) before/after each run: "
-              + "; ".join(f"run {j + 1}: {r['load_before']:.2f}/{r['load_after']:.2f}" for j, r in enumerate(runs))
-              + ".",
-              "", "## Reading", ""]
+    lines += [
+        "",
+        f"Remote reward call minus local: {1000 * extra:+.0f} ms per step. Bytes on the wire per step "
+        f"(msgpack payload before TLS framing, for the last step's batch): {wire['sent_per_site']:,} B sent "
+        f"and {wire['received_per_site']:,} B received per site, {wire['total']:,} B in all for "
+        f"{wire['sites']} sites.",
+        "",
+        "Load average (1 min) before/after each run: "
+        + "; ".join(f"run {j + 1}: {r['load_before']:.2f}/{r['load_after']:.2f}" for j, r in enumerate(runs))
+        + ".",
+        "",
+        "## Reading",
+        "",
+    ]
     share = 100 * summary["remote"]["reward_share"]
-    lines.append(f"{'Met' if met else 'Not met'}: the reward call takes {summary['remote']['median_reward_s']:.3f} s "
-                 f"remote vs {summary['local']['median_reward_s']:.3f} s in process (median), {share:.0f}% of the "
-                 "remote step; the rest is sampling, reference log-probs and the policy update, the same in both "
-                 "modes. Remote, the three agents score in parallel processes, which likely offsets the TLS round trip "
-                 "and PNG encoding; in process the three models run one after the other. Caveats: the agents "
-                 "share this machine's cores (on real sites they do not), the link is loopback (a WAN adds its "
-                 "round-trip time per step, the payload above is small), and the models and batch are tiny.")
-    lines += ["", "![reward overhead](reward_overhead.png)", "", "## Machine", "", *machine, "",
-              "## Command", "", "```", command, "```"]
+    lines.append(
+        f"{'Met' if met else 'Not met'}: the reward call takes {summary['remote']['median_reward_s']:.3f} s "
+        f"remote vs {summary['local']['median_reward_s']:.3f} s in process (median), {share:.0f}% of the "
+        "remote step; the rest is sampling, reference log-probs and the policy update, the same in both "
+        "modes. Remote, the three agents score in parallel processes, which likely offsets the TLS round trip "
+        "and PNG encoding; in process the three models run one after the other. Caveats: the agents "
+        "share this machine's cores (on real sites they do not), the link is loopback (a WAN adds its "
+        "round-trip time per step, the payload above is small), and the models and batch are tiny."
+    )
+    lines += [
+        "",
+        "![reward overhead](reward_overhead.png)",
+        "",
+        "## Machine",
+        "",
+        *machine,
+        "",
+        "## Command",
+        "",
+        "```",
+        command,
+        "```",
+    ]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="Folder of the report.")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mor-reward-overhead",
-                        help="A `mor demo --quick` work folder to reuse (built there first if absent).")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "mor-reward-overhead",
+        help="A `mor demo --quick` work folder to reuse (built there first if absent).",
+    )
     parser.add_argument("--steps", type=int, default=30, help="GRPO steps per run (half of them per mode).")
     parser.add_argument("--warmup", type=int, default=4, help="First steps of each run left out of the timings.")
     parser.add_argument("--repeats", type=int, default=3, help="GRPO runs (the mode of the first step alternates).")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the trainer (1 is "
-                                                               "stable on a shared 2-core machine).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of the trainer (1 is stable on a shared 2-core machine).",
+    )
     args = parser.parse_args()
     if args.warmup >= args.steps:
         parser.error(f"--warmup {args.warmup} leaves no timed step of --steps {args.steps}; lower --warmup")
     command = " ".join(["python", *sys.argv])
-    for name, value in {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                        "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    for name, value in {
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
         os.environ.setdefault(name, value)
     import torch
 
@@ -308,18 +373,35 @@ def main() -> None:
     try:
         for path in site_paths:
             with open(workdir / "logs" / f"reward-overhead-{path.parent.name}.log", "a", encoding="utf-8") as log:
-                agents.append(subprocess.Popen(mor_command("client", "serve", "--config", path), stdout=log,
-                                               stderr=log, stdin=subprocess.DEVNULL, env=child_env(),
-                                               start_new_session=True))
+                agents.append(
+                    subprocess.Popen(
+                        mor_command("client", "serve", "--config", path),
+                        stdout=log,
+                        stderr=log,
+                        stdin=subprocess.DEVNULL,
+                        env=child_env(),
+                        start_new_session=True,
+                    )
+                )
         with Federation(config) as federation:
             allowed = sorted(config.clients.allow)
             if not federation.wait_for(sites=allowed, timeout=120):
-                raise SystemExit(f"only {federation.live_sites()} of {allowed} agents joined within 120 s; see "
-                                 f"{workdir / 'logs'}/reward-overhead-*.log")
-            rewards = {"remote": FederatedReward(MixtureOfRewards.load(mixture), federation.scorer, quorum=cfg.quorum,
-                                                 live_sites=federation.live_sites, name="mor"),
-                       "local": FederatedReward(MixtureOfRewards.load(mixture), local_scorer(site_paths),
-                                                quorum=cfg.quorum, name="mor")}
+                raise SystemExit(
+                    f"only {federation.live_sites()} of {allowed} agents joined within 120 s; see "
+                    f"{workdir / 'logs'}/reward-overhead-*.log"
+                )
+            rewards = {
+                "remote": FederatedReward(
+                    MixtureOfRewards.load(mixture),
+                    federation.scorer,
+                    quorum=cfg.quorum,
+                    live_sites=federation.live_sites,
+                    name="mor",
+                ),
+                "local": FederatedReward(
+                    MixtureOfRewards.load(mixture), local_scorer(site_paths), quorum=cfg.quorum, name="mor"
+                ),
+            }
             for repeat in range(args.repeats):
                 print(f"run {repeat + 1}/{args.repeats}", file=sys.stderr)
                 runs.append(one_run(cfg, rewards, MODES[repeat % 2], scratch, args.steps))
@@ -331,8 +413,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, summary, args.warmup, args.out / "reward_overhead.png")
     raw = [{k: v for k, v in r.items() if k != "last_call"} for r in runs]
-    (args.out / "reward_overhead.json").write_text(json.dumps(
-        {"summary": summary, "wire_bytes": wire, "runs": raw, "command": command}, indent=1), encoding="utf-8")
+    (args.out / "reward_overhead.json").write_text(
+        json.dumps({"summary": summary, "wire_bytes": wire, "runs": raw, "command": command}, indent=1),
+        encoding="utf-8",
+    )
     write_markdown(args.out / "reward_overhead.md", report(args, runs, summary, wire, cfg, machine, command))
     print(f"ratio {summary['ratio']:.3f}x (target <= {TARGET}x); report: {args.out / 'reward_overhead.md'}")
 

@@ -24,18 +24,20 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_interval, machine_lines, mean_interval, write_markdown  # noqa: E402
-
 from coordinator.calibration import Calibrator  # noqa: E402
 from coordinator.router import pairwise_accuracy, pairwise_wins, train_router  # noqa: E402
 from coordinator.synthetic import PairWorld, SyntheticClient, make_world, raw_pair_scores  # noqa: E402
 from coordinator.trust import agreement_trust  # noqa: E402
 
+from common import format_interval, machine_lines, mean_interval, write_markdown  # noqa: E402
+
 SITES = ["a-sharp", "a-weak", "b-sharp", "b-weak"]
-CLIENTS = [SyntheticClient("expert", (0,), noise=0.3, offset=0.0, scale=1.0),
-           SyntheticClient("expert", (0,), noise=0.6, offset=2.0, scale=3.0),
-           SyntheticClient("expert", (1,), noise=0.3, offset=-1.0, scale=0.5),
-           SyntheticClient("expert", (1,), noise=0.6, offset=5.0, scale=2.0)]
+CLIENTS = [
+    SyntheticClient("expert", (0,), noise=0.3, offset=0.0, scale=1.0),
+    SyntheticClient("expert", (0,), noise=0.6, offset=2.0, scale=3.0),
+    SyntheticClient("expert", (1,), noise=0.3, offset=-1.0, scale=0.5),
+    SyntheticClient("expert", (1,), noise=0.6, offset=5.0, scale=2.0),
+]
 ADVERSARIES = {1: ["a-sharp"], 2: ["a-sharp", "b-sharp"]}
 ATTACKS = ("inverted", "random", "fixed-wrong")
 STRATEGIES = ("MoR", "MoR + defence", "MoR honest only", "uniform", "uniform + defence", "FedAvg proxy")
@@ -52,8 +54,15 @@ def _calibrate(raw_train: torch.Tensor, raw: torch.Tensor, method: str) -> torch
     return torch.stack([(raw[:, k] - cal[s].center) / cal[s].scale for k, s in enumerate(SITES)], dim=1)
 
 
-def _router_accuracy(train: PairWorld, z_train: torch.Tensor, test: PairWorld, z_test: torch.Tensor,
-                     keep: list[int], seed: int, epochs: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+def _router_accuracy(
+    train: PairWorld,
+    z_train: torch.Tensor,
+    test: PairWorld,
+    z_test: torch.Tensor,
+    keep: list[int],
+    seed: int,
+    epochs: int,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Held-out accuracy of a router trained on the ``keep`` columns, and its mean weight per kept site on
     held-out prompts and on unseen prompts (features far from every labelled domain)."""
     sites = [SITES[k] for k in keep]
@@ -72,8 +81,10 @@ def run_setting(attack: str, n_adv: int, seed: int, args: argparse.Namespace) ->
     train, test = world.split(int(args.pairs * 2 / 3))
     raw_train = raw_pair_scores(train, clients, seed=seed + 1000)
     raw_test = raw_pair_scores(test, clients, seed=seed + 2000)
-    z_train, z_test = _calibrate(raw_train, raw_train, args.calibration), _calibrate(raw_train, raw_test,
-                                                                                     args.calibration)
+    z_train, z_test = (
+        _calibrate(raw_train, raw_train, args.calibration),
+        _calibrate(raw_train, raw_test, args.calibration),
+    )
     trust = agreement_trust(z_train, SITES, groups=train.groups)  # per domain, as `mor coordinator router`
     keep = [k for k, s in enumerate(SITES) if trust[s].trusted]
     everyone = list(range(len(SITES)))
@@ -83,8 +94,9 @@ def run_setting(attack: str, n_adv: int, seed: int, args: argparse.Namespace) ->
     accuracy = {
         "MoR": mor,
         "MoR + defence": _router_accuracy(train, z_train, test, z_test, keep, seed, args.epochs)[0],
-        "MoR honest only": _router_accuracy(train, z_train, test, z_test,
-                                            [k for k, s in enumerate(SITES) if s not in bad], seed, args.epochs)[0],
+        "MoR honest only": _router_accuracy(
+            train, z_train, test, z_test, [k for k, s in enumerate(SITES) if s not in bad], seed, args.epochs
+        )[0],
         "uniform": pairwise_wins(diff.mean(dim=1)),
         "uniform + defence": pairwise_wins(diff[:, keep].mean(dim=1)),
         # FedAvg of same-architecture linear-in-output reward heads is the mean of the client functions:
@@ -92,11 +104,17 @@ def run_setting(attack: str, n_adv: int, seed: int, args: argparse.Namespace) ->
         "FedAvg proxy": pairwise_wins(raw_diff.mean(dim=1)),
     }
     adversarial = [k for k, s in enumerate(SITES) if s in bad]
-    return {"attack": attack, "adversaries": n_adv, "seed": seed, "accuracy": accuracy,
-            "adversary_weight": float(mor_weights[adversarial].sum()),
-            "adversary_weight_unseen": float(unseen_weights[adversarial].sum()),
-            "trust": {s: t.to_dict() for s, t in trust.items()},
-            "excluded": sorted(s for s, t in trust.items() if not t.trusted), "adversarial": sorted(bad)}
+    return {
+        "attack": attack,
+        "adversaries": n_adv,
+        "seed": seed,
+        "accuracy": accuracy,
+        "adversary_weight": float(mor_weights[adversarial].sum()),
+        "adversary_weight_unseen": float(unseen_weights[adversarial].sum()),
+        "trust": {s: t.to_dict() for s, t in trust.items()},
+        "excluded": sorted(s for s, t in trust.items() if not t.trusted),
+        "adversarial": sorted(bad),
+    }
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,8 +140,14 @@ def _label(entry: dict[str, Any]) -> str:
     return "clean" if entry["adversaries"] == 0 else f"{entry['adversaries']}x {entry['attack']}"
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]],
-                 args: argparse.Namespace, command: str, seconds: float) -> None:
+def write_report(
+    out: Path,
+    rows: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    args: argparse.Namespace,
+    command: str,
+    seconds: float,
+) -> None:
     """robustness.md (tables, machine, command), robustness.png and robustness.json."""
     import matplotlib
 
@@ -148,68 +172,90 @@ def write_report(out: Path, rows: list[dict[str, Any]], summary: list[dict[str, 
     plt.close(fig)
 
     clean = next(e for e in summary if e["adversaries"] == 0)
-    lines = ["# Robustness to poisoned clients", "",
-             f"Command: `{command}` (whole run {seconds:.0f} s)", "", *machine_lines(["torch"]), "",
-             "## Setup", "",
-             f"- 4 synthetic clients computed from ground truth (`coordinator/synthetic.py`), two experts per "
-             f"domain: {', '.join(SITES)} (sharp: noise 0.3, weak: noise 0.6; each with its own raw offset and "
-             "scale). Off its domain an expert scores by noise.",
-             f"- {args.pairs} labelled pairs per seed over 2 domains and 4 answers; the router, the calibration "
-             f"({args.calibration}) and the trust are fitted on the first 2/3, accuracy is on the held-out 1/3.",
-             "- Adversaries: 1 = a-sharp, 2 = a-sharp and b-sharp (the best expert of each domain), scoring "
-             "`inverted` (minus its honest score), `random` (pure noise) or `fixed-wrong` (high for one fixed "
-             "answer, right only when that answer is true).",
-             "- MoR: learned router over all 4 calibrated clients. `+ defence`: `[router] defence = "
-             "\"agreement\"`: only clients whose Wilson 95% lower bound of pairwise agreement with the training "
-             "pairs of their best domain exceeds 0.55 (chance is 0.5) are kept (`coordinator.trust`).",
-             "- FedAvg proxy: the mean of the clients' raw reward functions, which is what FedAvg of "
-             "same-architecture linear reward heads computes; an adversary's poisoned local model (labels "
-             "flipped / random / one answer favoured) enters the average. It is a proxy, not trained FedAvg "
-             "models from coordinator/baselines.",
-             "- MoR honest only: the router trained without the adversaries' sites at all, the ceiling any "
-             "defence can reach (losing an expert costs accuracy even when it is removed perfectly).", "",
-             f"## Held-out pairwise accuracy (%), mean ± 95% t-interval over {args.seeds} seed(s)", "",
-             "| federation | " + " | ".join(STRATEGIES)
-             + " | adversaries' MoR weight (held-out / unseen prompts) | adversaries excluded | honest excluded |",
-             "|---" * (len(STRATEGIES) + 4) + "|"]
+    lines = [
+        "# Robustness to poisoned clients",
+        "",
+        f"Command: `{command}` (whole run {seconds:.0f} s)",
+        "",
+        *machine_lines(["torch"]),
+        "",
+        "## Setup",
+        "",
+        f"- 4 synthetic clients computed from ground truth (`coordinator/synthetic.py`), two experts per "
+        f"domain: {', '.join(SITES)} (sharp: noise 0.3, weak: noise 0.6; each with its own raw offset and "
+        "scale). Off its domain an expert scores by noise.",
+        f"- {args.pairs} labelled pairs per seed over 2 domains and 4 answers; the router, the calibration "
+        f"({args.calibration}) and the trust are fitted on the first 2/3, accuracy is on the held-out 1/3.",
+        "- Adversaries: 1 = a-sharp, 2 = a-sharp and b-sharp (the best expert of each domain), scoring "
+        "`inverted` (minus its honest score), `random` (pure noise) or `fixed-wrong` (high for one fixed "
+        "answer, right only when that answer is true).",
+        "- MoR: learned router over all 4 calibrated clients. `+ defence`: `[router] defence = "
+        '"agreement"`: only clients whose Wilson 95% lower bound of pairwise agreement with the training '
+        "pairs of their best domain exceeds 0.55 (chance is 0.5) are kept (`coordinator.trust`).",
+        "- FedAvg proxy: the mean of the clients' raw reward functions, which is what FedAvg of "
+        "same-architecture linear reward heads computes; an adversary's poisoned local model (labels "
+        "flipped / random / one answer favoured) enters the average. It is a proxy, not trained FedAvg "
+        "models from coordinator/baselines.",
+        "- MoR honest only: the router trained without the adversaries' sites at all, the ceiling any "
+        "defence can reach (losing an expert costs accuracy even when it is removed perfectly).",
+        "",
+        f"## Held-out pairwise accuracy (%), mean ± 95% t-interval over {args.seeds} seed(s)",
+        "",
+        "| federation | "
+        + " | ".join(STRATEGIES)
+        + " | adversaries' MoR weight (held-out / unseen prompts) | adversaries excluded | honest excluded |",
+        "|---" * (len(STRATEGIES) + 4) + "|",
+    ]
     for e in summary:
-        lines.append(f"| {_label(e)} | " + " | ".join(format_interval(e[name]) for name in STRATEGIES)
-                     + f" | {e['adversary_weight']:.3f} / {e['adversary_weight_unseen']:.3f}"
-                     f" | {e['adversaries_excluded']}/{e['adversaries_total']}"
-                     f" | {e['honest_excluded']} |")
+        lines.append(
+            f"| {_label(e)} | "
+            + " | ".join(format_interval(e[name]) for name in STRATEGIES)
+            + f" | {e['adversary_weight']:.3f} / {e['adversary_weight_unseen']:.3f}"
+            f" | {e['adversaries_excluded']}/{e['adversaries_total']}"
+            f" | {e['honest_excluded']} |"
+        )
     worst = min((e for e in summary if e["adversaries"] == 1), key=lambda e: e["MoR + defence"][0])
-    lines += ["", "## Reading", "",
-              f"- Clean federation: MoR {format_interval(clean['MoR'])}, uniform {format_interval(clean['uniform'])}.",
-              f"- With 1 adversary of 4, the worst case for MoR + defence is {_label(worst)}: "
-              f"{format_interval(worst['MoR + defence'])} ({100 * (worst['MoR + defence'][0] - clean['MoR + defence'][0]):+.1f} "
-              f"points against the clean federation; the honest-only ceiling is {format_interval(worst['MoR honest only'])}: "
-              "what remains is the expert the federation lost, not the poisoning).",
-              "- The learned router already gives an adversary little weight on prompts like the labelled ones "
-              "(the adversaries' summed mean routing weight without the defence, held-out column), because it is "
-              "trained on the same pairs; on unseen prompts (features far from every labelled domain) nothing "
-              "constrains that weight (unseen column). The defence makes it exactly 0 on every prompt, and it "
-              "also protects uniform fusion. A "
-              "fixed-wrong client is near chance on pairs whose wrong answer is uniform, so it barely moves the "
-              "pair metric here, but it would steer a policy towards its answer: the defence excludes it.",
-              "- Policy accuracy after GRPO (the second metric) is measured with real DP sites in "
-              "[robustness_policy.md](robustness_policy.md) (`mor bench robustness-policy`); the fused pair "
-              "accuracy above is the reward quality GRPO optimises.",
-              "- Limits: the trust is measured on the coordinator's labelled pairs; a client that is honest on "
-              "those prompts and poisons others is not caught by agreement alone."]
+    lines += [
+        "",
+        "## Reading",
+        "",
+        f"- Clean federation: MoR {format_interval(clean['MoR'])}, uniform {format_interval(clean['uniform'])}.",
+        f"- With 1 adversary of 4, the worst case for MoR + defence is {_label(worst)}: "
+        f"{format_interval(worst['MoR + defence'])} "
+        f"({100 * (worst['MoR + defence'][0] - clean['MoR + defence'][0]):+.1f} "
+        f"points against the clean federation; the honest-only ceiling is {format_interval(worst['MoR honest only'])}: "
+        "what remains is the expert the federation lost, not the poisoning).",
+        "- The learned router already gives an adversary little weight on prompts like the labelled ones "
+        "(the adversaries' summed mean routing weight without the defence, held-out column), because it is "
+        "trained on the same pairs; on unseen prompts (features far from every labelled domain) nothing "
+        "constrains that weight (unseen column). The defence makes it exactly 0 on every prompt, and it "
+        "also protects uniform fusion. A "
+        "fixed-wrong client is near chance on pairs whose wrong answer is uniform, so it barely moves the "
+        "pair metric here, but it would steer a policy towards its answer: the defence excludes it.",
+        "- Policy accuracy after GRPO (the second metric) is measured with real DP sites in "
+        "[robustness_policy.md](robustness_policy.md) (`mor bench robustness-policy`); the fused pair "
+        "accuracy above is the reward quality GRPO optimises.",
+        "- Limits: the trust is measured on the coordinator's labelled pairs; a client that is honest on "
+        "those prompts and poisons others is not caught by agreement alone.",
+    ]
     write_markdown(out / "robustness.md", lines)
-    (out / "robustness.json").write_text(json.dumps({"command": command, "run_seconds": seconds, "rows": rows,
-                                                     "summary": summary}, indent=1) + "\n", encoding="utf-8")
+    (out / "robustness.json").write_text(
+        json.dumps({"command": command, "run_seconds": seconds, "rows": rows, "summary": summary}, indent=1) + "\n",
+        encoding="utf-8",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                        help="Folder of robustness.md/.png/.json.")
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results"), help="Folder of robustness.md/.png/.json."
+    )
     parser.add_argument("--seeds", type=int, default=3, help="Seeds (worlds and client noise) per setting.")
     parser.add_argument("--pairs", type=int, default=900, help="Labelled pairs per seed (2/3 train, 1/3 test).")
     parser.add_argument("--epochs", type=int, default=30, help="Router training epochs.")
-    parser.add_argument("--calibration", choices=("zscore", "robust"), default="zscore",
-                        help="Per-site score calibration.")
+    parser.add_argument(
+        "--calibration", choices=("zscore", "robust"), default="zscore", help="Per-site score calibration."
+    )
     parser.add_argument("--quick", action="store_true", help="1 seed, 300 pairs, 10 epochs (a smoke run).")
     args = parser.parse_args(argv)
     if args.quick:

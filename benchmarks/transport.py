@@ -40,8 +40,7 @@ from mor_secure.transport.workers import Workers
 
 SIZES = {"1 KB": 1024, "64 KB": 64 * 1024, "1 MB": 1024 * 1024}
 AGENTS = (1, 8)
-PLAIN, HANDOFF, OURS, GRPC = ("plain ZeroMQ", "plain ZeroMQ, same hand-off", "TLS-in-ZeroMQ (ours)",
-                               "gRPC mutual TLS")
+PLAIN, HANDOFF, OURS, GRPC = ("plain ZeroMQ", "plain ZeroMQ, same hand-off", "TLS-in-ZeroMQ (ours)", "gRPC mutual TLS")
 TRANSPORTS = (PLAIN, HANDOFF, OURS, GRPC)
 # A scoring batch long enough to overrun the takeover delay many times over.
 SLOW_HANDLER_S = 0.05
@@ -56,11 +55,13 @@ def _answer(data: bytes | memoryview) -> bytes:
 
 
 def _ctx(ca: Path, role: str, name: str):
-    return lambda: pki.ssl_context(role, ca=ca / "ca.pem", cert=ca / f"{name}.pem", key=ca / f"{name}.key",
-                                   crl=ca / "crl.pem")
+    return lambda: pki.ssl_context(
+        role, ca=ca / "ca.pem", cert=ca / f"{name}.pem", key=ca / f"{name}.key", crl=ca / "crl.pem"
+    )
 
 
 # ----- agent processes -----
+
 
 def plain_agent(endpoint: str) -> None:
     sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -106,8 +107,14 @@ def plain_handoff_agent(endpoint: str) -> None:
 
 
 def tls_agent(endpoint: str, ca: str, worker: str) -> None:
-    client = TLSClient(endpoint, _ctx(Path(ca), "client", "site-a"), coordinators=["coord"], worker_id=worker,
-                       agent_version="bench", options=ClientOptions(max_message_bytes=MAX_BYTES))
+    client = TLSClient(
+        endpoint,
+        _ctx(Path(ca), "client", "site-a"),
+        coordinators=["coord"],
+        worker_id=worker,
+        agent_version="bench",
+        options=ClientOptions(max_message_bytes=MAX_BYTES),
+    )
     client.register(ScoreRequest, lambda m: ScoreReply(m.request_id, [0.5] * len(m.prompts), "bench"))
     client.run()
 
@@ -116,22 +123,28 @@ def grpc_agent(ca: str, port_queue) -> None:
     import grpc
 
     ca_dir = Path(ca)
-    server = grpc.server(ThreadPoolExecutor(max_workers=4),
-                         options=[("grpc.max_receive_message_length", MAX_BYTES),
-                                  ("grpc.max_send_message_length", MAX_BYTES)])
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_receive_message_length", MAX_BYTES), ("grpc.max_send_message_length", MAX_BYTES)],
+    )
     handler = grpc.method_handlers_generic_handler(
-        "mor.Agent", {"Score": grpc.unary_unary_rpc_method_handler(lambda data, context: _answer(data))})
+        "mor.Agent", {"Score": grpc.unary_unary_rpc_method_handler(lambda data, context: _answer(data))}
+    )
     server.add_generic_rpc_handlers((handler,))
     # gRPC's server side needs a serverAuth certificate: the agent borrows the coordinator's here
     # (who holds which certificate does not change the cost being measured).
-    creds = grpc.ssl_server_credentials([((ca_dir / "coord.key").read_bytes(), (ca_dir / "coord.pem").read_bytes())],
-                                        root_certificates=(ca_dir / "ca.pem").read_bytes(), require_client_auth=True)
+    creds = grpc.ssl_server_credentials(
+        [((ca_dir / "coord.key").read_bytes(), (ca_dir / "coord.pem").read_bytes())],
+        root_certificates=(ca_dir / "ca.pem").read_bytes(),
+        require_client_auth=True,
+    )
     port_queue.put(server.add_secure_port("127.0.0.1:0", creds))
     server.start()
     server.wait_for_termination()
 
 
 # ----- coordinator-side drivers: keep one request in flight per agent for `seconds` -----
+
 
 class Loop:
     """Closed-loop bookkeeping shared by the drivers: latencies inside the measured window."""
@@ -246,11 +259,16 @@ class PlainDriver:
 class TLSDriver:
     def __init__(self, n_agents: int, ca: Path) -> None:
         self.ca = ca
-        self.server = TLSServer("tcp://127.0.0.1:0", _ctx(ca, "coordinator", "coord"), name="coord",
-                                options=ServerOptions(max_message_bytes=MAX_BYTES))
+        self.server = TLSServer(
+            "tcp://127.0.0.1:0",
+            _ctx(ca, "coordinator", "coord"),
+            name="coord",
+            options=ServerOptions(max_message_bytes=MAX_BYTES),
+        )
         self.endpoint = self.server.start()
-        self.procs = [mp.Process(target=tls_agent, args=(self.endpoint, str(ca), f"w{i}"), daemon=True)
-                      for i in range(n_agents)]
+        self.procs = [
+            mp.Process(target=tls_agent, args=(self.endpoint, str(ca), f"w{i}"), daemon=True) for i in range(n_agents)
+        ]
         for p in self.procs:
             p.start()
         deadline = time.monotonic() + 60
@@ -260,12 +278,19 @@ class TLSDriver:
 
     def run(self, size: int, n: int, seconds: float, warmup: float) -> Loop:
         return Loop(seconds, warmup).drive(
-            self.sessions[:n], lambda session_id, i: self.server.request(session_id, _request(size, i)),
-            lambda future: future.result())
+            self.sessions[:n],
+            lambda session_id, i: self.server.request(session_id, _request(size, i)),
+            lambda future: future.result(),
+        )
 
     def handshake(self) -> float:
-        client = TLSClient(self.endpoint, _ctx(self.ca, "client", "site-a"), coordinators=["coord"],
-                           worker_id="hs", agent_version="bench")  # builds (and checks) its SSL context
+        client = TLSClient(
+            self.endpoint,
+            _ctx(self.ca, "client", "site-a"),
+            coordinators=["coord"],
+            worker_id="hs",
+            agent_version="bench",
+        )  # builds (and checks) its SSL context
         t = time.perf_counter()
         client.start()
         client.connected.wait(10)
@@ -293,19 +318,28 @@ class GRPCDriver:
 
     def _channel(self, port: int):
         grpc = self.grpc
-        creds = grpc.ssl_channel_credentials(root_certificates=(self.ca / "ca.pem").read_bytes(),
-                                             private_key=(self.ca / "site-a.key").read_bytes(),
-                                             certificate_chain=(self.ca / "site-a.pem").read_bytes())
-        channel = grpc.secure_channel(f"127.0.0.1:{port}", creds,
-                                      options=[("grpc.ssl_target_name_override", "coord"),
-                                               ("grpc.max_receive_message_length", MAX_BYTES),
-                                               ("grpc.max_send_message_length", MAX_BYTES)])
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=(self.ca / "ca.pem").read_bytes(),
+            private_key=(self.ca / "site-a.key").read_bytes(),
+            certificate_chain=(self.ca / "site-a.pem").read_bytes(),
+        )
+        channel = grpc.secure_channel(
+            f"127.0.0.1:{port}",
+            creds,
+            options=[
+                ("grpc.ssl_target_name_override", "coord"),
+                ("grpc.max_receive_message_length", MAX_BYTES),
+                ("grpc.max_send_message_length", MAX_BYTES),
+            ],
+        )
         return channel, channel.unary_unary("/mor.Agent/Score")
 
     def run(self, size: int, n: int, seconds: float, warmup: float) -> Loop:
         return Loop(seconds, warmup).drive(
-            self.calls[:n], lambda call, i: call.future(protocol.encode(_request(size, i))),
-            lambda future: protocol.decode(future.result()))
+            self.calls[:n],
+            lambda call, i: call.future(protocol.encode(_request(size, i))),
+            lambda future: protocol.decode(future.result()),
+        )
 
     def handshake(self) -> float:
         t = time.perf_counter()
@@ -322,18 +356,28 @@ class GRPCDriver:
 
 # ----- report -----
 
+
 def _machine() -> list[str]:
-    import grpc
-    import msgpack
     import ssl
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return [f"- CPU: {cpu}, `nproc` = {os.cpu_count()}; load average at start {os.getloadavg()[0]:.2f} "
-            "(the machine is shared: the numbers are medians of interleaved repeats)",
-            f"- Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, pyzmq {zmq.__version__} "
-            f"(libzmq {zmq.zmq_version()}), grpcio {grpc.__version__}, msgpack {msgpack.version}",
-            f"- {platform.platform()}"]
+    import grpc
+    import msgpack
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return [
+        f"- CPU: {cpu}, `nproc` = {os.cpu_count()}; load average at start {os.getloadavg()[0]:.2f} "
+        "(the machine is shared: the numbers are medians of interleaved repeats)",
+        f"- Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, pyzmq {zmq.__version__} "
+        f"(libzmq {zmq.zmq_version()}), grpcio {grpc.__version__}, msgpack {msgpack.version}",
+        f"- {platform.platform()}",
+    ]
 
 
 def _cpu_seconds(procs: list[mp.Process]) -> float:
@@ -369,8 +413,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--takeovers", type=int, default=20, help="Overrunning handlers timed (0: skip).")
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="Payloads to run.")
     parser.add_argument("--agents", nargs="+", type=int, default=list(AGENTS), help="Agent counts to run.")
-    parser.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=list(TRANSPORTS),
-                        help="Transports to run (the first is the baseline of the 'vs' column).")
+    parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=TRANSPORTS,
+        default=list(TRANSPORTS),
+        help="Transports to run (the first is the baseline of the 'vs' column).",
+    )
     args = parser.parse_args(argv)
     mp.set_start_method("spawn", force=True)
     machine = _machine()
@@ -380,10 +429,12 @@ def main(argv: list[str] | None = None) -> None:
         pki.init_ca(ca)
         pki.issue(ca, role="coordinator", name="coord")
         pki.issue(ca, role="client", name="site-a")
-        makers = {PLAIN: lambda: PlainDriver(max(args.agents)),
-                  HANDOFF: lambda: PlainDriver(max(args.agents), plain_handoff_agent),
-                  OURS: lambda: TLSDriver(max(args.agents), ca),
-                  GRPC: lambda: GRPCDriver(max(args.agents), ca)}
+        makers = {
+            PLAIN: lambda: PlainDriver(max(args.agents)),
+            HANDOFF: lambda: PlainDriver(max(args.agents), plain_handoff_agent),
+            OURS: lambda: TLSDriver(max(args.agents), ca),
+            GRPC: lambda: GRPCDriver(max(args.agents), ca),
+        }
         drivers = {name: makers[name]() for name in args.transports}
         procs = [p for driver in drivers.values() for p in driver.procs]
         busy_before, ours_before = _machine_busy_s(), _cpu_seconds(procs)
@@ -401,8 +452,10 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"done {label} x{n}", file=sys.stderr)
             elapsed = time.time() - began
             others = (_machine_busy_s() - busy_before - (_cpu_seconds(procs) - ours_before)) / elapsed
-            handshakes = {name: statistics.median(driver.handshake() for _ in range(args.handshakes))
-                          for name, driver in drivers.items()}
+            handshakes = {
+                name: statistics.median(driver.handshake() for _ in range(args.handshakes))
+                for name, driver in drivers.items()
+            }
             floor = _crypto_floor(ca)
             takeover = _takeover_delays(ca, args.takeovers) if args.takeovers else None
         finally:
@@ -414,8 +467,9 @@ def main(argv: list[str] | None = None) -> None:
         best = sorted(zip(rates, range(len(loops))))[len(loops) // 2]
         latencies = loops[best[1]].latencies
         cpu_us = statistics.median(loop.cpu_s / max(loop.replies, 1) for loop in loops) * 1e6
-        rows.append((label, n, name, best[0], statistics.median(latencies) * 1e3, _percentile(latencies, 0.99) * 1e3,
-                     cpu_us))
+        rows.append(
+            (label, n, name, best[0], statistics.median(latencies) * 1e3, _percentile(latencies, 0.99) * 1e3, cpu_us)
+        )
     write_report(args, rows, handshakes, machine, time.time() - began, floor, others, takeover)
 
 
@@ -426,8 +480,9 @@ def _takeover_delays(ca: Path, rounds: int) -> tuple[float, list[float], list[fl
     ``SLOW_HANDLER_S``; each round times a health request alone, then one sent right behind a score
     request. Returns the takeover delay and both lists of latencies (seconds)."""
     server = TLSServer("tcp://127.0.0.1:0", _ctx(ca, "coordinator", "coord"), name="coord")
-    client = TLSClient(server.start(), _ctx(ca, "client", "site-a"), coordinators=["coord"], worker_id="slow",
-                       agent_version="bench")
+    client = TLSClient(
+        server.start(), _ctx(ca, "client", "site-a"), coordinators=["coord"], worker_id="slow", agent_version="bench"
+    )
     client.register(HealthRequest, lambda m: HealthReply(m.request_id, "site-a", "bench", []))
     client.register(ScoreRequest, lambda m: time.sleep(SLOW_HANDLER_S) or ScoreReply(m.request_id, [0.5], "bench"))
     client.start()
@@ -453,8 +508,12 @@ def _summary(rows: list[tuple]) -> list[str]:
     """Computed findings: ours against both plaintext baselines at the transport's targets, and against gRPC."""
     rate = {(r[0], r[1], r[2]): r[3] for r in rows}
     lines = ["Summary (computed from the table):", ""]
-    for label, n, base, target in (("1 KB", 1, PLAIN, 0.6), ("64 KB", 8, PLAIN, 0.5), ("1 KB", 1, HANDOFF, 0.95),
-                                   ("64 KB", 8, HANDOFF, None)):
+    for label, n, base, target in (
+        ("1 KB", 1, PLAIN, 0.6),
+        ("64 KB", 8, PLAIN, 0.5),
+        ("1 KB", 1, HANDOFF, 0.95),
+        ("64 KB", 8, HANDOFF, None),
+    ):
         if (label, n, OURS) in rate and (label, n, base) in rate:
             ratio = rate[(label, n, OURS)] / rate[(label, n, base)]
             verdict = f" (target {target:g}x: {'met' if ratio >= target else 'NOT met'})" if target else ""
@@ -465,9 +524,11 @@ def _summary(rows: list[tuple]) -> list[str]:
         ahead = [c for c in cells if rate[(*c, OURS)] > rate[(*c, GRPC)]]
         cpu = {(r[0], r[1], r[2]): r[6] for r in rows}
         leaner = [c for c in cells if cpu[(*c, OURS)] < cpu[(*c, GRPC)]]
-        lines.append(f"- Ours is ahead of gRPC with mutual TLS in {len(ahead)} of {len(cells)} cells by req/s "
-                     f"(behind in: {', '.join(f'{c[0]} x{c[1]}' for c in cells if c not in ahead) or 'none'}) "
-                     f"and uses less CPU per request in {len(leaner)} of {len(cells)}.")
+        lines.append(
+            f"- Ours is ahead of gRPC with mutual TLS in {len(ahead)} of {len(cells)} cells by req/s "
+            f"(behind in: {', '.join(f'{c[0]} x{c[1]}' for c in cells if c not in ahead) or 'none'}) "
+            f"and uses less CPU per request in {len(leaner)} of {len(cells)}."
+        )
     return lines
 
 
@@ -477,17 +538,19 @@ def _remaining(rows: list[tuple], floor_us: float) -> list[str]:
     if ("64 KB", 8, OURS) not in cpu or ("64 KB", 8, PLAIN) not in cpu:
         return []
     extra = cpu[("64 KB", 8, OURS)] - cpu[("64 KB", 8, PLAIN)]
-    return ["What remains: at 64 KB x 8 ours spends "
-            f"{extra:.0f} µs more CPU per request than plain ZeroMQ, of which the crypto floor is "
-            f"{floor_us:.0f} µs; the other {extra - floor_us:.0f} µs are Python glue around it (TLS records through "
-            "memory BIOs, length framing, msgpack decoding and validation on both sides, pyzmq calls, the "
-            "coordinator's hand-offs between its socket thread and its TLS threads, and the GIL hand-backs "
-            "between them). Pure Python can trim them but not remove them; a native path would have to carry mutual "
-            "TLS itself. "
-            "libzmq's own WSS transport checks only the server's certificate (no client certificate, CRL or "
-            "SAN identity), and kernel TLS would need libzmq to hand over its TCP socket after our handshake, "
-            "which it does not offer. Neither keeps mutual authentication with identity from the SAN and "
-            "revocation, so neither is taken."]
+    return [
+        "What remains: at 64 KB x 8 ours spends "
+        f"{extra:.0f} µs more CPU per request than plain ZeroMQ, of which the crypto floor is "
+        f"{floor_us:.0f} µs; the other {extra - floor_us:.0f} µs are Python glue around it (TLS records through "
+        "memory BIOs, length framing, msgpack decoding and validation on both sides, pyzmq calls, the "
+        "coordinator's hand-offs between its socket thread and its TLS threads, and the GIL hand-backs "
+        "between them). Pure Python can trim them but not remove them; a native path would have to carry mutual "
+        "TLS itself. "
+        "libzmq's own WSS transport checks only the server's certificate (no client certificate, CRL or "
+        "SAN identity), and kernel TLS would need libzmq to hand over its TCP socket after our handshake, "
+        "which it does not offer. Neither keeps mutual authentication with identity from the SAN and "
+        "revocation, so neither is taken."
+    ]
 
 
 def _crypto_floor(ca: Path, size: int = 64 * 1024, rounds: int = 300) -> tuple[str, float]:
@@ -496,10 +559,12 @@ def _crypto_floor(ca: Path, size: int = 64 * 1024, rounds: int = 300) -> tuple[s
 
     wire: list[bytes] = []
     to_client: list[bytes] = []
-    server = TLSSession(_ctx(ca, "coordinator", "coord")(), server_side=True, emit=to_client.append,
-                        max_message_bytes=MAX_BYTES)
-    client = TLSSession(_ctx(ca, "client", "site-a")(), server_side=False, emit=wire.append,
-                        max_message_bytes=MAX_BYTES)
+    server = TLSSession(
+        _ctx(ca, "coordinator", "coord")(), server_side=True, emit=to_client.append, max_message_bytes=MAX_BYTES
+    )
+    client = TLSSession(
+        _ctx(ca, "client", "site-a")(), server_side=False, emit=wire.append, max_message_bytes=MAX_BYTES
+    )
     client.start()
     while wire or to_client:
         while wire:
@@ -514,9 +579,16 @@ def _crypto_floor(ca: Path, size: int = 64 * 1024, rounds: int = 300) -> tuple[s
     return server.ssl_object.cipher()[0], (time.process_time() - start) / rounds * 1e6
 
 
-def write_report(args: argparse.Namespace, rows: list[tuple], handshakes: dict[str, float], machine: list[str],
-                 took: float, floor: tuple[str, float], others: float,
-                 takeover: tuple[float, list[float], list[float]] | None) -> None:
+def write_report(
+    args: argparse.Namespace,
+    rows: list[tuple],
+    handshakes: dict[str, float],
+    machine: list[str],
+    took: float,
+    floor: tuple[str, float],
+    others: float,
+    takeover: tuple[float, list[float], list[float]] | None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -524,41 +596,61 @@ def write_report(args: argparse.Namespace, rows: list[tuple], handshakes: dict[s
 
     rate = {(r[0], r[1], r[2]): r[3] for r in rows}
     bases = [name for name in (PLAIN, HANDOFF) if name in args.transports] or args.transports[:1]
-    lines = ["# Transport benchmark", "",
-             "One `ScoreRequest` (one image of the given size) in flight per agent, answered with a one-score "
-             "`ScoreReply`; the same msgpack messages over each transport; loopback; agents are separate "
-             f"processes. Median of {args.repeats} interleaved repeats of {args.seconds:g} s each. CPU µs/req is the "
-             "CPU time of the coordinator and agent processes together per answered request: unlike req/s "
-             "it hardly depends on what else the (shared) machine is running. "
-             f"*{HANDOFF}* is a plaintext agent whose receive thread hands each request to a handler thread that "
-             "sends the reply: the hand-off any agent that keeps reading during a long batch makes, and the one "
-             "ours made before its network thread ran handlers itself.", "",
-             f"Command: `python benchmarks/transport.py --seconds {args.seconds:g} --repeats {args.repeats}` "
-             f"(took {took:.0f} s; load average at the end {os.getloadavg()[0]:.2f})", "", *machine,
-             f"- Load: while the table was measured, other processes kept {others:.2f} of the {os.cpu_count()} cores "
-             "busy on average (from /proc/stat, less this benchmark's own processes); a load average above the core "
-             "count means the processes measured here also waited for a core, which inflates CPU µs and blurs "
-             "wake-up savings", "",
-             "| payload | agents | transport | req/s | " + " | ".join(f"vs {b}" for b in bases)
-             + " | median ms | p99 ms | CPU µs/req |", "|---|---|---|---|" + "---|" * len(bases) + "---|---|---|"]
+    lines = [
+        "# Transport benchmark",
+        "",
+        "One `ScoreRequest` (one image of the given size) in flight per agent, answered with a one-score "
+        "`ScoreReply`; the same msgpack messages over each transport; loopback; agents are separate "
+        f"processes. Median of {args.repeats} interleaved repeats of {args.seconds:g} s each. CPU µs/req is the "
+        "CPU time of the coordinator and agent processes together per answered request: unlike req/s "
+        "it hardly depends on what else the (shared) machine is running. "
+        f"*{HANDOFF}* is a plaintext agent whose receive thread hands each request to a handler thread that "
+        "sends the reply: the hand-off any agent that keeps reading during a long batch makes, and the one "
+        "ours made before its network thread ran handlers itself.",
+        "",
+        f"Command: `python benchmarks/transport.py --seconds {args.seconds:g} --repeats {args.repeats}` "
+        f"(took {took:.0f} s; load average at the end {os.getloadavg()[0]:.2f})",
+        "",
+        *machine,
+        f"- Load: while the table was measured, other processes kept {others:.2f} of the {os.cpu_count()} cores "
+        "busy on average (from /proc/stat, less this benchmark's own processes); a load average above the core "
+        "count means the processes measured here also waited for a core, which inflates CPU µs and blurs "
+        "wake-up savings",
+        "",
+        "| payload | agents | transport | req/s | "
+        + " | ".join(f"vs {b}" for b in bases)
+        + " | median ms | p99 ms | CPU µs/req |",
+        "|---|---|---|---|" + "---|" * len(bases) + "---|---|---|",
+    ]
     for label, n, name, value, median, p99, cpu_us in rows:
         ratios = " | ".join(f"{value / rate[(label, n, b)]:.2f}" for b in bases)
         lines.append(f"| {label} | {n} | {name} | {value:.0f} | {ratios} | {median:.2f} | {p99:.2f} | {cpu_us:.0f} |")
-    lines += ["", *_summary(rows),
-              f"- The floor: encrypting plus decrypting 64 KB through two in-memory sessions ({floor[0]}) costs "
-              f"{floor[1]:.0f} µs of CPU here, before any Python, copying or ZeroMQ work."]
+    lines += [
+        "",
+        *_summary(rows),
+        f"- The floor: encrypting plus decrypting 64 KB through two in-memory sessions ({floor[0]}) costs "
+        f"{floor[1]:.0f} µs of CPU here, before any Python, copying or ZeroMQ work.",
+    ]
     if takeover is not None:
         delay, alone, behind = takeover
-        lines.append(f"- Takeover: the agent's network thread runs a handler itself; after {delay * 1e3:g} ms a "
-                     "standby thread takes over reading and heartbeats. A health request sent right behind a "
-                     f"{SLOW_HANDLER_S * 1e3:g} ms scoring batch was answered in "
-                     f"{statistics.median(behind) * 1e3:.2f} ms (median, max {max(behind) * 1e3:.2f}; "
-                     f"{statistics.median(alone) * 1e3:.2f} ms alone) over {len(behind)} rounds, not after the "
-                     "batch: an overrun delays other frames by about the takeover delay.")
+        lines.append(
+            f"- Takeover: the agent's network thread runs a handler itself; after {delay * 1e3:g} ms a "
+            "standby thread takes over reading and heartbeats. A health request sent right behind a "
+            f"{SLOW_HANDLER_S * 1e3:g} ms scoring batch was answered in "
+            f"{statistics.median(behind) * 1e3:.2f} ms (median, max {max(behind) * 1e3:.2f}; "
+            f"{statistics.median(alone) * 1e3:.2f} ms alone) over {len(behind)} rounds, not after the "
+            "batch: an overrun delays other frames by about the takeover delay."
+        )
     lines += ["", *_remaining(rows, floor[1])]
-    lines += ["", "Connection set-up to the first answer (median of "
-              f"{args.handshakes}; ours includes the TLS 1.3 handshake with client certificate and "
-              "the hello/welcome round trip):", "", "| transport | ms |", "|---|---|"]
+    lines += [
+        "",
+        "Connection set-up to the first answer (median of "
+        f"{args.handshakes}; ours includes the TLS 1.3 handshake with client certificate and "
+        "the hello/welcome round trip):",
+        "",
+        "| transport | ms |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {seconds * 1e3:.1f} |" for name, seconds in handshakes.items()]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "transport.md").write_text("\n".join(lines) + "\n")
@@ -568,8 +660,7 @@ def write_report(args: argparse.Namespace, rows: list[tuple], handshakes: dict[s
     width = 0.8 / len(args.transports)
     for i, name in enumerate(args.transports):
         values = [rate[(label, n, name)] for label, n in cells]
-        ax.bar([x + (i - (len(args.transports) - 1) / 2) * width for x in range(len(cells))], values, width,
-               label=name)
+        ax.bar([x + (i - (len(args.transports) - 1) / 2) * width for x in range(len(cells))], values, width, label=name)
     ax.set_xticks(range(len(cells)), [f"{label}\n{n} agent{'s' if n > 1 else ''}" for label, n in cells])
     ax.set_ylabel("requests / s")
     ax.set_yscale("log")

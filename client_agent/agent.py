@@ -34,20 +34,32 @@ class Agent:
         factory = context_factory(config.tls, "client")
         identity = own_identity(config.tls)
         if identity.name != config.site:
-            raise pki.PKIError(f"certificate {config.tls.cert} speaks for site {identity.name!r} but the "
-                               f"config says site = {config.site!r}: fix one of them")
+            raise pki.PKIError(
+                f"certificate {config.tls.cert} speaks for site {identity.name!r} but the "
+                f"config says site = {config.site!r}: fix one of them"
+            )
         coordinators = config.serve.allow_coordinators or [config.coordinator.name]
         section = config.coordinator
-        options = ClientOptions(heartbeat_s=section.heartbeat_s, idle_timeout_s=section.idle_timeout_s,
-                                connect_timeout_s=section.connect_timeout_s, backoff_max_s=section.backoff_max_s,
-                                max_message_bytes=section.max_message_mb * 1024 * 1024)
+        options = ClientOptions(
+            heartbeat_s=section.heartbeat_s,
+            idle_timeout_s=section.idle_timeout_s,
+            connect_timeout_s=section.connect_timeout_s,
+            backoff_max_s=section.backoff_max_s,
+            max_message_bytes=section.max_message_mb * 1024 * 1024,
+        )
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         try:  # it goes into the coordinator's logs and status: refuse what would need quoting there
             protocol.check_worker_id(self.worker_id, "--worker-id")
         except protocol.ProtocolError as exc:
             raise ConfigError(str(exc)) from None
-        self.client = TLSClient(section.endpoint, factory, coordinators=coordinators, worker_id=self.worker_id,
-                                agent_version=__version__, options=options)
+        self.client = TLSClient(
+            section.endpoint,
+            factory,
+            coordinators=coordinators,
+            worker_id=self.worker_id,
+            agent_version=__version__,
+            options=options,
+        )
         self.register(HealthRequest, self._health)
 
     def register(self, kind: type[Message], handler: Handler) -> None:
@@ -67,8 +79,10 @@ class Agent:
 
     def run(self) -> None:
         """Dial, serve and reconnect until ``stop()``; raises ``AgentRefused`` when refused."""
-        log.info("agent starting", extra={"site": self.config.site, "worker": self.worker_id,
-                                          "endpoint": self.config.coordinator.endpoint})
+        log.info(
+            "agent starting",
+            extra={"site": self.config.site, "worker": self.worker_id, "endpoint": self.config.coordinator.endpoint},
+        )
         self.client.run()
 
     def start(self) -> None:
@@ -81,5 +95,4 @@ class Agent:
 
     def _health(self, msg: HealthRequest) -> HealthReply:
         serves = sorted(kind.TYPE for kind in self.client.handlers)
-        return HealthReply(request_id=msg.request_id, site=self.config.site, agent_version=__version__,
-                           serves=serves)
+        return HealthReply(request_id=msg.request_id, site=self.config.site, agent_version=__version__, serves=serves)

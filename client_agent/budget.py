@@ -49,21 +49,27 @@ class BudgetExceeded(MorError, RuntimeError):
     spend within the budget, or None when nothing fits any more.
     """
 
-    def __init__(self, spent: float, asked: float, total: float, max_epsilon: float, delta: float,
-                 fits: float | None = None) -> None:
+    def __init__(
+        self, spent: float, asked: float, total: float, max_epsilon: float, delta: float, fits: float | None = None
+    ) -> None:
         self.spent, self.asked, self.total, self.max_epsilon, self.fits = spent, asked, total, max_epsilon, fits
         remaining = max(max_epsilon - spent, 0.0)
-        fix = (f"Set [privacy].target_epsilon to at most {fits:.3f} (runs compose, so the room is not "
-               "simply max minus spent), or train on new data" if fits else
-               "Nothing more fits: train on new data")
+        fix = (
+            f"Set [privacy].target_epsilon to at most {fits:.3f} (runs compose, so the room is not "
+            "simply max minus spent), or train on new data"
+            if fits
+            else "Nothing more fits: train on new data"
+        )
         super().__init__(
             f"privacy budget exceeded: spent epsilon {spent:.3f} of {max_epsilon:g} on this data set "
             f"(delta {delta:.2g}); this run asks {asked:.3f}, which composes to {total:.3f}; "
-            f"remaining {remaining:.3f}. {fix}; the budget is never reset.")
+            f"remaining {remaining:.3f}. {fix}; the budget is never reset."
+        )
 
 
-def largest_fitting_epsilon(prior: AccountantHistory, planned: AccountantHistory, *, max_epsilon: float,
-                            delta: float, accountant: str) -> float | None:
+def largest_fitting_epsilon(
+    prior: AccountantHistory, planned: AccountantHistory, *, max_epsilon: float, delta: float, accountant: str
+) -> float | None:
     """The epsilon of the largest run shaped like ``planned`` (same steps and sample rate, more noise)
     that ``prior`` leaves room for under ``max_epsilon``; None if there is none."""
     max_epsilon = min(max_epsilon, MAX_TARGET_EPSILON)
@@ -71,8 +77,9 @@ def largest_fitting_epsilon(prior: AccountantHistory, planned: AccountantHistory
         return None
     (mechanism,) = planned.entries
     try:
-        sigma = plan_noise(max_epsilon, delta, mechanism.sample_rate, mechanism.steps,
-                           prior_history=prior, accountant=accountant)
+        sigma = plan_noise(
+            max_epsilon, delta, mechanism.sample_rate, mechanism.steps, prior_history=prior, accountant=accountant
+        )
     except (BudgetTooLow, ValueError):
         return None
     return epsilon(AccountantHistory([(sigma, mechanism.sample_rate, mechanism.steps)]), delta, accountant)
@@ -99,9 +106,15 @@ def file_fingerprint(path: str | Path) -> str:
     root = Path(path)
     if not root.exists():
         raise MissingInput(f"{root}: data set not found; set [data].path to a preference data folder")
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.is_file()
-        and not any(part.startswith(_SKIPPED_FILES) for part in p.relative_to(root).parts))
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(_SKIPPED_FILES) for part in p.relative_to(root).parts)
+        )
+    )
     digest = hashlib.sha256()
     for file in files:
         rel = file.name if file == root else file.relative_to(root).as_posix()
@@ -135,11 +148,17 @@ class LedgerRecord:
     identities it trained on, so that a run on any data sharing one of them counts against it."""
 
     def to_json(self) -> dict[str, Any]:
-        out = {"format": LEDGER_FORMAT, "run_id": self.run_id, "data_fingerprint": self.data_fingerprint,
-               "status": self.status, "history": self.history.state_dict(), "n_pairs": self.n_pairs,
-               "family": self.family, "time": self.time}
-        extra = {"delta": self.delta, "accountant": self.accountant, "split": self.split,
-                 "questions": self.questions}
+        out = {
+            "format": LEDGER_FORMAT,
+            "run_id": self.run_id,
+            "data_fingerprint": self.data_fingerprint,
+            "status": self.status,
+            "history": self.history.state_dict(),
+            "n_pairs": self.n_pairs,
+            "family": self.family,
+            "time": self.time,
+        }
+        extra = {"delta": self.delta, "accountant": self.accountant, "split": self.split, "questions": self.questions}
         return {**out, **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
@@ -153,14 +172,24 @@ class LedgerRecord:
             raise ValueError("run_id, data_fingerprint, family, time must be strings and n_pairs an integer")
         delta, accountant, split = data.get("delta"), data.get("accountant"), data.get("split")
         questions = data.get("questions")
-        if not (delta is None or isinstance(delta, float) and 0 < delta < 1) or not (
-                accountant is None or isinstance(accountant, str)) or not (split is None or isinstance(split, dict)):
+        if (
+            not (delta is None or isinstance(delta, float) and 0 < delta < 1)
+            or not (accountant is None or isinstance(accountant, str))
+            or not (split is None or isinstance(split, dict))
+        ):
             raise ValueError("delta must be a number in (0, 1), accountant a string and split an object")
         if not (questions is None or isinstance(questions, str) and re.fullmatch(r"[0-9a-f]{64}", questions)):
             raise ValueError("questions must be the sha256 id of a question set")
-        return cls(status=data["status"], history=AccountantHistory.from_state_dict(data.get("history")),
-                   n_pairs=data["n_pairs"], delta=delta, accountant=accountant, split=split,
-                   questions=questions, **fields)
+        return cls(
+            status=data["status"],
+            history=AccountantHistory.from_state_dict(data.get("history")),
+            n_pairs=data["n_pairs"],
+            delta=delta,
+            accountant=accountant,
+            split=split,
+            questions=questions,
+            **fields,
+        )
 
 
 def now_utc() -> str:
@@ -230,8 +259,13 @@ class SiteLedger:
     def start(self, *, reason: str = "") -> None:
         """Create a new, empty ledger (a header line saying when and why); refuses an existing one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"format": LEDGER_FORMAT, "ledger": START_MARK, "time": now_utc(), "reason": reason,
-                  "user": os.environ.get("USER", "")}
+        header = {
+            "format": LEDGER_FORMAT,
+            "ledger": START_MARK,
+            "time": now_utc(),
+            "reason": reason,
+            "user": os.environ.get("USER", ""),
+        }
         try:
             create_exclusive(self.path, 0o600, (json.dumps(header, sort_keys=True) + "\n").encode("utf-8"))
         except FileExistsError:
@@ -243,7 +277,8 @@ class SiteLedger:
             f"{self.path}: the site's privacy ledger does not exist, so the budget fails closed (a deleted "
             "ledger would reset it). If it was moved or deleted, restore it from backup or fix [privacy] "
             "ledger; if this site has never trained, start one with `mor client budget --config FILE "
-            "--new-ledger` (logged)")
+            "--new-ledger` (logged)"
+        )
 
     @contextmanager
     def _locked(self) -> Iterator[TextIO]:
@@ -252,8 +287,10 @@ class SiteLedger:
         except FileNotFoundError:
             raise self._missing() from None
         except OSError as exc:
-            raise LedgerCorrupt(f"{self.path}: cannot open the site's privacy ledger ({exc.strerror}); the "
-                                "budget fails closed: fix its permissions or restore it") from None
+            raise LedgerCorrupt(
+                f"{self.path}: cannot open the site's privacy ledger ({exc.strerror}); the "
+                "budget fails closed: fix its permissions or restore it"
+            ) from None
         with os.fdopen(fd, "r+", encoding="utf-8") as fh:  # closing it releases the flock
             yield fh
 
@@ -263,8 +300,10 @@ class SiteLedger:
         try:
             lines = list(fh)
         except (OSError, UnicodeDecodeError) as exc:
-            raise LedgerCorrupt(f"{self.path}: unreadable ({type(exc).__name__}); the budget fails closed. "
-                                "Restore the ledger from a backup; never delete it") from None
+            raise LedgerCorrupt(
+                f"{self.path}: unreadable ({type(exc).__name__}); the budget fails closed. "
+                "Restore the ledger from a backup; never delete it"
+            ) from None
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -274,8 +313,10 @@ class SiteLedger:
                     continue
                 records.append(LedgerRecord.from_json(data))
             except (ValueError, TypeError, RecursionError) as exc:
-                raise LedgerCorrupt(f"{self.path}:{number}: not a valid ledger record ({exc}); the budget "
-                                    "fails closed. Restore the ledger from a backup; never delete it") from None
+                raise LedgerCorrupt(
+                    f"{self.path}:{number}: not a valid ledger record ({exc}); the budget "
+                    "fails closed. Restore the ledger from a backup; never delete it"
+                ) from None
         return records
 
     @staticmethod
@@ -318,24 +359,29 @@ class SiteLedger:
             try:
                 packed = file.read_bytes()
             except OSError:
-                raise LedgerCorrupt(f"{file}: a run's question set is missing, so the budget fails closed; "
-                                    "restore the ledger's .questions folder with the ledger") from None
+                raise LedgerCorrupt(
+                    f"{file}: a run's question set is missing, so the budget fails closed; "
+                    "restore the ledger's .questions folder with the ledger"
+                ) from None
             if hashlib.sha256(packed).hexdigest() != name or len(packed) % QUESTION_BYTES:
-                raise LedgerCorrupt(f"{file}: a run's question set was altered; the budget fails closed. "
-                                    "Restore it from backup")
-            cache[name] = frozenset(packed[i:i + QUESTION_BYTES] for i in range(0, len(packed), QUESTION_BYTES))
+                raise LedgerCorrupt(
+                    f"{file}: a run's question set was altered; the budget fails closed. Restore it from backup"
+                )
+            cache[name] = frozenset(packed[i : i + QUESTION_BYTES] for i in range(0, len(packed), QUESTION_BYTES))
         return cache[name]
 
-    def related(self, records: list[LedgerRecord], key: DataKey,
-                exclude_run: str | None = None) -> list[LedgerRecord]:
+    def related(self, records: list[LedgerRecord], key: DataKey, exclude_run: str | None = None) -> list[LedgerRecord]:
         """The latest record of every run on this data: same fingerprint, or trained on any of its questions."""
         cache: dict[str, frozenset[bytes]] = {}
 
         def shares(record: LedgerRecord) -> bool:
             if record.data_fingerprint in key.fingerprints:
                 return True
-            return bool(key.questions and record.questions
-                        and not key.questions.isdisjoint(self._load_questions(record.questions, cache)))
+            return bool(
+                key.questions
+                and record.questions
+                and not key.questions.isdisjoint(self._load_questions(record.questions, cache))
+            )
 
         runs = {r.run_id for r in records if r.run_id != exclude_run and shares(r)}
         latest: dict[str, LedgerRecord] = {}
@@ -350,8 +396,9 @@ class SiteLedger:
         private = [r.history for r in related if r.status in ("planned", "finished")]
         return compose(private), len(private)
 
-    def reserve(self, record: LedgerRecord, key: DataKey, *, max_epsilon: float, delta: float,
-                accountant: str) -> BudgetStatus:
+    def reserve(
+        self, record: LedgerRecord, key: DataKey, *, max_epsilon: float, delta: float, accountant: str
+    ) -> BudgetStatus:
         """Check ``record``'s planned history against the budget and append it, atomically.
 
         Every earlier run related to ``key`` (same fingerprint, or any shared question) composes with this
@@ -366,23 +413,39 @@ class SiteLedger:
                 raise SettingsChanged(
                     f"this data set's budget is accounted at delta {fixed[0]:g} with the {fixed[1]!r} accountant "
                     f"(fixed by its first run); this run asks delta {delta:g} with {accountant!r}: set [privacy] "
-                    f"delta = {fixed[0]!r} and accountant = {fixed[1]!r}")
+                    f"delta = {fixed[0]!r} and accountant = {fixed[1]!r}"
+                )
             prior, runs = self.prior_history(related)
             spent = epsilon(prior, delta, accountant)
             if record.status != "baseline":
                 asked = epsilon(record.history, delta, accountant)
                 total = epsilon(prior + record.history, delta, accountant)
                 if not total <= max_epsilon or math.isinf(total):
-                    fits = largest_fitting_epsilon(prior, record.history, max_epsilon=max_epsilon,
-                                                   delta=delta, accountant=accountant)
+                    fits = largest_fitting_epsilon(
+                        prior, record.history, max_epsilon=max_epsilon, delta=delta, accountant=accountant
+                    )
                     raise BudgetExceeded(spent, asked, total, max_epsilon, delta, fits)
                 spent = total
             record.questions = self._store_questions(key)
             self._append(fh, record)
-        log.info("privacy budget reserved", extra={"run_id": record.run_id, "status": record.status,
-                                                   "prior_runs": runs, "epsilon_total": round(spent, 4)})
-        return BudgetStatus(record.data_fingerprint, runs + (record.status != "baseline"), spent,
-                            max_epsilon, delta, accountant, str(self.path))
+        log.info(
+            "privacy budget reserved",
+            extra={
+                "run_id": record.run_id,
+                "status": record.status,
+                "prior_runs": runs,
+                "epsilon_total": round(spent, 4),
+            },
+        )
+        return BudgetStatus(
+            record.data_fingerprint,
+            runs + (record.status != "baseline"),
+            spent,
+            max_epsilon,
+            delta,
+            accountant,
+            str(self.path),
+        )
 
     def append(self, record: LedgerRecord) -> None:
         """Record a run's progress or end (no check: its plan was reserved before it started)."""
@@ -398,8 +461,10 @@ def ledger_path(config: Any) -> Path:
 def data_key(site: Any, questions: list[str] | None = None) -> DataKey:
     """The ledger key of a site's data: its content and file fingerprints (older records used the files')
     and the questions trained on (``questions``, hex keys; default every training question)."""
-    return DataKey.of({site.fingerprint, file_fingerprint(site.path)},
-                      questions if questions is not None else site.question_keys(site.train_split))
+    return DataKey.of(
+        {site.fingerprint, file_fingerprint(site.path)},
+        questions if questions is not None else site.question_keys(site.train_split),
+    )
 
 
 def resolve_delta(configured: float | None, n_pairs: int, fixed: tuple[float, str] | None) -> float:
@@ -430,10 +495,24 @@ def site_status(config: Any) -> tuple[BudgetStatus, list[dict[str, Any]]]:
     runs = []
     for record in related:
         spent = epsilon(record.history, delta, accountant)
-        runs.append({"run_id": record.run_id, "status": record.status, "family": record.family,
-                     "steps": record.history.steps, "time": record.time,
-                     "epsilon": spent if math.isfinite(spent) else None})
+        runs.append(
+            {
+                "run_id": record.run_id,
+                "status": record.status,
+                "family": record.family,
+                "steps": record.history.steps,
+                "time": record.time,
+                "epsilon": spent if math.isfinite(spent) else None,
+            }
+        )
     prior, count = SiteLedger.prior_history(related)
-    status = BudgetStatus(site.fingerprint, count, epsilon(prior, delta, accountant), config.privacy.max_epsilon,
-                          delta, accountant, str(ledger.path))
+    status = BudgetStatus(
+        site.fingerprint,
+        count,
+        epsilon(prior, delta, accountant),
+        config.privacy.max_epsilon,
+        delta,
+        accountant,
+        str(ledger.path),
+    )
     return status, runs

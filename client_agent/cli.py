@@ -9,8 +9,13 @@ import click
 
 from mor_secure.cli import MorGroup
 
-CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-                      help="The site's client.toml ([tls], [coordinator], ...).")
+CONFIG = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The site's client.toml ([tls], [coordinator], ...).",
+)
 
 
 @click.group(name="client", cls=MorGroup)
@@ -24,11 +29,19 @@ def group() -> None:
 
 @group.command()
 @CONFIG
-@click.option("--worker-id", default=None, help="Name of this worker in logs and the coordinator's "
-                                                "peer list (default HOST-PID); run several per site to share load.")
-@click.option("--health-only", is_flag=True, default=False,
-              help="Connect and answer health checks only, without a reward model: test the connection "
-                   "(certificates, allow-lists, firewall) before training.")
+@click.option(
+    "--worker-id",
+    default=None,
+    help="Name of this worker in logs and the coordinator's "
+    "peer list (default HOST-PID); run several per site to share load.",
+)
+@click.option(
+    "--health-only",
+    is_flag=True,
+    default=False,
+    help="Connect and answer health checks only, without a reward model: test the connection "
+    "(certificates, allow-lists, firewall) before training.",
+)
 def serve(config_path: Path, worker_id: str | None, health_only: bool) -> None:
     """Dial the coordinator and answer its scoring requests until stopped (Ctrl-C or SIGTERM).
 
@@ -50,8 +63,9 @@ def serve(config_path: Path, worker_id: str | None, health_only: bool) -> None:
         served = load_served_model(config, config_path)
         report = signed_report(config, served.report)
         agent.serve_scores(ScoringService(served.model, served.sha256, config.serve), report)
-        click.echo(f"serving {served.report.get('family')} model {served.sha256[:19]}... from {served.folder}",
-                   err=True)
+        click.echo(
+            f"serving {served.report.get('family')} model {served.sha256[:19]}... from {served.folder}", err=True
+        )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     try:
         agent.run()  # AgentRefused, or PKIError at a reconnect (stale CRL): shown by the group, no traceback

@@ -9,8 +9,13 @@ from pathlib import Path
 
 import click
 
-CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-                      help="The site's client.toml ([data], [model], [train], [privacy] ...).")
+CONFIG = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The site's client.toml ([data], [model], [train], [privacy] ...).",
+)
 
 
 def _eps(value: float) -> str:
@@ -19,12 +24,19 @@ def _eps(value: float) -> str:
 
 @click.command("train")
 @CONFIG
-@click.option("--no-dp", is_flag=True, default=False,
-              help="Train WITHOUT differential privacy, as a baseline that shows what DP costs. Its "
-                   "report says epsilon = infinity and baseline = true: never serve such a model.")
-@click.option("--no-resume", is_flag=True, default=False,
-              help="Ignore a checkpoint in [train].out and start a new run (the old run's reserved "
-                   "budget stays spent).")
+@click.option(
+    "--no-dp",
+    is_flag=True,
+    default=False,
+    help="Train WITHOUT differential privacy, as a baseline that shows what DP costs. Its "
+    "report says epsilon = infinity and baseline = true: never serve such a model.",
+)
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    default=False,
+    help="Ignore a checkpoint in [train].out and start a new run (the old run's reserved budget stays spent).",
+)
 @click.option("--quiet", is_flag=True, default=False, help="No progress bar.")
 def train(config_path: Path, no_dp: bool, no_resume: bool, quiet: bool) -> None:
     """Train the site's reward model with DP-SGD (Opacus) at [privacy].target_epsilon.
@@ -33,8 +45,8 @@ def train(config_path: Path, no_dp: bool, no_resume: bool, quiet: bool) -> None:
     checked first; then the planned run is composed with every earlier run on this data set (the
     ledger at [privacy].ledger, which must exist) and refused if it would exceed
     [privacy].max_epsilon. A run failing before its first noisy step releases its reservation. A
-    killed run resumes from its last checkpoint with its privacy accounting intact. Writes model.safetensors, reward_config.json and privacy_report.json into
-    [train].out.
+    killed run resumes from its last checkpoint with its privacy accounting intact. Writes model.safetensors,
+    reward_config.json and privacy_report.json into [train].out.
     """
     from client_agent.config import load_client_config
     from client_agent.train import train_reward_model
@@ -42,19 +54,28 @@ def train(config_path: Path, no_dp: bool, no_resume: bool, quiet: bool) -> None:
     config = load_client_config(config_path)
     result = train_reward_model(config, no_dp=no_dp, resume=not no_resume, progress=not quiet)
     report = result.report
-    click.echo(f"trained {report.family} on {report.n_pairs} pairs in {report.steps} steps"
-               + (f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else ""))
-    click.echo(f"epsilon {_eps(report.epsilon)} ({report.accountant}), epsilon_rdp {_eps(report.epsilon_rdp)}, "
-               f"delta {report.delta:.2g}, noise multiplier {report.noise_multiplier:.4f}, "
-               f"sample rate {report.sample_rate:.4f}")
+    click.echo(
+        f"trained {report.family} on {report.n_pairs} pairs in {report.steps} steps"
+        + (f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else "")
+    )
+    click.echo(
+        f"epsilon {_eps(report.epsilon)} ({report.accountant}), epsilon_rdp {_eps(report.epsilon_rdp)}, "
+        f"delta {report.delta:.2g}, noise multiplier {report.noise_multiplier:.4f}, "
+        f"sample rate {report.sample_rate:.4f}"
+    )
     click.echo(f"model and privacy_report.json in {result.out_dir}")
 
 
 @click.command("eval")
 @CONFIG
 @click.option("--split", default=None, help="Split to score (default [data].test_split).")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="A saved reward-model folder (default [train].out).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="A saved reward-model folder (default [train].out).",
+)
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the result as JSON.")
 def evaluate(config_path: Path, split: str | None, model_dir: Path | None, as_json: bool) -> None:
     """Held-out pairwise accuracy of the trained reward model, overall and per domain, and its top-1 ranking.
@@ -87,9 +108,13 @@ def evaluate(config_path: Path, split: str | None, model_dir: Path | None, as_js
 @click.command("budget")
 @CONFIG
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the status as JSON.")
-@click.option("--new-ledger", is_flag=True, default=False,
-              help="Start a new, empty privacy ledger at [privacy].ledger (the site's first training; logged). "
-                   "Refused when one exists. Never use it to replace a lost ledger: restore that from backup.")
+@click.option(
+    "--new-ledger",
+    is_flag=True,
+    default=False,
+    help="Start a new, empty privacy ledger at [privacy].ledger (the site's first training; logged). "
+    "Refused when one exists. Never use it to replace a lost ledger: restore that from backup.",
+)
 def budget(config_path: Path, as_json: bool, new_ledger: bool) -> None:
     """The lifetime privacy spend on [data].path: every run in the ledger, composed.
 
@@ -112,8 +137,12 @@ def budget(config_path: Path, as_json: bool, new_ledger: bool) -> None:
     click.echo(f"ledger     {status.ledger}")
     for run in runs:
         spent = "inf (no DP)" if run["epsilon"] is None else f"{run['epsilon']:.3f}"
-        click.echo(f"  run {run['run_id'][:12]}  {run['status']:<9} {run['family']:<13} "
-                   f"{run['steps']:>6} steps  epsilon {spent}  {run['time']}")
-    click.echo(f"spent      epsilon {status.spent:.3f} at delta {status.delta:.2g} ({status.accountant}, "
-               f"{status.runs} private run(s) composed)")
+        click.echo(
+            f"  run {run['run_id'][:12]}  {run['status']:<9} {run['family']:<13} "
+            f"{run['steps']:>6} steps  epsilon {spent}  {run['time']}"
+        )
+    click.echo(
+        f"spent      epsilon {status.spent:.3f} at delta {status.delta:.2g} ({status.accountant}, "
+        f"{status.runs} private run(s) composed)"
+    )
     click.echo(f"budget     {status.max_epsilon:g}; remaining {status.remaining:.3f}")

@@ -46,8 +46,10 @@ class CheckFailed(Exception):
 
 def _renew_fix(config: ClientConfig) -> str:
     folder = config.tls.cert.parent
-    return (f"renew: `mor certs request --renew --role client --name {config.site} --out {folder}`, send the "
-            f"CSR to the CA operator, then `mor certs install --cert NEW.pem --dir {folder}`")
+    return (
+        f"renew: `mor certs request --renew --role client --name {config.site} --out {folder}`, send the "
+        f"CSR to the CA operator, then `mor certs install --cert NEW.pem --dir {folder}`"
+    )
 
 
 def check_certificate(config: ClientConfig) -> str:
@@ -58,35 +60,47 @@ def check_certificate(config: ClientConfig) -> str:
         cert = pki.load_cert(tls.cert)
         ca = pki.load_cert(tls.ca)
     except pki.PKIError as exc:
-        raise CheckFailed(str(exc), f"put the certificate and ca.pem the CA operator sent into "
-                                    f"{tls.cert.parent} (see the next steps of `mor client init`)") from None
+        raise CheckFailed(
+            str(exc),
+            f"put the certificate and ca.pem the CA operator sent into "
+            f"{tls.cert.parent} (see the next steps of `mor client init`)",
+        ) from None
     try:
         ident = pki.identity_of(cert)
     except pki.PKIError as exc:
         raise CheckFailed(str(exc), "ask the CA operator to sign your CSR with `mor certs sign`") from None
     if ident.role != "client" or not has_role_eku(cert, "client"):
-        raise CheckFailed(f"{tls.cert} is a {ident.role} certificate, not a site's",
-                          "make a client request: `mor certs request --role client`")
+        raise CheckFailed(
+            f"{tls.cert} is a {ident.role} certificate, not a site's",
+            "make a client request: `mor certs request --role client`",
+        )
     if ident.name != config.site:
-        raise CheckFailed(f"{tls.cert} speaks for site {ident.name!r} but site = {config.site!r}",
-                          "fix `site` in the config or use this site's certificate")
+        raise CheckFailed(
+            f"{tls.cert} speaks for site {ident.name!r} but site = {config.site!r}",
+            "fix `site` in the config or use this site's certificate",
+        )
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError):
-        raise CheckFailed(f"{tls.cert} was not issued by the CA in {tls.ca}",
-                          "get ca.pem and the certificate from the same CA operator") from None
+        raise CheckFailed(
+            f"{tls.cert} was not issued by the CA in {tls.ca}",
+            "get ca.pem and the certificate from the same CA operator",
+        ) from None
     try:
         key = load_private_key(tls.key)
     except pki.PKIError as exc:
         raise CheckFailed(str(exc), f"use the key `mor client init` made ({tls.key})") from None
     if key.public_key() != cert.public_key():
-        raise CheckFailed(f"key {tls.key} does not belong to {tls.cert}",
-                          "use the key the request was made with (after a renewal: `mor certs install`)")
+        raise CheckFailed(
+            f"key {tls.key} does not belong to {tls.cert}",
+            "use the key the request was made with (after a renewal: `mor certs install`)",
+        )
     try:
         crl = pki.load_crl(tls.crl)
         if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            raise CheckFailed(f"{tls.cert} is revoked by the CA",
-                              "ask the CA operator why; rejoin with a new key and request")
+            raise CheckFailed(
+                f"{tls.cert} is revoked by the CA", "ask the CA operator why; rejoin with a new key and request"
+            )
     except pki.CRLError:
         pass  # the CRL check says what is wrong with it
     left = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
@@ -94,8 +108,9 @@ def check_certificate(config: ClientConfig) -> str:
     if left <= dt.timedelta(0):
         raise CheckFailed(f"{tls.cert} expired on {until}", _renew_fix(config))
     if left < EXPIRY_WARNING:
-        raise CheckFailed(f"{tls.cert} expires in {left.total_seconds() / 86400:.1f} days ({until})",
-                          _renew_fix(config))
+        raise CheckFailed(
+            f"{tls.cert} expires in {left.total_seconds() / 86400:.1f} days ({until})", _renew_fix(config)
+        )
     return f"mor://client/{config.site}, valid until {until} ({left.days} days), key matches"
 
 
@@ -104,8 +119,9 @@ def check_crl(config: ClientConfig) -> str:
     try:
         crl = pki.check_crl(config.tls.crl, config.tls.ca)
     except pki.PKIError as exc:
-        raise CheckFailed(str(exc), f"ask the CA operator for a fresh crl.pem and copy it to {config.tls.crl}") \
-            from None
+        raise CheckFailed(
+            str(exc), f"ask the CA operator for a fresh crl.pem and copy it to {config.tls.crl}"
+        ) from None
     left = crl.next_update_utc - dt.datetime.now(dt.timezone.utc)
     return f"fresh until {crl.next_update_utc:%Y-%m-%d %H:%M} UTC ({left.total_seconds() / 86400:.1f} days)"
 
@@ -118,12 +134,15 @@ def check_ca_pin(config: ClientConfig) -> str:
         raise CheckFailed(str(exc), f"put the ca.pem the CA operator sent at {config.tls.ca}") from None
     pinned = config.tls.ca_fingerprint.lower()
     if not pinned:
-        raise CheckFailed(f"no CA fingerprint pinned; {config.tls.ca} has {actual}",
-                          "compare it with the fingerprint the CA operator gives you by phone, then set "
-                          "tls.ca_fingerprint to it")
+        raise CheckFailed(
+            f"no CA fingerprint pinned; {config.tls.ca} has {actual}",
+            "compare it with the fingerprint the CA operator gives you by phone, then set tls.ca_fingerprint to it",
+        )
     if actual != pinned:
-        raise CheckFailed(f"{config.tls.ca} has fingerprint {actual}, not the pinned {pinned}",
-                          "someone else's CA? get ca.pem from the CA operator again and compare by phone")
+        raise CheckFailed(
+            f"{config.tls.ca} has fingerprint {actual}, not the pinned {pinned}",
+            "someone else's CA? get ca.pem from the CA operator again and compare by phone",
+        )
     return f"{actual[:23]}... matches the pin"
 
 
@@ -137,10 +156,14 @@ def check_coordinator(config: ClientConfig, timeout_s: float | None = None) -> s
     timeout_s = section.connect_timeout_s if timeout_s is None else timeout_s
     try:
         factory = context_factory(config.tls, "client")
-        client = TLSClient(section.endpoint, factory,
-                           coordinators=config.serve.allow_coordinators or [section.name],
-                           worker_id="doctor", agent_version=__version__,
-                           options=ClientOptions(connect_timeout_s=timeout_s, backoff_max_s=timeout_s))
+        client = TLSClient(
+            section.endpoint,
+            factory,
+            coordinators=config.serve.allow_coordinators or [section.name],
+            worker_id="doctor",
+            agent_version=__version__,
+            options=ClientOptions(connect_timeout_s=timeout_s, backoff_max_s=timeout_s),
+        )
     except pki.PKIError as exc:
         raise CheckFailed(f"not tried: {exc}", "fix the certificate and CRL checks first") from None
     client.start()
@@ -149,15 +172,22 @@ def check_coordinator(config: ClientConfig, timeout_s: float | None = None) -> s
     finally:
         client.stop()
     if client.error is not None:
-        raise CheckFailed(str(client.error), "send the coordinator operator this message (allow-list, CRL, "
-                                             "certificate), or fix [coordinator] name")
+        raise CheckFailed(
+            str(client.error),
+            "send the coordinator operator this message (allow-list, CRL, certificate), or fix [coordinator] name",
+        )
     if not welcomed and client.last_error:
-        raise CheckFailed(client.last_error, "check [coordinator] endpoint and name, the CA and the CRL; "
-                                             "send the coordinator operator this message if they look right")
+        raise CheckFailed(
+            client.last_error,
+            "check [coordinator] endpoint and name, the CA and the CRL; "
+            "send the coordinator operator this message if they look right",
+        )
     if not welcomed:
-        raise CheckFailed(f"no welcome from {section.endpoint} within {timeout_s:g}s",
-                          "check [coordinator] endpoint, that the coordinator runs, and that this machine may "
-                          "open outbound TCP connections to that port")
+        raise CheckFailed(
+            f"no welcome from {section.endpoint} within {timeout_s:g}s",
+            "check [coordinator] endpoint, that the coordinator runs, and that this machine may "
+            "open outbound TCP connections to that port",
+        )
     return f"welcomed by coordinator {section.name!r} at {section.endpoint}"
 
 
@@ -171,8 +201,11 @@ def check_data(config: ClientConfig) -> str:
     try:
         data = load_pairs(config, config.data.train_split, limit=False)
     except TrainingError as exc:
-        raise CheckFailed(str(exc), "fix the data set, or [data] path / columns / train_split; `mor data check "
-                                    "--config FILE` lists every problem") from None
+        raise CheckFailed(
+            str(exc),
+            "fix the data set, or [data] path / columns / train_split; `mor data check "
+            "--config FILE` lists every problem",
+        ) from None
     return f"{len(data)} preference pairs in split {config.data.train_split!r}"
 
 
@@ -203,9 +236,11 @@ def check_budget(config: ClientConfig) -> str:
     except LedgerCorrupt as exc:
         raise CheckFailed(str(exc), "restore the site ledger from backup; never delete it") from None
     if status.remaining <= 0:
-        raise CheckFailed(f"spent epsilon {status.spent:.3f} of {status.max_epsilon:g}: no budget left for training",
-                          "serving the trained model costs nothing; more training needs new data or a "
-                          "larger [privacy] max_epsilon agreed by your data protection officer")
+        raise CheckFailed(
+            f"spent epsilon {status.spent:.3f} of {status.max_epsilon:g}: no budget left for training",
+            "serving the trained model costs nothing; more training needs new data or a "
+            "larger [privacy] max_epsilon agreed by your data protection officer",
+        )
     return f"spent epsilon {status.spent:.3f} of {status.max_epsilon:g}; remaining {status.remaining:.3f}"
 
 

@@ -40,8 +40,10 @@ def coordinator_host(endpoint: str) -> str:
     """The host of a ``tcp://HOST:PORT`` endpoint (``ConfigError`` naming the expected form)."""
     match = _ENDPOINT_RE.fullmatch(endpoint)
     if match is None or not 0 < int(match.group(2)) < 65536:
-        raise ConfigError(f"coordinator endpoint {endpoint!r} is not of the form tcp://HOST:PORT "
-                          "(for example tcp://coordinator.example.org:7000); ask the coordinator operator")
+        raise ConfigError(
+            f"coordinator endpoint {endpoint!r} is not of the form tcp://HOST:PORT "
+            "(for example tcp://coordinator.example.org:7000); ask the coordinator operator"
+        )
     return match.group(1)
 
 
@@ -73,8 +75,11 @@ def render_config(cls: type, values: dict[str, Any], title: str, todo: dict[str,
     set, keys in ``todo`` get a commented placeholder saying what to fill in, the others are commented
     out at their default."""
     todo = todo or {}
-    sections = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)
-                if dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name])}
+    sections = {
+        f.name: f.metadata.get("help", "")
+        for f in dataclasses.fields(cls)
+        if dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name])
+    }
     out = _comment(title) + [""]
     current = ""
     for key, default, help_text in sorted(describe(cls), key=lambda row: "." in row[0]):
@@ -94,8 +99,16 @@ def render_config(cls: type, values: dict[str, Any], title: str, todo: dict[str,
     return "\n".join(out) + "\n"
 
 
-def init_site(site: str, endpoint: str, out_dir: Path, *, coordinator_name: str | None = None,
-              ca_fingerprint: str = "", data: Path | None = None, key_type: str = "p256") -> SiteFolder:
+def init_site(
+    site: str,
+    endpoint: str,
+    out_dir: Path,
+    *,
+    coordinator_name: str | None = None,
+    ca_fingerprint: str = "",
+    data: Path | None = None,
+    key_type: str = "p256",
+) -> SiteFolder:
     """Create ``out_dir`` with certs/SITE.key (0600), certs/SITE.csr, a commented client.toml and the
     site's new privacy ledger (privacy-ledger.jsonl: every training run's spend; a missing one fails closed).
 
@@ -107,30 +120,42 @@ def init_site(site: str, endpoint: str, out_dir: Path, *, coordinator_name: str 
     try:
         check_identity("coordinator", name)
     except pki.PKIError as exc:
-        raise ConfigError(f"coordinator name: {exc}; pass --coordinator-name with the name in the "
-                          "coordinator's certificate (mor://coordinator/NAME)") from None
+        raise ConfigError(
+            f"coordinator name: {exc}; pass --coordinator-name with the name in the "
+            "coordinator's certificate (mor://coordinator/NAME)"
+        ) from None
     if ca_fingerprint and not re.fullmatch(r"sha256:[0-9a-f]{64}", ca_fingerprint.lower()):
-        raise ConfigError(f"CA fingerprint {ca_fingerprint!r} is not 'sha256:' and 64 hex digits: copy it "
-                          "exactly as `mor certs init` or `mor certs show ca.pem` prints it")
+        raise ConfigError(
+            f"CA fingerprint {ca_fingerprint!r} is not 'sha256:' and 64 hex digits: copy it "
+            "exactly as `mor certs init` or `mor certs show ca.pem` prints it"
+        )
     out_dir = Path(out_dir)
     config_path = out_dir / CONFIG_NAME
     if config_path.exists():
-        raise ConfigError(f"{config_path} already exists; refusing to overwrite it: choose another --out, "
-                          "or move the old folder away")
+        raise ConfigError(
+            f"{config_path} already exists; refusing to overwrite it: choose another --out, or move the old folder away"
+        )
     certs = out_dir / CERTS
     key, csr = pki.make_request("client", site, certs, key_type=key_type)
     values: dict[str, Any] = {
-        "site": site, "tls.ca": f"{CERTS}/ca.pem", "tls.cert": f"{CERTS}/{site}.pem",
-        "tls.key": f"{CERTS}/{site}.key", "tls.crl": f"{CERTS}/crl.pem",
+        "site": site,
+        "tls.ca": f"{CERTS}/ca.pem",
+        "tls.cert": f"{CERTS}/{site}.pem",
+        "tls.key": f"{CERTS}/{site}.key",
+        "tls.crl": f"{CERTS}/crl.pem",
         "tls.ca_fingerprint": ca_fingerprint.lower(),
-        "coordinator.endpoint": endpoint, "coordinator.name": name, "privacy.ledger": LEDGER_NAME,
+        "coordinator.endpoint": endpoint,
+        "coordinator.name": name,
+        "privacy.ledger": LEDGER_NAME,
     }
     if data is not None:
         values["data.path"] = str(Path(data).expanduser().resolve())
-    title = (f"MoR-Secure agent of site {site!r}, written by `mor client init`. Every setting is listed with "
-             "what it does; the commented ones are at their default (remove the '#' to change one). "
-             "Relative paths are relative to this file's folder. Check it with `mor client doctor "
-             "--config client.toml`.")
+    title = (
+        f"MoR-Secure agent of site {site!r}, written by `mor client init`. Every setting is listed with "
+        "what it does; the commented ones are at their default (remove the '#' to change one). "
+        "Relative paths are relative to this file's folder. Check it with `mor client doctor "
+        "--config client.toml`."
+    )
     todo = {"data.path": "TO DO: the folder of your preference data, then remove the '#'"}
     config_path.write_text(render_config(ClientConfig, values, title, todo), encoding="utf-8")
     from client_agent.budget import SiteLedger

@@ -81,11 +81,12 @@ def image_size(data: bytes, max_pixels: int, where: str) -> int:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             width, height = image.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise Refusal("bad_image", f"{where} does not decode as a PNG or JPEG image "
-                                   f"({type(exc).__name__})") from None
+        raise Refusal("bad_image", f"{where} does not decode as a PNG or JPEG image ({type(exc).__name__})") from None
     if width * height > max_pixels:
-        raise Refusal("image_too_large", f"{where} is {width}x{height} pixels, more than the site's "
-                                         f"limit of {max_pixels} ([serve] max_pixels)")
+        raise Refusal(
+            "image_too_large",
+            f"{where} is {width}x{height} pixels, more than the site's limit of {max_pixels} ([serve] max_pixels)",
+        )
     return width * height
 
 
@@ -95,15 +96,17 @@ def decode_image(data: bytes, max_pixels: int, where: str) -> Image.Image:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise Refusal("image_too_large", f"{where} is {width}x{height} pixels, more than the site's "
-                                                 f"limit of {max_pixels} ([serve] max_pixels)")
+                raise Refusal(
+                    "image_too_large",
+                    f"{where} is {width}x{height} pixels, more than the site's "
+                    f"limit of {max_pixels} ([serve] max_pixels)",
+                )
             image.load()
             return image.convert("RGB")
     except Refusal:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise Refusal("bad_image", f"{where} does not decode as a PNG or JPEG image "
-                                   f"({type(exc).__name__})") from None
+        raise Refusal("bad_image", f"{where} does not decode as a PNG or JPEG image ({type(exc).__name__})") from None
 
 
 class ScoringService:
@@ -123,56 +126,67 @@ class ScoringService:
         except Refusal as refusal:
             log.warning("scoring request refused", extra={"request": request_id, "code": refusal.code})
             return Error(request_id, refusal.code, str(refusal))
-        log.info("scored", extra={"request": request_id, "items": len(scores),
-                                  "duration_s": round(time.monotonic() - start, 4)})
+        log.info(
+            "scored",
+            extra={"request": request_id, "items": len(scores), "duration_s": round(time.monotonic() - start, 4)},
+        )
         return ScoreReply(request_id=request_id, scores=scores, model_sha256=self.model_sha256)
 
     def _score(self, msg: Message) -> list[float]:
         if not isinstance(msg, ScoreRequest):
             raise Refusal("malformed", f"expected a score_request, got {msg.TYPE}")
         if not self.bucket.take():
-            raise Refusal("rate_limited", f"more than {self.policy.requests_per_minute} requests per minute "
-                                          "([serve] requests_per_minute); retry later")
+            raise Refusal(
+                "rate_limited",
+                f"more than {self.policy.requests_per_minute} requests per minute "
+                "([serve] requests_per_minute); retry later",
+            )
         try:
             protocol.validate(msg)
         except protocol.ProtocolError as exc:
             raise Refusal("malformed", str(exc)[:500]) from None
         n = len(msg.prompts)
         if n > self.policy.max_batch:
-            raise Refusal("batch_too_large", f"{n} items, more than the site's limit of {self.policy.max_batch} "
-                                             "per request ([serve] max_batch); split the batch")
+            raise Refusal(
+                "batch_too_large",
+                f"{n} items, more than the site's limit of {self.policy.max_batch} "
+                "per request ([serve] max_batch); split the batch",
+            )
         images = self._decode_images(msg)
         if n == 0:
             return []
         with self._inference:
             try:
-                scores = self.model.score(images, list(msg.prompts), list(msg.completions),
-                                          batch_size=self.batch_size)
+                scores = self.model.score(images, list(msg.prompts), list(msg.completions), batch_size=self.batch_size)
             except Exception as exc:  # the model's failure, reported without the inputs
                 log.exception("reward model failed", extra={"request": msg.request_id, "items": n})
-                raise Refusal("model_error", f"the reward model failed on this batch ({type(exc).__name__})") \
-                    from None
+                raise Refusal("model_error", f"the reward model failed on this batch ({type(exc).__name__})") from None
         bad = sum(not math.isfinite(s) for s in scores)
         if bad:
             raise Refusal("model_error", f"the reward model produced {bad} non-finite score(s)")
         return [float(s) for s in scores]
 
-
     def _decode_images(self, msg: ScoreRequest) -> list[Image.Image]:
         """One RGB image per item: only referenced images are decoded, after their header sizes fit the budget."""
         policy = self.policy
         if len(msg.images) > policy.max_batch:
-            raise Refusal("batch_too_large", f"{len(msg.images)} images, more than the site's limit of "
-                                             f"{policy.max_batch} per request ([serve] max_batch)")
+            raise Refusal(
+                "batch_too_large",
+                f"{len(msg.images)} images, more than the site's limit of "
+                f"{policy.max_batch} per request ([serve] max_batch)",
+            )
         used = sorted(set(msg.image_index)) if msg.image_index else list(range(len(msg.images)))
         budget = REQUEST_PIXEL_FACTOR * policy.max_pixels
         total = 0
         for i in used:
             total += image_size(bytes(msg.images[i]), policy.max_pixels, f"images[{i}]")
             if total > budget:
-                raise Refusal("too_many_pixels", f"the request's images hold more than {budget} pixels in all "
-                                                 f"({REQUEST_PIXEL_FACTOR} x [serve] max_pixels); send fewer or "
-                                                 "smaller images per request")
+                raise Refusal(
+                    "too_many_pixels",
+                    f"the request's images hold more than {budget} pixels in all "
+                    f"({REQUEST_PIXEL_FACTOR} x [serve] max_pixels); send fewer or "
+                    "smaller images per request",
+                )
         decoded = {i: decode_image(bytes(msg.images[i]), policy.max_pixels, f"images[{i}]") for i in used}
         return [decoded[j] for j in msg.image_index] if msg.image_index else [decoded[i] for i in used]
 
@@ -206,11 +220,15 @@ def load_served_model(config: ClientConfig, config_path: str | Path = "FILE") ->
         raise ServeError(f"{report_path}: not a privacy report; {retrain}")
     sha256 = sha256_file(weights)
     if report.get("model_sha256") != sha256:
-        raise ServeError(f"{weights} is not the model its privacy report describes (sha256 differs): the "
-                         f"weights were replaced or edited; {retrain}")
+        raise ServeError(
+            f"{weights} is not the model its privacy report describes (sha256 differs): the "
+            f"weights were replaced or edited; {retrain}"
+        )
     if report.get("baseline") is True and not config.serve.allow_no_dp:
-        raise ServeError(f"{folder} holds a model trained with --no-dp (no privacy guarantee); train with "
-                         "DP, or set [serve] allow_no_dp = true for measurements only")
+        raise ServeError(
+            f"{folder} holds a model trained with --no-dp (no privacy guarantee); train with "
+            "DP, or set [serve] allow_no_dp = true for measurements only"
+        )
     try:
         model = load_reward_model(folder)
     except (OSError, ValueError) as exc:

@@ -83,12 +83,19 @@ def open_data(config: ClientConfig):
     if section.path is None:
         raise TrainingError("no training data: set [data].path to a preference data folder or file")
     try:
-        return open_site_data(section.path, train_split=section.train_split, test_split=section.test_split,
-                              test_fraction=section.test_fraction, columns=section.columns,
-                              max_pixels=section.max_image_pixels)
+        return open_site_data(
+            section.path,
+            train_split=section.train_split,
+            test_split=section.test_split,
+            test_fraction=section.test_fraction,
+            columns=section.columns,
+            max_pixels=section.max_image_pixels,
+        )
     except DataError as exc:
-        raise TrainingError(f"cannot use the preference data at {section.path}: {exc}. `mor data check "
-                            f"{section.path}` lists every problem; fix the data or [data]") from None
+        raise TrainingError(
+            f"cannot use the preference data at {section.path}: {exc}. `mor data check "
+            f"{section.path}` lists every problem; fix the data or [data]"
+        ) from None
 
 
 def load_pairs(config: ClientConfig, split: str, *, limit: bool = True, site=None):
@@ -137,8 +144,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) 
     return out
 
 
-def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str],
-                            tensors: dict[str, torch.Tensor]) -> None:
+def _load_optimizer_tensors(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], tensors: dict[str, torch.Tensor]
+) -> None:
     by_name = {names[id(p)]: p for group in optimizer.param_groups for p in group["params"]}
     for key, value in tensors.items():
         name, _, slot = key.rpartition("::")
@@ -147,9 +155,18 @@ def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, s
             optimizer.state[param][slot] = value.to(param.device)
 
 
-def save_checkpoint(folder: Path, *, model: RewardModel, optimizer: torch.optim.Optimizer,
-                    names: dict[int, str], plan: Plan, step: int, history: AccountantHistory,
-                    generators: dict[str, torch.Generator], config_digest: str) -> None:
+def save_checkpoint(
+    folder: Path,
+    *,
+    model: RewardModel,
+    optimizer: torch.optim.Optimizer,
+    names: dict[int, str],
+    plan: Plan,
+    step: int,
+    history: AccountantHistory,
+    generators: dict[str, torch.Generator],
+    config_digest: str,
+) -> None:
     """Weights and optimizer moments (safetensors) then the JSON state that names them, atomically."""
     from safetensors.torch import save_file
 
@@ -157,10 +174,19 @@ def save_checkpoint(folder: Path, *, model: RewardModel, optimizer: torch.optim.
     weights, moments = f"weights-{step}.safetensors", f"optimizer-{step}.safetensors"
     save_file(model.saved_state_dict(), str(folder / weights))
     save_file(_optimizer_tensors(optimizer, names), str(folder / moments))
-    state = {"format": STATE_FORMAT, "run_id": plan.run_id, "step": step, "plan": vars(plan),
-             "history": history.state_dict(), "config_digest": config_digest,
-             "rng": {k: _b64(g.get_state()) for k, g in generators.items()},
-             "torch_rng": _b64(torch.get_rng_state()), "weights": weights, "optimizer": moments, "time": now_utc()}
+    state = {
+        "format": STATE_FORMAT,
+        "run_id": plan.run_id,
+        "step": step,
+        "plan": vars(plan),
+        "history": history.state_dict(),
+        "config_digest": config_digest,
+        "rng": {k: _b64(g.get_state()) for k, g in generators.items()},
+        "torch_rng": _b64(torch.get_rng_state()),
+        "weights": weights,
+        "optimizer": moments,
+        "time": now_utc(),
+    }
     tmp = folder / f".{STATE_NAME}.tmp"
     tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
     with tmp.open("rb") as fh:
@@ -183,8 +209,10 @@ def load_checkpoint_state(folder: Path) -> dict[str, Any] | None:
         state["plan"] = Plan(**state["plan"])
         state["history"] = AccountantHistory.from_state_dict(state["history"])
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise TrainingError(f"{path}: unreadable checkpoint ({exc}); delete {folder} or pass --no-resume "
-                            "(its reserved budget stays spent)") from exc
+        raise TrainingError(
+            f"{path}: unreadable checkpoint ({exc}); delete {folder} or pass --no-resume "
+            "(its reserved budget stays spent)"
+        ) from exc
     return state
 
 
@@ -195,19 +223,23 @@ def _config_digest(config: ClientConfig) -> str:
     """What a resumed run must share with the run it continues (model and training settings)."""
     import hashlib
 
-    keys = {"model": vars(config.model), "train": {k: v for k, v in vars(config.train).items()
-                                                 if k not in ("out", "device", "checkpoint_every")},
-            "privacy": {k: vars(config.privacy)[k] for k in ("target_epsilon", "delta", "accountant",
-                                                             "max_grad_norm")},
-            "data": {k: vars(config.data)[k] for k in ("train_split", "max_pairs", "columns", "test_fraction")}}
+    keys = {
+        "model": vars(config.model),
+        "train": {k: v for k, v in vars(config.train).items() if k not in ("out", "device", "checkpoint_every")},
+        "privacy": {k: vars(config.privacy)[k] for k in ("target_epsilon", "delta", "accountant", "max_grad_norm")},
+        "data": {k: vars(config.data)[k] for k in ("train_split", "max_pairs", "columns", "test_fraction")},
+    }
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _make_plan(config: ClientConfig, n_pairs: int, fingerprint: str, private: bool, run_id: str,
-               fixed: tuple[float, str] | None) -> Plan:
+def _make_plan(
+    config: ClientConfig, n_pairs: int, fingerprint: str, private: bool, run_id: str, fixed: tuple[float, str] | None
+) -> Plan:
     if n_pairs < 2:
-        raise TrainingError(f"{config.data.path}: only {n_pairs} training pair(s); DP training needs more "
-                            "(hundreds for a useful epsilon)")
+        raise TrainingError(
+            f"{config.data.path}: only {n_pairs} training pair(s); DP training needs more "
+            "(hundreds for a useful epsilon)"
+        )
     per_epoch = steps_per_epoch(n_pairs, config.train.batch_size)
     sample_rate = 1.0 / per_epoch  # exactly what Opacus derives from the data loader
     total = config.train.epochs * per_epoch
@@ -215,8 +247,11 @@ def _make_plan(config: ClientConfig, n_pairs: int, fingerprint: str, private: bo
         delta = resolve_delta(config.privacy.delta, n_pairs, fixed)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
-    noise = plan_noise(config.privacy.target_epsilon, delta, sample_rate, total,
-                       accountant=config.privacy.accountant) if private else 0.0
+    noise = (
+        plan_noise(config.privacy.target_epsilon, delta, sample_rate, total, accountant=config.privacy.accountant)
+        if private
+        else 0.0
+    )
     return Plan(run_id, private, n_pairs, sample_rate, per_epoch, total, noise, delta, fingerprint)
 
 
@@ -227,8 +262,9 @@ def _build_model(config: ClientConfig) -> RewardModel:
         raise TrainingError(f"cannot build the [model] ({config.model.family!r}): {exc}") from None
 
 
-def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: bool = True,
-                       progress: bool = True, new_ledger: bool = False) -> TrainResult:
+def train_reward_model(
+    config: ClientConfig, *, no_dp: bool = False, resume: bool = True, progress: bool = True, new_ledger: bool = False
+) -> TrainResult:
     """Train [model] on [data] with DP-SGD at [privacy].target_epsilon (or without DP as a baseline).
 
     Settings, data (one decoding pass) and the model are checked before the budget is reserved;
@@ -241,23 +277,30 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
     site = open_data(config)
     data = load_pairs(config, config.data.train_split, site=site)
     fingerprint = site.fingerprint
-    key = data_key(site, site.question_keys(config.data.train_split)[:len(data)])  # the questions it trains on
+    key = data_key(site, site.question_keys(config.data.train_split)[: len(data)])  # the questions it trains on
     digest = _config_digest(config)
     state = load_checkpoint_state(ckpt_dir) if resume else None
     if state is not None:
         plan = state["plan"]
         if (plan.fingerprint in key.fingerprints, plan.private, state["config_digest"]) != (True, not no_dp, digest):
-            raise TrainingError(f"the checkpoint in {ckpt_dir} belongs to another data set or settings "
-                                "(or to a run with/without DP); pass --no-resume to start a new run "
-                                "(its reserved budget stays spent) or restore the settings")
+            raise TrainingError(
+                f"the checkpoint in {ckpt_dir} belongs to another data set or settings "
+                "(or to a run with/without DP); pass --no-resume to start a new run "
+                "(its reserved budget stays spent) or restore the settings"
+            )
         log.info("resuming", extra={"run_id": plan.run_id, "step": state["step"]})
     torch.manual_seed(config.train.seed)
     model = _build_model(config)
     truncated = count_truncated_pairs(model, data, config.model.max_length)
     (log.warning if truncated else log.info)(
         "pairs cut to [model] max_length (the end of each answer is kept)",
-        extra={"truncated": truncated, "pairs": len(data), "max_length": config.model.max_length,
-               "family": config.model.family})
+        extra={
+            "truncated": truncated,
+            "pairs": len(data),
+            "max_length": config.model.max_length,
+            "family": config.model.family,
+        },
+    )
 
     ledger = SiteLedger(ledger_path(config))
     if new_ledger and not ledger.path.exists():
@@ -267,20 +310,40 @@ def train_reward_model(config: ClientConfig, *, no_dp: bool = False, resume: boo
         if ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
         plan = _make_plan(config, len(data), fingerprint, not no_dp, uuid.uuid4().hex, fixed)
+    if plan.private and config.model.family == "dual-encoder" and not config.model.base:
+        log.warning(
+            "a dual-encoder trained from scratch under DP stays weak (60-69% pairwise on the benchmark world at "
+            "epsilon 2, 90% without DP): set [model] base to a reward model pretrained on public pairs "
+            "(`mor coordinator public-reward`, 83.9% at epsilon 2)",
+            extra={"family": config.model.family},
+        )
     split = {"test_fraction": config.data.test_fraction} if site.held_out else {"test_split": config.data.test_split}
     record = lambda status, history: LedgerRecord(  # noqa: E731
-        plan.run_id, plan.fingerprint, status, history, plan.n_pairs, config.model.family, now_utc(),
-        delta=plan.delta, accountant=config.privacy.accountant, split=split)
-    ledger.reserve(record("planned" if plan.private else "baseline", plan.history()), key,
-                   max_epsilon=config.privacy.max_epsilon, delta=plan.delta, accountant=config.privacy.accountant)
+        plan.run_id,
+        plan.fingerprint,
+        status,
+        history,
+        plan.n_pairs,
+        config.model.family,
+        now_utc(),
+        delta=plan.delta,
+        accountant=config.privacy.accountant,
+        split=split,
+    )
+    ledger.reserve(
+        record("planned" if plan.private else "baseline", plan.history()),
+        key,
+        max_epsilon=config.privacy.max_epsilon,
+        delta=plan.delta,
+        accountant=config.privacy.accountant,
+    )
     progress_made = _Progress()
     try:
         return _run(config, plan, state, model, data, ledger, record, digest, progress, progress_made)
     except BaseException:
         if state is None and not progress_made.stepped:
             ledger.append(record("released", AccountantHistory()))
-            log.warning("run failed before its first noisy step: reservation released",
-                        extra={"run_id": plan.run_id})
+            log.warning("run failed before its first noisy step: reservation released", extra={"run_id": plan.run_id})
         raise
 
 
@@ -291,8 +354,18 @@ class _Progress:
     stepped: bool = False
 
 
-def _run(config: ClientConfig, plan: Plan, state: dict[str, Any] | None, model: RewardModel, data,
-         ledger: SiteLedger, record, digest: str, progress: bool, made: _Progress) -> TrainResult:
+def _run(
+    config: ClientConfig,
+    plan: Plan,
+    state: dict[str, Any] | None,
+    model: RewardModel,
+    data,
+    ledger: SiteLedger,
+    record,
+    digest: str,
+    progress: bool,
+    made: _Progress,
+) -> TrainResult:
     """The training loop of a reserved run, from its start or checkpoint to the saved model and report."""
     from tqdm.auto import tqdm
 
@@ -314,15 +387,23 @@ def _run(config: ClientConfig, plan: Plan, state: dict[str, Any] | None, model: 
 
         _load_optimizer_tensors(optimizer, names, load_file(str(ckpt_dir / state["optimizer"])))
 
-    generators = {"sampler": torch.Generator().manual_seed(config.train.seed),
-                  "noise": torch.Generator(device=device).manual_seed(config.train.seed + 1)}
+    generators = {
+        "sampler": torch.Generator().manual_seed(config.train.seed),
+        "noise": torch.Generator(device=device).manual_seed(config.train.seed + 1),
+    }
     loader = index_loader(plan.n_pairs, config.train.batch_size, generators["sampler"])
     history = state["history"] if state else AccountantHistory()
     if plan.private:
         engine, module, optimizer, loader = make_private(
-            model, optimizer, loader, noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=config.privacy.max_grad_norm, accountant=config.privacy.accountant,
-            grad_sample_mode=config.train.grad_sample_mode, noise_generator=generators["noise"])
+            model,
+            optimizer,
+            loader,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=config.privacy.max_grad_norm,
+            accountant=config.privacy.accountant,
+            grad_sample_mode=config.train.grad_sample_mode,
+            noise_generator=generators["noise"],
+        )
         engine.accountant.history = history.as_opacus()
     else:
         module = model
@@ -332,8 +413,13 @@ def _run(config: ClientConfig, plan: Plan, state: dict[str, Any] | None, model: 
         torch.set_rng_state(_unb64(state["torch_rng"]))
 
     step, loss_value = start_step, float("nan")
-    bar = tqdm(total=plan.total_steps, initial=start_step, disable=not progress, unit="step",
-               desc=f"{config.model.family} {'DP' if plan.private else 'non-private'}")
+    bar = tqdm(
+        total=plan.total_steps,
+        initial=start_step,
+        disable=not progress,
+        unit="step",
+        desc=f"{config.model.family} {'DP' if plan.private else 'non-private'}",
+    )
     while step < plan.total_steps:
         remaining_in_epoch = plan.steps_per_epoch - step % plan.steps_per_epoch
         for (idx,) in itertools.islice(loader, remaining_in_epoch):  # never draws a batch it skips
@@ -346,8 +432,17 @@ def _run(config: ClientConfig, plan: Plan, state: dict[str, Any] | None, model: 
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", pairs=n)
             if step % config.train.checkpoint_every == 0 and step < plan.total_steps:
-                save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, names=names, plan=plan, step=step,
-                                history=history, generators=generators, config_digest=digest)
+                save_checkpoint(
+                    ckpt_dir,
+                    model=model,
+                    optimizer=optimizer,
+                    names=names,
+                    plan=plan,
+                    step=step,
+                    history=history,
+                    generators=generators,
+                    config_digest=digest,
+                )
     bar.close()
     if history.steps != plan.total_steps:
         raise RuntimeError(f"accountant counted {history.steps} steps, the plan {plan.total_steps}")
@@ -355,15 +450,29 @@ def _run(config: ClientConfig, plan: Plan, state: dict[str, Any] | None, model: 
     model.eval()
     weights = model.save(out)
     report = PrivacyReport(
-        family=config.model.family, base=config.model.base, private=plan.private,
+        family=config.model.family,
+        base=config.model.base,
+        private=plan.private,
         epsilon=epsilon(history, plan.delta, config.privacy.accountant),
-        epsilon_rdp=epsilon(history, plan.delta, "rdp"), delta=plan.delta, accountant=config.privacy.accountant,
-        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=history.steps,
-        n_pairs=plan.n_pairs, max_grad_norm=config.privacy.max_grad_norm, data_fingerprint=plan.fingerprint,
-        model_sha256=sha256_file(weights), run_id=plan.run_id, time=now_utc(), history=history.state_dict())
+        epsilon_rdp=epsilon(history, plan.delta, "rdp"),
+        delta=plan.delta,
+        accountant=config.privacy.accountant,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=history.steps,
+        n_pairs=plan.n_pairs,
+        max_grad_norm=config.privacy.max_grad_norm,
+        data_fingerprint=plan.fingerprint,
+        model_sha256=sha256_file(weights),
+        run_id=plan.run_id,
+        time=now_utc(),
+        history=history.state_dict(),
+    )
     (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     ledger.append(record("finished" if plan.private else "baseline", history))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    log.info("reward model trained", extra={"run_id": plan.run_id, "steps": history.steps,
-                                            "epsilon": report.epsilon, "family": config.model.family})
+    log.info(
+        "reward model trained",
+        extra={"run_id": plan.run_id, "steps": history.steps, "epsilon": report.epsilon, "family": config.model.family},
+    )
     return TrainResult(out, report, start_step, loss_value)

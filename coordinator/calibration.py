@@ -55,8 +55,9 @@ def _finite(scores: Sequence[float | None]) -> np.ndarray:
 class Calibrator:
     """Fits and applies one affine score calibration per site (z-score or robust median/IQR)."""
 
-    def __init__(self, method: str = "zscore", *, min_scale: float = 1e-3,
-                 sites: Mapping[str, SiteCalibration] | None = None) -> None:
+    def __init__(
+        self, method: str = "zscore", *, min_scale: float = 1e-3, sites: Mapping[str, SiteCalibration] | None = None
+    ) -> None:
         if method not in METHODS:
             raise CalibrationError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
         if not (isinstance(min_scale, (int, float)) and math.isfinite(min_scale) and min_scale > 0):
@@ -79,14 +80,17 @@ class Calibrator:
         except KeyError:
             raise CalibrationError(
                 f"site {site!r} has no calibration (calibrated: {', '.join(self.sites) or 'none'}); "
-                "fit the calibrator on that site's scores of the calibration set first") from None
+                "fit the calibrator on that site's scores of the calibration set first"
+            ) from None
 
     def fit_site(self, site: str, scores: Sequence[float | None]) -> SiteCalibration:
         """Fit ``site`` on its raw scores of the calibration set (missing values are skipped)."""
         arr = _finite(scores)
         if arr.size < 2:
-            raise CalibrationError(f"site {site!r} gave {arr.size} usable score(s) on the calibration "
-                                   "set; at least 2 finite scores are needed: score more items")
+            raise CalibrationError(
+                f"site {site!r} gave {arr.size} usable score(s) on the calibration "
+                "set; at least 2 finite scores are needed: score more items"
+            )
         if self.method == "zscore":
             center, spread = float(arr.mean()), float(arr.std())
         else:
@@ -110,18 +114,26 @@ class Calibrator:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description of the fitted state."""
-        return {"format": FORMAT, "version": VERSION, "method": self.method, "min_scale": self.min_scale,
-                "sites": {site: asdict(cal) for site, cal in sorted(self._sites.items())}}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "method": self.method,
+            "min_scale": self.min_scale,
+            "sites": {site: asdict(cal) for site, cal in sorted(self._sites.items())},
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> Calibrator:
         """Rebuild a calibrator from ``to_dict`` output, validating every field."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CalibrationError(f"not a calibration file (expected format {FORMAT!r}); "
-                                   "pass the calibration.json written with the run")
+            raise CalibrationError(
+                f"not a calibration file (expected format {FORMAT!r}); pass the calibration.json written with the run"
+            )
         if data.get("version") != VERSION:
-            raise CalibrationError(f"calibration version {data.get('version')!r} is not supported "
-                                   f"(expected {VERSION}); refit the calibration with this release")
+            raise CalibrationError(
+                f"calibration version {data.get('version')!r} is not supported "
+                f"(expected {VERSION}); refit the calibration with this release"
+            )
         sites_raw = data.get("sites")
         if not isinstance(sites_raw, dict):
             raise CalibrationError("calibration 'sites' must be an object of site -> {center, scale, count}")
@@ -132,8 +144,10 @@ class Calibrator:
             except (TypeError, KeyError):
                 raise CalibrationError(f"calibration of site {site!r} needs center, scale and count") from None
             if not (is_score(center) and is_score(scale)) or scale <= 0 or not isinstance(count, int) or count < 0:
-                raise CalibrationError(f"calibration of site {site!r} is invalid (center and scale must "
-                                       "be finite, scale > 0, count a non-negative integer); refit it")
+                raise CalibrationError(
+                    f"calibration of site {site!r} is invalid (center and scale must "
+                    "be finite, scale > 0, count a non-negative integer); refit it"
+                )
             sites[site] = SiteCalibration(center=float(center), scale=float(scale), count=count)
         return cls(data.get("method", "zscore"), min_scale=data.get("min_scale", 1e-3), sites=sites)
 
@@ -151,8 +165,9 @@ class Calibrator:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise CalibrationError(f"{path}: calibration file not found; fit one first "
-                                   "(it is saved with the router)") from None
+            raise CalibrationError(
+                f"{path}: calibration file not found; fit one first (it is saved with the router)"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CalibrationError(f"{path}: not valid JSON ({exc}); refit the calibration") from None
         try:

@@ -9,8 +9,13 @@ import click
 
 from mor_secure.cli import MorGroup
 
-CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-                      help="The coordinator.toml ([tls], bind, [clients]).")
+CONFIG = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The coordinator.toml ([tls], bind, [clients]).",
+)
 
 
 @click.group(name="coordinator", cls=MorGroup)
@@ -20,8 +25,14 @@ def group() -> None:
 
 @group.command()
 @CONFIG
-@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=15.0, show_default=True,
-              help="Seconds to wait for the allowed sites to connect before probing.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="Seconds to wait for the allowed sites to connect before probing.",
+)
 def probe(config_path: Path, wait_s: float) -> None:
     """Bind, wait for the allowed agents, health-check each and print who answered and who was refused.
 
@@ -40,8 +51,10 @@ def probe(config_path: Path, wait_s: float) -> None:
 
     config = load_coordinator_config(config_path)
     if not config.clients.allow:
-        raise ConfigError(f"{config_path}: [clients] allow is empty, so no site may join: list the "
-                          "site names (their certificates' mor://client/SITE)")
+        raise ConfigError(
+            f"{config_path}: [clients] allow is empty, so no site may join: list the "
+            "site names (their certificates' mor://client/SITE)"
+        )
     pool = ClientPool.from_config(config)
     allowed = sorted(config.clients.allow)
     try:
@@ -67,8 +80,14 @@ def probe(config_path: Path, wait_s: float) -> None:
             status, latency = "[green]ok[/green]", f"{result.latency_s.get(site, 0.0) * 1000:.1f}"
         else:
             status, latency = f"[red]{escape(str(result.failures.get(site, 'not connected')))}[/red]", "-"
-        table.add_row(site, peer.fingerprint[:23] + "..." if peer else "-", status, latency,
-                      peer.worker_id if peer else "-", peer.address if peer else "-")
+        table.add_row(
+            site,
+            peer.fingerprint[:23] + "..." if peer else "-",
+            status,
+            latency,
+            peer.worker_id if peer else "-",
+            peer.address if peer else "-",
+        )
     console.print(table)
     if refusals:
         refused = Table(title="Refused or dropped peers")
@@ -79,9 +98,11 @@ def probe(config_path: Path, wait_s: float) -> None:
         console.print(refused)
     answered = len(result.replies)
     if answered < config.clients.quorum:
-        raise click.ClickException(f"only {answered} of the quorum {config.clients.quorum} sites answered: "
-                                   "start the missing agents (`mor client serve`), check the refusals "
-                                   "above, or lower [clients] quorum")
+        raise click.ClickException(
+            f"only {answered} of the quorum {config.clients.quorum} sites answered: "
+            "start the missing agents (`mor client serve`), check the refusals "
+            "above, or lower [clients] quorum"
+        )
     click.echo(f"{answered} of {len(allowed)} sites answered (quorum {config.clients.quorum})", err=True)
 
 

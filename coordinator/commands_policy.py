@@ -21,28 +21,65 @@ def _quiet_transformers() -> None:
 
 
 @click.command(name="public-data")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder to write the data set into (must not exist yet).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to write the data set into (must not exist yet).",
+)
 @click.option("--n", "n", default=2000, show_default=True, type=click.IntRange(min=1), help="Rows to write.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the public generator.")
-@click.option("--verbose-share", default=0.7, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of answers in the verbose style (the warm start's deliberate flaw).")
-@click.option("--flaw", "flaw", multiple=True, metavar="TYPE:TRUE=WRONG",
-              help="Label answer TRUE of question type TYPE as WRONG (e.g. side:left=right); repeatable. "
-                   "Replaces the default flaws (colour pairs, left/right, yes/no swapped).")
-@click.option("--flaw-style", default="verbose", show_default=True,
-              type=click.Choice(["verbose", "concise", "any"]),
-              help="Answer style whose rows carry the swapped labels. 'verbose' (the warm start's habit): the "
-                   "concise rows still name each feature right, so the warm start learns to see it, answers "
-                   "it wrong, and samples the true concise answer for GRPO to reinforce.")
-@click.option("--flaw-share", default=1.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of the flawed types' rows in --flaw-style that carry the swapped label.")
+@click.option(
+    "--verbose-share",
+    default=0.7,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of answers in the verbose style (the warm start's deliberate flaw).",
+)
+@click.option(
+    "--flaw",
+    "flaw",
+    multiple=True,
+    metavar="TYPE:TRUE=WRONG",
+    help="Label answer TRUE of question type TYPE as WRONG (e.g. side:left=right); repeatable. "
+    "Replaces the default flaws (colour pairs, left/right, yes/no swapped).",
+)
+@click.option(
+    "--flaw-style",
+    default="verbose",
+    show_default=True,
+    type=click.Choice(["verbose", "concise", "any"]),
+    help="Answer style whose rows carry the swapped labels. 'verbose' (the warm start's habit): the "
+    "concise rows still name each feature right, so the warm start learns to see it, answers "
+    "it wrong, and samples the true concise answer for GRPO to reinforce.",
+)
+@click.option(
+    "--flaw-share",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of the flawed types' rows in --flaw-style that carry the swapped label.",
+)
 @click.option("--no-flaws", is_flag=True, help="Write correct labels only (no deliberate flaw).")
-@click.option("--exclude-world", type=EXISTING_DIR, default=None,
-              help="A benchmark world folder: drop every image+question it holds, so the public data "
-                   "is disjoint from the clients' and the evaluation data.")
-def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, flaw: tuple[str, ...],
-                flaw_style: str, flaw_share: float, no_flaws: bool, exclude_world: Path | None) -> None:
+@click.option(
+    "--exclude-world",
+    type=EXISTING_DIR,
+    default=None,
+    help="A benchmark world folder: drop every image+question it holds, so the public data "
+    "is disjoint from the clients' and the evaluation data.",
+)
+def public_data(
+    out_dir: Path,
+    n: int,
+    seed: int,
+    verbose_share: float,
+    flaw: tuple[str, ...],
+    flaw_style: str,
+    flaw_share: float,
+    no_flaws: bool,
+    exclude_world: Path | None,
+) -> None:
     """Write public warm-start VQA (image, prompt, completion, domain, answer) for `mor coordinator sft`.
 
     The rows come from the world's domain generators in a separate seed space, carry no client
@@ -62,22 +99,44 @@ def public_data(out_dir: Path, n: int, seed: int, verbose_share: float, flaw: tu
         if not (kind and true and wrong):
             raise click.ClickException(f"--flaw {item!r}: use TYPE:TRUE=WRONG, e.g. --flaw side:left=right")
         flaws.setdefault(kind, {})[true] = wrong
-    path = generate_public_sft(out_dir, seed=seed, n=n, verbose_share=verbose_share, flaws=flaws,
-                               flaw_share=flaw_share, flaw_style=None if flaw_style == "any" else flaw_style,
-                               exclude_world=exclude_world)
+    path = generate_public_sft(
+        out_dir,
+        seed=seed,
+        n=n,
+        verbose_share=verbose_share,
+        flaws=flaws,
+        flaw_share=flaw_share,
+        flaw_style=None if flaw_style == "any" else flaw_style,
+        exclude_world=exclude_world,
+    )
     click.echo(f"wrote {n} public rows to {path}")
 
 
 @click.command()
 @click.option("--base", required=True, help="Base VLM: a local model folder or a hub id in the local cache.")
-@click.option("--data", "data_dir", required=True, type=EXISTING_DIR,
-              help="Public warm-start data (`mor coordinator public-data` output).")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder to save the warm-started policy (model + processor) into.")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=EXISTING_DIR,
+    help="Public warm-start data (`mor coordinator public-data` output).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to save the warm-started policy (model + processor) into.",
+)
 @click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1), help="Optimizer steps.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Rows per step.")
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Peak AdamW learning rate (warm-up, then linear decay).")
+@click.option(
+    "--lr",
+    default=1e-3,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak AdamW learning rate (warm-up, then linear decay).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of shuffling and initialisation.")
 def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, lr: float, seed: int) -> None:
     """Supervised warm start: fine-tune --base on public data (loss on the answers only), save to --out.
@@ -93,21 +152,42 @@ def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, l
 
 
 @click.command(name="public-reward")
-@click.option("--data", "data_dir", required=True, type=EXISTING_DIR,
-              help="Public rows with their true answers (`mor coordinator public-data` output).")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder to save the reward model into; sites point [model] base at it.")
-@click.option("--family", default="dual-encoder", show_default=True,
-              help="Reward-model family to pretrain (the VLM families get their head start from `sft`).")
-@click.option("--width", default=128, show_default=True, type=click.IntRange(min=1),
-              help="dual-encoder: encoder width (sites inherit it).")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=EXISTING_DIR,
+    help="Public rows with their true answers (`mor coordinator public-data` output).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to save the reward model into; sites point [model] base at it.",
+)
+@click.option(
+    "--family",
+    default="dual-encoder",
+    show_default=True,
+    help="Reward-model family to pretrain (the VLM families get their head start from `sft`).",
+)
+@click.option(
+    "--width",
+    default=128,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="dual-encoder: encoder width (sites inherit it).",
+)
 @click.option("--epochs", default=16, show_default=True, type=click.IntRange(min=1), help="Passes over the pairs.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Pairs per step.")
-@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="AdamW learning rate.")
+@click.option(
+    "--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="AdamW learning rate."
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of pairs, shuffling and initialisation.")
-def public_reward(data_dir: Path, out_dir: Path, family: str, width: int, epochs: int, batch_size: int, lr: float,
-                  seed: int) -> None:
+def public_reward(
+    data_dir: Path, out_dir: Path, family: str, width: int, epochs: int, batch_size: int, lr: float, seed: int
+) -> None:
     """Pretrain a reward model on public pairs without DP: a site's head start before its private pairs.
 
     Each public row gives two pairs, the true answer over a wrong one in the same style (correctness,
@@ -118,17 +198,25 @@ def public_reward(data_dir: Path, out_dir: Path, family: str, width: int, epochs
 
     if out_dir.exists():
         raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
-    result = save_public_reward(data_dir, out_dir, family=family, width=width, epochs=epochs,
-                                batch_size=batch_size, lr=lr, seed=seed)
+    result = save_public_reward(
+        data_dir, out_dir, family=family, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+    )
     losses = result["losses"]
-    click.echo(f"saved {family} reward model to {out_dir} ({result['pairs']} public pairs, loss {losses[0]:.3f} -> "
-               f"{losses[-1]:.3f}); set [model] base = \"{out_dir}\" at the sites")
+    click.echo(
+        f"saved {family} reward model to {out_dir} ({result['pairs']} public pairs, loss {losses[0]:.3f} -> "
+        f'{losses[-1]:.3f}); set [model] base = "{out_dir}" at the sites'
+    )
 
 
 @click.command(name="eval")
 @click.option("--policy", required=True, help="Policy to evaluate: a model folder or a cached hub id.")
-@click.option("--data", "data_dir", required=True, type=EXISTING_DIR,
-              help="Held-out questions with ground truth (the world's server/eval).")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=EXISTING_DIR,
+    help="Held-out questions with ground truth (the world's server/eval).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N questions.")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the result as JSON.")
 def eval_(policy: str, data_dir: Path, limit: int | None, as_json: bool) -> None:
@@ -147,16 +235,26 @@ def eval_(policy: str, data_dir: Path, limit: int | None, as_json: bool) -> None
     for column in ("domain", "n", "accuracy", "concise", "answered"):
         table.add_column(column)
     for domain, r in [*result["per_domain"].items(), ("all", result)]:
-        table.add_row(domain, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['concise_share']:.1%}",
-                      f"{r['answered_share']:.1%}")
+        table.add_row(
+            domain, str(r["n"]), f"{r['accuracy']:.1%}", f"{r['concise_share']:.1%}", f"{r['answered_share']:.1%}"
+        )
     Console().print(table)
 
 
 @click.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-              help="coordinator.toml; its [grpo] section sets the run ([tls], [clients] for federated rewards).")
-@click.option("--resume", is_flag=True, default=False,
-              help="Continue from the last checkpoint in [grpo] out (same global step, optimizer, schedule).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="coordinator.toml; its [grpo] section sets the run ([tls], [clients] for federated rewards).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    default=False,
+    help="Continue from the last checkpoint in [grpo] out (same global step, optimizer, schedule).",
+)
 def grpo(config_path: Path, resume: bool) -> None:
     """GRPO of the policy with a KL penalty to its warm start, with the [grpo] reward.
 
@@ -180,8 +278,9 @@ def grpo(config_path: Path, resume: bool) -> None:
     config = load_coordinator_config(config_path)
     cfg = config.grpo
     if cfg.data is None:
-        raise click.ClickException(f"{config_path}: [grpo] data is not set; point it at the prompts "
-                                   "(`mor coordinator public-data` output)")
+        raise click.ClickException(
+            f"{config_path}: [grpo] data is not set; point it at the prompts (`mor coordinator public-data` output)"
+        )
     strategy = build_reward(cfg.reward, RewardContext(cfg.mixture or config.router.out / "mixture", config))
     name = cfg.reward.replace(":", "_")
     with ExitStack() as stack:
@@ -196,15 +295,22 @@ def grpo(config_path: Path, resume: bool) -> None:
             federation.wait_for(sites=allowed, timeout=cfg.wait_s)
             live = federation.live_sites()
             if len(live) < cfg.quorum:
-                raise click.ClickException(f"only {len(live)} of the quorum {cfg.quorum} agents joined within "
-                                           f"{cfg.wait_s:g}s ({', '.join(live) or 'none'}): start the agents "
-                                           "(`mor client serve`), check `mor coordinator probe`, or lower "
-                                           "[grpo] quorum")
+                raise click.ClickException(
+                    f"only {len(live)} of the quorum {cfg.quorum} agents joined within "
+                    f"{cfg.wait_s:g}s ({', '.join(live) or 'none'}): start the agents "
+                    "(`mor client serve`), check `mor coordinator probe`, or lower "
+                    "[grpo] quorum"
+                )
             click.echo(f"federation: {len(live)} of {len(allowed)} agents live ({', '.join(live)})", err=True)
-            reward = FederatedReward(strategy, federation.scorer, quorum=cfg.quorum,
-                                     spread_penalty=cfg.spread_penalty,
-                                     image_contrast=cfg.image_contrast, live_sites=federation.live_sites,
-                                     name=name)
+            reward = FederatedReward(
+                strategy,
+                federation.scorer,
+                quorum=cfg.quorum,
+                spread_penalty=cfg.spread_penalty,
+                image_contrast=cfg.image_contrast,
+                live_sites=federation.live_sites,
+                name=name,
+            )
         elif isinstance(strategy, RewardFusion):
             reward = FederatedReward(strategy, name=name)
         else:

@@ -14,8 +14,13 @@ def _pct(value: float) -> str:
 
 
 @click.command("router")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-              help="The coordinator.toml ([tls], [clients], [router], [pool], [ledger]).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The coordinator.toml ([tls], [clients], [router], [pool], [ledger]).",
+)
 def router(config_path: Path) -> None:
     """Train the router on the labelled pairs of [router] data, with the sites' scores fetched once.
 
@@ -49,8 +54,13 @@ def router(config_path: Path) -> None:
         for column in ("site", "agreement", "lower bound", "pairs", "decision"):
             trust.add_column(column, justify="left" if column in ("site", "decision") else "right")
         for site, t in report["trust"].items():
-            trust.add_row(site, _pct(t["agreement"]), _pct(t["lower_bound"]), str(t["pairs"]),
-                          "trusted" if t["trusted"] else "excluded")
+            trust.add_row(
+                site,
+                _pct(t["agreement"]),
+                _pct(t["lower_bound"]),
+                str(t["pairs"]),
+                "trusted" if t["trusted"] else "excluded",
+            )
         console.print(trust)
     accuracy = Table(title=f"Held-out pairwise accuracy ({report['test_pairs']} pairs of {config.router.data})")
     accuracy.add_column("reward")

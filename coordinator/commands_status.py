@@ -28,8 +28,13 @@ def _expiry(when: dt.datetime | None) -> str:
 
 
 @click.command("status")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-              help="The coordinator.toml (its ledger's folder holds the running service's status.json).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The coordinator.toml (its ledger's folder holds the running service's status.json).",
+)
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the status as JSON.")
 def status(config_path: Path, as_json: bool) -> None:
     """Show the sites: workers, last seen, certificate expiry, reported epsilon, failures in the last hour.
@@ -55,19 +60,31 @@ def status(config_path: Path, as_json: bool) -> None:
         click.echo(json.dumps(out, indent=2))
         return
     now = time.time()
-    state = ("[green]running[/green]" if report.running else
-             "[yellow]not running[/yellow]" + (f" (last snapshot {_ago(now - report.snapshot_age_s, now)})"
-                                               if report.snapshot_age_s is not None else " (no snapshot yet)"))
+    state = (
+        "[green]running[/green]"
+        if report.running
+        else "[yellow]not running[/yellow]"
+        + (
+            f" (last snapshot {_ago(now - report.snapshot_age_s, now)})"
+            if report.snapshot_age_s is not None
+            else " (no snapshot yet)"
+        )
+    )
     table = Table(title=f"Coordinator {escape(report.coordinator)}: {state}")
-    for column in ("site", "workers", "last seen", "certificate expires", "epsilon", "items scored 1h",
-                   "failures 1h"):
+    for column in ("site", "workers", "last seen", "certificate expires", "epsilon", "items scored 1h", "failures 1h"):
         table.add_column(column)
     for site in report.sites:
         workers = ", ".join(w["worker_id"] + ("" if w["admitted"] else " (not admitted)") for w in site.workers)
         epsilon = "-" if site.epsilon is None else "inf (no DP)" if math.isinf(site.epsilon) else f"{site.epsilon:.3f}"
         failures = "; ".join(site.failures_last_hour[-3:])
-        table.add_row(site.site + ("" if site.allowed else " (not allowed)"), escape(workers or "-"),
-                      _ago(site.last_seen, now), _expiry(site.cert_expires), epsilon, str(site.scored_last_hour),
-                      f"[red]{len(site.failures_last_hour)}[/red]: {escape(failures)}" if failures else "0")
+        table.add_row(
+            site.site + ("" if site.allowed else " (not allowed)"),
+            escape(workers or "-"),
+            _ago(site.last_seen, now),
+            _expiry(site.cert_expires),
+            epsilon,
+            str(site.scored_last_hour),
+            f"[red]{len(site.failures_last_hour)}[/red]: {escape(failures)}" if failures else "0",
+        )
     Console(soft_wrap=True).print(table)
     click.echo("remaining budget: sites keep their lifetime budget locally (`mor client budget` at the site)")

@@ -47,8 +47,9 @@ class ImageContrast:
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
 
-    def __call__(self, images: list[Any], prompts: list[list[Message]],
-                 completions: list[list[Message]]) -> dict[str, list[float] | None]:
+    def __call__(
+        self, images: list[Any], prompts: list[list[Message]], completions: list[list[Message]]
+    ) -> dict[str, list[float] | None]:
         n = len(images)
         scores = self.scorer(list(images) + decoy_images(images), list(prompts) * 2, list(completions) * 2)
         contrasted: dict[str, list[float] | None] = {}
@@ -56,6 +57,8 @@ class ImageContrast:
             if both is None or len(both) != 2 * n:
                 contrasted[site] = None
                 continue
-            contrasted[site] = [own - decoy if is_score(own) and is_score(decoy) else None  # type: ignore[operator]
-                                for own, decoy in zip(both[:n], both[n:])]
+            contrasted[site] = [
+                own - decoy if is_score(own) and is_score(decoy) else None  # type: ignore[operator]
+                for own, decoy in zip(both[:n], both[n:])
+            ]
         return contrasted

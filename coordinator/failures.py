@@ -33,8 +33,7 @@ class FailureKind(Enum):
     """Scores from a model whose privacy report the coordinator never received."""
 
 
-REQUEST_ERRORS = frozenset({"malformed", "bad_image", "image_too_large", "batch_too_large", "unsupported",
-                            "bad_reply"})
+REQUEST_ERRORS = frozenset({"malformed", "bad_image", "image_too_large", "batch_too_large", "unsupported", "bad_reply"})
 """Agent error codes that say the request itself is wrong: retrying it, or blaming the site, would not help."""
 
 

@@ -30,8 +30,10 @@ def strip_images(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
-            content = [{k: v for k, v in part.items() if not (part.get("type") == "image" and k == "image")}
-                       for part in content]
+            content = [
+                {k: v for k, v in part.items() if not (part.get("type") == "image" and k == "image")}
+                for part in content
+            ]
         out.append({**message, "content": content})
     return out
 
@@ -53,8 +55,14 @@ class PromptFeatures:
     The cache keeps the ``max_cached`` most recently used items (a GRPO data set's prompts, typically).
     """
 
-    def __init__(self, model_name_or_path: str | Path, *, batch_size: int = 16, device: str | None = None,
-                 max_cached: int = 50_000) -> None:
+    def __init__(
+        self,
+        model_name_or_path: str | Path,
+        *,
+        batch_size: int = 16,
+        device: str | None = None,
+        max_cached: int = 50_000,
+    ) -> None:
         from mor_secure.models.loading import load_vlm
 
         self.name = str(model_name_or_path)
@@ -91,7 +99,7 @@ class PromptFeatures:
                 todo[key] = i
         pending = list(todo.items())
         for start in range(0, len(pending), self.batch_size):
-            chunk = pending[start:start + self.batch_size]
+            chunk = pending[start : start + self.batch_size]
             rows = [i for _, i in chunk]
             feats = self._embed([images[i] for i in rows], [strip_images(prompts[i]) for i in rows])
             for (key, _), feat in zip(chunk, feats):

@@ -58,15 +58,17 @@ class RewardFusion(ABC):
     def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:
         """One reward per item, or None where the strategy cannot give one."""
 
-    def components(self, items: Sequence[ScoreItem],
-                   client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def components(
+        self, items: Sequence[ScoreItem], client_scores: ClientScores
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(weights [N, K], calibrated scores [N, K])`` behind a weighted-mean fusion (NaN = missing), or
         None for a strategy that is no weighted mean of its sites (then nothing can judge their agreement)."""
         return None
 
 
-def calibrated_matrix(items: Sequence[ScoreItem], client_scores: ClientScores, calibrator: Calibrator,
-                      sites: Sequence[str]) -> torch.Tensor:
+def calibrated_matrix(
+    items: Sequence[ScoreItem], client_scores: ClientScores, calibrator: Calibrator, sites: Sequence[str]
+) -> torch.Tensor:
     """Calibrated scores ``[N, K]`` in the order of ``sites``; NaN where a site gave no usable score.
 
     A site that did not answer, answered the wrong number of scores, or has no calibration counts as
@@ -78,8 +80,9 @@ def calibrated_matrix(items: Sequence[ScoreItem], client_scores: ClientScores, c
         if scores is None:
             continue
         if len(scores) != len(items):
-            log.warning("dropped a site's scores: wrong count", extra={"site": site, "got": len(scores),
-                                                                       "expected": len(items)})
+            log.warning(
+                "dropped a site's scores: wrong count", extra={"site": site, "got": len(scores), "expected": len(items)}
+            )
             continue
         if site not in calibrator:
             log.warning("dropped an uncalibrated site's scores", extra={"site": site})
@@ -98,8 +101,10 @@ class MixtureOfRewards(RewardFusion):
     def __init__(self, router: Router, calibrator: Calibrator, features: Features) -> None:
         missing = [s for s in router.sites if s not in calibrator]
         if missing:
-            raise ValueError(f"router sites {missing} have no calibration; fit the calibrator on every "
-                             "site the router was trained with")
+            raise ValueError(
+                f"router sites {missing} have no calibration; fit the calibrator on every "
+                "site the router was trained with"
+            )
         self.router, self.calibrator, self.features = router.eval(), calibrator, features
         self.sites = tuple(router.sites)
 
@@ -125,8 +130,7 @@ class MixtureOfRewards(RewardFusion):
         return _to_rewards(self.router(feats, z, objectives))
 
     @torch.no_grad()
-    def components(self, items: Sequence[ScoreItem],
-                   client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor]:
+    def components(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor]:
         z = calibrated_matrix(items, client_scores, self.calibrator, self.router.sites)
         return self.weights(items, live_mask(z)), z
 
@@ -147,8 +151,10 @@ class MixtureOfRewards(RewardFusion):
             try:
                 name = json.loads((folder / "mixture.json").read_text(encoding="utf-8"))["features"]
             except (OSError, ValueError, TypeError, KeyError):
-                raise RouterError(f"{folder / 'mixture.json'}: missing or invalid; pass the mixture folder "
-                                  "written with the router, or pass features explicitly") from None
+                raise RouterError(
+                    f"{folder / 'mixture.json'}: missing or invalid; pass the mixture folder "
+                    "written with the router, or pass features explicitly"
+                ) from None
             if not isinstance(name, str):
                 raise RouterError(f"{folder / 'mixture.json'} names no feature model; pass features explicitly")
             features = PromptFeatures(name)
@@ -167,8 +173,7 @@ class UniformMean(RewardFusion):
         z = calibrated_matrix(items, client_scores, self.calibrator, self.sites)
         return _to_rewards(torch.nanmean(z, dim=1))
 
-    def components(self, items: Sequence[ScoreItem],
-                   client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor]:
+    def components(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor]:
         z = calibrated_matrix(items, client_scores, self.calibrator, self.sites)
         live = live_mask(z).float()
         return live / live.sum(dim=1, keepdim=True).clamp(min=1.0), z
@@ -230,8 +235,9 @@ class Conservative(RewardFusion):
         spread = (weights * torch.nan_to_num(z - mean[:, None], nan=0.0) ** 2).sum(dim=1).sqrt()
         return _to_rewards(mean - self.penalty * spread)
 
-    def components(self, items: Sequence[ScoreItem],
-                   client_scores: ClientScores) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def components(
+        self, items: Sequence[ScoreItem], client_scores: ClientScores
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self.strategy.components(items, client_scores)
 
 
@@ -261,15 +267,16 @@ def _image_of(prompt: Any) -> Any:
     return None
 
 
-def images_from(prompts: Sequence[Any], image: Sequence[Any] | None,
-                 images: Sequence[Any] | None) -> list[Any]:
+def images_from(prompts: Sequence[Any], image: Sequence[Any] | None, images: Sequence[Any] | None) -> list[Any]:
     """One image per completion from TRL's ``image`` / ``images`` column, else from the prompt."""
     if images is not None:
         out = []
         for imgs in images:
             if imgs and len(imgs) > 1:
-                raise ValueError(f"a prompt carries {len(imgs)} images; the MoR reward supports one image "
-                                 "per prompt: keep one `image` column")
+                raise ValueError(
+                    f"a prompt carries {len(imgs)} images; the MoR reward supports one image "
+                    "per prompt: keep one `image` column"
+                )
             out.append(imgs[0] if imgs else None)
         return out
     if image is not None:
@@ -277,8 +284,14 @@ def images_from(prompts: Sequence[Any], image: Sequence[Any] | None,
     return [_image_of(p) for p in prompts]
 
 
-def reward_callable(fusion: RewardFusion, scorer: Scorer, *, objective: str | None = None,
-                    decimals: int | None = 4, name: str = "mor_reward") -> Callable[..., list[float | None]]:
+def reward_callable(
+    fusion: RewardFusion,
+    scorer: Scorer,
+    *,
+    objective: str | None = None,
+    decimals: int | None = 4,
+    name: str = "mor_reward",
+) -> Callable[..., list[float | None]]:
     """A reward function in TRL's signature: ``f(prompts, completions, image=..., **columns)``.
 
     GRPOTrainer calls it with every data set column (``image`` or ``images``, ``objective`` if the
@@ -288,20 +301,28 @@ def reward_callable(fusion: RewardFusion, scorer: Scorer, *, objective: str | No
     float noise from batched client models cannot fake a spread in a group of equal answers.
     """
 
-    def reward(prompts: list[Any], completions: list[Any], image: Sequence[Any] | None = None,
-               images: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+    def reward(
+        prompts: list[Any],
+        completions: list[Any],
+        image: Sequence[Any] | None = None,
+        images: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
         n = len(prompts)
         if len(completions) != n:
             raise ValueError(f"{n} prompts but {len(completions)} completions")
         objectives = kwargs.get("objective") or [objective] * n
-        items = [ScoreItem(image=img, prompt=as_messages(p, "user"), completion=as_messages(c, "assistant"),
-                           objective=obj)
-                 for img, p, c, obj in zip(images_from(prompts, image, images), prompts, completions,
-                                           objectives, strict=True)]
+        items = [
+            ScoreItem(image=img, prompt=as_messages(p, "user"), completion=as_messages(c, "assistant"), objective=obj)
+            for img, p, c, obj in zip(
+                images_from(prompts, image, images), prompts, completions, objectives, strict=True
+            )
+        ]
         client_scores: dict[str, list[float] | None] = {}
         if fusion.uses_client_scores:
-            client_scores = scorer([it.image for it in items], [it.prompt for it in items],
-                                   [it.completion for it in items])
+            client_scores = scorer(
+                [it.image for it in items], [it.prompt for it in items], [it.completion for it in items]
+            )
         rewards = fusion.fuse(items, client_scores)
         if decimals is not None:
             rewards = [None if r is None else round(r, decimals) for r in rewards]

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from coordinator.grpo_config import GRPORunConfig
+from mor_secure import events
 from mor_secure.config import ConfigError
 from mor_secure.data.schema import DataError
 from mor_secure.errors import MissingInput, OutputExists
-from mor_secure import events
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.grpo")
@@ -80,7 +80,8 @@ def _drop_pickled_args_callback() -> Any:
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
                 (Path(args.output_dir) / f"checkpoint-{state.global_step}" / "training_args.bin").unlink(
-                    missing_ok=True)
+                    missing_ok=True
+                )
 
     return DropPickledArgs()
 
@@ -90,8 +91,9 @@ def last_checkpoint(out: Path) -> Path | None:
     last, so a folder without it was cut short (the coordinator killed mid-save) and is not resumed from."""
     if not out.is_dir():
         return None
-    complete = [p for p in out.iterdir()
-                if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()]
+    complete = [
+        p for p in out.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()
+    ]
     return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
@@ -105,8 +107,10 @@ def prompt_dataset(data: Any) -> Any:
     rows = load_rows(data)
     missing = {"image", "prompt"} - set(rows.column_names)
     if missing:
-        raise DataError(f"the GRPO data lacks column(s) {', '.join(sorted(missing))}; it needs a conversational "
-                        "prompt and an image per row")
+        raise DataError(
+            f"the GRPO data lacks column(s) {', '.join(sorted(missing))}; it needs a conversational "
+            "prompt and an image per row"
+        )
     return rows.remove_columns([c for c in ("completion",) if c in rows.column_names])
 
 
@@ -144,8 +148,14 @@ def trl_config(cfg: GRPORunConfig, suppress_tokens: Sequence[int] = ()) -> Any:
     )
 
 
-def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc], train_dataset: Any, *,
-             resume: bool = False, callbacks: Sequence[Any] = ()) -> Path:
+def run_grpo(
+    cfg: GRPORunConfig,
+    reward_funcs: RewardFunc | Sequence[RewardFunc],
+    train_dataset: Any,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> Path:
     """Train ``cfg.policy`` with GRPO on ``train_dataset`` and save the final policy to ``cfg.out/policy``.
 
     ``reward_funcs``: one or more TRL reward callables. ``resume=True`` continues from the last
@@ -163,19 +173,26 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
     policy = resolve_model(cfg.policy)
     last = last_checkpoint(cfg.out)
     if resume and last is None:
-        raise MissingInput(f"nothing to resume in {cfg.out}: it holds no checkpoint-N folder with a "
-                           "trainer_state.json; run without --resume to start")
+        raise MissingInput(
+            f"nothing to resume in {cfg.out}: it holds no checkpoint-N folder with a "
+            "trainer_state.json; run without --resume to start"
+        )
     if not resume and last is not None:
-        raise OutputExists(f"{cfg.out} already holds {last.name}; pass --resume to continue it, or "
-                           "choose a new [grpo] out folder")
+        raise OutputExists(
+            f"{cfg.out} already holds {last.name}; pass --resume to continue it, or choose a new [grpo] out folder"
+        )
     funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
-                                 target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|"
-                                                r"up_proj|down_proj)")
+        peft_config = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            task_type="CAUSAL_LM",
+            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|"
+            r"up_proj|down_proj)",
+        )
     model: Any = policy
     if resume and not cfg.lora:
         # transformers resumes with load_state_dict(strict=False), which silently skips weights saved under
@@ -187,12 +204,24 @@ def run_grpo(cfg: GRPORunConfig, reward_funcs: RewardFunc | Sequence[RewardFunc]
         model.config._name_or_path = policy
     processor = load_processor(policy)
     processor.tokenizer.padding_side = "left"  # TRL pads prompts left and re-processes them with this processor
-    trainer = GRPOTrainer(model=model, reward_funcs=[with_telemetry(f) for f in funcs],
-                          args=trl_config(cfg, suppressed_tokens(processor)),
-                          train_dataset=prompt_dataset(train_dataset), processing_class=processor,
-                          peft_config=peft_config, callbacks=[_drop_pickled_args_callback(), *callbacks])
-    log.info(events.GRPO_START, extra={"steps": cfg.steps, "beta": cfg.beta, "rewards": len(funcs),
-                                  "resume_from": last.name if resume else "-"})
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[with_telemetry(f) for f in funcs],
+        args=trl_config(cfg, suppressed_tokens(processor)),
+        train_dataset=prompt_dataset(train_dataset),
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=[_drop_pickled_args_callback(), *callbacks],
+    )
+    log.info(
+        events.GRPO_START,
+        extra={
+            "steps": cfg.steps,
+            "beta": cfg.beta,
+            "rewards": len(funcs),
+            "resume_from": last.name if resume else "-",
+        },
+    )
     trainer.train(resume_from_checkpoint=str(last) if resume else None)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora:

@@ -30,8 +30,15 @@ def _iso(ts: float) -> str:
 class LedgerWriter:
     """Appends to ``ledger`` on one thread from a queue of at most ``max_queue`` jobs."""
 
-    def __init__(self, ledger: PrivacyLedger, *, max_queue: int = 1024, window_s: float = 60.0,
-                 per_window: int = 20, per_peer: int = 5) -> None:
+    def __init__(
+        self,
+        ledger: PrivacyLedger,
+        *,
+        max_queue: int = 1024,
+        window_s: float = 60.0,
+        per_window: int = 20,
+        per_peer: int = 5,
+    ) -> None:
         self.ledger = ledger
         self._jobs: queue.Queue = queue.Queue(max_queue)
         self._outsiders = Throttle(window_s, per_window, per_key=per_peer)
@@ -99,8 +106,9 @@ class LedgerWriter:
 
     def _write(self, summary: Summary) -> None:
         try:
-            self.ledger.record_refusal_summary(_iso(summary.started), _iso(summary.ended), summary.suppressed,
-                                               summary.by_key, summary.by_reason)
+            self.ledger.record_refusal_summary(
+                _iso(summary.started), _iso(summary.ended), summary.suppressed, summary.by_key, summary.by_reason
+            )
         except LedgerError as exc:
             log.error("could not record a refusal summary", extra={"count": summary.suppressed, "error": str(exc)})
         else:

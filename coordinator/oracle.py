@@ -29,11 +29,14 @@ class OracleReward:
     def __init__(self) -> None:
         self._stats: dict[str, float] = {}
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str] | None = None,
-                 **kwargs: Any) -> list[float]:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str] | None = None, **kwargs: Any
+    ) -> list[float]:
         if answer is None:
-            raise DataError("the oracle reward needs an `answer` column in the training data (the ground "
-                            "truth); use data from `mor coordinator public-data` or pick another reward")
+            raise DataError(
+                "the oracle reward needs an `answer` column in the training data (the ground "
+                "truth); use data from `mor coordinator public-data` or pick another reward"
+            )
         parsed = [parse_answer(c) for c in completions]
         correct = [p.answer == str(a).strip().lower() for p, a in zip(parsed, answer, strict=True)]
         n = max(len(parsed), 1)

@@ -61,8 +61,16 @@ def suppressed_tokens(processor: Any) -> list[int]:
 
 
 @torch.no_grad()
-def generate_answers(model: Any, processor: Any, images: list, prompts: list, *, max_new_tokens: int = 8,
-                     batch_size: int = 64, progress: bool = True) -> list[str]:
+def generate_answers(
+    model: Any,
+    processor: Any,
+    images: list,
+    prompts: list,
+    *,
+    max_new_tokens: int = 8,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> list[str]:
     """Greedy completions (text, special tokens dropped) for (image, conversational prompt) rows."""
     from mor_secure.models import vlm_inputs
 
@@ -70,11 +78,13 @@ def generate_answers(model: Any, processor: Any, images: list, prompts: list, *,
     texts: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="eval", unit="batch", disable=not progress):
-        batch = vlm_inputs(processor, images[start:start + batch_size], prompts[start:start + batch_size],
-                           padding_side="left").to(device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             suppress_tokens=suppressed_tokens(processor))
-        new = out[:, batch["input_ids"].shape[1]:]
+        batch = vlm_inputs(
+            processor, images[start : start + batch_size], prompts[start : start + batch_size], padding_side="left"
+        ).to(device)
+        out = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=suppressed_tokens(processor)
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
         texts.extend(processor.batch_decode(new, skip_special_tokens=True))
     return texts
 
@@ -82,13 +92,24 @@ def generate_answers(model: Any, processor: Any, images: list, prompts: list, *,
 def _summary(parsed: list[ParsedAnswer], answers: list[str]) -> dict[str, Any]:
     n = max(len(parsed), 1)
     styles = Counter(p.style for p in parsed if p.style is not None)
-    return {"accuracy": sum(p.answer == a for p, a in zip(parsed, answers, strict=True)) / n,
-            "concise_share": styles["concise"] / n, "answered_share": sum(styles.values()) / n,
-            "style_shares": {style: count / n for style, count in sorted(styles.items())}, "n": len(parsed)}
+    return {
+        "accuracy": sum(p.answer == a for p, a in zip(parsed, answers, strict=True)) / n,
+        "concise_share": styles["concise"] / n,
+        "answered_share": sum(styles.values()) / n,
+        "style_shares": {style: count / n for style, count in sorted(styles.items())},
+        "n": len(parsed),
+    }
 
 
-def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int = 8, batch_size: int = 64,
-                    limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate_policy(
+    model_or_path: Any,
+    eval_data: Any,
+    *,
+    max_new_tokens: int = 8,
+    batch_size: int = 64,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Accuracy of greedy answers on ``eval_data`` (the world's server/eval, or rows with image, prompt and
     answer; domain optional), overall and per domain ("all" without one).
 
@@ -104,9 +125,11 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
     rows = eval_data if isinstance(eval_data, Dataset) else load_preferences(eval_data, kind="eval")
     missing = {"image", "prompt", "answer"} - set(rows.column_names)
     if missing:
-        raise DataError(f"the evaluation data lacks column(s) {', '.join(sorted(missing))}; pass the "
-                        "world's held-out set (server/eval) or rows with image, prompt and answer (domain and "
-                        "question_type, where present, break the result down)")
+        raise DataError(
+            f"the evaluation data lacks column(s) {', '.join(sorted(missing))}; pass the "
+            "world's held-out set (server/eval) or rows with image, prompt and answer (domain and "
+            "question_type, where present, break the result down)"
+        )
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     if isinstance(model_or_path, (str, Path)):
@@ -116,8 +139,15 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
     was_training = model.training
     model.eval()
     try:
-        texts = generate_answers(model, processor, list(rows["image"]), list(rows["prompt"]),
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        texts = generate_answers(
+            model,
+            processor,
+            list(rows["image"]),
+            list(rows["prompt"]),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+        )
     finally:
         model.train(was_training)
     parsed, answers = [parse_answer(t) for t in texts], list(rows["answer"])
@@ -130,6 +160,12 @@ def evaluate_policy(model_or_path: Any, eval_data: Any, *, max_new_tokens: int =
     kinds = rows["question_type"] if "question_type" in rows.column_names else ["all"] * len(rows)
     types = [f"{d}/{t}" for d, t in zip(domains, kinds)]
     result = {**_summary(parsed, answers), "per_domain": per(domains), "per_question_type": per(types)}
-    log.info("policy evaluated", extra={"n": result["n"], "accuracy": round(result["accuracy"], 4),
-                                        "concise_share": round(result["concise_share"], 4)})
+    log.info(
+        "policy evaluated",
+        extra={
+            "n": result["n"],
+            "accuracy": round(result["accuracy"], 4),
+            "concise_share": round(result["concise_share"], 4),
+        },
+    )
     return result

@@ -51,28 +51,41 @@ class ClientPool:
     report was verified); the others are neither listed nor asked.
     """
 
-    def __init__(self, server: TLSServer, *, deadline_s: float = 10.0,
-                 admit: Callable[[Peer], bool] | None = None) -> None:
+    def __init__(
+        self, server: TLSServer, *, deadline_s: float = 10.0, admit: Callable[[Peer], bool] | None = None
+    ) -> None:
         self.server = server
         self.deadline_s = deadline_s
         self.admit = admit
         self._turn = itertools.count()
 
     @classmethod
-    def from_config(cls, config: CoordinatorConfig, *, admit: Callable[[Peer], bool] | None = None,
-                    **server_kwargs: Any) -> ClientPool:
+    def from_config(
+        cls, config: CoordinatorConfig, *, admit: Callable[[Peer], bool] | None = None, **server_kwargs: Any
+    ) -> ClientPool:
         """Build the server from coordinator.toml (PKIError/CRLError name the fix if the PKI is unusable)."""
         section = config.clients
-        options = ServerOptions(heartbeat_s=section.heartbeat_s, peer_timeout_s=section.peer_timeout_s,
-                                handshake_timeout_s=section.handshake_timeout_s,
-                                certificate_timeout_s=section.certificate_timeout_s,
-                                max_pending_handshakes=section.max_pending_handshakes,
-                                max_pending_per_address=section.max_pending_per_address,
-                                handshakes_per_s=section.handshakes_per_s, handshake_burst=section.handshake_burst,
-                                max_message_bytes=section.max_message_mb * 1024 * 1024,
-                                crypto_threads=section.crypto_threads)
-        server = TLSServer(config.bind, context_factory(config.tls, "coordinator"), name=config.name,
-                           allow=section.allow, crl_path=config.tls.crl, options=options, **server_kwargs)
+        options = ServerOptions(
+            heartbeat_s=section.heartbeat_s,
+            peer_timeout_s=section.peer_timeout_s,
+            handshake_timeout_s=section.handshake_timeout_s,
+            certificate_timeout_s=section.certificate_timeout_s,
+            max_pending_handshakes=section.max_pending_handshakes,
+            max_pending_per_address=section.max_pending_per_address,
+            handshakes_per_s=section.handshakes_per_s,
+            handshake_burst=section.handshake_burst,
+            max_message_bytes=section.max_message_mb * 1024 * 1024,
+            crypto_threads=section.crypto_threads,
+        )
+        server = TLSServer(
+            config.bind,
+            context_factory(config.tls, "coordinator"),
+            name=config.name,
+            allow=section.allow,
+            crl_path=config.tls.crl,
+            options=options,
+            **server_kwargs,
+        )
         return cls(server, deadline_s=section.deadline_s, admit=admit)
 
     def start(self) -> str:
@@ -103,8 +116,7 @@ class ClientPool:
         """Wait until every site in ``sites`` is connected, or ``timeout`` seconds pass."""
         return self.server.wait_for_sites(sites, timeout)
 
-    def fanout(self, request: Message, sites: list[str] | None = None,
-               deadline_s: float | None = None) -> FanoutResult:
+    def fanout(self, request: Message, sites: list[str] | None = None, deadline_s: float | None = None) -> FanoutResult:
         """Send ``request`` to ``sites`` (default: every connected site) and gather replies by the deadline.
 
         A fresh ``request_id`` is used when the request carries an empty one. An ``Error`` reply,
@@ -119,8 +131,9 @@ class ClientPool:
         futures = self.server.request_many(chosen.values(), request) if chosen else {}
         by_future: dict[Future, str] = {futures[sid]: site for site, sid in chosen.items()}
         for future in by_future:
-            future.add_done_callback(lambda f, site=by_future[future]: result.latency_s.setdefault(
-                site, time.monotonic() - start))
+            future.add_done_callback(
+                lambda f, site=by_future[future]: result.latency_s.setdefault(site, time.monotonic() - start)
+            )
         done, late = wait_futures(by_future, timeout=deadline_s)
         for future in late:
             future.cancel()
@@ -130,9 +143,16 @@ class ClientPool:
             self._settle(site, future, result)
         for site in result.failures:
             result.latency_s.pop(site, None)
-        log.info("fan-out done", extra={"type": request.TYPE, "request": protocol.request_id_of(request),
-                                        "sites": len(chosen), "answered": len(result.replies),
-                                        "failed": len(result.failures)})
+        log.info(
+            "fan-out done",
+            extra={
+                "type": request.TYPE,
+                "request": protocol.request_id_of(request),
+                "sites": len(chosen),
+                "answered": len(result.replies),
+                "failed": len(result.failures),
+            },
+        )
         return result
 
     def _choose(self, sites: list[str], result: FanoutResult) -> dict[str, str]:
@@ -222,12 +242,18 @@ class CircuitBreaker:
             health.consecutive += 1
             health.failures += 1
             health.last_failure = str(failure)
-            if (health.state == "half-open" or failure.opens_breaker_at_once
-                    or health.consecutive >= self.max_failures):
+            if health.state == "half-open" or failure.opens_breaker_at_once or health.consecutive >= self.max_failures:
                 if health.state != "open":
-                    log.warning(events.SITE_PUT_ASIDE, extra={"site": site, "failures": health.consecutive,
-                                                              "cooldown_s": self.cooldown_s, "reason": str(failure),
-                                                              "kind": failure.kind.value})
+                    log.warning(
+                        events.SITE_PUT_ASIDE,
+                        extra={
+                            "site": site,
+                            "failures": health.consecutive,
+                            "cooldown_s": self.cooldown_s,
+                            "reason": str(failure),
+                            "kind": failure.kind.value,
+                        },
+                    )
                 health.state, health.opened_at = "open", self._clock()
 
     def reset(self, site: str) -> None:
@@ -250,8 +276,9 @@ class ResilientPool:
     deadline and is not retried. Sites whose breaker is open are not asked at all.
     """
 
-    def __init__(self, pool: ClientPool, *, retries: int = 2, backoff_s: float = 0.2,
-                 breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self, pool: ClientPool, *, retries: int = 2, backoff_s: float = 0.2, breaker: CircuitBreaker | None = None
+    ) -> None:
         self.pool, self.retries, self.backoff_s = pool, retries, backoff_s
         self.breaker = breaker or CircuitBreaker()
 
@@ -265,9 +292,12 @@ class ResilientPool:
             if self.breaker.allow(site):
                 todo.append(site)
             else:
-                result.failures[site] = Failure(FailureKind.PUT_ASIDE, f"circuit open after "
-                                                f"{self.breaker.health()[site].consecutive} failure(s); tried again "
-                                                "after the cool-down")
+                result.failures[site] = Failure(
+                    FailureKind.PUT_ASIDE,
+                    f"circuit open after "
+                    f"{self.breaker.health()[site].consecutive} failure(s); tried again "
+                    "after the cool-down",
+                )
         attempt = 0
         while todo:
             left = end - time.monotonic()
@@ -284,7 +314,7 @@ class ResilientPool:
             todo = [site for site, failure in got.failures.items() if failure.retryable]
             if attempt >= self.retries or not todo:
                 break
-            time.sleep(min(self.backoff_s * 2 ** attempt, max(0.0, end - time.monotonic())))
+            time.sleep(min(self.backoff_s * 2**attempt, max(0.0, end - time.monotonic())))
             attempt += 1
         for site in result.replies:
             self.breaker.success(site)

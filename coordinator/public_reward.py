@@ -17,14 +17,24 @@ from mor_secure.rewards.training import steps_per_epoch
 log = get_logger("coordinator.public_reward")
 
 
-def pretrain_reward(model: RewardModel, pairs: Any, *, epochs: int = 16, batch_size: int = 32, lr: float = 3e-3,
-                    weight_decay: float = 0.01, seed: int = 0, progress: bool = True) -> list[float]:
+def pretrain_reward(
+    model: RewardModel,
+    pairs: Any,
+    *,
+    epochs: int = 16,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
     """Train ``model`` in place on ``pairs`` (image, prompt, chosen, rejected); returns each epoch's mean loss."""
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise BadInput(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
     per_epoch = steps_per_epoch(len(pairs), batch_size)
-    trainer = LocalTrainer(model, pairs, total_steps=epochs * per_epoch, batch_size=batch_size, lr=lr,
-                           weight_decay=weight_decay, seed=seed)
+    trainer = LocalTrainer(
+        model, pairs, total_steps=epochs * per_epoch, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed
+    )
     losses = []
     for epoch in trange(epochs, desc="public pretraining", unit="epoch", disable=not progress):
         losses.append(trainer.train(per_epoch))
@@ -33,9 +43,18 @@ def pretrain_reward(model: RewardModel, pairs: Any, *, epochs: int = 16, batch_s
     return losses
 
 
-def save_public_reward(public_dir: Path, out_dir: Path, *, family: str = "dual-encoder", width: int = 128,
-                       epochs: int = 16, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
-                       progress: bool = True) -> dict[str, Any]:
+def save_public_reward(
+    public_dir: Path,
+    out_dir: Path,
+    *,
+    family: str = "dual-encoder",
+    width: int = 128,
+    epochs: int = 16,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Pairs from the public rows in ``public_dir``, a fresh ``family`` model pretrained on them, saved to
     ``out_dir``; returns ``{"pairs", "losses"}``."""
     from datasets import load_from_disk

@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.contrast import ImageContrast
-from coordinator.fusion import (Conservative, MixtureOfRewards, Quorum, RewardFusion, ScoreItem, Scorer, as_messages,
-                                images_from, reward_callable)
+from coordinator.fusion import (
+    Conservative,
+    MixtureOfRewards,
+    Quorum,
+    RewardFusion,
+    ScoreItem,
+    Scorer,
+    as_messages,
+    images_from,
+    reward_callable,
+)
 from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
@@ -72,8 +81,10 @@ def _mixture(ctx: RewardContext) -> MixtureOfRewards:
     from coordinator.router import RouterError
 
     if ctx.mixture is None or not (ctx.mixture / "mixture.json").is_file():
-        raise RewardError(f"no Mixture-of-Rewards bundle at {ctx.mixture}: run `mor coordinator router` first, "
-                          "or point [grpo] mixture at its [router] out/mixture folder")
+        raise RewardError(
+            f"no Mixture-of-Rewards bundle at {ctx.mixture}: run `mor coordinator router` first, "
+            "or point [grpo] mixture at its [router] out/mixture folder"
+        )
     try:
         return MixtureOfRewards.load(ctx.mixture)
     except (RouterError, OSError, ValueError) as exc:
@@ -85,8 +96,10 @@ def _calibrator(ctx: RewardContext) -> Any:
 
     path = None if ctx.mixture is None else ctx.mixture / "calibration.json"
     if path is None or not path.is_file():
-        raise RewardError(f"no calibration at {path}: `mor coordinator router` writes it with the mixture; run it "
-                          "first, or point [grpo] mixture at its [router] out/mixture folder")
+        raise RewardError(
+            f"no calibration at {path}: `mor coordinator router` writes it with the mixture; run it "
+            "first, or point [grpo] mixture at its [router] out/mixture folder"
+        )
     return Calibrator.load(path)
 
 
@@ -107,8 +120,9 @@ def _single(ctx: RewardContext, arg: str) -> RewardFusion:
 
     calibrator = _calibrator(ctx)
     if arg not in calibrator.sites:
-        raise RewardError(f"single:{arg}: no calibrated site {arg!r}; use one of "
-                          f"{', '.join('single:' + s for s in calibrator.sites)}")
+        raise RewardError(
+            f"single:{arg}: no calibrated site {arg!r}; use one of {', '.join('single:' + s for s in calibrator.sites)}"
+        )
     return SingleClient(arg, calibrator)
 
 
@@ -124,8 +138,10 @@ def build_reward(spec: str, ctx: RewardContext) -> RewardFusion | Callable[..., 
     _load_plugins()
     builder = _BUILDERS.get(name)
     if builder is None:
-        raise RewardError(f"[grpo] reward = {spec!r} is unknown; use one of: "
-                          f"{', '.join(n + ':<site>' if n == 'single' else n for n in sorted(_BUILDERS))}")
+        raise RewardError(
+            f"[grpo] reward = {spec!r} is unknown; use one of: "
+            f"{', '.join(n + ':<site>' if n == 'single' else n for n in sorted(_BUILDERS))}"
+        )
     if name == "single" and not arg:
         raise RewardError("[grpo] reward = 'single' needs a site: 'single:<site>'")
     return builder(ctx, arg)
@@ -145,9 +161,17 @@ class FederatedReward:
     (``ImageContrast``), so an answer's prior regardless of the image earns nothing.
     """
 
-    def __init__(self, fusion: RewardFusion, scorer: Scorer | None = None, *, quorum: int = 1,
-                 spread_penalty: float = 0.0, image_contrast: bool = False,
-                 live_sites: Callable[[], Sequence[str]] | None = None, name: str = "mor_reward") -> None:
+    def __init__(
+        self,
+        fusion: RewardFusion,
+        scorer: Scorer | None = None,
+        *,
+        quorum: int = 1,
+        spread_penalty: float = 0.0,
+        image_contrast: bool = False,
+        live_sites: Callable[[], Sequence[str]] | None = None,
+        name: str = "mor_reward",
+    ) -> None:
         if fusion.uses_client_scores and scorer is None:
             raise ValueError("this fusion reads client scores: pass the federation's scorer")
         if image_contrast and scorer is not None:
@@ -187,9 +211,12 @@ class FederatedReward:
             live = set(self.live_sites())
             stats["agents_live"] = float(len(live))
         if self.mixture is not None and rewards:
-            items = [ScoreItem(img, as_messages(p, "user"), as_messages(c, "assistant"))
-                     for img, p, c in zip(images_from(prompts, kwargs.get("image"), kwargs.get("images")),
-                                          prompts, completions)]
+            items = [
+                ScoreItem(img, as_messages(p, "user"), as_messages(c, "assistant"))
+                for img, p, c in zip(
+                    images_from(prompts, kwargs.get("image"), kwargs.get("images")), prompts, completions
+                )
+            ]
             # over the sites that answered, as the fused reward used them; features are cached (no new forward)
             weights = self.mixture.weights(items, self._live(len(items))).mean(dim=0)
             stats.update({f"weight/{site}": float(w) for site, w in zip(self.mixture.sites, weights)})

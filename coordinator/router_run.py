@@ -60,8 +60,13 @@ def _read_cache(path: Path, site: str, model_sha256: str, fingerprint: str, n: i
     if (data.get("site"), data.get("model_sha256"), data.get("fingerprint")) != (site, model_sha256, fingerprint):
         return None
     scores = data.get("scores")
-    ok = isinstance(scores, list) and len(scores) == n and all(
-        s is None or (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)) for s in scores)
+    ok = (
+        isinstance(scores, list)
+        and len(scores) == n
+        and all(
+            s is None or (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)) for s in scores
+        )
+    )
     return scores if ok else None
 
 
@@ -87,14 +92,22 @@ def fetch_scores(federation: Federation, rows: Any, cache_dir: Path) -> dict[str
         cache_dir.mkdir(parents=True, exist_ok=True)
         for site in missing:
             if fetched.get(site) is None:
-                log.warning("a site gave no scores", extra={"site": site,
-                                                            "reason": str(federation.last_round.failures.get(site, ""))})
+                log.warning(
+                    "a site gave no scores",
+                    extra={"site": site, "reason": str(federation.last_round.failures.get(site, ""))},
+                )
                 continue
             scores[site] = fetched[site]
-            record = {"format": CACHE_FORMAT, "site": site, "model_sha256": models[site],
-                      "fingerprint": fingerprint, "scores": fetched[site]}
-            _cache_path(cache_dir, site, models[site], fingerprint).write_text(json.dumps(record) + "\n",
-                                                                                encoding="utf-8")
+            record = {
+                "format": CACHE_FORMAT,
+                "site": site,
+                "model_sha256": models[site],
+                "fingerprint": fingerprint,
+                "scores": fetched[site],
+            }
+            _cache_path(cache_dir, site, models[site], fingerprint).write_text(
+                json.dumps(record) + "\n", encoding="utf-8"
+            )
     log.info("client scores ready", extra={"items": len(images), "sites": len(scores), "fetched": len(missing)})
     return scores
 
@@ -123,10 +136,13 @@ def _load_split(config: CoordinatorConfig, split: str) -> Any:
 
     section = config.router
     if section.data is None:
-        raise RouterRunError("[router] data is not set: point it at the labelled pairs (`server/router` of the "
-                             "benchmark world, or any preference data set in TRL's layouts)")
-    site = open_site_data(section.data, train_split=section.train_split, test_split=section.test_split,
-                          test_fraction=ROUTER_TEST_FRACTION)
+        raise RouterRunError(
+            "[router] data is not set: point it at the labelled pairs (`server/router` of the "
+            "benchmark world, or any preference data set in TRL's layouts)"
+        )
+    site = open_site_data(
+        section.data, train_split=section.train_split, test_split=section.test_split, test_fraction=ROUTER_TEST_FRACTION
+    )
     rows = site.rows(split)
     if section.max_pairs:
         rows = rows.select(range(min(section.max_pairs, len(rows))))
@@ -145,14 +161,17 @@ def collect_scores(config: CoordinatorConfig, splits: list[Any]) -> list[Split]:
         federation.wait_for(sites=allowed, timeout=config.router.wait_s)
         live = federation.live_sites()
         if len(live) < config.clients.quorum:
-            raise RouterRunError(f"only {len(live)} of the quorum {config.clients.quorum} sites joined within "
-                                 f"{config.router.wait_s:g}s ({', '.join(live) or 'none'}): start the agents "
-                                 "(`mor client serve`), check `mor coordinator probe`, or lower [clients] quorum")
+            raise RouterRunError(
+                f"only {len(live)} of the quorum {config.clients.quorum} sites joined within "
+                f"{config.router.wait_s:g}s ({', '.join(live) or 'none'}): start the agents "
+                "(`mor client serve`), check `mor coordinator probe`, or lower [clients] quorum"
+            )
         return [Split(rows, fetch_scores(federation, rows, cache)) for rows in splits]
 
 
-def screen_sites(config: CoordinatorConfig, train_pairs: torch.Tensor, sites: list[str],
-                 groups: list[str] | None = None) -> dict[str, Any]:
+def screen_sites(
+    config: CoordinatorConfig, train_pairs: torch.Tensor, sites: list[str], groups: list[str] | None = None
+) -> dict[str, Any]:
     """With ``[router] defence = "agreement"``: each site's trust on the calibrated training pairs (in its
     best domain when ``groups`` labels each pair's domain), recorded in the ledger (one ``trust`` entry per
     site); with ``"none"``: nothing (every site is fused)."""
@@ -171,8 +190,9 @@ Collector = Callable[[CoordinatorConfig, list[Any]], list[Split]]
 """(config, splits of labelled pairs) -> each split with every site's raw scores."""
 
 
-def run_router(config: CoordinatorConfig, *, features: Callable | None = None,
-               collect: Collector = collect_scores) -> dict[str, Any]:
+def run_router(
+    config: CoordinatorConfig, *, features: Callable | None = None, collect: Collector = collect_scores
+) -> dict[str, Any]:
     """The whole run; returns the JSON report (also written to [router] out/report.json).
 
     ``collect`` gets the sites' scores: over the secure channel by default (:func:`collect_scores`);
@@ -186,14 +206,17 @@ def run_router(config: CoordinatorConfig, *, features: Callable | None = None,
 
     section = config.router
     if features is None and not section.policy:
-        raise RouterRunError("[router] policy is not set: name the reference policy (a saved model folder) "
-                             "whose hidden states are the router's features")
-    train, test = collect(config, [_load_split(config, section.train_split),
-                                   _load_split(config, section.test_split)])
+        raise RouterRunError(
+            "[router] policy is not set: name the reference policy (a saved model folder) "
+            "whose hidden states are the router's features"
+        )
+    train, test = collect(config, [_load_split(config, section.train_split), _load_split(config, section.test_split)])
     sites = sorted(train.scores)
     if len(sites) < config.clients.quorum:
-        raise RouterRunError(f"only {len(sites)} site(s) returned scores ({', '.join(sites) or 'none'}); "
-                             f"the quorum is {config.clients.quorum}: see the agents' logs")
+        raise RouterRunError(
+            f"only {len(sites)} site(s) returned scores ({', '.join(sites) or 'none'}); "
+            f"the quorum is {config.clients.quorum}: see the agents' logs"
+        )
     calibrator = Calibrator(section.calibration).fit({site: train.scores[site] for site in sites})
     domains = list(train.rows["domain"]) if "domain" in train.rows.column_names else None
     trust = screen_sites(config, pair_scores(train, calibrator, sites), sites, domains)
@@ -209,19 +232,45 @@ def run_router(config: CoordinatorConfig, *, features: Callable | None = None,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny MLP: intra-op threads cost more than they save (10 s vs 0.8 s, 2 cores)
     try:
-        router = train_router(train_features, pair_scores(train, calibrator, sites), sites=sites,
-                              epochs=section.epochs, lr=section.lr, temperature=section.temperature,
-                              seed=section.seed, hidden=section.hidden, drop_prob=section.drop_prob, **objectives)
+        router = train_router(
+            train_features,
+            pair_scores(train, calibrator, sites),
+            sites=sites,
+            epochs=section.epochs,
+            lr=section.lr,
+            temperature=section.temperature,
+            seed=section.seed,
+            hidden=section.hidden,
+            drop_prob=section.drop_prob,
+            **objectives,
+        )
     finally:
         torch.set_num_threads(threads)
     groups = list(test.rows["domain"]) if "domain" in test.rows.column_names else ["all"] * test.size
-    report = evaluate_router(router, test_features, pair_scores(test, calibrator, sites), groups,
-                             objectives=list(test.rows["objective"]) if objectives else None)
+    report = evaluate_router(
+        router,
+        test_features,
+        pair_scores(test, calibrator, sites),
+        groups,
+        objectives=list(test.rows["objective"]) if objectives else None,
+    )
     mixture_dir = MixtureOfRewards(router, calibrator, features).save(section.out / "mixture")
     baselines = baseline_accuracies(config.baselines, test.rows, section.out / "baselines")
-    report.update({"sites": sites, "train_pairs": train.size, "test_pairs": test.size,
-                   "mixture": str(mixture_dir), "baselines": baselines, "defence": section.defence,
-                   "trust": {site: t.to_dict() for site, t in sorted(trust.items())}})
+    scored = pair_scores(train, calibrator, sites)
+    report.update(
+        {
+            "sites": sites,
+            "site_train_accuracy": {
+                site: float((scored[:, k, 0] > scored[:, k, 1]).float().mean()) for k, site in enumerate(sites)
+            },
+            "train_pairs": train.size,
+            "test_pairs": test.size,
+            "mixture": str(mixture_dir),
+            "baselines": baselines,
+            "defence": section.defence,
+            "trust": {site: t.to_dict() for site, t in sorted(trust.items())},
+        }
+    )
     (section.out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

@@ -41,6 +41,7 @@ from mor_secure.transport import Peer, Refusal
 
 log = get_logger("coordinator.federation")
 
+
 def encode_image(image: Any) -> bytes:
     """PNG bytes of a PIL image (lossless, so the site sees the same pixels); PNG/JPEG bytes pass as is."""
     if isinstance(image, (bytes, bytearray)):
@@ -52,13 +53,16 @@ def encode_image(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def build_requests(images: Sequence[Any], prompts: Sequence[Any], completions: Sequence[Any],
-                   max_batch: int) -> list[tuple[int, ScoreRequest]]:
+def build_requests(
+    images: Sequence[Any], prompts: Sequence[Any], completions: Sequence[Any], max_batch: int
+) -> list[tuple[int, ScoreRequest]]:
     """(first item, request) per chunk of at most ``max_batch`` items; each distinct image is sent once per
     chunk (``image_index``); prompts and completions travel as their plain text."""
     if not len(images) == len(prompts) == len(completions):
-        raise ValueError(f"{len(images)} images, {len(prompts)} prompts and {len(completions)} completions; "
-                         "pass one of each per item")
+        raise ValueError(
+            f"{len(images)} images, {len(prompts)} prompts and {len(completions)} completions; "
+            "pass one of each per item"
+        )
     encoded: dict[int, bytes] = {}
     requests = []
     for start in range(0, len(prompts), max_batch):
@@ -73,9 +77,18 @@ def build_requests(images: Sequence[Any], prompts: Sequence[Any], completions: S
             index.append(slot.setdefault(data, len(blobs)))
             if index[-1] == len(blobs):
                 blobs.append(data)
-        requests.append((start, ScoreRequest(
-            request_id="", images=blobs, prompts=[question_text(p) for p in prompts[start:stop]],
-            completions=[answer_text(c) for c in completions[start:stop]], image_index=index)))
+        requests.append(
+            (
+                start,
+                ScoreRequest(
+                    request_id="",
+                    images=blobs,
+                    prompts=[question_text(p) for p in prompts[start:stop]],
+                    completions=[answer_text(c) for c in completions[start:stop]],
+                    image_index=index,
+                ),
+            )
+        )
     return requests
 
 
@@ -124,14 +137,20 @@ class Federation:
         self._reported: set[str] = set()  # sessions whose report was taken (one per session)
         self._changed = threading.Condition()
         clients = config.clients
-        self.writer = LedgerWriter(self.ledger, window_s=clients.refusal_window_s,
-                                   per_window=clients.refusals_per_window)
+        self.writer = LedgerWriter(
+            self.ledger, window_s=clients.refusal_window_s, per_window=clients.refusals_per_window
+        )
         section = config.pool
         enforced = highest_crl_number(config.ledger.path)
         try:
-            self.pool = ClientPool.from_config(config, admit=self._is_admitted, on_message=self._on_message,
-                                               on_refusal=self._on_refusal, min_crl_number=enforced,
-                                               on_crl=lambda number: self.writer.submit(self._record_crl, number))
+            self.pool = ClientPool.from_config(
+                config,
+                admit=self._is_admitted,
+                on_message=self._on_message,
+                on_refusal=self._on_refusal,
+                min_crl_number=enforced,
+                on_crl=lambda number: self.writer.submit(self._record_crl, number),
+            )
         except BaseException:
             self.writer.stop()
             raise
@@ -139,8 +158,9 @@ class Federation:
         if number is not None and (enforced is None or number > enforced):
             self._record_crl(number)
         self.breaker = CircuitBreaker(max_failures=section.max_failures, cooldown_s=section.cooldown_s)
-        self.resilient = ResilientPool(self.pool, retries=section.retries, backoff_s=section.backoff_s,
-                                       breaker=self.breaker)
+        self.resilient = ResilientPool(
+            self.pool, retries=section.retries, backoff_s=section.backoff_s, breaker=self.breaker
+        )
         self._chunks = ThreadPoolExecutor(section.parallel, thread_name_prefix="mor-fanout")
         self.last_round = ScoringRound()
         self.status = StatusWriter(self, status_path(config))  # status.json for `mor coordinator status`
@@ -177,8 +197,7 @@ class Federation:
         """Sites with a live session whose signed privacy report verified, sorted."""
         return self.pool.sites()
 
-    def wait_for(self, quorum: int | None = None, timeout: float = 30.0, *,
-                 sites: Iterable[str] | None = None) -> bool:
+    def wait_for(self, quorum: int | None = None, timeout: float = 30.0, *, sites: Iterable[str] | None = None) -> bool:
         """Wait until ``quorum`` sites (default [clients] quorum), or every site in ``sites``, are admitted."""
         wanted = set(sites) if sites is not None else None
         need = self.config.clients.quorum if quorum is None else quorum
@@ -205,8 +224,14 @@ class Federation:
 
     # ----- scoring -----
 
-    def scorer(self, images: Sequence[Any], prompts: Sequence[Any], completions: Sequence[Any], *,
-               sites: Iterable[str] | None = None) -> dict[str, list[float | None] | None]:
+    def scorer(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        *,
+        sites: Iterable[str] | None = None,
+    ) -> dict[str, list[float | None] | None]:
         """Raw scores per site for N items (None for a site that answered none of them), from every
         admitted site (or ``sites``); every allowed site is a key. Each site's session is recorded."""
         start = time.monotonic()
@@ -228,15 +253,21 @@ class Federation:
                     failures.setdefault(site, failure)
                     continue
                 reply_scores = result.replies[site].scores
-                scores[offset:offset + len(reply_scores)] = reply_scores
+                scores[offset : offset + len(reply_scores)] = reply_scores
                 answered += len(reply_scores)
             if answered:
                 out[site] = scores
                 self._record_scoring(site, answered, time.monotonic() - start)
         self.last_round = ScoringRound(len(prompts), failures, time.monotonic() - start)
         if failures:
-            log.info(events.SCORING_FAILURES, extra={"items": len(prompts), "failed": len(failures),
-                                                           "answered": sum(v is not None for v in out.values())})
+            log.info(
+                events.SCORING_FAILURES,
+                extra={
+                    "items": len(prompts),
+                    "failed": len(failures),
+                    "answered": sum(v is not None for v in out.values()),
+                },
+            )
         return out
 
     def _models(self) -> dict[str, set[str]]:
@@ -250,8 +281,9 @@ class Federation:
         with self._changed:
             return [r for r in self._admitted.values() if r.session_id in live]
 
-    def _check_reply(self, site: str, result: FanoutResult, request: ScoreRequest,
-                     models: dict[str, set[str]]) -> Failure | None:
+    def _check_reply(
+        self, site: str, result: FanoutResult, request: ScoreRequest, models: dict[str, set[str]]
+    ) -> Failure | None:
         """Why ``site``'s reply to ``request`` is unusable, or None when it is usable."""
         if site in result.failures:
             return result.failures[site]
@@ -259,11 +291,15 @@ class Federation:
         if reply is None:
             return Failure(FailureKind.BAD_REPLY, "no reply")
         if len(reply.scores) != len(request.prompts):
-            return Failure(FailureKind.BAD_REPLY, f"answered {len(reply.scores)} scores for {len(request.prompts)} "
-                                                  "items")
+            return Failure(
+                FailureKind.BAD_REPLY, f"answered {len(reply.scores)} scores for {len(request.prompts)} items"
+            )
         if reply.model_sha256 not in models.get(site, set()):
-            failure = Failure(FailureKind.MODEL_MISMATCH, "scores come from a model whose privacy report was not "
-                                                          f"received (model sha256 {reply.model_sha256[:23]}...)")
+            failure = Failure(
+                FailureKind.MODEL_MISMATCH,
+                "scores come from a model whose privacy report was not "
+                f"received (model sha256 {reply.model_sha256[:23]}...)",
+            )
             self.breaker.failure(site, failure)
             return failure
         return None
@@ -300,8 +336,9 @@ class Federation:
             except ValueError:
                 raise ReportError("the report carries no valid PEM certificate") from None
             if pki.fingerprint(cert) != peer.fingerprint:
-                raise ReportError("the report is signed with a certificate other than the one this TLS "
-                                  "session authenticated")
+                raise ReportError(
+                    "the report is signed with a certificate other than the one this TLS session authenticated"
+                )
             signed = SignedReport(dict(msg.report), bytes(msg.signature), bytes(msg.cert_pem))
             entry = self.ledger.record_report(signed, self._ca, crl=self.config.tls.crl)
         except ReportError as exc:
@@ -310,14 +347,22 @@ class Federation:
         except LedgerError as exc:
             log.error("could not record a privacy report", extra={"site": peer.site, "error": str(exc)})
             return
-        report = SiteReport(peer.site, peer.session_id, peer.fingerprint, str(msg.report["model_sha256"]),
-                            report_epsilon(msg.report), entry.seq)
+        report = SiteReport(
+            peer.site,
+            peer.session_id,
+            peer.fingerprint,
+            str(msg.report["model_sha256"]),
+            report_epsilon(msg.report),
+            entry.seq,
+        )
         with self._changed:
             self._admitted[peer.session_id] = report
             self._changed.notify_all()
         self.breaker.reset(peer.site)
-        log.info(events.AGENT_ADMITTED, extra={"site": peer.site, "session": peer.session_id,
-                                          "epsilon": report.epsilon, "ledger_seq": entry.seq})
+        log.info(
+            events.AGENT_ADMITTED,
+            extra={"site": peer.site, "session": peer.session_id, "epsilon": report.epsilon, "ledger_seq": entry.seq},
+        )
 
     def _refuse(self, peer: Peer, reason: str) -> None:
         log.warning("agent refused", extra={"site": peer.site, "session": peer.session_id, "reason": reason})
@@ -332,8 +377,9 @@ class Federation:
         queued for the ledger at once, so a coordinator killed a moment later loses none. An admitted agent
         that simply went away is not a refusal."""
         if not refusal.departed:
-            self.writer.refusal(refusal.identity or refusal.address or "unknown peer", refusal.reason,
-                                certified=bool(refusal.identity))
+            self.writer.refusal(
+                refusal.identity or refusal.address or "unknown peer", refusal.reason, certified=bool(refusal.identity)
+            )
 
     def _record_crl(self, number: int) -> None:
         """Note the CRL number in force, so that a restarted coordinator refuses any older CRL."""

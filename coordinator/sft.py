@@ -64,8 +64,13 @@ def completion_batch(processor: Any, rows: dict[str, list]) -> dict[str, torch.T
     return {**full, "labels": labels}
 
 
-SEQUENCE_PADDING = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX, "mm_token_type_ids": 0,
-                    "token_type_ids": 0}
+SEQUENCE_PADDING = {
+    "input_ids": None,
+    "attention_mask": 0,
+    "labels": IGNORE_INDEX,
+    "mm_token_type_ids": 0,
+    "token_type_ids": 0,
+}
 """Per-token inputs (padded right when rows are batched; None: the tokenizer's pad id); every other
 input (pixel values, image grids) is concatenated along its first dimension."""
 
@@ -80,15 +85,25 @@ def collate(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, to
     for key in encoded[0]:
         if key in SEQUENCE_PADDING:
             value = pad_id if SEQUENCE_PADDING[key] is None else SEQUENCE_PADDING[key]
-            batch[key] = torch.cat([torch.nn.functional.pad(row[key], (0, length - row[key].shape[-1]), value=value)
-                                    for row in encoded])
+            batch[key] = torch.cat(
+                [torch.nn.functional.pad(row[key], (0, length - row[key].shape[-1]), value=value) for row in encoded]
+            )
         else:
             batch[key] = torch.cat([row[key] for row in encoded])
     return batch
 
 
-def run_sft(base: str | Path, data: Any, out_dir: str | Path, *, steps: int = 1500, batch_size: int = 32,
-            lr: float = 1e-3, warmup_ratio: float = 0.05, seed: int = 0) -> Path:
+def run_sft(
+    base: str | Path,
+    data: Any,
+    out_dir: str | Path,
+    *,
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    warmup_ratio: float = 0.05,
+    seed: int = 0,
+) -> Path:
     """Fine-tune ``base`` on ``data`` for ``steps`` batches and save model and processor to ``out_dir``.
 
     ``data`` is a data set (or its folder) with image, prompt and completion columns. Returns
@@ -105,8 +120,10 @@ def run_sft(base: str | Path, data: Any, out_dir: str | Path, *, steps: int = 15
     rows = load_rows(data)
     missing = {"image", "prompt", "completion"} - set(rows.column_names)
     if missing:
-        raise DataError(f"the SFT data lacks column(s) {', '.join(sorted(missing))}; it needs image, "
-                        "prompt and completion (as `mor coordinator public-data` writes)")
+        raise DataError(
+            f"the SFT data lacks column(s) {', '.join(sorted(missing))}; it needs image, "
+            "prompt and completion (as `mor coordinator public-data` writes)"
+        )
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, processor = load_vlm(base)
@@ -124,7 +141,7 @@ def run_sft(base: str | Path, data: Any, out_dir: str | Path, *, steps: int = 15
                 order.extend(fresh)
             for i in order[:batch_size]:
                 if i not in cache:
-                    cache[i] = completion_batch(processor, rows[i:i + 1])
+                    cache[i] = completion_batch(processor, rows[i : i + 1])
             batch = collate([cache[i] for i in order[:batch_size]], processor.tokenizer.pad_token_id)
             del order[:batch_size]
             loss = model(**batch).loss
@@ -138,10 +155,23 @@ def run_sft(base: str | Path, data: Any, out_dir: str | Path, *, steps: int = 15
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     window = max(1, min(20, steps // 5))
-    summary = {"base": str(base), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-               "rows": len(rows), "first_loss": sum(losses[:window]) / window,
-               "last_loss": sum(losses[-window:]) / window}
+    summary = {
+        "base": str(base),
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "rows": len(rows),
+        "first_loss": sum(losses[:window]) / window,
+        "last_loss": sum(losses[-window:]) / window,
+    }
     (out_dir / "sft.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    log.info("sft done", extra={"steps": steps, "first_loss": round(summary["first_loss"], 4),
-                                "last_loss": round(summary["last_loss"], 4)})
+    log.info(
+        "sft done",
+        extra={
+            "steps": steps,
+            "first_loss": round(summary["first_loss"], 4),
+            "last_loss": round(summary["last_loss"], 4),
+        },
+    )
     return out_dir

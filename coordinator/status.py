@@ -54,8 +54,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise StatusError(f"{path} is unreadable ({exc}): it is rewritten every few seconds while the "
-                          "coordinator runs; delete it if it stays broken") from None
+        raise StatusError(
+            f"{path} is unreadable ({exc}): it is rewritten every few seconds while the "
+            "coordinator runs; delete it if it stays broken"
+        ) from None
     return data if isinstance(data, dict) else None
 
 
@@ -69,8 +71,9 @@ class StatusWriter:
         except ValueError:
             previous = None  # a broken snapshot is rewritten from scratch
         self._last_seen: dict[str, float] = dict((previous or {}).get("last_seen", {}))
-        self._failures: list[dict[str, Any]] = [f for f in (previous or {}).get("failures", [])
-                                                if f.get("at", 0) > time.time() - WINDOW_S]
+        self._failures: list[dict[str, Any]] = [
+            f for f in (previous or {}).get("failures", []) if f.get("at", 0) > time.time() - WINDOW_S
+        ]
         self._counts: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,8 +96,9 @@ class StatusWriter:
             try:
                 self.write()
             except OSError as exc:
-                log.warning("could not write the status snapshot", extra={"path": str(self.path),
-                                                                          "error": exc.strerror})
+                log.warning(
+                    "could not write the status snapshot", extra={"path": str(self.path), "error": exc.strerror}
+                )
 
     def snapshot(self, *, running: bool = True) -> dict[str, Any]:
         """The federation now: sites with their sessions, epsilon, breaker state; failures of the last hour."""
@@ -111,20 +115,37 @@ class StatusWriter:
         self._failures = [f for f in self._failures if f["at"] > now - WINDOW_S]
         sites: dict[str, Any] = {}
         for site in sorted(set(fed.config.clients.allow) | {p.site for p in sessions}):
-            workers = [{"worker_id": p.worker_id, "session_id": p.session_id, "address": p.address,
-                        "connected_at": p.connected_at, "fingerprint": p.fingerprint,
-                        "admitted": p.session_id in admitted} for p in sessions if p.site == site]
+            workers = [
+                {
+                    "worker_id": p.worker_id,
+                    "session_id": p.session_id,
+                    "address": p.address,
+                    "connected_at": p.connected_at,
+                    "fingerprint": p.fingerprint,
+                    "admitted": p.session_id in admitted,
+                }
+                for p in sessions
+                if p.site == site
+            ]
             if workers:
                 self._last_seen[site] = now
             report = reports.get(site)
             sites[site] = {
-                "allowed": site in fed.config.clients.allow, "workers": workers,
+                "allowed": site in fed.config.clients.allow,
+                "workers": workers,
                 "epsilon": None if report is None else ("inf" if math.isinf(report.epsilon) else report.epsilon),
                 "breaker": health[site].state if site in health else "closed",
             }
-        return {"version": 1, "coordinator": fed.config.name, "running": running, "written_at": now,
-                "interval_s": self.interval_s, "sites": sites, "last_seen": dict(self._last_seen),
-                "failures": list(self._failures)}
+        return {
+            "version": 1,
+            "coordinator": fed.config.name,
+            "running": running,
+            "written_at": now,
+            "interval_s": self.interval_s,
+            "sites": sites,
+            "last_seen": dict(self._last_seen),
+            "failures": list(self._failures),
+        }
 
     def write(self, *, running: bool = True) -> None:
         """Replace ``path`` atomically with the current snapshot."""
@@ -180,8 +201,7 @@ def read_status(config: CoordinatorConfig, *, now: float | None = None) -> Feder
         if failure.get("at", 0) > now - WINDOW_S and failure.get("site") in rows:
             rows[failure["site"]].failures_last_hour.append(f"{failure.get('count', 1)}x {failure.get('reason')}")
     _join_ledger(config, rows, now, live={w["fingerprint"] for r in rows.values() for w in r.workers})
-    return FederationStatus(str(snap.get("coordinator", config.name)), running, age,
-                            [rows[s] for s in sorted(rows)])
+    return FederationStatus(str(snap.get("coordinator", config.name)), running, age, [rows[s] for s in sorted(rows)])
 
 
 def _join_ledger(config: CoordinatorConfig, rows: dict[str, SiteStatus], now: float, live: set[str]) -> None:

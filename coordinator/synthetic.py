@@ -32,8 +32,10 @@ class PairWorld:
 
     def split(self, n: int) -> tuple[PairWorld, PairWorld]:
         """The first ``n`` pairs and the rest."""
+
         def part(s: slice) -> PairWorld:
             return PairWorld(self.features[s], self.domains[s], self.chosen[s], self.rejected[s])
+
         return part(slice(0, n)), part(slice(n, None))
 
     @property
@@ -91,5 +93,7 @@ class SyntheticClient:
 def raw_pair_scores(world: PairWorld, clients: Sequence[SyntheticClient], *, seed: int = 0) -> torch.Tensor:
     """Raw scores ``[N, K, 2]`` (chosen, rejected) of every pair by every client."""
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.stack([c.scores(world, world.chosen, g), c.scores(world, world.rejected, g)], dim=1)
-                        for c in clients], dim=1)
+    return torch.stack(
+        [torch.stack([c.scores(world, world.chosen, g), c.scores(world, world.rejected, g)], dim=1) for c in clients],
+        dim=1,
+    )

@@ -27,8 +27,17 @@ from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.trust")
 
-__all__ = ["DEFENCES", "ClientTrust", "TrustError", "Trusted", "agreement_trust", "mask_untrusted",
-           "record_trust", "trusted_sites"]
+__all__ = [
+    "DEFENCES",
+    "ClientTrust",
+    "TrustError",
+    "Trusted",
+    "agreement_trust",
+    "mask_untrusted",
+    "record_trust",
+    "trusted_sites",
+]
+
 
 class TrustError(MorError, ValueError):
     """No site can be trusted, or the inputs do not fit; the message names the cause and the fix."""
@@ -78,8 +87,14 @@ def _agreement(margin: torch.Tensor, z: float) -> tuple[float, int, float]:
     return (wins / n if n else math.nan), n, _lower_bound(wins, n, z)
 
 
-def agreement_trust(pair_scores: torch.Tensor, sites: Sequence[str], *, threshold: float = 0.55,
-                    z: float = 1.645, groups: Sequence[str] | None = None) -> dict[str, ClientTrust]:
+def agreement_trust(
+    pair_scores: torch.Tensor,
+    sites: Sequence[str],
+    *,
+    threshold: float = 0.55,
+    z: float = 1.645,
+    groups: Sequence[str] | None = None,
+) -> dict[str, ClientTrust]:
     """Trust per site from calibrated ``[N, K, 2]`` (chosen, rejected) scores of labelled pairs.
 
     Agreement is the share of the site's scored pairs where chosen beats rejected (ties count half);
@@ -92,14 +107,18 @@ def agreement_trust(pair_scores: torch.Tensor, sites: Sequence[str], *, threshol
         raise TrustError(f"trust threshold must lie in [0, 1), got {threshold!r}")
     if groups is not None and len(groups) != pair_scores.shape[0]:
         raise TrustError(f"{len(groups)} group labels for {pair_scores.shape[0]} pairs; pass one per pair")
-    subsets = {None: slice(None)} if groups is None else {
-        g: torch.tensor([x == g for x in groups]) for g in sorted(set(groups))}
+    subsets = (
+        {None: slice(None)}
+        if groups is None
+        else {g: torch.tensor([x == g for x in groups]) for g in sorted(set(groups))}
+    )
     out = {}
     for k, site in enumerate(sites):
         margin = pair_scores[:, k, 0] - pair_scores[:, k, 1]
         judged = {g: _agreement(margin[rows], z) for g, rows in subsets.items()}
-        group, (agreement, n, bound) = max(judged.items(), key=lambda kv: -math.inf if math.isnan(kv[1][2])
-                                           else kv[1][2])
+        group, (agreement, n, bound) = max(
+            judged.items(), key=lambda kv: -math.inf if math.isnan(kv[1][2]) else kv[1][2]
+        )
         out[site] = ClientTrust(site, agreement, n, bound, threshold, bool(n and bound > threshold), group)
     log.info("client trust", extra={"sites": len(out), "trusted": sum(t.trusted for t in out.values())})
     return out
@@ -109,9 +128,11 @@ def trusted_sites(trust: Mapping[str, ClientTrust]) -> list[str]:
     """The trusted sites, sorted; ``TrustError`` when none is (naming the fix)."""
     kept = sorted(site for site, t in trust.items() if t.trusted)
     if not kept:
-        raise TrustError(f"no site agrees with the labelled pairs better than chance (checked "
-                         f"{', '.join(sorted(trust)) or 'none'}): check the sites' models and the pairs' labels, "
-                         "or set [router] defence = \"none\" to fuse every site")
+        raise TrustError(
+            f"no site agrees with the labelled pairs better than chance (checked "
+            f"{', '.join(sorted(trust)) or 'none'}): check the sites' models and the pairs' labels, "
+            'or set [router] defence = "none" to fuse every site'
+        )
     return kept
 
 
@@ -130,8 +151,7 @@ class Trusted(RewardFusion):
         return self.strategy.fuse(items, masked)
 
 
-def mask_untrusted(pair_scores: torch.Tensor, sites: Sequence[str],
-                   trust: Mapping[str, ClientTrust]) -> torch.Tensor:
+def mask_untrusted(pair_scores: torch.Tensor, sites: Sequence[str], trust: Mapping[str, ClientTrust]) -> torch.Tensor:
     """A copy of ``[N, K, ...]`` scores with untrusted sites' columns set to NaN (counted as not answering)."""
     out = pair_scores.clone()
     for k, site in enumerate(sites):
@@ -142,6 +162,7 @@ def mask_untrusted(pair_scores: torch.Tensor, sites: Sequence[str],
 
 def record_trust(ledger: PrivacyLedger, trust: Mapping[str, ClientTrust], *, defence: str) -> list[LedgerEntry]:
     """Append one ``trust`` entry per site (score, pairs, decision) to the ledger."""
-    return [ledger.append("trust", {**t.to_dict(), "defence": defence,
-                                    "decision": "trusted" if t.trusted else "excluded"})
-            for _, t in sorted(trust.items())]
+    return [
+        ledger.append("trust", {**t.to_dict(), "defence": defence, "decision": "trusted" if t.trusted else "excluded"})
+        for _, t in sorted(trust.items())
+    ]

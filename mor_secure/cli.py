@@ -68,11 +68,16 @@ class LazyGroup(MorGroup):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mor")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              help="Threshold for log records written to stderr.")
-@click.option("--log-json", is_flag=True, default=False,
-              help="Write logs as JSON lines (one object per record) for log shippers.")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Threshold for log records written to stderr.",
+)
+@click.option(
+    "--log-json", is_flag=True, default=False, help="Write logs as JSON lines (one object per record) for log shippers."
+)
 def root(log_level: str, log_json: bool) -> None:
     """MoR-Secure: federated alignment of a vision-language model with a Mixture-of-Rewards.
 

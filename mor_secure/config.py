@@ -25,17 +25,29 @@ class ConfigError(MorError, ValueError):
     """A configuration file is missing, unreadable or invalid; the message says how to fix it."""
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, path: bool = False,
-          default_factory: Any = dataclasses.MISSING, choices: Iterable[Any] | None = None,
-          ge: float | None = None, gt: float | None = None, le: float | None = None,
-          lt: float | None = None) -> Any:
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    path: bool = False,
+    default_factory: Any = dataclasses.MISSING,
+    choices: Iterable[Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
     """A dataclass field with a help string; ``path=True`` resolves it against the config's folder.
 
     ``choices`` and the bounds ``ge``/``gt``/``le``/``lt`` declare the values it accepts: a ``Section``
     checks them when it is built (from a file or in code), and `mor client init` writes them in its template.
     """
-    metadata = {"help": help, "path": path, "choices": tuple(choices) if choices is not None else None,
-                "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}}
+    metadata = {
+        "help": help,
+        "path": path,
+        "choices": tuple(choices) if choices is not None else None,
+        "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
+    }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -129,8 +141,9 @@ def _build(cls: type[T], data: dict[str, Any], where: str, base: Path) -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
-        raise ConfigError(f"unknown key(s) {', '.join(repr(u) for u in unknown)} in "
-                          f"{where or 'the top level'}; known keys: {known}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(repr(u) for u in unknown)} in {where or 'the top level'}; known keys: {known}"
+        )
     kwargs = {}
     for name, f in fields.items():
         key = f"{where}.{name}" if where else name
@@ -150,8 +163,10 @@ def load_config(cls: type[T], path: str | Path) -> T:
     """Read ``path`` (TOML) into ``cls``; every problem becomes a ``ConfigError`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass --config with the path of a TOML "
-                          "file (`mor client init` writes a commented one)")
+        raise ConfigError(
+            f"{path}: config file not found; pass --config with the path of a TOML "
+            "file (`mor client init` writes a commented one)"
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -171,8 +186,11 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
         if dataclasses.is_dataclass(hint):
             rows.extend(describe(hint, prefix=f"{key}."))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         limits = accepted(f)
         rows.append((key, default, f.metadata.get("help", "") + (f" Accepts {limits}." if limits else "")))
     return rows
@@ -185,7 +203,11 @@ class TLSConfig:
     ca: Path = field(help="CA certificate (PEM) that every peer's certificate must chain to.", path=True)
     cert: Path = field(help="This party's certificate (PEM), issued by the CA.", path=True)
     key: Path = field(help="This party's private key (PEM, mode 0600); it never leaves this machine.", path=True)
-    crl: Path = field(help="Certificate revocation list (PEM) from the CA; checked fail-closed. "
-                           "Renew it with `mor certs crl` before it goes stale.", path=True)
-    ca_fingerprint: str = field("", help="Pinned SHA-256 fingerprint of the CA certificate "
-                                         "('sha256:...'); empty disables the pin.")
+    crl: Path = field(
+        help="Certificate revocation list (PEM) from the CA; checked fail-closed. "
+        "Renew it with `mor certs crl` before it goes stale.",
+        path=True,
+    )
+    ca_fingerprint: str = field(
+        "", help="Pinned SHA-256 fingerprint of the CA certificate ('sha256:...'); empty disables the pin."
+    )

@@ -49,7 +49,7 @@ def append_durably(fd: int, data: bytes) -> None:
     """Write all of ``data`` (at the end, for an ``O_APPEND`` descriptor) and fsync it."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     os.fsync(fd)
 
 

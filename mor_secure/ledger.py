@@ -41,8 +41,16 @@ from mor_secure.files import append_durably, create_exclusive, fsync_dir, open_l
 from mor_secure.logs import get_logger
 from mor_secure.pki.identity import has_role_eku
 from mor_secure.pki.keys import load_private_key
-from mor_secure.reports import (CanonicalError, ReportError, SignedReport, canonical_json, encode_epsilon, load_ca,
-                                report_epsilon, verify_report)
+from mor_secure.reports import (
+    CanonicalError,
+    ReportError,
+    SignedReport,
+    canonical_json,
+    encode_epsilon,
+    load_ca,
+    report_epsilon,
+    verify_report,
+)
 
 GENESIS = "0" * 64
 """``prev_hash`` of the first entry."""
@@ -134,22 +142,37 @@ def _require(body: Any, types: dict[str, tuple[type, ...]], kind: str) -> None:
 
 
 _NUM = (int, float)
-_REPORT_BODY = {"site": (str,), "cert_fingerprint": (str,), "epsilon": (*_NUM, str),
-                "delta": (*_NUM, type(None)), "accountant": (str, type(None)),
-                "noise_multiplier": (*_NUM, type(None)), "sample_rate": (*_NUM, type(None)),
-                "steps": (int,), "data_fingerprint": (str,), "model_sha256": (str,),
-                "signed_report": (dict,)}
+_REPORT_BODY = {
+    "site": (str,),
+    "cert_fingerprint": (str,),
+    "epsilon": (*_NUM, str),
+    "delta": (*_NUM, type(None)),
+    "accountant": (str, type(None)),
+    "noise_multiplier": (*_NUM, type(None)),
+    "sample_rate": (*_NUM, type(None)),
+    "steps": (int,),
+    "data_fingerprint": (str,),
+    "model_sha256": (str,),
+    "signed_report": (dict,),
+}
 
 
 def report_body(signed: SignedReport, site: str, cert_fingerprint: str) -> dict[str, Any]:
     """The ledger body of a verified privacy report: the figures that matter, plus the signed original."""
     report = signed.report
-    return {"site": site, "cert_fingerprint": cert_fingerprint,
-            "epsilon": encode_epsilon(report_epsilon(report)), "delta": report["delta"],
-            "accountant": report["accountant"], "noise_multiplier": report["noise_multiplier"],
-            "sample_rate": report["sample_rate"], "steps": report["steps"],
-            "data_fingerprint": report["data_fingerprint"], "model_sha256": report["model_sha256"],
-            "signed_report": signed.to_dict()}
+    return {
+        "site": site,
+        "cert_fingerprint": cert_fingerprint,
+        "epsilon": encode_epsilon(report_epsilon(report)),
+        "delta": report["delta"],
+        "accountant": report["accountant"],
+        "noise_multiplier": report["noise_multiplier"],
+        "sample_rate": report["sample_rate"],
+        "steps": report["steps"],
+        "data_fingerprint": report["data_fingerprint"],
+        "model_sha256": report["model_sha256"],
+        "signed_report": signed.to_dict(),
+    }
 
 
 def _check_report_body(body: Any) -> None:
@@ -168,8 +191,9 @@ def _attest_report(body: dict[str, Any], ca: x509.Certificate, at: dt.datetime) 
     expected = report_body(signed, identity.name, pki.fingerprint(cert))
     for key, value in expected.items():
         if canonical_json(body[key]) != canonical_json(value):
-            raise LedgerError(f"privacy_report entry says {key}={body[key]!r:.80} but the signed report "
-                              f"gives {value!r:.80}")
+            raise LedgerError(
+                f"privacy_report entry says {key}={body[key]!r:.80} but the signed report gives {value!r:.80}"
+            )
 
 
 def _check_scoring(body: Any) -> None:
@@ -181,12 +205,17 @@ def _check_refusal(body: Any) -> None:
 
 
 def _check_summary(body: Any) -> None:
-    _require(body, {"from": (str,), "to": (str,), "refused": (int,), "by_peer": (dict,), "by_reason": (dict,)},
-             "refusal_summary")
+    _require(
+        body,
+        {"from": (str,), "to": (str,), "refused": (int,), "by_peer": (dict,), "by_reason": (dict,)},
+        "refusal_summary",
+    )
     for key in ("by_peer", "by_reason"):
         counts = body[key]
-        if len(counts) > 100 or not all(isinstance(k, str) and len(k) <= MAX_TEXT and isinstance(v, int)
-                                        and not isinstance(v, bool) and v >= 0 for k, v in counts.items()):
+        if len(counts) > 100 or not all(
+            isinstance(k, str) and len(k) <= MAX_TEXT and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in counts.items()
+        ):
             raise LedgerError(f"refusal_summary entry key {key!r} must map at most 100 texts to counts")
 
 
@@ -194,9 +223,21 @@ def _check_trust(body: Any) -> None:
     """One site's trust decision (``coordinator.trust.record_trust``): agreement, bound and threshold are
     shares in [0, 1] (agreement and bound None for a site with no scored pair); the decision matches."""
     share_or_none = (*_NUM, type(None))
-    _require(body, {"site": (str,), "agreement": share_or_none, "pairs": (int,), "lower_bound": share_or_none,
-                    "threshold": _NUM, "trusted": (bool,), "group": (str, type(None)), "defence": (str,),
-                    "decision": (str,)}, "trust")
+    _require(
+        body,
+        {
+            "site": (str,),
+            "agreement": share_or_none,
+            "pairs": (int,),
+            "lower_bound": share_or_none,
+            "threshold": _NUM,
+            "trusted": (bool,),
+            "group": (str, type(None)),
+            "defence": (str,),
+            "decision": (str,),
+        },
+        "trust",
+    )
     if any(body[key] is not None and body[key] > 1 for key in ("agreement", "lower_bound", "threshold")):
         raise LedgerError("trust entry agreement, lower_bound and threshold must be shares in [0, 1]")
     if body["decision"] != ("trusted" if body["trusted"] else "excluded"):
@@ -245,8 +286,10 @@ def _attest_checkpoint(body: dict[str, Any], ca: x509.Certificate, at: dt.dateti
         else:
             public_key.verify(signature, payload)  # type: ignore[call-arg]
     except (ValueError, InvalidSignature):
-        raise LedgerError("checkpoint signature does not match the chain it covers: entries before it were "
-                          "deleted, inserted or rewritten (or the checkpoint was forged)") from None
+        raise LedgerError(
+            "checkpoint signature does not match the chain it covers: entries before it were "
+            "deleted, inserted or rewritten (or the checkpoint was forged)"
+        ) from None
 
 
 class LedgerSigner:
@@ -268,8 +311,13 @@ class LedgerSigner:
             signature = self.key.sign(payload, ec.ECDSA(hashes.SHA256()))
         else:
             signature = self.key.sign(payload)  # type: ignore[call-arg]
-        return {"covers_seq": covers_seq, "covers_hash": covers_hash, "every": every,
-                "signature": base64.b64encode(signature).decode("ascii"), "cert_pem": self.cert_pem}
+        return {
+            "covers_seq": covers_seq,
+            "covers_hash": covers_hash,
+            "every": every,
+            "signature": base64.b64encode(signature).decode("ascii"),
+            "cert_pem": self.cert_pem,
+        }
 
 
 register_kind("privacy_report", check=_check_report_body, attest=_attest_report)
@@ -282,6 +330,7 @@ register_kind("trust", check=_check_trust)
 
 
 # --------------------------------------------------------------------------- parsing
+
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
@@ -339,8 +388,9 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise LedgerError(f"ledger {path} does not exist: check the path (the coordinator writes it "
-                          "under its work folder)") from None
+        raise LedgerError(
+            f"ledger {path} does not exist: check the path (the coordinator writes it under its work folder)"
+        ) from None
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc.strerror}") from None
 
@@ -354,12 +404,15 @@ def read_entries(path: str | Path) -> list[LedgerEntry]:
         try:
             entries.append(_parse_entry(raw))
         except LedgerError as exc:
-            raise LedgerError(f"{path} line {lineno}: {exc}; run `mor ledger verify {path} --ca CA_PEM` "
-                              "to check whether it was tampered with") from None
+            raise LedgerError(
+                f"{path} line {lineno}: {exc}; run `mor ledger verify {path} --ca CA_PEM` "
+                "to check whether it was tampered with"
+            ) from None
     return entries
 
 
 # --------------------------------------------------------------------------- verification
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -399,8 +452,9 @@ def _check_entry(entry: LedgerEntry, seq: int, prev_hash: str, ca: x509.Certific
     if entry.seq != seq:
         raise LedgerError(f"seq is {entry.seq}, expected {seq}: an entry was removed, inserted or reordered")
     if entry.prev_hash != prev_hash:
-        raise LedgerError("prev_hash is not the previous entry's hash: an entry before it was removed, "
-                          "inserted or rewritten")
+        raise LedgerError(
+            "prev_hash is not the previous entry's hash: an entry before it was removed, inserted or rewritten"
+        )
     if entry_hash(entry.seq, entry.ts, entry.kind, entry.body, entry.prev_hash) != entry.hash:
         raise LedgerError("hash does not match the entry's content: the entry was modified")
     kind = KINDS.get(entry.kind)
@@ -454,8 +508,9 @@ def _read_head(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None,
-           require_signed: bool = False) -> VerifyResult:
+def verify(
+    path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None, require_signed: bool = False
+) -> VerifyResult:
     """Check seq continuity, the hash chain and every signature against the CA; report the first bad entry.
 
     Checkpoints must cover exactly the chain before them; the signed head beside the file must still be
@@ -475,17 +530,28 @@ def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: 
     checkpoint_bodies: dict[int, Any] = {}
 
     def result(problem: Problem | None, entries: int) -> VerifyResult:
-        return VerifyResult(entries, signatures, prev_hash, len(torn), problem, checkpoints,
-                            entries - last_checkpoint if checkpoints else entries)
+        return VerifyResult(
+            entries,
+            signatures,
+            prev_hash,
+            len(torn),
+            problem,
+            checkpoints,
+            entries - last_checkpoint if checkpoints else entries,
+        )
 
     for lineno, raw in enumerate(lines, 1):
         entry = None
         try:
             entry = _parse_entry(raw)
-            if entry.kind == "checkpoint" and isinstance(entry.body, dict) and (
-                    entry.body.get("covers_seq") != lineno - 1 or entry.body.get("covers_hash") != prev_hash):
-                raise LedgerError("checkpoint does not cover the entry before it: entries were removed, "
-                                  "inserted or rewritten")
+            if (
+                entry.kind == "checkpoint"
+                and isinstance(entry.body, dict)
+                and (entry.body.get("covers_seq") != lineno - 1 or entry.body.get("covers_hash") != prev_hash)
+            ):
+                raise LedgerError(
+                    "checkpoint does not cover the entry before it: entries were removed, inserted or rewritten"
+                )
             signatures += _check_entry(entry, lineno, prev_hash, ca)
         except (LedgerError, ReportError, CanonicalError) as exc:
             return result(Problem(lineno, entry.seq if entry else None, str(exc)), lineno - 1)
@@ -499,27 +565,47 @@ def verify(path: str | Path, ca_cert: x509.Certificate | str | Path, *, anchor: 
     problem = None
     if head is not None and checkpoint_bodies.get(head["seq"]) != head["body"]:
         found = f"ends at seq {n}" if head["seq"] > n else "holds another entry there"
-        problem = Problem(None, head["seq"], f"the signed head {head_path(path).name} names checkpoint seq "
-                          f"{head['seq']} but the ledger {found}: it was cut back or rewritten past its last "
-                          "signed checkpoint")
+        problem = Problem(
+            None,
+            head["seq"],
+            f"the signed head {head_path(path).name} names checkpoint seq "
+            f"{head['seq']} but the ledger {found}: it was cut back or rewritten past its last "
+            "signed checkpoint",
+        )
     elif checkpoints and head is None:
-        problem = Problem(None, None, f"the ledger has signed checkpoints but its signed head {head_path(path).name} "
-                                      "is missing: it may have been cut back; restore both from a backup")
+        problem = Problem(
+            None,
+            None,
+            f"the ledger has signed checkpoints but its signed head {head_path(path).name} "
+            "is missing: it may have been cut back; restore both from a backup",
+        )
     elif checkpoints and n - last_checkpoint > every:
-        problem = Problem(None, last_checkpoint + 1, f"{n - last_checkpoint} entries follow the last signed "
-                          f"checkpoint (seq {last_checkpoint}), more than its period of {every}: entries were "
-                          "appended without the coordinator's key, or checkpoints removed")
+        problem = Problem(
+            None,
+            last_checkpoint + 1,
+            f"{n - last_checkpoint} entries follow the last signed "
+            f"checkpoint (seq {last_checkpoint}), more than its period of {every}: entries were "
+            "appended without the coordinator's key, or checkpoints removed",
+        )
     elif require_signed and n and not checkpoints:
-        problem = Problem(None, None, "no signed checkpoint: the chain alone can be recomputed after an edit; "
-                                      "a ledger written by this version is signed by the coordinator "
-                                      "(--allow-unsigned accepts an older one)")
+        problem = Problem(
+            None,
+            None,
+            "no signed checkpoint: the chain alone can be recomputed after an edit; "
+            "a ledger written by this version is signed by the coordinator "
+            "(--allow-unsigned accepts an older one)",
+        )
     elif not seen_anchor:
-        problem = Problem(None, None, f"anchor {anchor} is not in the chain: the ledger was cut back or "
-                                      "rewritten since the anchor was noted")
+        problem = Problem(
+            None,
+            None,
+            f"anchor {anchor} is not in the chain: the ledger was cut back or rewritten since the anchor was noted",
+        )
     return result(problem, n)
 
 
 # --------------------------------------------------------------------------- summary
+
 
 @dataclass
 class SiteSummary:
@@ -579,6 +665,7 @@ def summarize(entries: Iterable[LedgerEntry]) -> dict[str, SiteSummary]:
 
 # --------------------------------------------------------------------------- the writer
 
+
 def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -606,8 +693,9 @@ class PrivacyLedger:
     found on opening, and ``close()``.
     """
 
-    def __init__(self, path: str | Path, *, signer: LedgerSigner | None = None,
-                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+    def __init__(
+        self, path: str | Path, *, signer: LedgerSigner | None = None, checkpoint_every: int = CHECKPOINT_EVERY
+    ) -> None:
         if not 1 <= checkpoint_every <= 10000:
             raise LedgerError(f"checkpoint_every must be from 1 to 10000, got {checkpoint_every}")
         self.path = Path(path)
@@ -695,8 +783,10 @@ class PrivacyLedger:
         os.ftruncate(fd, start)
         os.fsync(fd)
         fsync_dir(self.path.parent)
-        log.warning("ledger: moved a torn last line aside (a crash interrupted a write)",
-                    extra={"bytes": len(last), "aside": aside.name})
+        log.warning(
+            "ledger: moved a torn last line aside (a crash interrupted a write)",
+            extra={"bytes": len(last), "aside": aside.name},
+        )
 
     def _head(self, fd: int) -> tuple[int, str]:
         size = os.fstat(fd).st_size
@@ -706,16 +796,19 @@ class PrivacyLedger:
         try:
             entry = _parse_entry(os.pread(fd, size - 1 - start, start))
         except LedgerError as exc:
-            raise LedgerError(f"the last entry of {self.path} is malformed ({exc}): refusing to extend "
-                              f"the chain; run `mor ledger verify {self.path} --ca CA_PEM`") from None
+            raise LedgerError(
+                f"the last entry of {self.path} is malformed ({exc}): refusing to extend "
+                f"the chain; run `mor ledger verify {self.path} --ca CA_PEM`"
+            ) from None
         return entry.seq, entry.hash
 
     def append(self, kind: str, body: Any) -> LedgerEntry:
         """Append one entry of a registered kind; returns it once it is on disk (fsync)."""
         entry_kind = KINDS.get(kind)
         if entry_kind is None:
-            raise LedgerError(f"unknown entry kind {kind!r}: register it with register_kind() "
-                              f"(known: {', '.join(sorted(KINDS))})")
+            raise LedgerError(
+                f"unknown entry kind {kind!r}: register it with register_kind() (known: {', '.join(sorted(KINDS))})"
+            )
         if entry_kind.check is not None:
             entry_kind.check(body)
         try:
@@ -741,8 +834,9 @@ class PrivacyLedger:
         append_durably(fd, canonical_json(entry.to_dict()) + b"\n")
         return entry
 
-    def record_report(self, signed: SignedReport, ca_cert: x509.Certificate | str | Path, *,
-                      crl: str | Path | None = None) -> LedgerEntry:
+    def record_report(
+        self, signed: SignedReport, ca_cert: x509.Certificate | str | Path, *, crl: str | Path | None = None
+    ) -> LedgerEntry:
         """Verify a site's signed privacy report (``ReportError`` if it fails) and append it."""
         identity = verify_report(signed, ca_cert, crl=crl)
         cert = x509.load_pem_x509_certificate(signed.cert_pem)
@@ -756,16 +850,21 @@ class PrivacyLedger:
         """Record a refused peer (certificate name or address) and why; long texts are cut."""
         return self.append("refusal", {"peer": peer[:MAX_TEXT], "reason": reason[:MAX_TEXT]})
 
-    def record_refusal_summary(self, start: str, end: str, refused: int, by_peer: dict[str, int],
-                               by_reason: dict[str, int]) -> LedgerEntry:
+    def record_refusal_summary(
+        self, start: str, end: str, refused: int, by_peer: dict[str, int], by_reason: dict[str, int]
+    ) -> LedgerEntry:
         """Record how many refusals a window held back, by peer and by reason (the top ones; texts cut)."""
+
         def cut(counts: dict[str, int]) -> dict[str, int]:
             out: dict[str, int] = {}
             for key, count in list(counts.items())[:100]:
                 out[key[:200]] = out.get(key[:200], 0) + count
             return out
-        return self.append("refusal_summary", {"from": start, "to": end, "refused": refused,
-                                               "by_peer": cut(by_peer), "by_reason": cut(by_reason)})
+
+        return self.append(
+            "refusal_summary",
+            {"from": start, "to": end, "refused": refused, "by_peer": cut(by_peer), "by_reason": cut(by_reason)},
+        )
 
     def entries(self) -> list[LedgerEntry]:
         """Every entry, in order."""
@@ -775,7 +874,8 @@ class PrivacyLedger:
         """Per-site summary (see ``summarize``)."""
         return summarize(self.entries())
 
-    def verify(self, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None,
-               require_signed: bool = False) -> VerifyResult:
+    def verify(
+        self, ca_cert: x509.Certificate | str | Path, *, anchor: str | None = None, require_signed: bool = False
+    ) -> VerifyResult:
         """Verify this ledger file (see ``verify``)."""
         return verify(self.path, ca_cert, anchor=anchor, require_signed=require_signed)

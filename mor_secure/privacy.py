@@ -53,8 +53,7 @@ class AccountantHistory:
     def __init__(self, entries: Iterable[Mechanism | tuple[float, float, int]] = ()) -> None:
         self.entries: list[Mechanism] = []
         for entry in entries:
-            self.add(*(entry if isinstance(entry, tuple) else
-                       (entry.noise_multiplier, entry.sample_rate, entry.steps)))
+            self.add(*(entry if isinstance(entry, tuple) else (entry.noise_multiplier, entry.sample_rate, entry.steps)))
 
     def add(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
         """Record ``steps`` more steps; merges with the last entry when the parameters match."""
@@ -160,12 +159,15 @@ def get_accountant(name: str) -> Accountant:
     try:
         return ACCOUNTANTS[name]
     except KeyError:
-        raise ConfigError(f"unknown accountant {name!r}; choose one of {sorted(ACCOUNTANTS)} "
-                          "(GDP is not offered: it under-states epsilon here)") from None
+        raise ConfigError(
+            f"unknown accountant {name!r}; choose one of {sorted(ACCOUNTANTS)} "
+            "(GDP is not offered: it under-states epsilon here)"
+        ) from None
 
 
-def check_privacy_settings(target_epsilon: float, max_epsilon: float, delta: float | None, accountant: str,
-                           max_grad_norm: float) -> None:
+def check_privacy_settings(
+    target_epsilon: float, max_epsilon: float, delta: float | None, accountant: str, max_grad_norm: float
+) -> None:
     """Refuse out-of-range privacy settings with a ``ConfigError`` naming the setting and its range."""
     if not 0 < target_epsilon <= MAX_TARGET_EPSILON:
         raise ConfigError(f"target_epsilon must be in (0, {MAX_TARGET_EPSILON:g}], got {target_epsilon}")
@@ -181,9 +183,11 @@ def check_privacy_settings(target_epsilon: float, max_epsilon: float, delta: flo
 def check_delta(delta: float, n_records: int) -> None:
     """delta must be at most 1/n: a larger one allows releasing a whole record (``ConfigError``)."""
     if not 0 < delta <= 1.0 / n_records:
-        raise ConfigError(f"[privacy] delta {delta:g} is above 1/n = {1.0 / n_records:g} for {n_records} pairs: "
-                          f"such a delta allows releasing a record; set it to at most {1.0 / n_records:g} "
-                          "(or leave it unset)")
+        raise ConfigError(
+            f"[privacy] delta {delta:g} is above 1/n = {1.0 / n_records:g} for {n_records} pairs: "
+            f"such a delta allows releasing a record; set it to at most {1.0 / n_records:g} "
+            "(or leave it unset)"
+        )
 
 
 def default_delta(n_records: int) -> float:
@@ -210,9 +214,16 @@ def _cached_epsilon(history: tuple[tuple[float, float, int], ...], delta: float,
     return ACCOUNTANTS[accountant].epsilon(AccountantHistory(history), delta)
 
 
-def plan_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, *,
-               prior_history: AccountantHistory | None = None,
-               accountant: str = DEFAULT_ACCOUNTANT, tolerance: float = 0.01) -> float:
+def plan_noise(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    *,
+    prior_history: AccountantHistory | None = None,
+    accountant: str = DEFAULT_ACCOUNTANT,
+    tolerance: float = 0.01,
+) -> float:
     """Smallest noise multiplier (within ``tolerance`` in epsilon) such that ``prior_history``
     followed by ``steps`` steps at ``sample_rate`` spends at most ``target_epsilon``.
 
@@ -229,8 +240,9 @@ def plan_noise(target_epsilon: float, delta: float, sample_rate: float, steps: i
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     if prior.steps and epsilon(prior, delta, accountant) >= target_epsilon:
-        raise BudgetTooLow(f"the prior history alone spends epsilon "
-                           f"{epsilon(prior, delta, accountant):.3f} >= target {target_epsilon}")
+        raise BudgetTooLow(
+            f"the prior history alone spends epsilon {epsilon(prior, delta, accountant):.3f} >= target {target_epsilon}"
+        )
     high = 1.0
     if accountant != "rdp" and epsilon(prior, delta, "rdp") < target_epsilon:  # RDP may exceed where PRV fits
         high = _bracket(lambda sigma: spend(sigma, "rdp"), target_epsilon, 1.0)[1]

@@ -139,6 +139,7 @@ def _checker(tp: Any) -> Checker:
         def check_optional(value: Any, where: str, limits: Limits) -> None:
             if value is not None:
                 check_inner(value, where, limits)
+
         return check_optional
     if origin is list:
         check_item = _checker(typing.get_args(tp)[0])
@@ -150,6 +151,7 @@ def _checker(tp: Any) -> Checker:
                 raise ProtocolError(f"{where}: {len(value)} items, more than the limit {limits.max_items}")
             for i, v in enumerate(value):
                 check_item(v, f"{where}[{i}]", limits)
+
         return check_list
     if origin is dict:
         return _check_map
@@ -300,8 +302,9 @@ def _check_score_request(msg: ScoreRequest, limits: Limits) -> None:
         raise ProtocolError(f"score_request: {n} prompts but {len(msg.completions)} completions")
     for i, image in enumerate(msg.images):
         if len(image) > limits.max_image_bytes:
-            raise ProtocolError(f"score_request.images[{i}]: {len(image)} bytes, more than the limit "
-                                f"{limits.max_image_bytes}")
+            raise ProtocolError(
+                f"score_request.images[{i}]: {len(image)} bytes, more than the limit {limits.max_image_bytes}"
+            )
         if not bytes(image[:8]).startswith(_IMAGE_MAGIC):
             raise ProtocolError(f"score_request.images[{i}]: not a PNG or JPEG image")
     if msg.image_index:
@@ -316,8 +319,10 @@ def _check_score_request(msg: ScoreRequest, limits: Limits) -> None:
 def check_worker_id(value: str, where: str = "worker_id") -> None:
     """Refuse a worker id that is not 1-64 of ``A-Z a-z 0-9 . _ : @ -`` (it goes into logs and status)."""
     if not isinstance(value, str) or not WORKER_ID_RE.fullmatch(value):
-        raise ProtocolError(f"{where} {str(value)[:80]!r} is not 1-64 characters of letters, digits and . _ : @ -"
-                            "; choose another --worker-id")
+        raise ProtocolError(
+            f"{where} {str(value)[:80]!r} is not 1-64 characters of letters, digits and . _ : @ -"
+            "; choose another --worker-id"
+        )
 
 
 def _check_hello(msg: Hello, limits: Limits) -> None:
@@ -328,12 +333,16 @@ def _check_hello(msg: Hello, limits: Limits) -> None:
 
 def _check_welcome(msg: Welcome, limits: Limits) -> None:
     if not MIN_HEARTBEAT_S <= msg.heartbeat_s <= MAX_HEARTBEAT_S:
-        raise ProtocolError(f"welcome.heartbeat_s {msg.heartbeat_s!r} is outside [{MIN_HEARTBEAT_S:g}, "
-                            f"{MAX_HEARTBEAT_S:g}] seconds")
+        raise ProtocolError(
+            f"welcome.heartbeat_s {msg.heartbeat_s!r} is outside [{MIN_HEARTBEAT_S:g}, {MAX_HEARTBEAT_S:g}] seconds"
+        )
 
 
 _CHECKS: dict[type, Callable[[Any, Limits], None]] = {
-    ScoreRequest: _check_score_request, Hello: _check_hello, Welcome: _check_welcome}
+    ScoreRequest: _check_score_request,
+    Hello: _check_hello,
+    Welcome: _check_welcome,
+}
 
 
 def validate(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -395,20 +404,35 @@ def encode_parts(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | 
             parts.append(bytes(pending))
     size = sum(len(p) for p in parts)
     if size > limits.max_message_bytes:
-        raise ProtocolError(f"{msg.TYPE}: {size} bytes encoded, more than the limit "
-                            f"{limits.max_message_bytes}; send fewer items per request")
+        raise ProtocolError(
+            f"{msg.TYPE}: {size} bytes encoded, more than the limit "
+            f"{limits.max_message_bytes}; send fewer items per request"
+        )
     return parts
 
 
 # --------------------------------------------------------------------------- pre-scan (before allocating)
 
 # Fixed-size msgpack items by first byte: bytes that follow the type byte.
-_FIXED = {0xc0: 0, 0xc2: 0, 0xc3: 0, 0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8,
-          0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8}
+_FIXED = {
+    0xC0: 0,
+    0xC2: 0,
+    0xC3: 0,
+    0xCA: 4,
+    0xCB: 8,
+    0xCC: 1,
+    0xCD: 2,
+    0xCE: 4,
+    0xCF: 8,
+    0xD0: 1,
+    0xD1: 2,
+    0xD2: 4,
+    0xD3: 8,
+}
 # Length-prefixed strings and binaries: width of the length field.
-_SIZED = {0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4}
+_SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
 # Containers: width of the count field and whether each entry is a key/value pair.
-_CONTAINERS = {0xdc: (2, 1), 0xdd: (4, 1), 0xde: (2, 2), 0xdf: (4, 2)}
+_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
 
 
 def scan(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> int:
@@ -439,32 +463,34 @@ def scan(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) 
             raise ProtocolError(f"more than {limits.max_objects} objects in one message (limit max_objects)")
         byte = view[pos]
         pos += 1
-        if byte <= 0x7f or byte >= 0xe0:
+        if byte <= 0x7F or byte >= 0xE0:
             continue
         count = 0
-        if 0x80 <= byte <= 0x8f:
-            count = 2 * (byte & 0x0f)
-        elif 0x90 <= byte <= 0x9f:
-            count = byte & 0x0f
-        elif 0xa0 <= byte <= 0xbf:
-            pos += byte & 0x1f
+        if 0x80 <= byte <= 0x8F:
+            count = 2 * (byte & 0x0F)
+        elif 0x90 <= byte <= 0x9F:
+            count = byte & 0x0F
+        elif 0xA0 <= byte <= 0xBF:
+            pos += byte & 0x1F
             continue
         elif byte in _FIXED:
             pos += _FIXED[byte]
             continue
         elif byte in _SIZED:
             width = _SIZED[byte]
-            pos += width + int.from_bytes(view[pos:pos + width], "big")
+            pos += width + int.from_bytes(view[pos : pos + width], "big")
             continue
         elif byte in _CONTAINERS:
             width, per_entry = _CONTAINERS[byte]
-            count = per_entry * int.from_bytes(view[pos:pos + width], "big")
+            count = per_entry * int.from_bytes(view[pos : pos + width], "big")
             pos += width
         else:
             raise ProtocolError(f"not a msgpack message: type byte 0x{byte:02x} (extension or reserved) is not allowed")
         if count > limits.max_objects - objects:
-            raise ProtocolError(f"a container of {count} objects would take the message past "
-                                f"{limits.max_objects} objects (limit max_objects)")
+            raise ProtocolError(
+                f"a container of {count} objects would take the message past "
+                f"{limits.max_objects} objects (limit max_objects)"
+            )
         if count:
             stack.append(expected)
             if len(stack) > max_depth:
@@ -479,17 +505,26 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
     scan(data, limits)
     try:
         envelope = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True,
-            max_bin_len=max(limits.max_image_bytes, 4096), max_str_len=limits.max_string_bytes,
-            max_array_len=limits.max_items, max_map_len=max(limits.max_items, 16), max_ext_len=0)
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=max(limits.max_image_bytes, 4096),
+            max_str_len=limits.max_string_bytes,
+            max_array_len=limits.max_items,
+            max_map_len=max(limits.max_items, 16),
+            max_ext_len=0,
+        )
     except Exception as exc:  # msgpack raises many types on garbage; all mean the same here
         raise ProtocolError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
     if not isinstance(envelope, dict) or set(envelope) != {"v", "t", "b"}:
         raise ProtocolError("not a protocol envelope (expected a map with keys v, t, b)")
     version, kind, body = envelope["v"], envelope["t"], envelope["b"]
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks "
-                            f"{PROTOCOL_VERSION}); install the same mor-secure version on both sides")
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this side speaks "
+            f"{PROTOCOL_VERSION}); install the same mor-secure version on both sides"
+        )
     cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
@@ -511,8 +546,11 @@ def _build(cls: type[Message], body: dict[str, Any], limits: Limits) -> Message:
     unknown = set(body) - set(fields)
     if unknown:
         raise ProtocolError(f"{kind}: unknown field(s) {sorted(map(str, unknown))[:5]}")
-    missing = [name for name, f in fields.items() if name not in body
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in body and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ProtocolError(f"{kind}: missing field(s) {missing}")
     hints = _HINTS[cls]

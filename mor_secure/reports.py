@@ -37,26 +37,33 @@ MAX_SIGNATURE_BYTES = 512
 
 _NUMBER = (int, float)
 _NONE = type(None)
-REPORT_FIELDS: Mapping[str, tuple[type, ...]] = MappingProxyType({
-    "epsilon": (*_NUMBER, str, _NONE),
-    "epsilon_rdp": (*_NUMBER, str, _NONE),
-    "delta": (*_NUMBER, _NONE),
-    "accountant": (str, _NONE),
-    "noise_multiplier": (*_NUMBER, _NONE),
-    "sample_rate": (*_NUMBER, _NONE),
-    "steps": (int,),
-    "n_pairs": (int,),
-    "data_fingerprint": (str,),
-    "model_sha256": (str,),
-    "family": (str,),
-    "base": (str,),
-})
+REPORT_FIELDS: Mapping[str, tuple[type, ...]] = MappingProxyType(
+    {
+        "epsilon": (*_NUMBER, str, _NONE),
+        "epsilon_rdp": (*_NUMBER, str, _NONE),
+        "delta": (*_NUMBER, _NONE),
+        "accountant": (str, _NONE),
+        "noise_multiplier": (*_NUMBER, _NONE),
+        "sample_rate": (*_NUMBER, _NONE),
+        "steps": (int,),
+        "n_pairs": (int,),
+        "data_fingerprint": (str,),
+        "model_sha256": (str,),
+        "family": (str,),
+        "base": (str,),
+    }
+)
 """Required keys of a privacy report and their JSON types; any other key is allowed and signed too."""
 
-OPTIONAL_FIELDS: Mapping[str, tuple[type, ...]] = MappingProxyType({
-    "dp": (bool,), "private": (bool,), "baseline": (bool,),
-    "created": (str, *_NUMBER), "time": (str, *_NUMBER),
-})
+OPTIONAL_FIELDS: Mapping[str, tuple[type, ...]] = MappingProxyType(
+    {
+        "dp": (bool,),
+        "private": (bool,),
+        "baseline": (bool,),
+        "created": (str, *_NUMBER),
+        "time": (str, *_NUMBER),
+    }
+)
 """Optional keys checked when present: ``dp: false``, ``private: false`` or ``baseline: true`` mark a
 run without DP (epsilon ``"inf"`` or null); ``created``/``time`` say when the site wrote it."""
 
@@ -78,8 +85,10 @@ def _check_json(value: Any, where: str) -> None:
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise CanonicalError(f"{where or 'value'} is {value!r}: NaN and infinity are not "
-                                 f"canonical JSON; write an infinite epsilon as {INF!r}")
+            raise CanonicalError(
+                f"{where or 'value'} is {value!r}: NaN and infinity are not "
+                f"canonical JSON; write an infinite epsilon as {INF!r}"
+            )
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
@@ -97,8 +106,7 @@ def _check_json(value: Any, where: str) -> None:
 def canonical_json(value: Any) -> bytes:
     """Canonical UTF-8 JSON: sorted keys, no whitespace, floats as repr, NaN and infinity refused."""
     _check_json(value, "")
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def encode_epsilon(epsilon: float) -> float | str:
@@ -116,8 +124,7 @@ def report_epsilon(report: Mapping[str, Any]) -> float:
 
 def is_private(report: Mapping[str, Any]) -> bool:
     """False when the report marks a run without DP (``dp``/``private`` false or ``baseline`` true)."""
-    return not (report.get("dp") is False or report.get("private") is False
-                or report.get("baseline") is True)
+    return not (report.get("dp") is False or report.get("private") is False or report.get("baseline") is True)
 
 
 def _is_number(value: Any) -> bool:
@@ -131,34 +138,39 @@ def check_report(report: Any) -> None:
     for key, types in {**REPORT_FIELDS, **OPTIONAL_FIELDS}.items():
         if key not in report:
             if key in REPORT_FIELDS:
-                raise ReportError(f"privacy report lacks required key {key!r} "
-                                  f"(required: {', '.join(REPORT_FIELDS)})")
+                raise ReportError(f"privacy report lacks required key {key!r} (required: {', '.join(REPORT_FIELDS)})")
             continue
         value = report[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join("null" if t is _NONE else t.__name__ for t in types)
-            raise ReportError(f"privacy report key {key!r} must be {names}, "
-                              f"got {type(value).__name__} ({value!r:.60})")
+            raise ReportError(f"privacy report key {key!r} must be {names}, got {type(value).__name__} ({value!r:.60})")
     no_dp = not is_private(report)
     for key in ("epsilon", "epsilon_rdp"):
         value = report[key]
         if isinstance(value, str) and value != INF:
-            raise ReportError(f"privacy report key {key!r} is the string {value!r:.40}; "
-                              f"only {INF!r} (no DP) is allowed as a string")
+            raise ReportError(
+                f"privacy report key {key!r} is the string {value!r:.40}; only {INF!r} (no DP) is allowed as a string"
+            )
         if _is_number(value) and not (math.isfinite(value) and value >= 0):
-            raise ReportError(f"privacy report key {key!r} must be finite and >= 0, got {value!r}; "
-                              f"write an infinite epsilon as {INF!r} with {_NO_DP}")
+            raise ReportError(
+                f"privacy report key {key!r} must be finite and >= 0, got {value!r}; "
+                f"write an infinite epsilon as {INF!r} with {_NO_DP}"
+            )
     if no_dp and _is_number(report["epsilon"]):
-        raise ReportError(f"privacy report is marked as a run without DP ({_NO_DP}) but gives a finite epsilon; "
-                          f"a run without DP has epsilon {INF!r} (or null)")
+        raise ReportError(
+            f"privacy report is marked as a run without DP ({_NO_DP}) but gives a finite epsilon; "
+            f"a run without DP has epsilon {INF!r} (or null)"
+        )
     if not no_dp:
         if not _is_number(report["epsilon"]):
-            raise ReportError(f"privacy report epsilon is {report['epsilon']!r}; an infinite or "
-                              f"missing epsilon needs {_NO_DP}")
+            raise ReportError(
+                f"privacy report epsilon is {report['epsilon']!r}; an infinite or missing epsilon needs {_NO_DP}"
+            )
         for key in _DP_PARAMETERS:
             if report[key] is None:
-                raise ReportError(f"privacy report key {key!r} is null; only a run marked {_NO_DP} "
-                                  "may leave DP parameters null")
+                raise ReportError(
+                    f"privacy report key {key!r} is null; only a run marked {_NO_DP} may leave DP parameters null"
+                )
     if report["delta"] is not None and not 0 <= report["delta"] < 1:
         raise ReportError(f"privacy report delta must be in [0, 1), got {report['delta']!r}")
     if report["sample_rate"] is not None and not 0 <= report["sample_rate"] <= 1:
@@ -186,9 +198,11 @@ class SignedReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON- and msgpack-safe form: bytes fields as base64 text."""
-        return {"report": self.report,
-                "signature": base64.b64encode(self.signature).decode("ascii"),
-                "cert_pem": base64.b64encode(self.cert_pem).decode("ascii")}
+        return {
+            "report": self.report,
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+            "cert_pem": base64.b64encode(self.cert_pem).decode("ascii"),
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> SignedReport:
@@ -225,12 +239,13 @@ def _signature_args(key: Any) -> tuple[Any, ...]:
         return (ec.ECDSA(hashes.SHA256()),)
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
         return ()
-    raise ReportError(f"unsupported key type {type(key).__name__}: reports are signed with a site key "
-                      "issued by the project CA (EC P-256 or Ed25519)")
+    raise ReportError(
+        f"unsupported key type {type(key).__name__}: reports are signed with a site key "
+        "issued by the project CA (EC P-256 or Ed25519)"
+    )
 
 
-def sign_report(report: dict[str, Any], key_path: str | Path,
-                cert_path: str | Path | None = None) -> SignedReport:
+def sign_report(report: dict[str, Any], key_path: str | Path, cert_path: str | Path | None = None) -> SignedReport:
     """Sign ``report`` with the site's private key (ECDSA-SHA256 for P-256).
 
     The certificate defaults to the key's sibling ``NAME.pem``; it must hold the key's public half.
@@ -244,46 +259,60 @@ def sign_report(report: dict[str, Any], key_path: str | Path,
     except pki.PKIError as exc:
         raise ReportError(f"cannot sign the privacy report: {exc}") from exc
     if cert.public_key() != key.public_key():
-        raise ReportError(f"the certificate {cert_path} does not belong to the key {key_path}; "
-                          "pass the certificate issued for this key")
+        raise ReportError(
+            f"the certificate {cert_path} does not belong to the key {key_path}; "
+            "pass the certificate issued for this key"
+        )
     signature = key.sign(canonical_json(report), *_signature_args(key))
-    return SignedReport(report=report, signature=signature,
-                        cert_pem=cert.public_bytes(serialization.Encoding.PEM))
+    return SignedReport(report=report, signature=signature, cert_pem=cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _check_certificate(cert: x509.Certificate, ca: x509.Certificate, at: dt.datetime,
-                       crl: str | Path | None) -> pki.Identity:
+def _check_certificate(
+    cert: x509.Certificate, ca: x509.Certificate, at: dt.datetime, crl: str | Path | None
+) -> pki.Identity:
     """The signer's identity, once its certificate is the CA's, valid at ``at``, a client's, not revoked."""
     subject = cert.subject.rfc4514_string()
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as exc:
-        raise ReportError(f"the signer's certificate {subject!r} was not issued by the project CA "
-                          f"{ca.subject.rfc4514_string()!r}: {exc or 'bad CA signature'}") from exc
+        raise ReportError(
+            f"the signer's certificate {subject!r} was not issued by the project CA "
+            f"{ca.subject.rfc4514_string()!r}: {exc or 'bad CA signature'}"
+        ) from exc
     if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
-        raise ReportError(f"the signer's certificate {subject!r} is not valid at {at:%Y-%m-%d %H:%M} UTC "
-                          f"(valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
-                          f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}): renew it with `mor certs`")
+        raise ReportError(
+            f"the signer's certificate {subject!r} is not valid at {at:%Y-%m-%d %H:%M} UTC "
+            f"(valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}): renew it with `mor certs`"
+        )
     try:
         identity = pki.identity_of(cert)
     except pki.PKIError as exc:
         raise ReportError(f"the signer's certificate names no MoR identity: {exc}") from exc
     if identity.role != "client" or not has_role_eku(cert, "client"):
-        raise ReportError(f"the report is signed by the {identity.role} certificate of {identity.name!r}; "
-                          "only a site's client certificate may sign a privacy report")
+        raise ReportError(
+            f"the report is signed by the {identity.role} certificate of {identity.name!r}; "
+            "only a site's client certificate may sign a privacy report"
+        )
     if crl is not None:
         try:
             revocations = pki.check_crl(Path(crl), ca)
         except pki.PKIError as exc:
             raise ReportError(str(exc)) from exc
         if revocations.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            raise ReportError(f"the signer's certificate ({identity.uri}, serial {cert.serial_number:x}) "
-                              "is revoked by the CA's CRL")
+            raise ReportError(
+                f"the signer's certificate ({identity.uri}, serial {cert.serial_number:x}) is revoked by the CA's CRL"
+            )
     return identity
 
 
-def verify_report(signed: SignedReport, ca_cert: x509.Certificate | str | Path, *,
-                  crl: str | Path | None = None, at: dt.datetime | None = None) -> pki.Identity:
+def verify_report(
+    signed: SignedReport,
+    ca_cert: x509.Certificate | str | Path,
+    *,
+    crl: str | Path | None = None,
+    at: dt.datetime | None = None,
+) -> pki.Identity:
     """Check the signer's certificate (issued by the CA, valid at ``at`` or now, client role, not
     revoked when a CRL path is given) and the signature over the canonical report.
 
@@ -300,6 +329,8 @@ def verify_report(signed: SignedReport, ca_cert: x509.Certificate | str | Path, 
     try:
         public_key.verify(signed.signature, canonical_json(signed.report), *_signature_args(public_key))
     except InvalidSignature as exc:
-        raise ReportError(f"the signature on {identity.name!r}'s report does not match its content "
-                          "(altered after signing, or signed with another key)") from exc
+        raise ReportError(
+            f"the signature on {identity.name!r}'s report does not match its content "
+            "(altered after signing, or signed with another key)"
+        ) from exc
     return identity

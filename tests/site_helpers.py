@@ -34,9 +34,11 @@ def make_ca(folder: Path) -> Path:
 def coordinator_toml(tmp: Path, ca_dir: Path, port: int, allow: list[str], extra: str = "") -> Path:
     """coordinator.toml for coordinator 'coord' on 127.0.0.1:``port`` admitting ``allow``."""
     path = tmp / "coordinator.toml"
-    path.write_text(f'name = "coord"\nbind = "tcp://127.0.0.1:{port}"\n[tls]\nca = "{ca_dir}/ca.pem"\n'
-                    f'cert = "{ca_dir}/coord.pem"\nkey = "{ca_dir}/coord.key"\ncrl = "{ca_dir}/crl.pem"\n'
-                    f"[clients]\nallow = {allow!r}\ndeadline_s = 5.0\nheartbeat_s = 0.5\n{extra}")
+    path.write_text(
+        f'name = "coord"\nbind = "tcp://127.0.0.1:{port}"\n[tls]\nca = "{ca_dir}/ca.pem"\n'
+        f'cert = "{ca_dir}/coord.pem"\nkey = "{ca_dir}/coord.key"\ncrl = "{ca_dir}/crl.pem"\n'
+        f"[clients]\nallow = {allow!r}\ndeadline_s = 5.0\nheartbeat_s = 0.5\n{extra}"
+    )
     return path
 
 
@@ -120,5 +122,10 @@ def score_request(n: int) -> ScoreRequest:
     """A scoring request of ``n`` items sharing one small PNG image."""
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format="PNG")
-    return ScoreRequest(request_id="", images=[buffer.getvalue()], prompts=["What colour is the shape?"] * n,
-                        completions=["red"] * n, image_index=[0] * n)
+    return ScoreRequest(
+        request_id="",
+        images=[buffer.getvalue()],
+        prompts=["What colour is the shape?"] * n,
+        completions=["red"] * n,
+        image_index=[0] * n,
+    )

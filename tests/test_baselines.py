@@ -83,7 +83,7 @@ def test_centralised_trains_saves_and_says_it_is_not_federated(clients, held_out
     items = [ScoreItem(r["image"], r["prompt"], r["chosen"]) for r in rows]
     assert loaded.label == central.label and loaded.uses_client_scores is False and loaded.sites == ()
     assert loaded.fuse(items, {}) == pytest.approx(central.fuse(items, {}), abs=1e-6)
-    (tmp_path / "central" / "baseline.json").write_text("{\"format\": \"other\"}")
+    (tmp_path / "central" / "baseline.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a baseline record"):
         ModelReward.load(tmp_path / "central")
 
@@ -101,10 +101,22 @@ def test_baseline_is_a_trl_reward(fedavg: ModelReward, held_out, tiny_model_dir,
     rows = held_out.select(range(4))
     reward = reward_callable(fedavg, no_pool, name="fedavg_reward")
     model, processor = load_vlm(tiny_model_dir("qwen2-vl"))
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
-                      max_completion_length=4, report_to=[], bf16=False, use_cpu=True)
-    trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=reward, args=args,
-                          train_dataset=rows.remove_columns(["chosen", "rejected"]))
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=4,
+        report_to=[],
+        bf16=False,
+        use_cpu=True,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=processor,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=rows.remove_columns(["chosen", "rejected"]),
+    )
     inputs = [dict(r) for r in rows.remove_columns(["chosen", "rejected"])]
     prompts = [prepare_multimodal_messages(x["prompt"], images=[x["image"]]) for x in inputs]
     for column in ("chosen", "rejected"):
@@ -151,8 +163,10 @@ def test_config_section_and_router_table_rows(world_dir: Path, held_out, tmp_pat
     from mor_secure.config import ConfigError, load_config
 
     path = tmp_path / "baselines.toml"
-    path.write_text(f'data = ["{world_dir}/client-0", "{world_dir}/client-1"]\nmax_pairs = 24\nrounds = 1\n'
-                    'local_steps = 1\nepochs = 1\n[model]\nwidth = 8\n')
+    path.write_text(
+        f'data = ["{world_dir}/client-0", "{world_dir}/client-1"]\nmax_pairs = 24\nrounds = 1\n'
+        "local_steps = 1\nepochs = 1\n[model]\nwidth = 8\n"
+    )
     config = load_config(BaselinesConfig, path)
     assert config.model.width == 8 and config.data[1] == world_dir / "client-1"
     assert baseline_accuracies(BaselinesConfig(), held_out, tmp_path / "none") == {}
@@ -160,6 +174,6 @@ def test_config_section_and_router_table_rows(world_dir: Path, held_out, tmp_pat
     assert sorted(rows) == ["FedAvg reward model (parameter sharing)", "centralised (upper bound, not federated)"]
     assert all(0.0 <= v <= 1.0 for v in rows.values())
     assert ModelReward.load(tmp_path / "out" / "fedavg").record["rounds"][0]["up_bytes"] > 0
-    path.write_text('rounds = 0\n')
+    path.write_text("rounds = 0\n")
     with pytest.raises(ConfigError, match="rounds"):
         load_config(BaselinesConfig, path)

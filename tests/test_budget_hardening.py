@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from client_agent.budget import (BudgetExceeded, LedgerCorrupt, LedgerMissing, LedgerRecord, SettingsChanged,
-                                 SiteLedger, file_fingerprint, now_utc, site_status)
+from client_agent.budget import (
+    BudgetExceeded,
+    LedgerCorrupt,
+    LedgerMissing,
+    LedgerRecord,
+    SettingsChanged,
+    SiteLedger,
+    file_fingerprint,
+    now_utc,
+    site_status,
+)
 from client_agent.config import load_client_config
 from client_agent.train import TrainingError, train_reward_model
 from mor_secure.config import ConfigError
@@ -28,17 +37,20 @@ def _section(defaults: dict[str, str], extra: str) -> str:
     return "".join(f"{k} = {v}\n" for k, v in values.items())
 
 
-def site_config(folder: Path, data: Path, ledger: Path, *, privacy: str = "", train: str = "",
-                model: str = "") -> Path:
+def site_config(folder: Path, data: Path, ledger: Path, *, privacy: str = "", train: str = "", model: str = "") -> Path:
     """A dual-encoder site on ``data`` whose ledger is ``ledger``; each section's lines override its defaults."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "client.toml"
-    path.write_text(f'site = "site-a"\n[tls]\nca = "ca.pem"\ncert = "s.pem"\nkey = "s.key"\ncrl = "crl.pem"\n'
-                    f'[coordinator]\nendpoint = "tcp://127.0.0.1:7000"\nname = "coord"\n[data]\npath = "{data}"\n'
-                    "[model]\n" + _section({"family": '"dual-encoder"'}, model)
-                    + "[train]\n" + _section({"out": '"model"', "epochs": "2", "batch_size": "32", "lr": "0.01"}, train)
-                    + "[privacy]\n" + _section({"ledger": f'"{ledger}"', "target_epsilon": "4.0",
-                                                "max_epsilon": "5.0"}, privacy))
+    path.write_text(
+        f'site = "site-a"\n[tls]\nca = "ca.pem"\ncert = "s.pem"\nkey = "s.key"\ncrl = "crl.pem"\n'
+        f'[coordinator]\nendpoint = "tcp://127.0.0.1:7000"\nname = "coord"\n[data]\npath = "{data}"\n'
+        "[model]\n"
+        + _section({"family": '"dual-encoder"'}, model)
+        + "[train]\n"
+        + _section({"out": '"model"', "epochs": "2", "batch_size": "32", "lr": "0.01"}, train)
+        + "[privacy]\n"
+        + _section({"ledger": f'"{ledger}"', "target_epsilon": "4.0", "max_epsilon": "5.0"}, privacy)
+    )
     return path
 
 
@@ -77,8 +89,12 @@ def test_budget_follows_the_content_not_the_folder_files_or_layout(data, ledger,
         with pytest.raises(BudgetExceeded, match=r"spent epsilon (3\.9|4\.0)\d* of 5"):
             train_reward_model(config, progress=False)
     other, _ = write_layout("jsonl-paths", tmp_path / "other", pairs(120, seed=2))  # other pairs: own budget
-    assert train_reward_model(load_client_config(site_config(tmp_path / "o", other, ledger)),
-                              progress=False).report.epsilon <= 4.0
+    assert (
+        train_reward_model(
+            load_client_config(site_config(tmp_path / "o", other, ledger)), progress=False
+        ).report.epsilon
+        <= 4.0
+    )
 
 
 def test_a_missing_ledger_fails_closed_and_a_new_one_is_an_explicit_command(data, ledger, tmp_path):
@@ -108,33 +124,40 @@ def test_an_unreadable_ledger_fails_closed(data, ledger, tmp_path):
 
 
 def test_delta_and_accountant_are_fixed_per_data_set_and_delta_is_at_most_one_over_n(data, ledger, tmp_path):
-    train_reward_model(load_client_config(site_config(tmp_path / "a", data, ledger,
-                                                      privacy="target_epsilon = 1.0")), progress=False)
+    train_reward_model(
+        load_client_config(site_config(tmp_path / "a", data, ledger, privacy="target_epsilon = 1.0")), progress=False
+    )
     before = ledger.read_text()
     for privacy, error, match in [
         ("target_epsilon = 1.0\ndelta = 1e-7", SettingsChanged, "delta 1e-05 with the 'prv' accountant"),
-        ("target_epsilon = 1.0\naccountant = \"rdp\"", SettingsChanged, "set \\[privacy\\] delta = 1e-05"),
+        ('target_epsilon = 1.0\naccountant = "rdp"', SettingsChanged, "set \\[privacy\\] delta = 1e-05"),
         ("target_epsilon = 1.0\ndelta = 0.1", TrainingError, "above 1/n"),
     ]:
         config = load_client_config(site_config(tmp_path / "b", data, ledger, privacy=privacy))
         with pytest.raises(error, match=match):
             train_reward_model(config, progress=False)
         assert ledger.read_text() == before  # refused before anything was reserved
-    status, runs = site_status(load_client_config(site_config(tmp_path / "c", data, ledger,
-                                                              privacy="target_epsilon = 1.0\naccountant = \"rdp\"")))
+    status, runs = site_status(
+        load_client_config(
+            site_config(tmp_path / "c", data, ledger, privacy='target_epsilon = 1.0\naccountant = "rdp"')
+        )
+    )
     assert status.delta == 1e-5 and status.accountant == "prv" and len(runs) == 1
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("train:batch_size = 0", "[train] batch_size must be >= 1, got 0"),
-    ("train:epochs = -1", "[train] epochs must be >= 1, got -1"),
-    ("train:grad_sample_mode = \"magic\"", "[train] grad_sample_mode must be one of 'hooks', 'functorch', 'ew'"),
-    ("privacy:target_epsilon = 1e308", "target_epsilon must be in (0, 100]"),
-    ("privacy:target_epsilon = 4.0\nmax_epsilon = inf", "max_epsilon must be a finite"),
-    ("privacy:target_epsilon = 9.0", "privacy budget exceeded: spent epsilon 0.000 of 5"),
-    ("model:family = \"nonsense\"", "cannot build the [model] ('nonsense')"),
-    ("model:max_length = 0", "[model] max_length must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("train:batch_size = 0", "[train] batch_size must be >= 1, got 0"),
+        ("train:epochs = -1", "[train] epochs must be >= 1, got -1"),
+        ('train:grad_sample_mode = "magic"', "[train] grad_sample_mode must be one of 'hooks', 'functorch', 'ew'"),
+        ("privacy:target_epsilon = 1e308", "target_epsilon must be in (0, 100]"),
+        ("privacy:target_epsilon = 4.0\nmax_epsilon = inf", "max_epsilon must be a finite"),
+        ("privacy:target_epsilon = 9.0", "privacy budget exceeded: spent epsilon 0.000 of 5"),
+        ('model:family = "nonsense"', "cannot build the [model] ('nonsense')"),
+        ("model:max_length = 0", "[model] max_length must be >= 1, got 0"),
+    ],
+)
 def test_bad_settings_fail_in_one_line_before_the_budget(setting, message, data, ledger, tmp_path):
     section, _, value = setting.partition(":")
     path = site_config(tmp_path / "a", data, ledger, **{section: value})
@@ -169,8 +192,9 @@ def test_a_run_failing_before_its_first_noisy_step_releases_its_reservation(data
         raise RuntimeError("disk full")
 
     other, _ = write_layout("jsonl-paths", tmp_path / "other", pairs(120, seed=3))
-    config = load_client_config(site_config(tmp_path / "b", other, ledger, train="checkpoint_every = 1",
-                                            privacy="target_epsilon = 4.5"))
+    config = load_client_config(
+        site_config(tmp_path / "b", other, ledger, train="checkpoint_every = 1", privacy="target_epsilon = 4.5")
+    )
     monkeypatch.setattr(train_module, "save_checkpoint", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         train_reward_model(config, progress=False)
@@ -179,8 +203,17 @@ def test_a_run_failing_before_its_first_noisy_step_releases_its_reservation(data
 
 def test_runs_recorded_under_the_old_file_fingerprint_still_count(data, ledger, tmp_path):
     config = load_client_config(site_config(tmp_path / "a", data, ledger))
-    SiteLedger(ledger).append(LedgerRecord("before-upgrade", file_fingerprint(data), "finished",
-                                           AccountantHistory([(0.7, 0.25, 40)]), 120, "dual-encoder", now_utc()))
+    SiteLedger(ledger).append(
+        LedgerRecord(
+            "before-upgrade",
+            file_fingerprint(data),
+            "finished",
+            AccountantHistory([(0.7, 0.25, 40)]),
+            120,
+            "dual-encoder",
+            now_utc(),
+        )
+    )
     assert site_status(config)[0].runs == 1 and site_status(config)[0].spent > 3.0
     with pytest.raises(BudgetExceeded):
         train_reward_model(config, progress=False)
@@ -188,8 +221,10 @@ def test_runs_recorded_under_the_old_file_fingerprint_still_count(data, ledger, 
 
 def test_config_refuses_an_infinite_lifetime_budget(tmp_path):
     path = tmp_path / "client.toml"
-    path.write_text('site = "s"\n[tls]\nca = "a"\ncert = "b"\nkey = "c"\ncrl = "d"\n[coordinator]\n'
-                    'endpoint = "tcp://h:1"\nname = "coord"\n[privacy]\nmax_epsilon = inf\n')
+    path.write_text(
+        'site = "s"\n[tls]\nca = "a"\ncert = "b"\nkey = "c"\ncrl = "d"\n[coordinator]\n'
+        'endpoint = "tcp://h:1"\nname = "coord"\n[privacy]\nmax_epsilon = inf\n'
+    )
     with pytest.raises(ConfigError, match="max_epsilon must be a finite positive lifetime budget"):
         load_client_config(path)
 
@@ -203,9 +238,11 @@ def test_init_starts_the_sites_ledger_and_never_replaces_it(tmp_path):
     header = config.privacy.ledger.read_text()
     assert '"ledger": "started"' in header and "mor client init --site site-a" in header
     assert SiteLedger(config.privacy.ledger).records() == []
-    SiteLedger(config.privacy.ledger).append(LedgerRecord("r1", "content-sha256:x", "finished",
-                                                          AccountantHistory([(1.0, 0.1, 5)]), 50, "dual-encoder",
-                                                          now_utc()))
+    SiteLedger(config.privacy.ledger).append(
+        LedgerRecord(
+            "r1", "content-sha256:x", "finished", AccountantHistory([(1.0, 0.1, 5)]), 50, "dual-encoder", now_utc()
+        )
+    )
     folder.config.rename(tmp_path / "old.toml")  # the operator runs init again in the same folder
     shutil.move(folder.certs, tmp_path / "old-certs")
     init_site("site-a", "tcp://127.0.0.1:7000", tmp_path / "site", coordinator_name="coord")

@@ -30,7 +30,9 @@ def test_unknown_group_is_an_error():
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from mor_secure.cli import main\n"
-            "try: main(['--help'])\nexcept SystemExit: pass\n"
-            "assert 'torch' not in sys.modules, 'mor --help imported torch'")
+    code = (
+        "import sys; from mor_secure.cli import main\n"
+        "try: main(['--help'])\nexcept SystemExit: pass\n"
+        "assert 'torch' not in sys.modules, 'mor --help imported torch'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

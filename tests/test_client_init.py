@@ -18,8 +18,9 @@ from tests.site_helpers import coordinator_pool, make_ca, score_request, trained
 
 def test_init_writes_key_csr_and_a_config_listing_every_setting(tmp_path):
     out = tmp_path / "site"
-    result = CliRunner().invoke(client_group, ["init", "--site", "site-a", "--coordinator",
-                                               "tcp://coord.example.org:7000", "--out", str(out)])
+    result = CliRunner().invoke(
+        client_group, ["init", "--site", "site-a", "--coordinator", "tcp://coord.example.org:7000", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     key, csr, config = out / "certs" / "site-a.key", out / "certs" / "site-a.csr", out / "client.toml"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and csr.read_text().startswith("-----BEGIN CERTIFICATE REQ")
@@ -32,11 +33,13 @@ def test_init_writes_key_csr_and_a_config_listing_every_setting(tmp_path):
     assert values["tls"]["cert"] == "certs/site-a.pem" and values["data"] == {}
     assert "1. Send" in result.output and "8. Serve it" in result.output
 
-    again = CliRunner().invoke(client_group, ["init", "--site", "site-a", "--coordinator",
-                                              "tcp://coord.example.org:7000", "--out", str(out)])
+    again = CliRunner().invoke(
+        client_group, ["init", "--site", "site-a", "--coordinator", "tcp://coord.example.org:7000", "--out", str(out)]
+    )
     assert again.exit_code == 1 and "refusing to overwrite" in again.output
-    bad = CliRunner().invoke(client_group, ["init", "--site", "site-b", "--coordinator", "coord:7000",
-                                            "--out", str(tmp_path / "b")])
+    bad = CliRunner().invoke(
+        client_group, ["init", "--site", "site-b", "--coordinator", "coord:7000", "--out", str(tmp_path / "b")]
+    )
     assert bad.exit_code == 1 and "tcp://HOST:PORT" in bad.output and "Traceback" not in bad.output
 
 

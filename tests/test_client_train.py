@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -25,8 +26,16 @@ from mor_secure.privacy import AccountantHistory, epsilon, plan_noise
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
-def write_config(folder: Path, data: Path, *, family: str = "dual-encoder", base: str = "",
-                 train: str = "", privacy: str = "", data_extra: str = "") -> Path:
+def write_config(
+    folder: Path,
+    data: Path,
+    *,
+    family: str = "dual-encoder",
+    base: str = "",
+    train: str = "",
+    privacy: str = "",
+    data_extra: str = "",
+) -> Path:
     """A client.toml for a training run inside ``folder`` (TLS files need not exist to train)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "client.toml"
@@ -73,9 +82,14 @@ def recomputed_epsilon(report) -> float:
 @pytest.fixture(scope="module")
 def dual_run(world_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("dual")
-    config = load_client_config(write_config(
-        folder, world_dir / "client-0", train="epochs = 20\nlr = 0.003\nbatch_size = 32",
-        privacy="target_epsilon = 8.0\nmax_epsilon = 20.0"))
+    config = load_client_config(
+        write_config(
+            folder,
+            world_dir / "client-0",
+            train="epochs = 20\nlr = 0.003\nbatch_size = 32",
+            privacy="target_epsilon = 8.0\nmax_epsilon = 20.0",
+        )
+    )
     return config, train_reward_model(config, progress=False)
 
 
@@ -97,13 +111,25 @@ def test_dp_dual_encoder_learns_and_reports_its_epsilon(dual_run):
 def test_outputs_are_safetensors_and_json_with_matching_hashes(dual_run):
     config, result = dual_run
     out = result.out_dir
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "privacy_report.json",
-                                                     "reward_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "privacy_report.json", "reward_config.json"]
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["model_sha256"] == sha256_file(out / "model.safetensors")
     assert report["data_fingerprint"] == data_fingerprint(config)
-    assert {"epsilon", "epsilon_rdp", "delta", "accountant", "noise_multiplier", "sample_rate", "steps",
-            "n_pairs", "family", "base", "time", "history", "baseline"} <= set(report)
+    assert {
+        "epsilon",
+        "epsilon_rdp",
+        "delta",
+        "accountant",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "n_pairs",
+        "family",
+        "base",
+        "time",
+        "history",
+        "baseline",
+    } <= set(report)
     records = SiteLedger(config.privacy.ledger).records()
     assert [r.status for r in records] == ["planned", "finished"]
     assert records[-1].history.steps == report["steps"]
@@ -127,9 +153,16 @@ def _text_decidable(pairs):
 @pytest.mark.parametrize("family", ["qwen2-vl", "llava"])
 def test_dp_vlm_families_learn_the_answer_style(family, world_dir, tiny_model_dir, tmp_path):
     # batch 32 rather than the default 256: ~200 pairs then make 7 noisy steps an epoch instead of one
-    config = load_client_config(write_config(
-        tmp_path, world_dir / "client-0", family=family, base=str(tiny_model_dir(family)),
-        train="epochs = 10\nlr = 0.01\nbatch_size = 32", privacy="target_epsilon = 8.0\nmax_epsilon = 20.0"))
+    config = load_client_config(
+        write_config(
+            tmp_path,
+            world_dir / "client-0",
+            family=family,
+            base=str(tiny_model_dir(family)),
+            train="epochs = 10\nlr = 0.01\nbatch_size = 32",
+            privacy="target_epsilon = 8.0\nmax_epsilon = 20.0",
+        )
+    )
     report = train_reward_model(config, progress=False).report
     assert report.epsilon <= 8.0 and report.epsilon == pytest.approx(recomputed_epsilon(report), rel=1e-9)
     # ~120 decidable training pairs say whether it learned; the ~13 held-out ones only that it generalises
@@ -138,17 +171,27 @@ def test_dp_vlm_families_learn_the_answer_style(family, world_dir, tiny_model_di
     assert evaluate_saved(config.train.out, held_out).accuracy > 0.55, len(held_out)
 
 
-def test_runs_compose_and_the_budget_refuses_the_next(world_dir, tmp_path):
-    config = load_client_config(write_config(
-        tmp_path, world_dir / "client-1", data_extra="max_pairs = 64",
-        train="epochs = 2\nbatch_size = 16", privacy="target_epsilon = 2.0\nmax_epsilon = 3.0"))
-    first = train_reward_model(config, progress=False).report
+def test_runs_compose_and_the_budget_refuses_the_next(world_dir, tmp_path, caplog):
+    config = load_client_config(
+        write_config(
+            tmp_path,
+            world_dir / "client-1",
+            data_extra="max_pairs = 64",
+            train="epochs = 2\nbatch_size = 16",
+            privacy="target_epsilon = 2.0\nmax_epsilon = 3.0",
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="mor.client.train"):
+        first = train_reward_model(config, progress=False).report
+    # the default family from scratch under DP: the site is told how to get a strong model
+    assert any("[model] base" in r.getMessage() and "public-reward" in r.getMessage() for r in caplog.records)
     second = train_reward_model(config, progress=False).report
     assert first.run_id != second.run_id
     status, runs = site_status(config)
     assert len(runs) == 2 and status.runs == 2
-    both = epsilon(AccountantHistory.from_state_dict(first.history)
-                   + AccountantHistory.from_state_dict(second.history), 1e-5)
+    both = epsilon(
+        AccountantHistory.from_state_dict(first.history) + AccountantHistory.from_state_dict(second.history), 1e-5
+    )
     assert status.spent == pytest.approx(both)
     assert 2.0 < status.spent < first.epsilon + second.epsilon
     with pytest.raises(BudgetExceeded) as refused:
@@ -168,7 +211,8 @@ def test_corrupt_data_is_refused_before_the_budget_is_touched(world_dir, tmp_pat
     """Every image is garbage: the run names the rows and fails before it reserves any epsilon."""
     train = datasets.load_from_disk(str(world_dir / "client-0" / "train"))
     broken = train.cast_column("image", datasets.Image(decode=False)).map(
-        lambda row: {"image": {"bytes": b"not an image", "path": None}})
+        lambda row: {"image": {"bytes": b"not an image", "path": None}}
+    )
     broken.cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "broken"))
     path = write_config(tmp_path, tmp_path / "broken", privacy="target_epsilon = 2.0\nmax_epsilon = 4.0")
     config = load_client_config(path)
@@ -182,8 +226,9 @@ def test_corrupt_data_is_refused_before_the_budget_is_touched(world_dir, tmp_pat
 
 
 def test_no_dp_baseline_records_infinity_and_spends_nothing(world_dir, tmp_path):
-    path = write_config(tmp_path, world_dir / "client-2", data_extra="max_pairs = 64",
-                        train="epochs = 2\nbatch_size = 16")
+    path = write_config(
+        tmp_path, world_dir / "client-2", data_extra="max_pairs = 64", train="epochs = 2\nbatch_size = 16"
+    )
     runner = CliRunner()
     result = runner.invoke(_client_group(), ["train", "--config", str(path), "--no-dp", "--quiet"])
     assert result.exit_code == 0, result.output
@@ -204,14 +249,22 @@ def test_no_dp_baseline_records_infinity_and_spends_nothing(world_dir, tmp_path)
 
 
 def test_resume_after_kill_continues_the_accounting(world_dir, tmp_path):
-    path = write_config(tmp_path, world_dir / "client-0", data_extra="max_pairs = 64",
-                        train="epochs = 20\nbatch_size = 16\ncheckpoint_every = 3",
-                        privacy="target_epsilon = 4.0\nmax_epsilon = 4.5")
+    path = write_config(
+        tmp_path,
+        world_dir / "client-0",
+        data_extra="max_pairs = 64",
+        train="epochs = 20\nbatch_size = 16\ncheckpoint_every = 3",
+        privacy="target_epsilon = 4.0\nmax_epsilon = 4.5",
+    )
     config = load_client_config(path)
     state_file = config.train.out / "checkpoint" / "state.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mor_secure.cli", "client", "train", "--config", str(path),
-                             "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mor_secure.cli", "client", "train", "--config", str(path), "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not state_file.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -241,8 +294,17 @@ def _client_group():
 def test_a_corrupt_ledger_fails_closed(world_dir, tmp_path):
     config = load_client_config(write_config(tmp_path, world_dir / "client-0"))
     ledger = SiteLedger(config.privacy.ledger)
-    ledger.append(LedgerRecord("earlier", data_fingerprint(config), "finished",
-                               AccountantHistory([(1.0, 0.1, 10)]), 200, "dual-encoder", now_utc()))
+    ledger.append(
+        LedgerRecord(
+            "earlier",
+            data_fingerprint(config),
+            "finished",
+            AccountantHistory([(1.0, 0.1, 10)]),
+            200,
+            "dual-encoder",
+            now_utc(),
+        )
+    )
     with config.privacy.ledger.open("a") as fh:
         fh.write('{"format": 1, "status": "finished", "history": "edited by hand"}\n')
     with pytest.raises(LedgerCorrupt, match=r"ledger.jsonl:3: .*fails closed"):

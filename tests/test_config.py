@@ -34,14 +34,17 @@ def test_loads_nested_sections_and_resolves_paths(tmp_path):
     assert cfg.tls.cert == tmp_path / "c.pem" and cfg.tls.port == 5555 and cfg.names == ["x"]
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('site = "a"\nsitee = 1\n', "unknown key(s) 'sitee'"),
-    ('ratio = 0.1\n', "missing required key 'site'"),
-    ('site = 3\n', "site must be str"),
-    ('site = "a"\n[tls]\ncert = "c"\nport = "x"\n', "tls.port must be int"),
-    ('site = "a"\n[tls]\ncert = "c"\nport = true\n', "tls.port must be int"),
-    ('site = "a\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('site = "a"\nsitee = 1\n', "unknown key(s) 'sitee'"),
+        ("ratio = 0.1\n", "missing required key 'site'"),
+        ("site = 3\n", "site must be str"),
+        ('site = "a"\n[tls]\ncert = "c"\nport = "x"\n', "tls.port must be int"),
+        ('site = "a"\n[tls]\ncert = "c"\nport = true\n', "tls.port must be int"),
+        ('site = "a\n', "not valid TOML"),
+    ],
+)
 def test_bad_configs_name_the_cause(tmp_path, text, needle):
     with pytest.raises(ConfigError) as err:
         load_config(Outer, write(tmp_path, text))
@@ -70,12 +73,15 @@ class WithBounded:
     run: Bounded = field(help="run section", default_factory=Bounded)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('[run]\nmode = "slow"', "[run] mode must be one of 'fast', 'exact', got 'slow'"),
-    ("[run]\nrate = 1.0", "[run] rate must be >= 0, < 1, got 1.0"),
-    ("[run]\nrate = nan", "[run] rate must be >= 0, < 1, got nan"),
-    ("[run]\nsizes = [3, 0]", "[run] sizes must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('[run]\nmode = "slow"', "[run] mode must be one of 'fast', 'exact', got 'slow'"),
+        ("[run]\nrate = 1.0", "[run] rate must be >= 0, < 1, got 1.0"),
+        ("[run]\nrate = nan", "[run] rate must be >= 0, < 1, got nan"),
+        ("[run]\nsizes = [3, 0]", "[run] sizes must be >= 1, got 0"),
+    ],
+)
 def test_declared_choices_and_bounds_are_checked_by_the_loader(tmp_path, text, needle):
     with pytest.raises(ConfigError) as info:
         load_config(WithBounded, write(tmp_path, text))
@@ -87,4 +93,6 @@ def test_declared_limits_hold_for_sections_built_in_code_and_show_in_the_templat
     with pytest.raises(ConfigError, match="rate must be >= 0, < 1, got -0.5"):
         Bounded(rate=-0.5)
     rows = {key: text for key, _, text in describe(WithBounded)}
-    assert rows["run.mode"].endswith("Accepts one of 'fast', 'exact'.") and rows["run.rate"].endswith("Accepts >= 0, < 1.")
+    assert rows["run.mode"].endswith("Accepts one of 'fast', 'exact'.") and rows["run.rate"].endswith(
+        "Accepts >= 0, < 1."
+    )

@@ -8,16 +8,23 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import datasets
 import pytest
 from click.testing import CliRunner
 
 from mor_secure.data.domains import DOMAINS, domain_names
 from mor_secure.data.domains.detail import BACKGROUND, COLOURS
 from mor_secure.data.loader import available_splits, load_preferences
-from mor_secure.data.schema import (EVAL_FEATURES, PAIR_FEATURES, DataError, SchemaError, answer_text,
-                                    content_hash, question_text, validate_preferences)
 from mor_secure.data.public import parse_verbose
+from mor_secure.data.schema import (
+    EVAL_FEATURES,
+    PAIR_FEATURES,
+    DataError,
+    SchemaError,
+    answer_text,
+    content_hash,
+    question_text,
+    validate_preferences,
+)
 from mor_secure.data.styles import STYLES, parse_styled, render
 from mor_secure.data.world import generate_world
 
@@ -25,13 +32,16 @@ SMALL = {"clients": 2, "pairs": 60, "router_pairs": 30, "eval_questions": 30}
 
 
 def _file_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _pixels(image) -> list[tuple[int, int, int]]:
     raw = image.tobytes()
-    return [tuple(raw[i:i + 3]) for i in range(0, len(raw), 3)]
+    return [tuple(raw[i : i + 3]) for i in range(0, len(raw), 3)]
 
 
 def _client_rows(world: Path, name: str) -> list[dict]:
@@ -44,6 +54,7 @@ def manifest(world_dir: Path) -> dict:
 
 
 # --- generator -----------------------------------------------------------------------------
+
 
 def test_same_seed_gives_identical_files_and_other_seeds_differ(tmp_path):
     first = generate_world(tmp_path / "a", seed=7, **SMALL)
@@ -78,7 +89,9 @@ def test_ground_truth_matches_the_pixels():
         assert min(COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(COLOURS[name], drawn))) == q.answer
         q = DOMAINS["medical"].sample(rng, "side")
         bright_x = [i % 64 for i, p in enumerate(_pixels(q.image)) if p[0] > 200]
-        expected = "none" if not bright_x else "left" if max(bright_x) < 32 else "right" if min(bright_x) >= 32 else "both"
+        expected = (
+            "none" if not bright_x else "left" if max(bright_x) < 32 else "right" if min(bright_x) >= 32 else "both"
+        )
         assert expected == q.answer
         q = DOMAINS["chart"].sample(rng, "tallest")
         tops = {}
@@ -91,8 +104,18 @@ def test_ground_truth_matches_the_pixels():
 
 
 def test_manifest_describes_the_world(world_dir, manifest):
-    assert {"schema_version", "generator_version", "seed", "domains", "styles", "clients", "router",
-            "eval", "parameters", "question_types"} <= set(manifest)
+    assert {
+        "schema_version",
+        "generator_version",
+        "seed",
+        "domains",
+        "styles",
+        "clients",
+        "router",
+        "eval",
+        "parameters",
+        "question_types",
+    } <= set(manifest)
     assert manifest["seed"] == 0 and manifest["domains"] == domain_names()
     for k, (name, client) in enumerate(manifest["clients"].items()):
         assert name == f"client-{k}" and client["own_domain"] == domain_names()[k % 3]
@@ -173,6 +196,7 @@ def test_generate_world_refuses_bad_arguments_and_a_non_empty_folder(tmp_path):
 
 # --- styles and schema ---------------------------------------------------------------------
 
+
 def test_styles_render_and_parse_only_exact_renderings():
     for style in STYLES:
         assert parse_styled(render("red", style)) == (style, "red")
@@ -184,8 +208,11 @@ def test_styles_render_and_parse_only_exact_renderings():
 
 
 def test_text_helpers_read_every_message_form():
-    row = {"prompt": [{"role": "user", "content": [{"type": "image", "text": None},
-                                                   {"type": "text", "text": "How many?"}]}]}
+    row = {
+        "prompt": [
+            {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "How many?"}]}
+        ]
+    }
     assert question_text(row) == question_text(row["prompt"]) == "How many?"
     assert answer_text([{"role": "assistant", "content": [{"type": "text", "text": "Finding: 2."}]}]) == "Finding: 2."
     assert answer_text([{"role": "assistant", "content": "red"}]) == answer_text("red") == "red"
@@ -209,6 +236,7 @@ def test_validation_names_missing_and_mistyped_columns(world_dir):
 
 # --- loader --------------------------------------------------------------------------------
 
+
 def test_loader_round_trips_parquet(world_dir, tmp_path):
     ds = load_preferences(world_dir / "client-1", "test")
     ds.to_parquet(str(tmp_path / "pairs.parquet"))
@@ -225,9 +253,19 @@ def test_loader_reads_jsonl_with_image_paths_and_plain_strings(world_dir, tmp_pa
     for i, row in enumerate(ds):
         row["image"].save(tmp_path / "img" / f"{i}.png")
         image = {"images": [f"img/{i}.png"]} if i % 2 else {"image": f"img/{i}.png"}
-        lines.append(json.dumps({**image, "prompt": question_text(row), "chosen": answer_text(row["chosen"]),
-                                 "rejected": answer_text(row["rejected"]), "domain": row["domain"],
-                                 "question_type": row["question_type"], "answer": row["answer"]}))
+        lines.append(
+            json.dumps(
+                {
+                    **image,
+                    "prompt": question_text(row),
+                    "chosen": answer_text(row["chosen"]),
+                    "rejected": answer_text(row["rejected"]),
+                    "domain": row["domain"],
+                    "question_type": row["question_type"],
+                    "answer": row["answer"],
+                }
+            )
+        )
     # even rows name their image under `image`, odd rows under TRL's `images` (a list of one)
     for key, rows in (("image", lines[::2]), ("images", lines[1::2])):
         path = tmp_path / f"{key}.jsonl"
@@ -248,18 +286,33 @@ def test_loader_refuses_bad_sources_with_clear_errors(world_dir, tmp_path):
         load_preferences(world_dir / "client-0")
     assert available_splits(world_dir / "client-0") == ["train", "test"]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"image": "nowhere.png", "prompt": "q?", "chosen": "a", "domain": "x",
-                               "question_type": "t", "answer": 2}) + "\n")
+    bad.write_text(
+        json.dumps(
+            {"image": "nowhere.png", "prompt": "q?", "chosen": "a", "domain": "x", "question_type": "t", "answer": 2}
+        )
+        + "\n"
+    )
     with pytest.raises(SchemaError) as error:
         load_preferences(bad)
     assert all(c in str(error.value) for c in ("'image'", "'rejected'", "'answer'"))
     (tmp_path / "garbage.png").write_bytes(b"not an image")
-    bad.write_text(json.dumps({"image": "garbage.png", "prompt": "q?", "domain": "x",
-                               "question_type": "t", "answer": "2"}) + "\n")
+    bad.write_text(
+        json.dumps({"image": "garbage.png", "prompt": "q?", "domain": "x", "question_type": "t", "answer": "2"}) + "\n"
+    )
     with pytest.raises(SchemaError, match="cannot be decoded"):
         load_preferences(bad, kind="eval")
-    bad.write_text(json.dumps({"image": "garbage.png", "prompt": [{"role": "user", "content": [
-        {"type": "text", "text": 5}]}], "domain": "x", "question_type": "t", "answer": "2"}) + "\n{oops\n")
+    bad.write_text(
+        json.dumps(
+            {
+                "image": "garbage.png",
+                "prompt": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+                "domain": "x",
+                "question_type": "t",
+                "answer": "2",
+            }
+        )
+        + "\n{oops\n"
+    )
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
         load_preferences(bad, kind="eval")
     bad.write_text(bad.read_text().splitlines()[0] + "\n")
@@ -269,12 +322,12 @@ def test_loader_refuses_bad_sources_with_clear_errors(world_dir, tmp_path):
 
 # --- CLI -----------------------------------------------------------------------------------
 
+
 def test_cli_synth_refuses_to_overwrite_and_check_reports(tmp_path):
     from mor_secure.commands.data import group
 
     out = tmp_path / "world"
-    args = ["synth", "--out", str(out), "--clients", "2", "--pairs", "60", "--router-pairs", "30",
-            "--eval", "30"]
+    args = ["synth", "--out", str(out), "--clients", "2", "--pairs", "60", "--router-pairs", "30", "--eval", "30"]
     result = CliRunner().invoke(group, args)
     assert result.exit_code == 0, result.output
     assert "client-1" in result.output and "server/eval" in result.output

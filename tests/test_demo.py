@@ -18,14 +18,23 @@ pytestmark = pytest.mark.slow
 
 
 def _mor(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mor_secure.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "160"}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "mor_secure.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "160"},
+        **kwargs,
+    )
 
 
 def _demo(workdir, timeout: float) -> str:
-    demo = subprocess.Popen([sys.executable, "-m", "mor_secure.cli", "demo", "--workdir", str(workdir), "--quick"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "160"})
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "mor_secure.cli", "demo", "--workdir", str(workdir), "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "160"},
+    )
     try:
         output, _ = demo.communicate(timeout=timeout)
     finally:
@@ -48,8 +57,16 @@ def test_quick_demo_end_to_end_and_a_second_run_reuses_it(tmp_path):
         spent = float(re.search(rf"\| {site} \| ([0-9.]+) \|", report).group(1))
         assert abs(spent - target) < 0.01  # each site's own target epsilon, read from the verified ledger
     assert "ok:" in report and "chain intact" in report
-    for name in ("MoR (learned router)", "uniform mean", "single client: client-2", "FedAvg", "centralised",
-                 "accuracy before", "GRPO ", "top-1 (own domain)"):
+    for name in (
+        "MoR (learned router)",
+        "uniform mean",
+        "single client: client-2",
+        "FedAvg",
+        "centralised",
+        "accuracy before",
+        "GRPO ",
+        "top-1 (own domain)",
+    ):
         assert name in report
     site_rows = re.findall(r"\| (client-\d) \| (\w+) \| \d+ \| [0-9.]+% \| [0-9.]+% \|", report)
     assert site_rows == [("client-0", "detail"), ("client-1", "medical"), ("client-2", "chart")]
@@ -74,8 +91,10 @@ def test_stages_are_reused_until_their_parameters_change_and_a_failure_names_the
     console = Console(file=open(os.devnull, "w"))
 
     def stages(pairs: int) -> list[Stage]:
-        return [Stage("first", "first", lambda ctx: calls.append("first"), {"n": 1, "names": ("a", "b")}),
-                Stage("second", "second", lambda ctx: calls.append("second"), {"pairs": pairs})]
+        return [
+            Stage("first", "first", lambda ctx: calls.append("first"), {"n": 1, "names": ("a", "b")}),
+            Stage("second", "second", lambda ctx: calls.append("second"), {"pairs": pairs}),
+        ]
 
     StageRunner(tmp_path, console).run(stages(10))
     StageRunner(tmp_path, console).run(stages(10))
@@ -85,8 +104,9 @@ def test_stages_are_reused_until_their_parameters_change_and_a_failure_names_the
     StageRunner(tmp_path, console, fresh=True).run(stages(20))
     assert calls == ["first", "second", "second", "first", "second"]
 
-    broken = Stage("world", "a world too small", lambda ctx: ctx.run("data", "synth", "--out", tmp_path / "w",
-                                                                      "--pairs", 1))
+    broken = Stage(
+        "world", "a world too small", lambda ctx: ctx.run("data", "synth", "--out", tmp_path / "w", "--pairs", 1)
+    )
     with pytest.raises(DemoError) as caught:
         StageRunner(tmp_path, console).run([broken])
     message = str(caught.value)

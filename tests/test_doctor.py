@@ -28,8 +28,14 @@ def site(tmp_path_factory, world_dir):
     install_model(config, world_dir)
     text = config.read_text().replace('ca_fingerprint = ""', f'ca_fingerprint = "{pki.ca_fingerprint(ca_dir)}"')
     config.write_text(text.replace("# connect_timeout_s = 10.0   (default)", "connect_timeout_s = 1.5"))
-    state = {"pool": coordinator_pool(tmp, ca_dir, port, ["site-a"]), "tmp": tmp, "ca": ca_dir, "port": port,
-             "config": config, "world": world_dir}
+    state = {
+        "pool": coordinator_pool(tmp, ca_dir, port, ["site-a"]),
+        "tmp": tmp,
+        "ca": ca_dir,
+        "port": port,
+        "config": config,
+        "world": world_dir,
+    }
     yield state
     state["pool"].stop()
 
@@ -68,16 +74,21 @@ def test_each_check_fails_when_broken_and_passes_when_mended(site):
     def short_lived() -> Callable[[], None]:
         pki.sign_request(ca_dir, certs / "site-a.csr", days=3, out=certs / "site-a.pem")
         return lambda: pki.sign_request(ca_dir, certs / "site-a.csr", days=30, out=certs / "site-a.pem")
+
     breaks("certificate", short_lived, "expires in")
 
     def foreign_crl() -> Callable[[], None]:
         other = make_ca(site["tmp"] / "other-ca")
         shutil.copy(other / "crl.pem", certs / "crl.pem")
         return lambda: shutil.copy(ca_dir / "crl.pem", certs / "crl.pem")
+
     breaks("crl", foreign_crl, "not signed by the CA")
 
-    breaks("ca pin", lambda: _edit(config, "ca_fingerprint = \"sha256:", "ca_fingerprint = \"sha256:00"[:-2] + "0"),
-           "not the pinned")
+    breaks(
+        "ca pin",
+        lambda: _edit(config, 'ca_fingerprint = "sha256:', 'ca_fingerprint = "sha256:00'[:-2] + "0"),
+        "not the pinned",
+    )
 
     def restart(allow: list[str]) -> Callable[[], None]:
         site["pool"].stop()
@@ -87,6 +98,7 @@ def test_each_check_fails_when_broken_and_passes_when_mended(site):
     def coordinator_down() -> Callable[[], None]:
         site["pool"].stop()
         return lambda: restart(["site-a"]) and None
+
     breaks("coordinator", coordinator_down, "no welcome")
     breaks("coordinator", lambda: restart(["site-b"]), "not on the allow-list")
     breaks("coordinator", lambda: _edit(config, 'name = "coord"', 'name = "other"'), "is coordinator 'coord'")
@@ -98,6 +110,7 @@ def test_each_check_fails_when_broken_and_passes_when_mended(site):
         weights = config.parent / "reward-model" / "model.safetensors"
         weights.rename(weights.with_suffix(".moved"))
         return lambda: weights.with_suffix(".moved").rename(weights)
+
     breaks("model", weights_gone, "no trained reward model")
 
     breaks("budget", lambda: _edit(config, "# max_epsilon = 8.0   (default)", "max_epsilon = 3.0"), "no budget left")

@@ -41,11 +41,14 @@ def test_any_other_exception_is_a_bug_and_keeps_its_traceback() -> None:
     assert "Error:" not in result.output
 
 
-@pytest.mark.parametrize("args, says", [
-    (["client", "train", "--config", "nowhere.toml"], "config file not found"),
-    (["ledger", "show", "--json", __file__], "ledger"),
-    (["certs", "list", "--ca-dir", "OUT"], "this CA folder is incomplete"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["client", "train", "--config", "nowhere.toml"], "config file not found"),
+        (["ledger", "show", "--json", __file__], "ledger"),
+        (["certs", "list", "--ca-dir", "OUT"], "this CA folder is incomplete"),
+    ],
+)
 def test_user_errors_from_the_real_commands_reach_the_one_handler(tmp_path, args: list[str], says: str) -> None:
     args = [str(tmp_path / "w") if a == "OUT" else a for a in args]
     result = CliRunner().invoke(root, args)

@@ -5,7 +5,6 @@ run (finished at the planned step, ledger verifies, epsilons match the sites' re
 
 from __future__ import annotations
 
-
 import pytest
 
 

@@ -21,8 +21,15 @@ import torch
 
 from coordinator.calibration import Calibrator
 from coordinator.features import PromptFeatures
-from coordinator.fusion import (Conservative, MixtureOfRewards, Quorum, ScoreItem, SingleClient, UniformMean,
-                                reward_callable)
+from coordinator.fusion import (
+    Conservative,
+    MixtureOfRewards,
+    Quorum,
+    ScoreItem,
+    SingleClient,
+    UniformMean,
+    reward_callable,
+)
 from coordinator.router import evaluate_router, mean_weights_by, train_router
 from mor_secure.data.loader import load_preferences
 from mor_secure.data.public import parse_verbose
@@ -51,10 +58,10 @@ class ExpertClients:
         said = parse_styled(text) or (None, parse_verbose(text))
         return float(said[1] == answer) + 0.25 * (text == render(answer, style)) + rng.gauss(0.0, self.noise)
 
-    def __call__(self, images: Sequence[Any], prompts: Sequence[list[dict]],
-                 completions: Sequence[list[dict]]) -> dict[str, list[float] | None]:
-        return {site: [self.score(site, *row) for row in zip(images, prompts, completions)]
-                for site in self.own}
+    def __call__(
+        self, images: Sequence[Any], prompts: Sequence[list[dict]], completions: Sequence[list[dict]]
+    ) -> dict[str, list[float] | None]:
+        return {site: [self.score(site, *row) for row in zip(images, prompts, completions)] for site in self.own}
 
 
 @dataclass
@@ -86,8 +93,7 @@ def setup(world_dir: Path, tiny_model_dir) -> Setup:
     sites = sorted(own)
     train = load_preferences(world_dir / "server" / "router", split="train")
     test = load_preferences(world_dir / "server" / "router", split="test")
-    truth = {content_hash(r["image"], question_text(r)): (r["domain"], r["answer"])
-             for ds in (train, test) for r in ds}
+    truth = {content_hash(r["image"], question_text(r)): (r["domain"], r["answer"]) for ds in (train, test) for r in ds}
     clients = ExpertClients(own, truth)
 
     # Scores are fetched once; the calibration set is the router set's training answers.
@@ -95,19 +101,29 @@ def setup(world_dir: Path, tiny_model_dir) -> Setup:
     calibrator = Calibrator().fit(_raw(clients, chosen + rejected))
     features = PromptFeatures(tiny_model_dir("qwen2-vl"))
     train_features = features([r["image"] for r in train], [r["prompt"] for r in train])
-    router = train_router(train_features, _pair_scores(clients, calibrator, sites, train), sites=sites,
-                          epochs=40, lr=1e-2, seed=0)
+    router = train_router(
+        train_features, _pair_scores(clients, calibrator, sites, train), sites=sites, epochs=40, lr=1e-2, seed=0
+    )
     test_features = features([r["image"] for r in test], [r["prompt"] for r in test])
-    return Setup(clients, sites, calibrator, features, MixtureOfRewards(router, calibrator, features),
-                 test, test_features, _pair_scores(clients, calibrator, sites, test))
+    return Setup(
+        clients,
+        sites,
+        calibrator,
+        features,
+        MixtureOfRewards(router, calibrator, features),
+        test,
+        test_features,
+        _pair_scores(clients, calibrator, sites, test),
+    )
 
 
 def _pair_scores(clients: ExpertClients, calibrator: Calibrator, sites: list[str], ds) -> torch.Tensor:
     """Calibrated scores ``[N, K, 2]`` of each pair's chosen and rejected answer per site."""
     chosen, rejected = _pair_items(ds)
     raw_c, raw_r = _raw(clients, chosen), _raw(clients, rejected)
-    return torch.tensor([[calibrator.transform(s, raw_c[s]), calibrator.transform(s, raw_r[s])]
-                         for s in sites]).permute(2, 0, 1)
+    return torch.tensor(
+        [[calibrator.transform(s, raw_c[s]), calibrator.transform(s, raw_r[s])] for s in sites]
+    ).permute(2, 0, 1)
 
 
 def _accuracy(fusion, clients: ExpertClients, ds) -> float:
@@ -124,8 +140,7 @@ def test_router_routes_each_domain_to_its_owner_and_beats_uniform(setup: Setup):
     uniform = _accuracy(UniformMean(setup.calibrator), setup.clients, setup.test)
     assert mor > uniform + 0.1 and mor >= 0.9, (mor, uniform)
     # The router's own report agrees with the fusion strategies run on the same pairs.
-    report = evaluate_router(setup.fusion.router, setup.test_features, setup.test_pair_scores,
-                             setup.test["domain"])
+    report = evaluate_router(setup.fusion.router, setup.test_features, setup.test_pair_scores, setup.test["domain"])
     assert report["accuracy"] == pytest.approx(mor) and report["uniform_accuracy"] == pytest.approx(uniform)
     assert report["weights_by"] == weights and max(report["site_accuracy"].values()) < mor
     json.dumps(report)
@@ -181,9 +196,10 @@ def test_uniform_single_and_quorum(setup: Setup):
 
 def test_reward_callable_under_trl_grpo(setup: Setup, tiny_model_dir, tmp_path: Path):
     """Call the reward through GRPOTrainer's own reward step, with the inputs its rollout builds."""
-    from mor_secure.models.loading import load_vlm
     from trl import GRPOConfig, GRPOTrainer
     from trl.data_utils import prepare_multimodal_messages
+
+    from mor_secure.models.loading import load_vlm
 
     rows = setup.test.select(range(4)).remove_columns(["chosen", "rejected"])
     seen: list[tuple] = []
@@ -197,10 +213,16 @@ def test_reward_callable_under_trl_grpo(setup: Setup, tiny_model_dir, tmp_path: 
     fused = Quorum(setup.fusion, min_clients=2)
     reward = reward_callable(fused, scorer)
     model, processor = load_vlm(tiny_model_dir("qwen2-vl"))
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4,
-                      num_generations=2, max_completion_length=4, report_to=[], bf16=False, use_cpu=True)
-    trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=reward, args=args,
-                          train_dataset=rows)
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=4,
+        report_to=[],
+        bf16=False,
+        use_cpu=True,
+    )
+    trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=reward, args=args, train_dataset=rows)
     # What _generate_and_score_completions hands to _calculate_rewards: data set rows, prompts with
     # their images injected, decoded completions as assistant messages, completion token ids.
     inputs = [dict(r) for r in rows]
@@ -212,11 +234,9 @@ def test_reward_callable_under_trl_grpo(setup: Setup, tiny_model_dir, tmp_path: 
     images, sent_prompts, sent_completions = seen[0]
     assert images == [x["image"] for x in inputs]
     assert sent_prompts == [x["prompt"] for x in inputs]  # schema messages, no PIL payloads
-    assert sent_completions == [[{"role": "assistant", "content": [{"type": "text", "text": t}]}]
-                                for t in texts]
+    assert sent_completions == [[{"role": "assistant", "content": [{"type": "text", "text": t}]}] for t in texts]
     items = [ScoreItem(x["image"], x["prompt"], c) for x, c in zip(inputs, sent_completions)]
-    expected = setup.fusion.fuse(items, {**setup.clients(images, sent_prompts, sent_completions),
-                                         setup.sites[0]: None})
+    expected = setup.fusion.fuse(items, {**setup.clients(images, sent_prompts, sent_completions), setup.sites[0]: None})
     assert rewards.tolist() == pytest.approx(expected, abs=1e-4)
     assert trainer.reward_func_names == ["mor_reward"]
     # Below quorum the reward is None, which TRL turns into NaN (left out of the group baseline).
@@ -224,8 +244,10 @@ def test_reward_callable_under_trl_grpo(setup: Setup, tiny_model_dir, tmp_path: 
     trainer.reward_funcs = [lone]
     assert torch.isnan(trainer._calculate_rewards(inputs, prompts, completions, [[1]] * 4)).all()
     # Float noise from batched client models must not fake a spread within a group of equal answers.
-    jitter = reward_callable(SingleClient(setup.sites[1], setup.calibrator),
-                             lambda i, p, c: {setup.sites[1]: [0.3 + 1e-6 * k for k in range(len(p))]})
+    jitter = reward_callable(
+        SingleClient(setup.sites[1], setup.calibrator),
+        lambda i, p, c: {setup.sites[1]: [0.3 + 1e-6 * k for k in range(len(p))]},
+    )
     trainer.reward_funcs = [jitter]
     assert trainer._calculate_rewards(inputs, prompts, completions, [[1]] * 4).unique().numel() == 1
 
@@ -234,16 +256,18 @@ def test_objective_column_reaches_the_router(setup: Setup):
     from coordinator.router import Router, RouterConfig
 
     torch.manual_seed(0)
-    router = Router(RouterConfig(sites=setup.sites, feature_dim=setup.features.dim,
-                                 objectives=["accuracy", "style"])).eval()
+    router = Router(
+        RouterConfig(sites=setup.sites, feature_dim=setup.features.dim, objectives=["accuracy", "style"])
+    ).eval()
     mixture = MixtureOfRewards(router, setup.calibrator, setup.features)
     rows = setup.test.select(range(3))
     completions = [[{"role": "assistant", "content": "red"}]] * 3
     reward = reward_callable(mixture, setup.clients, decimals=None)
     by_objective = {}
     for name in ("accuracy", "style"):
-        by_objective[name] = reward(prompts=rows["prompt"], completions=completions, image=rows["image"],
-                                    objective=[name] * 3)
+        by_objective[name] = reward(
+            prompts=rows["prompt"], completions=completions, image=rows["image"], objective=[name] * 3
+        )
         items = [ScoreItem(r["image"], r["prompt"], _as_completion("red"), name) for r in rows]
         assert by_objective[name] == pytest.approx(mixture.fuse(items, _raw(setup.clients, items)), abs=1e-6)
     assert by_objective["accuracy"] != pytest.approx(by_objective["style"], abs=1e-4)
@@ -264,7 +288,8 @@ def test_conservative_penalises_disagreement_only():
     assert plain == pytest.approx([1.0, 0.0])
     assert careful == pytest.approx([1.0, -0.5])  # spread of (1, -1) around 0 is 1
     assert Conservative(SingleClient("b", cal), penalty=2.0).fuse(items, scores) == pytest.approx([1.0, -1.0])
-    assert Conservative(UniformMean(cal), penalty=0.5).fuse(items, {"a": [1.0, None], "b": None}) == \
-        pytest.approx([1.0, None])
+    assert Conservative(UniformMean(cal), penalty=0.5).fuse(items, {"a": [1.0, None], "b": None}) == pytest.approx(
+        [1.0, None]
+    )
     with pytest.raises(ValueError, match="penalty"):
         Conservative(UniformMean(cal), penalty=-1.0)

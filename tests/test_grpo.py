@@ -20,14 +20,31 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 @pytest.fixture(scope="module")
 def warm_start(tiny_model_dir, public_data, tmp_path_factory) -> Path:
     """A briefly warm-started policy that emits answer words, so oracle rewards vary within groups."""
-    return run_sft(tiny_model_dir("qwen2-vl"), public_data, tmp_path_factory.mktemp("warm") / "policy",
-                   steps=30, batch_size=32, lr=5e-3, seed=0)
+    return run_sft(
+        tiny_model_dir("qwen2-vl"),
+        public_data,
+        tmp_path_factory.mktemp("warm") / "policy",
+        steps=30,
+        batch_size=32,
+        lr=5e-3,
+        seed=0,
+    )
 
 
 def _config(policy: Path, out: Path, steps: int) -> GRPORunConfig:
     # 4 prompts per step: questions of different lengths, so TRL's left padding is exercised
-    return GRPORunConfig(policy=str(policy), out=out, steps=steps, batch_size=32, num_generations=8,
-                         max_completion_length=6, logging_steps=1, save_steps=2, lr=1e-3, report_to="tensorboard")
+    return GRPORunConfig(
+        policy=str(policy),
+        out=out,
+        steps=steps,
+        batch_size=32,
+        num_generations=8,
+        max_completion_length=6,
+        logging_steps=1,
+        save_steps=2,
+        lr=1e-3,
+        report_to="tensorboard",
+    )
 
 
 def _history(out: Path) -> list[dict]:
@@ -112,8 +129,10 @@ def test_grpo_command_reads_the_grpo_section_and_refuses_unknown_rewards(tmp_pat
     from coordinator.config import load_coordinator_config
 
     config = tmp_path / "coordinator.toml"
-    config.write_text('name = "coord"\n[tls]\nca = "ca.pem"\ncert = "c.pem"\nkey = "c.key"\ncrl = "crl.pem"\n'
-                      '[grpo]\npolicy = "warm"\ndata = "prompts"\nsteps = 3\nreward = "mixture"\n')
+    config.write_text(
+        'name = "coord"\n[tls]\nca = "ca.pem"\ncert = "c.pem"\nkey = "c.key"\ncrl = "crl.pem"\n'
+        '[grpo]\npolicy = "warm"\ndata = "prompts"\nsteps = 3\nreward = "mixture"\n'
+    )
     cfg = load_coordinator_config(config).grpo
     assert (cfg.steps, cfg.beta, cfg.data, cfg.out) == (3, 0.3, tmp_path / "prompts", tmp_path / "grpo-run")
     assert (cfg.spread_penalty, cfg.lr_scheduler) == (1.0, "constant")

@@ -30,12 +30,15 @@ def _tls(ca: Path, name: str) -> str:
 
 def _client_toml(root: Path, ca: Path, world: Path, site: str, endpoint: str) -> Path:
     path = root / f"{site}.toml"
-    path.write_text(f'site = "{site}"\n' + _tls(ca, site)
-                    + f'[coordinator]\nendpoint = "{endpoint}"\nname = "coord"\nheartbeat_s = 0.5\n'
-                      'idle_timeout_s = 2.0\nconnect_timeout_s = 3.0\nbackoff_max_s = 0.5\n'
-                      f'[data]\npath = "{world / site}"\nmax_pairs = 48\n'
-                      f'[train]\nout = "{root / site}-model"\nepochs = 1\nbatch_size = 16\nlr = 0.01\n'
-                      f'[privacy]\ntarget_epsilon = 8.0\nmax_epsilon = 100.0\nledger = "{root / site}-budget.jsonl"\n')
+    path.write_text(
+        f'site = "{site}"\n'
+        + _tls(ca, site)
+        + f'[coordinator]\nendpoint = "{endpoint}"\nname = "coord"\nheartbeat_s = 0.5\n'
+        "idle_timeout_s = 2.0\nconnect_timeout_s = 3.0\nbackoff_max_s = 0.5\n"
+        f'[data]\npath = "{world / site}"\nmax_pairs = 48\n'
+        f'[train]\nout = "{root / site}-model"\nepochs = 1\nbatch_size = 16\nlr = 0.01\n'
+        f'[privacy]\ntarget_epsilon = 8.0\nmax_epsilon = 100.0\nledger = "{root / site}-budget.jsonl"\n'
+    )
     return path
 
 
@@ -57,8 +60,7 @@ def test_reward_names_build_and_refuse_clearly(tmp_path):
         build_reward("single", RewardContext(tmp_path))
 
 
-def test_grpo_with_the_mor_reward_over_tls_survives_a_killed_agent(world_dir, tiny_model_dir, public_data,
-                                                                    tmp_path):
+def test_grpo_with_the_mor_reward_over_tls_survives_a_killed_agent(world_dir, tiny_model_dir, public_data, tmp_path):
     from client_agent.config import load_client_config
     from client_agent.train import train_reward_model
     from coordinator.cli import group as coordinator_group
@@ -78,19 +80,28 @@ def test_grpo_with_the_mor_reward_over_tls_survives_a_killed_agent(world_dir, ti
     policy = tiny_model_dir("qwen2-vl")
     coordinator = tmp_path / "coordinator.toml"
     coordinator.write_text(
-        f'name = "coord"\nbind = "{endpoint}"\n' + _tls(ca, "coord")
-        + f'[clients]\nallow = {SITES!r}\nquorum = 2\ndeadline_s = 5.0\nheartbeat_s = 0.5\n'
-        + f'[pool]\ncooldown_s = 60.0\n'
+        f'name = "coord"\nbind = "{endpoint}"\n'
+        + _tls(ca, "coord")
+        + f"[clients]\nallow = {SITES!r}\nquorum = 2\ndeadline_s = 5.0\nheartbeat_s = 0.5\n"
+        + "[pool]\ncooldown_s = 60.0\n"
         + f'[router]\npolicy = "{policy}"\ndata = "{world_dir / "server" / "router"}"\nmax_pairs = 12\n'
-          f'epochs = 5\nout = "{tmp_path / "router"}"\nwait_s = 60\n'
+        f'epochs = 5\nout = "{tmp_path / "router"}"\nwait_s = 60\n'
         + f'[grpo]\npolicy = "{policy}"\ndata = "{public_data}"\nreward = "mor"\nout = "{tmp_path / "grpo"}"\n'
-          'steps = 4\nbatch_size = 16\nnum_generations = 8\nmax_completion_length = 6\nlr = 1e-3\n'
-          'logging_steps = 1\nsave_steps = 4\nquorum = 3\nwait_s = 60\n')
+        "steps = 4\nbatch_size = 16\nnum_generations = 8\nmax_completion_length = 6\nlr = 1e-3\n"
+        "logging_steps = 1\nsave_steps = 4\nquorum = 3\nwait_s = 60\n"
+    )
     ledger = load_coordinator_config(coordinator).ledger.path
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    agents = [subprocess.Popen([sys.executable, "-m", "mor_secure.cli", "client", "serve", "--config", str(c)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-              for c in configs]
+    agents = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mor_secure.cli", "client", "serve", "--config", str(c)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        for c in configs
+    ]
     victim = agents[2]
     try:
         run_router(load_coordinator_config(coordinator))

@@ -13,12 +13,20 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_reports import make_report
 
 from mor_secure.cli import root
-from mor_secure.ledger import (GENESIS, KINDS, LedgerError, PrivacyLedger, entry_hash, read_entries,
-                               register_kind, verify)
+from mor_secure.ledger import (
+    GENESIS,
+    KINDS,
+    LedgerError,
+    PrivacyLedger,
+    entry_hash,
+    read_entries,
+    register_kind,
+    verify,
+)
 from mor_secure.reports import INF, ReportError, SignedReport, canonical_json, sign_report
-from test_reports import make_report
 
 FIELDS = ("seq", "ts", "kind", "body", "prev_hash", "hash")
 
@@ -33,8 +41,11 @@ def ledger_bytes(pki_dir, ca, tmp_path_factory) -> bytes:
     """A ledger of 8 entries of every built-in kind, two sites, site-a reporting twice."""
     ledger = PrivacyLedger(tmp_path_factory.mktemp("ledger") / "ledger.jsonl")
     ledger.record_report(sign_report(make_report(epsilon=1.0), pki_dir / "site-a.key"), ca)
-    ledger.record_report(sign_report(make_report(epsilon=INF, dp=False, model_sha256="ee" * 32),
-                                     pki_dir / "site-b.key"), ca, crl=pki_dir / "crl.pem")
+    ledger.record_report(
+        sign_report(make_report(epsilon=INF, dp=False, model_sha256="ee" * 32), pki_dir / "site-b.key"),
+        ca,
+        crl=pki_dir / "crl.pem",
+    )
     ledger.record_scoring("site-a", 64, 1.25)
     ledger.record_scoring("site-b", 64, 2.5)
     ledger.record_refusal("site-x", "certificate revoked")
@@ -44,8 +55,17 @@ def ledger_bytes(pki_dir, ca, tmp_path_factory) -> bytes:
     return ledger.path.read_bytes()
 
 
-TRUST_BODY = {"site": "site-a", "agreement": 0.9, "pairs": 40, "lower_bound": 0.77, "threshold": 0.55,
-              "trusted": True, "group": None, "defence": "agreement", "decision": "trusted"}
+TRUST_BODY = {
+    "site": "site-a",
+    "agreement": 0.9,
+    "pairs": 40,
+    "lower_bound": 0.77,
+    "threshold": 0.55,
+    "trusted": True,
+    "group": None,
+    "defence": "agreement",
+    "decision": "trusted",
+}
 
 
 def lines_of(data: bytes) -> list[bytes]:
@@ -81,6 +101,7 @@ def test_summary_takes_each_sites_latest_report(ledger_bytes, tmp_path):
 
 
 # --------------------------------------------------------------------------- tamper evidence
+
 
 def _flip(hex_text: str) -> str:
     return ("1" if hex_text[0] == "0" else "0") + hex_text[1:]
@@ -182,6 +203,7 @@ def test_non_canonical_bytes_are_detected(ledger_bytes, ca, tmp_path):
 
 # --------------------------------------------------------------------------- crashes
 
+
 def test_a_torn_last_line_is_moved_aside_and_appends_continue(ledger_bytes, ca, tmp_path):
     path = tmp_path / "ledger.jsonl"
     half = lines_of(ledger_bytes)[-1][:100]  # a crash in the middle of writing entry 8
@@ -230,6 +252,7 @@ def test_a_newline_terminated_garbage_line_is_tampering_not_a_torn_tail(ledger_b
 
 # --------------------------------------------------------------------------- appends
 
+
 def _append_scores(path: Path, site: str, count: int) -> None:
     ledger = PrivacyLedger(path)
     for i in range(count):
@@ -241,8 +264,10 @@ def test_concurrent_appends_from_threads_and_processes_keep_the_chain(ca, tmp_pa
     shared = PrivacyLedger(path)
     fork = multiprocessing.get_context("fork")
     procs = [fork.Process(target=_append_scores, args=(path, f"proc-{p}", 15)) for p in range(2)]
-    threads = [threading.Thread(target=lambda t=t: [shared.record_scoring(f"thread-{t}", i, 0.0)
-                                                    for i in range(15)]) for t in range(3)]
+    threads = [
+        threading.Thread(target=lambda t=t: [shared.record_scoring(f"thread-{t}", i, 0.0) for i in range(15)])
+        for t in range(3)
+    ]
     threads.append(threading.Thread(target=_append_scores, args=(path, "own-instance", 15)))
     for worker in (*procs, *threads):
         worker.start()
@@ -305,6 +330,7 @@ def test_append_refuses_to_extend_a_malformed_last_entry(ledger_bytes, tmp_path)
 
 # --------------------------------------------------------------------------- CLI
 
+
 def test_cli_show_prints_a_table_and_json(ledger_bytes, tmp_path):
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(ledger_bytes)
@@ -335,8 +361,9 @@ def test_cli_verify_exit_codes(ledger_bytes, ca, tmp_path):
     assert bad.exit_code == 1 and "NOT intact: line 5, seq 5: hash does not match" in bad.output
 
     write(path, lines_of(ledger_bytes)[:-1])
-    cut = CliRunner().invoke(root, ["ledger", "verify", str(path), "--ca", str(ca), "--anchor", head,
-                                    "--allow-unsigned"])
+    cut = CliRunner().invoke(
+        root, ["ledger", "verify", str(path), "--ca", str(ca), "--anchor", head, "--allow-unsigned"]
+    )
     assert cut.exit_code == 1 and "anchor" in cut.output
 
 

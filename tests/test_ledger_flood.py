@@ -8,15 +8,16 @@ import time
 
 import pytest
 
-from abuse_peers import plaintext_flood
 from coordinator.config import load_coordinator_config
 from coordinator.service import Federation
 from mor_secure import pki
+from mor_secure.config import TLSConfig
 from mor_secure.ledger import read_entries, summarize, verify
 from mor_secure.transport import ClientOptions, TLSClient
 from mor_secure.transport.contexts import context_factory
-from mor_secure.config import TLSConfig
 from tests.site_helpers import coordinator_toml, free_port, make_ca
+
+from abuse_peers import plaintext_flood
 
 
 def _until(predicate, timeout: float = 20.0) -> bool:
@@ -31,8 +32,11 @@ def _until(predicate, timeout: float = 20.0) -> bool:
 def test_a_plaintext_flood_costs_a_bounded_number_of_ledger_entries(tmp_path):
     ca_dir = make_ca(tmp_path / "ca")
     pki.issue(ca_dir, role="client", name="site-b")  # enrolled at the CA, not allowed here
-    config = load_coordinator_config(coordinator_toml(tmp_path, ca_dir, free_port(), ["site-a"],
-                                                      "refusal_window_s = 60.0\nrefusals_per_window = 10\n"))
+    config = load_coordinator_config(
+        coordinator_toml(
+            tmp_path, ca_dir, free_port(), ["site-a"], "refusal_window_s = 60.0\nrefusals_per_window = 10\n"
+        )
+    )
     with Federation(config) as fed:
         server = fed.pool.server
         for source in ("127.0.0.2", "127.0.0.3"):
@@ -40,15 +44,26 @@ def test_a_plaintext_flood_costs_a_bounded_number_of_ledger_entries(tmp_path):
         assert _until(lambda: server.refused_early >= 1000)
         assert _until(lambda: fed.writer.refusals_summarised >= 1000 - 10)
         # the flood spent the outsiders' quota; a certified site's refusal is still written in full
-        tls = TLSConfig(ca=ca_dir / "ca.pem", cert=ca_dir / "site-b.pem", key=ca_dir / "site-b.key",
-                        crl=ca_dir / "crl.pem")
-        outsider = TLSClient(server.endpoint, context_factory(tls, "client"), coordinators=["coord"],
-                             worker_id="b", agent_version="t", options=ClientOptions(connect_timeout_s=5.0))
+        tls = TLSConfig(
+            ca=ca_dir / "ca.pem", cert=ca_dir / "site-b.pem", key=ca_dir / "site-b.key", crl=ca_dir / "crl.pem"
+        )
+        outsider = TLSClient(
+            server.endpoint,
+            context_factory(tls, "client"),
+            coordinators=["coord"],
+            worker_id="b",
+            agent_version="t",
+            options=ClientOptions(connect_timeout_s=5.0),
+        )
         outsider.start()
         assert _until(lambda: outsider.error is not None)
         outsider.stop()
-        assert _until(lambda: any(e.kind == "refusal" and e.body["peer"] == "mor://client/site-b"
-                                  for e in read_entries(config.ledger.path)))
+        assert _until(
+            lambda: any(
+                e.kind == "refusal" and e.body["peer"] == "mor://client/site-b"
+                for e in read_entries(config.ledger.path)
+            )
+        )
     # stopping writes the summary of the window so far (a long-running coordinator: one per window)
     entries = read_entries(config.ledger.path)
     kinds = [e.kind for e in entries]

@@ -9,20 +9,30 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_reports import make_report
 
 from mor_secure.cli import root
-from mor_secure.ledger import (GENESIS, LedgerSigner, PrivacyLedger, canonical_json, entry_hash, head_path,
-                               read_entries, summarize, verify)
+from mor_secure.ledger import (
+    GENESIS,
+    LedgerSigner,
+    PrivacyLedger,
+    canonical_json,
+    entry_hash,
+    head_path,
+    read_entries,
+    summarize,
+    verify,
+)
 from mor_secure.reports import sign_report
-from test_reports import make_report
 
 
 @pytest.fixture()
 def signed(pki_dir, tmp_path) -> Path:
     """A signed ledger (checkpoint every 3 entries): site-a reports 7.5 then 2.0, plus scoring sessions."""
     ca = pki_dir / "ca.pem"
-    ledger = PrivacyLedger(tmp_path / "ledger.jsonl", signer=LedgerSigner(pki_dir / "coord.pem", pki_dir / "coord.key"),
-                           checkpoint_every=3)
+    ledger = PrivacyLedger(
+        tmp_path / "ledger.jsonl", signer=LedgerSigner(pki_dir / "coord.pem", pki_dir / "coord.key"), checkpoint_every=3
+    )
     ledger.record_report(sign_report(make_report(epsilon=7.5), pki_dir / "site-a.key"), ca)
     for i in range(4):
         ledger.record_scoring("site-a", 8 + i, 0.5)
@@ -58,11 +68,11 @@ def test_a_signed_ledger_verifies_with_checkpoints_and_a_signed_head(signed, pki
 def test_deleting_a_report_and_recomputing_the_chain_is_detected(signed, pki_dir):
     entries = _lines(signed)
     first_report = next(i for i, e in enumerate(entries) if e["kind"] == "privacy_report")
-    _rechain(signed, entries[:first_report] + entries[first_report + 1:])
+    _rechain(signed, entries[:first_report] + entries[first_report + 1 :])
     result = verify(signed, pki_dir / "ca.pem")
     assert not result.ok and "checkpoint" in result.problem.reason
     # ... even when every checkpoint goes too (and the signed head with them)
-    _rechain(signed, [e for e in entries[:first_report] + entries[first_report + 1:] if e["kind"] != "checkpoint"])
+    _rechain(signed, [e for e in entries[:first_report] + entries[first_report + 1 :] if e["kind"] != "checkpoint"])
     head_path(signed).unlink()
     assert "no signed checkpoint" in verify(signed, pki_dir / "ca.pem", require_signed=True).problem.reason
 

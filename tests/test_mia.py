@@ -47,8 +47,7 @@ def test_max_auc_bound(mia):
     assert mia.max_auc(1.0, 0.1) > mia.max_auc(1.0, 0.0)
     for eps, delta in ((1.0, 1e-5), (2.0, 0.1), (0.0, 0.2)):  # the area under the DP ROC envelope
         x = np.linspace(0, 1, 200001)
-        envelope = np.minimum.reduce([np.ones_like(x), math.exp(eps) * x + delta,
-                                      1 - math.exp(-eps) * (1 - delta - x)])
+        envelope = np.minimum.reduce([np.ones_like(x), math.exp(eps) * x + delta, 1 - math.exp(-eps) * (1 - delta - x)])
         assert mia.max_auc(eps, delta) == pytest.approx(np.trapezoid(envelope, x), abs=1e-6)
     with pytest.raises(ValueError):
         mia.max_auc(-1.0, 0.0)
@@ -87,7 +86,8 @@ def test_attack_reads_only_returned_scores(mia, world_dir, tmp_path):
     assert stats == pytest.approx(-np.log1p(np.exp(-margin)))
     # the attack's view is the reply: change the replies and only the statistics follow
     shifted = mia.membership_statistics(
-        mia.service_scorer(lambda msg: ScoreReply(msg.request_id, [0.0] * len(msg.prompts), "sha256:x")), pairs)
+        mia.service_scorer(lambda msg: ScoreReply(msg.request_id, [0.0] * len(msg.prompts), "sha256:x")), pairs
+    )
     assert shifted == pytest.approx(np.full(6, -math.log(2)))
     tight = ScoringService(service.model, "sha256:x", ServeSection(max_batch=2))
     with pytest.raises(RuntimeError, match="refused"):
@@ -96,8 +96,25 @@ def test_attack_reads_only_returned_scores(mia, world_dir, tmp_path):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_tiny_audit_end_to_end_with_tls(mia, tmp_path):
-    mia.main(["--members", "8", "--seeds", "0", "--epsilons", "8", "inf", "--epochs", "2", "--shadows", "1",
-              "--bootstrap", "20", "--out", str(tmp_path)])
+    mia.main(
+        [
+            "--members",
+            "8",
+            "--seeds",
+            "0",
+            "--epsilons",
+            "8",
+            "inf",
+            "--epochs",
+            "2",
+            "--shadows",
+            "1",
+            "--bootstrap",
+            "20",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     import json
 
     raw = json.loads((tmp_path / "mia_audit.json").read_text())

@@ -18,8 +18,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mor_secure.commands.models import group
-from mor_secure.models import (FAMILIES, ModelNotFoundError, build_tiny_vlm, family_of, load_processor,
-                               load_vlm, resolve_model, vlm_inputs)
+from mor_secure.models import (
+    FAMILIES,
+    ModelNotFoundError,
+    build_tiny_vlm,
+    family_of,
+    load_processor,
+    load_vlm,
+    resolve_model,
+    vlm_inputs,
+)
 
 FAMILY_NAMES = sorted(FAMILIES)
 QUESTION = "What colour is the shape?"
@@ -36,6 +44,7 @@ def image(colour: str = "red") -> Image.Image:
 @pytest.fixture
 def no_network(monkeypatch):
     """Fail any attempt to open a network connection."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
 
@@ -78,7 +87,8 @@ def test_hub_style_qwen2_vl_folder_loads(tiny_model_dir, tmp_path):
     nested = json.loads((folder / "processor_config.json").read_text())
     (folder / "processor_config.json").unlink()
     (folder / "preprocessor_config.json").write_text(
-        json.dumps({**nested["image_processor"], "processor_class": "Qwen2VLProcessor"}))
+        json.dumps({**nested["image_processor"], "processor_class": "Qwen2VLProcessor"})
+    )
     _, processor = load_vlm(folder)
     assert vlm_inputs(processor, [image()], [PROMPT])["image_grid_thw"].tolist() == [[1, 8, 8]]
 
@@ -96,8 +106,9 @@ def test_same_seed_same_weights_other_seed_differs(family, tiny_model_dir, tmp_p
 def test_chat_template_renders_images_strings_and_generation_prompt(tiny_model_dir):
     processor = load_processor(tiny_model_dir("qwen2-vl"))
     prompt = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
-    assert prompt == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-                      f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt == (
+        f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+    )
     whole = processor.apply_chat_template([*PROMPT, *CHOSEN], tokenize=False)
     assert whole == prompt + "The answer is red.<|im_end|>\n"
     plain = processor.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
@@ -115,10 +126,13 @@ def test_trl_style_batched_chat_template(tiny_model_dir):
     from trl.data_utils import prepare_multimodal_messages
 
     processor = load_processor(tiny_model_dir("qwen2-vl"))
-    prompts = [prepare_multimodal_messages([{"role": "user", "content": q}], images=[image(c)])
-               for q, c in (("Which colour?", "red"), ("How many shapes are in the picture?", "blue"))]
-    out = processor.apply_chat_template(conversation=prompts, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)
+    prompts = [
+        prepare_multimodal_messages([{"role": "user", "content": q}], images=[image(c)])
+        for q, c in (("Which colour?", "red"), ("How many shapes are in the picture?", "blue"))
+    ]
+    out = processor.apply_chat_template(
+        conversation=prompts, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     assert len(out["input_ids"]) == 2 and len(out["image_grid_thw"]) == 2
     assert all(ids.count(processor.image_token_id) == 16 for ids in out["input_ids"])
 
@@ -192,9 +206,22 @@ def test_cli_tiny_families_and_errors(tmp_path, tiny_model_dir):
 
 def test_cli_check_in_a_fresh_offline_process(tiny_model_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "mor_secure.cli", "models", "check",
-                             str(tiny_model_dir("qwen2-vl")), "--max-new-tokens", "3"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mor_secure.cli",
+            "models",
+            "check",
+            str(tiny_model_dir("qwen2-vl")),
+            "--max-new-tokens",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "family:     qwen2-vl" in result.stdout and "238,464" in result.stdout
     assert "generated:  3 tokens" in result.stdout

@@ -23,8 +23,21 @@ needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="the openssl command 
 
 
 def openssl_verify(ca_dir: Path, cert: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([OPENSSL, "verify", "-x509_strict", "-CAfile", str(ca_dir / "ca.pem"), "-crl_check",
-                           "-CRLfile", str(ca_dir / "crl.pem"), str(cert)], capture_output=True, text=True)
+    return subprocess.run(
+        [
+            OPENSSL,
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            str(ca_dir / "ca.pem"),
+            "-crl_check",
+            "-CRLfile",
+            str(ca_dir / "crl.pem"),
+            str(cert),
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -39,8 +52,9 @@ def ca_dir(tmp_path: Path) -> Path:
 
 def context(ca: Path, role: str, name: str, folder: Path | None = None) -> ssl.SSLContext:
     folder = folder or ca
-    return pki.ssl_context(role, ca=ca / "ca.pem", cert=folder / f"{name}.pem", key=folder / f"{name}.key",
-                           crl=ca / "crl.pem")
+    return pki.ssl_context(
+        role, ca=ca / "ca.pem", cert=folder / f"{name}.pem", key=folder / f"{name}.key", crl=ca / "crl.pem"
+    )
 
 
 class Link:
@@ -77,6 +91,7 @@ def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Link:
 
 
 # --- files and OpenSSL --------------------------------------------------------------------------
+
 
 @needs_openssl
 def test_everything_issued_verifies_with_openssl(pki_dir: Path):
@@ -115,9 +130,20 @@ def test_init_refuses_to_overwrite_a_ca(pki_dir: Path):
     assert (pki_dir / "ca.pem").read_bytes() == before
 
 
-@pytest.mark.parametrize("role,name", [("client", "Site-A"), ("client", "-a"), ("client", "a/b"),
-                                       ("client", "../x"), ("client", "site_a"), ("client", ""),
-                                       ("client", "a" * 64), ("client", "a-"), ("admin", "site-a")])
+@pytest.mark.parametrize(
+    "role,name",
+    [
+        ("client", "Site-A"),
+        ("client", "-a"),
+        ("client", "a/b"),
+        ("client", "../x"),
+        ("client", "site_a"),
+        ("client", ""),
+        ("client", "a" * 64),
+        ("client", "a-"),
+        ("admin", "site-a"),
+    ],
+)
 def test_bad_name_or_role_is_rejected(tmp_path: Path, role: str, name: str):
     with pytest.raises(pki.PKIError, match="invalid name|unknown role"):
         pki.make_request(role, name, tmp_path)
@@ -188,13 +214,18 @@ def test_a_name_cannot_hold_both_roles(ca_dir: Path, tmp_path: Path):
 
 # --- CRL freshness ------------------------------------------------------------------------------
 
+
 def _stale_crl(ca_dir: Path) -> None:
     key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
     ca = pki.load_cert(ca_dir / "ca.pem")
     now = dt.datetime.now(dt.timezone.utc)
-    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
-           .last_update(now - dt.timedelta(days=8)).next_update(now - dt.timedelta(days=1))
-           .sign(key, hashes.SHA256()))
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - dt.timedelta(days=8))
+        .next_update(now - dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     (ca_dir / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
 
 
@@ -221,6 +252,7 @@ def test_bad_crl_raises_crl_error_naming_the_fix(ca_dir: Path, tmp_path: Path, p
 
 
 # --- TLS 1.3 handshakes in memory ---------------------------------------------------------------
+
 
 def test_mutual_tls13_handshake_and_peer_identities(pki_dir: Path):
     link = handshake(context(pki_dir, "coordinator", "coord"), context(pki_dir, "client", "site-a"))
@@ -279,6 +311,7 @@ def test_context_checks_pin_key_and_key_permissions(pki_dir: Path, tmp_path: Pat
 
 # --- the `mor certs` commands ---------------------------------------------------------------------
 
+
 def test_cli_site_lifecycle(tmp_path: Path):
     run = CliRunner().invoke
     ca, site = tmp_path / "ca", tmp_path / "site"
@@ -312,12 +345,15 @@ def test_cli_site_lifecycle(tmp_path: Path):
     assert dt.timedelta(days=2) < next_update <= dt.timedelta(days=3)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["request", "--role", "client", "--name", "Bad", "--out", "x"], "invalid name"),
-    (["sign", "--ca-dir", "nowhere", "--csr", "missing.csr"], "does not exist"),
-    (["revoke", "--ca-dir", "nowhere", "--name", "site-a"], "mor certs init"),
-    (["show", "missing.pem"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["request", "--role", "client", "--name", "Bad", "--out", "x"], "invalid name"),
+        (["sign", "--ca-dir", "nowhere", "--csr", "missing.csr"], "does not exist"),
+        (["revoke", "--ca-dir", "nowhere", "--name", "site-a"], "mor certs init"),
+        (["show", "missing.pem"], "does not exist"),
+    ],
+)
 def test_cli_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(certs_cli, args)

@@ -10,24 +10,43 @@ from coordinator.policy_eval import evaluate_policy, is_correct, parse_answer
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("completion, answer, correct, concise", [
-    ("red", "red", True, True),
-    ("It is red.", "red", True, False),
-    ("The answer is red.", "red", True, False),
-    ("Finding: 2.", "2", True, False),
-    ([{"role": "assistant", "content": "3"}], "3", True, True),
-    ([{"role": "assistant", "content": [{"type": "text", "text": "Answer: a."}]}], "a", True, False),
-    ("blue", "red", False, True),
-    ("It is blue.", "red", False, False),
-])
+@pytest.mark.parametrize(
+    "completion, answer, correct, concise",
+    [
+        ("red", "red", True, True),
+        ("It is red.", "red", True, False),
+        ("The answer is red.", "red", True, False),
+        ("Finding: 2.", "2", True, False),
+        ([{"role": "assistant", "content": "3"}], "3", True, True),
+        ([{"role": "assistant", "content": [{"type": "text", "text": "Answer: a."}]}], "a", True, False),
+        ("blue", "red", False, True),
+        ("It is blue.", "red", False, False),
+    ],
+)
 def test_parser_reads_answers_and_style(completion, answer, correct, concise):
     assert is_correct(completion, answer) is correct
     assert parse_answer(completion).concise is concise
 
 
-@pytest.mark.parametrize("gamed", [" yellow.", "yellow.", "yellow ", "Yellow", "yellow yellow", "red or yellow",
-                                   "red, yellow", "It is red or yellow.", "the answer is yellow", "yellow\nred",
-                                   "", "   ", "It is yellow. It is red.", "Finding: yellow"])
+@pytest.mark.parametrize(
+    "gamed",
+    [
+        " yellow.",
+        "yellow.",
+        "yellow ",
+        "Yellow",
+        "yellow yellow",
+        "red or yellow",
+        "red, yellow",
+        "It is red or yellow.",
+        "the answer is yellow",
+        "yellow\nred",
+        "",
+        "   ",
+        "It is yellow. It is red.",
+        "Finding: yellow",
+    ],
+)
 def test_gamed_completions_answer_nothing_and_are_not_concise(gamed):
     parsed = parse_answer(gamed)
     assert parsed.answer is None
@@ -37,8 +56,7 @@ def test_gamed_completions_answer_nothing_and_are_not_concise(gamed):
 
 def test_oracle_reward_values_are_exact_in_binary_and_reported():
     reward = OracleReward()
-    values = reward(prompts=[[]] * 4, completions=["red", "It is red.", "blue", " red."],
-                    answer=["red"] * 4)
+    values = reward(prompts=[[]] * 4, completions=["red", "It is red.", "blue", " red."], answer=["red"] * 4)
     assert values == [CORRECT_REWARD + CONCISE_BONUS, CORRECT_REWARD, CONCISE_BONUS, 0.0]
     assert all((v * 4).is_integer() for v in values)  # multiples of 1/4: exact in float32
     assert reward.last_stats() == {"oracle/accuracy": 0.5, "oracle/concise_share": 0.5}

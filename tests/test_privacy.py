@@ -7,8 +7,15 @@ import math
 
 import pytest
 
-from mor_secure.privacy import (AccountantHistory, BudgetTooLow, PrivacyReport, compose, default_delta,
-                                epsilon, plan_noise)
+from mor_secure.privacy import (
+    AccountantHistory,
+    BudgetTooLow,
+    PrivacyReport,
+    compose,
+    default_delta,
+    epsilon,
+    plan_noise,
+)
 
 Q, STEPS, DELTA = 32 / 1000, 94, 1e-5  # 1000 pairs, batch 32, 3 epochs
 
@@ -23,11 +30,18 @@ def test_history_round_trips_through_json_and_merges_equal_steps():
     assert restored == history and restored.steps == 8
 
 
-@pytest.mark.parametrize("state", [
-    None, {"format": 2, "history": []}, {"format": 1, "history": [[1.0, 0.1]]},
-    {"format": 1, "history": [[1.0, 1.5, 3]]}, {"format": 1, "history": [[-1.0, 0.1, 3]]},
-    {"format": 1, "history": [[1.0, 0.1, 2.5]]}, {"format": 1, "history": "x"},
-])
+@pytest.mark.parametrize(
+    "state",
+    [
+        None,
+        {"format": 2, "history": []},
+        {"format": 1, "history": [[1.0, 0.1]]},
+        {"format": 1, "history": [[1.0, 1.5, 3]]},
+        {"format": 1, "history": [[-1.0, 0.1, 3]]},
+        {"format": 1, "history": [[1.0, 0.1, 2.5]]},
+        {"format": 1, "history": "x"},
+    ],
+)
 def test_malformed_history_is_refused(state):
     with pytest.raises(ValueError):
         AccountantHistory.from_state_dict(state)
@@ -66,11 +80,25 @@ def test_two_runs_compose_below_the_sum_and_prior_history_raises_the_noise():
 
 
 def test_privacy_report_writes_infinity_as_null():
-    report = PrivacyReport(family="dual-encoder", base="", private=False, epsilon=math.inf,
-                           epsilon_rdp=math.inf, delta=1e-5, accountant="prv", noise_multiplier=0.0,
-                           sample_rate=0.1, steps=30, n_pairs=200, max_grad_norm=1.0,
-                           data_fingerprint="sha256:00", model_sha256="sha256:11", run_id="r",
-                           time="2026-01-01T00:00:00Z", history={"format": 1, "history": [[0.0, 0.1, 30]]})
+    report = PrivacyReport(
+        family="dual-encoder",
+        base="",
+        private=False,
+        epsilon=math.inf,
+        epsilon_rdp=math.inf,
+        delta=1e-5,
+        accountant="prv",
+        noise_multiplier=0.0,
+        sample_rate=0.1,
+        steps=30,
+        n_pairs=200,
+        max_grad_norm=1.0,
+        data_fingerprint="sha256:00",
+        model_sha256="sha256:11",
+        run_id="r",
+        time="2026-01-01T00:00:00Z",
+        history={"format": 1, "history": [[0.0, 0.1, 30]]},
+    )
     data = json.loads(json.dumps(report.to_json(), allow_nan=False))
     assert data["epsilon"] is None and data["baseline"] is True
     assert PrivacyReport.from_json(data) == report

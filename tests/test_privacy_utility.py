@@ -18,8 +18,12 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
     out, work = tmp_path / "out", tmp_path / "work"
     privacy_utility.main(["--quick", "--out", str(out), "--workdir", str(work), "--jobs", "2"])
     report = (out / "privacy_utility.md").read_text()
-    for heading in ("## Each site on its own domain", "## Fused reward accuracy", "## Policy gain after GRPO",
-                    "## Communication"):
+    for heading in (
+        "## Each site on its own domain",
+        "## Fused reward accuracy",
+        "## Policy gain after GRPO",
+        "## Communication",
+    ):
         assert heading in report
     assert (out / "privacy_utility.png").stat().st_size > 10_000
     data = json.loads((out / "privacy_utility.json").read_text())
@@ -34,14 +38,14 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
         assert all(0.0 <= s["own"]["accuracy"] <= 1.0 and s["own"]["top1"] for s in cell["sites"].values())
     assert cells["inf"]["policy"] == {}  # GRPO runs at the policy epsilons only
     policy = cells["1"]["policy"]
-    assert set(policy) == {"mor", "uniform", "fedavg", "centralised", "single:client-0", "single:client-1",
-                           "single:client-2"}
+    assert set(policy) == {"mor", "uniform", "single", "fedavg", "centralised"}
+    assert cells["1"]["single_site"] in cells["1"]["sites"]  # the single site is chosen on training pairs
     assert all(0.0 <= p["accuracy"] <= 1.0 for p in policy.values())
     # scores travel, parameters do not: a GRPO step of scores is far smaller than one FedAvg round
     assert 0 < policy["mor"]["bytes_per_step"] < cells["1"]["fedavg_round_bytes"]
     assert "bytes_per_step" not in policy["fedavg"]
     row = next(r for r in data["summary"]["rows"] if r["epsilon"] == "1")
-    assert set(row["paired_gain"]) == {"uniform", row["best_single"], "fedavg", "centralised"}
+    assert set(row["paired_gain"]) == {"uniform", "single", "fedavg", "centralised"}
     seed = data["results"]["seeds"]["0"]
     assert 0.0 <= seed["warm"]["accuracy"] <= 1.0 and 0.0 <= seed["oracle"]["accuracy"] <= 1.0
     capsys.readouterr()
@@ -52,14 +56,14 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
 
 
 def test_local_federation_answers_what_the_scoring_service_answers(world_dir, tmp_path):
-    from local_federation import LocalFederation
-
     from client_agent.config import ServeSection
     from client_agent.scoring import ScoringService
     from coordinator.service import build_requests
     from mor_secure.data.loader import load_preferences
     from mor_secure.rewards import build_reward_model, load_reward_model
     from mor_secure.rewards.config import ModelSection
+
+    from local_federation import LocalFederation
 
     build_reward_model(ModelSection(), seed=3).save(tmp_path / "site-model")
     rows = load_preferences(world_dir / "client-0", split="test").select(range(6))

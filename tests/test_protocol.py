@@ -11,8 +11,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mor_secure import protocol
-from mor_secure.protocol import (Error, HealthReply, HealthRequest, Heartbeat, Hello, Limits, PrivacyReportMsg,
-                                 ProtocolError, Refused, ScoreReply, ScoreRequest, Welcome, decode, encode)
+from mor_secure.protocol import (
+    Error,
+    HealthReply,
+    HealthRequest,
+    Heartbeat,
+    Hello,
+    Limits,
+    PrivacyReportMsg,
+    ProtocolError,
+    Refused,
+    ScoreReply,
+    ScoreRequest,
+    Welcome,
+    decode,
+    encode,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 32
@@ -24,11 +38,18 @@ EXAMPLES = [
     Heartbeat(sent_at=12.5),
     HealthRequest(request_id="r1"),
     HealthReply(request_id="r1", site="site-a", agent_version="0.1.0", serves=["health_request"]),
-    ScoreRequest(request_id="r2", images=[PNG, JPEG], prompts=["a", "b", "c"], completions=["x", "y", "z"],
-                 image_index=[0, 0, 1], objective="concise"),
+    ScoreRequest(
+        request_id="r2",
+        images=[PNG, JPEG],
+        prompts=["a", "b", "c"],
+        completions=["x", "y", "z"],
+        image_index=[0, 0, 1],
+        objective="concise",
+    ),
     ScoreReply(request_id="r2", scores=[0.25, -1.0, 3.5], model_sha256="ab" * 32),
-    PrivacyReportMsg(report={"epsilon": 2.5, "delta": 1e-5, "runs": [{"steps": 10}], "site": "a"},
-                     signature=b"\x01" * 64),
+    PrivacyReportMsg(
+        report={"epsilon": 2.5, "delta": 1e-5, "runs": [{"steps": 10}], "site": "a"}, signature=b"\x01" * 64
+    ),
     Error(request_id="r2", code="busy", message="try later"),
 ]
 
@@ -51,26 +72,47 @@ def test_a_one_megabyte_image_round_trips():
     assert decode(encode(big)).images[0] == big.images[0]
 
 
-@pytest.mark.parametrize("data, cause", [
-    (b"", "not a msgpack message"),
-    (b"\xc1garbage", "not a msgpack message"),
-    (msgpack.packb([1, 2, 3]), "not a protocol envelope"),
-    (_envelope("hello", {"agent_version": "1", "worker_id": "w"}, version=2), "version 2 is not supported"),
-    (_envelope("pickle", {}), "unknown message type"),
-    (_envelope("hello", {"agent_version": 1, "worker_id": "w"}), "expected a string"),
-    (_envelope("hello", {"worker_id": "w"}), "missing field"),
-    (_envelope("hello", {"agent_version": "1", "worker_id": "w", "extra": 1}), "unknown field"),
-    (_envelope("heartbeat", {"sent_at": True}), "expected a number"),
-    (_envelope("score_reply", {"request_id": "r", "scores": [float("nan")], "model_sha256": "x"}), "non-finite"),
-    (_envelope("score_request", {"request_id": "r", "images": [b"GIF89a"], "prompts": ["p"],
-                                 "completions": ["c"]}), "not a PNG or JPEG"),
-    (_envelope("score_request", {"request_id": "r", "images": [PNG], "prompts": ["p", "q"],
-                                 "completions": ["c"]}), "2 prompts but 1 completions"),
-    (_envelope("score_request", {"request_id": "r", "images": [PNG], "prompts": ["p"], "completions": ["c"],
-                                 "image_index": [3]}), "outside images"),
-    (_envelope("privacy_report", {"report": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {}}}}}}}}}},
-                                  "signature": b""}), "nested deeper"),
-])
+@pytest.mark.parametrize(
+    "data, cause",
+    [
+        (b"", "not a msgpack message"),
+        (b"\xc1garbage", "not a msgpack message"),
+        (msgpack.packb([1, 2, 3]), "not a protocol envelope"),
+        (_envelope("hello", {"agent_version": "1", "worker_id": "w"}, version=2), "version 2 is not supported"),
+        (_envelope("pickle", {}), "unknown message type"),
+        (_envelope("hello", {"agent_version": 1, "worker_id": "w"}), "expected a string"),
+        (_envelope("hello", {"worker_id": "w"}), "missing field"),
+        (_envelope("hello", {"agent_version": "1", "worker_id": "w", "extra": 1}), "unknown field"),
+        (_envelope("heartbeat", {"sent_at": True}), "expected a number"),
+        (_envelope("score_reply", {"request_id": "r", "scores": [float("nan")], "model_sha256": "x"}), "non-finite"),
+        (
+            _envelope(
+                "score_request", {"request_id": "r", "images": [b"GIF89a"], "prompts": ["p"], "completions": ["c"]}
+            ),
+            "not a PNG or JPEG",
+        ),
+        (
+            _envelope(
+                "score_request", {"request_id": "r", "images": [PNG], "prompts": ["p", "q"], "completions": ["c"]}
+            ),
+            "2 prompts but 1 completions",
+        ),
+        (
+            _envelope(
+                "score_request",
+                {"request_id": "r", "images": [PNG], "prompts": ["p"], "completions": ["c"], "image_index": [3]},
+            ),
+            "outside images",
+        ),
+        (
+            _envelope(
+                "privacy_report",
+                {"report": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {}}}}}}}}}}, "signature": b""},
+            ),
+            "nested deeper",
+        ),
+    ],
+)
 def test_malformed_messages_are_refused_with_a_reason(data, cause):
     with pytest.raises(ProtocolError, match=cause):
         decode(data)
@@ -107,16 +149,40 @@ def test_random_bytes_raise_only_protocol_errors(data):
         pass
 
 
-_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=8)
-                       | st.binary(max_size=8), lambda inner: st.lists(inner, max_size=3)
-                       | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(sorted(protocol.message_types())),
-       body=st.dictionaries(st.sampled_from(["request_id", "images", "prompts", "completions", "scores",
-                                             "reason", "report", "signature", "sent_at", "x"]), _values,
-                            max_size=5))
+@given(
+    kind=st.sampled_from(sorted(protocol.message_types())),
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "request_id",
+                "images",
+                "prompts",
+                "completions",
+                "scores",
+                "reason",
+                "report",
+                "signature",
+                "sent_at",
+                "x",
+            ]
+        ),
+        _values,
+        max_size=5,
+    ),
+)
 def test_well_formed_envelopes_with_random_bodies_never_crash(kind, body):
     try:
         msg = decode(_envelope(kind, body))
@@ -139,8 +205,9 @@ def test_a_message_of_millions_of_tiny_objects_is_refused_before_it_is_built():
         tracemalloc.stop()
     assert peak < 8 * 1024 * 1024
     with pytest.raises(ProtocolError, match="max_objects"):
-        decode(_envelope("privacy_report", {"report": {"x": [[1] * 1000] * 2}, "signature": b""}),
-               Limits(max_objects=1500))
+        decode(
+            _envelope("privacy_report", {"report": {"x": [[1] * 1000] * 2}, "signature": b""}), Limits(max_objects=1500)
+        )
 
 
 def test_a_failed_decode_names_its_request_without_a_second_decoding():
@@ -149,17 +216,21 @@ def test_a_failed_decode_names_its_request_without_a_second_decoding():
     assert failed.value.request_id == "r9"
 
 
-@pytest.mark.parametrize("msg, cause", [
-    (Welcome(coordinator="c", session_id="s", heartbeat_s=0.0), "heartbeat_s"),
-    (Welcome(coordinator="c", session_id="s", heartbeat_s=-1.0), "heartbeat_s"),
-    (Hello(agent_version="1", worker_id="w1 level=ERROR\nforged"), "worker_id"),
-    (Hello(agent_version="1", worker_id=""), "worker_id"),
-    (Hello(agent_version="\x1b[2J", worker_id="w"), "agent_version"),
-])
+@pytest.mark.parametrize(
+    "msg, cause",
+    [
+        (Welcome(coordinator="c", session_id="s", heartbeat_s=0.0), "heartbeat_s"),
+        (Welcome(coordinator="c", session_id="s", heartbeat_s=-1.0), "heartbeat_s"),
+        (Hello(agent_version="1", worker_id="w1 level=ERROR\nforged"), "worker_id"),
+        (Hello(agent_version="1", worker_id=""), "worker_id"),
+        (Hello(agent_version="\x1b[2J", worker_id="w"), "agent_version"),
+    ],
+)
 def test_peer_values_out_of_range_are_refused_both_ways(msg, cause):
     with pytest.raises(ProtocolError, match=cause):
         encode(msg)
-    raw = msgpack.packb({"v": 1, "t": msg.TYPE, "b": {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}},
-                        use_bin_type=True)
+    raw = msgpack.packb(
+        {"v": 1, "t": msg.TYPE, "b": {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}}, use_bin_type=True
+    )
     with pytest.raises(ProtocolError, match=cause):
         decode(raw)

@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from datasets import load_from_disk
 
 from coordinator.public_reward import pretrain_reward
-
 from mor_secure.data.candidates import renderings
 from mor_secure.data.domains import get_domain
 from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
@@ -24,8 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def public_rows(tmp_path_factory):
-    return load_from_disk(str(generate_public_sft(tmp_path_factory.mktemp("pub") / "p", seed=5, n=60,
-                                                flaws=DEFAULT_FLAWS)))
+    return load_from_disk(
+        str(generate_public_sft(tmp_path_factory.mktemp("pub") / "p", seed=5, n=60, flaws=DEFAULT_FLAWS))
+    )
 
 
 def test_pairs_prefer_the_truth_never_the_flawed_completion(public_rows):

@@ -43,8 +43,13 @@ def _rows(n: int) -> datasets.Dataset:
     for i in range(n):
         name = ("detail", "medical", "chart")[i % 3]
         q = DOMAINS[name].sample(rng)
-        for key, value in (("image", q.image), ("prompt", user_prompt(q.question)), ("domain", name),
-                           ("question_type", q.question_type), ("answer", q.answer)):
+        for key, value in (
+            ("image", q.image),
+            ("prompt", user_prompt(q.question)),
+            ("domain", name),
+            ("question_type", q.question_type),
+            ("answer", q.answer),
+        ):
             rows[key].append(value)
     return datasets.Dataset.from_dict(rows)
 

@@ -30,8 +30,14 @@ def pairs(n: int, seed: int = 0) -> list[dict]:
         colour, wrong = rng.sample(sorted(COLOURS), 2)
         image = Image.new("RGB", (32 + 8 * (i % 3), 32), (250, 250, 250))
         image.paste(COLOURS[colour], (6, 6, 26, 26))
-        rows.append({"image": image, "question": f"What colour is the square? ({seed}.{i})",
-                     "chosen": f"{LONG}So the answer is {colour}.", "rejected": f"{LONG}So the answer is {wrong}."})
+        rows.append(
+            {
+                "image": image,
+                "question": f"What colour is the square? ({seed}.{i})",
+                "chosen": f"{LONG}So the answer is {colour}.",
+                "rejected": f"{LONG}So the answer is {wrong}.",
+            }
+        )
     return rows
 
 
@@ -45,31 +51,51 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def conversational(row: dict) -> dict:
     """TRL's vision DPO layout: images (a list), message lists with content parts."""
-    return {"images": [row["image"]],
-            "prompt": [{"role": "user", "content": [{"type": "image", "text": None},
-                                                    {"type": "text", "text": row["question"]}]}],
-            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": row["chosen"]}]}],
-            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": row["rejected"]}]}]}
+    return {
+        "images": [row["image"]],
+        "prompt": [
+            {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": row["question"]}]}
+        ],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": row["chosen"]}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": row["rejected"]}]}],
+    }
 
 
 def write_layout(layout: str, folder: Path, rows: list[dict]) -> tuple[Path, dict[str, str]]:
     """The data set of ``rows`` in ``layout``; returns its path and the column mapping it needs."""
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "conversational-disk":  # one split: the site holds out a fraction itself
-        features = datasets.Features({"images": datasets.List(datasets.Image()), **{
-            c: datasets.List({"role": datasets.Value("string"), "content": datasets.List(
-                {"type": datasets.Value("string"), "text": datasets.Value("string")})})
-            for c in ("prompt", "chosen", "rejected")}})
+        features = datasets.Features(
+            {
+                "images": datasets.List(datasets.Image()),
+                **{
+                    c: datasets.List(
+                        {
+                            "role": datasets.Value("string"),
+                            "content": datasets.List(
+                                {"type": datasets.Value("string"), "text": datasets.Value("string")}
+                            ),
+                        }
+                    )
+                    for c in ("prompt", "chosen", "rejected")
+                },
+            }
+        )
         ds = datasets.Dataset.from_list([conversational(r) for r in rows], features=features)
         ds.save_to_disk(str(folder / "data"))
         return folder / "data", {}
     if layout == "standard-parquet":  # image + plain strings
-        ds = datasets.Dataset.from_dict({"image": [r["image"] for r in rows],
-                                         "prompt": [r["question"] for r in rows],
-                                         "chosen": [r["chosen"] for r in rows],
-                                         "rejected": [r["rejected"] for r in rows]},
-                                        features=datasets.Features({"image": datasets.Image(), **{
-                                            c: datasets.Value("string") for c in ("prompt", "chosen", "rejected")}}))
+        ds = datasets.Dataset.from_dict(
+            {
+                "image": [r["image"] for r in rows],
+                "prompt": [r["question"] for r in rows],
+                "chosen": [r["chosen"] for r in rows],
+                "rejected": [r["rejected"] for r in rows],
+            },
+            features=datasets.Features(
+                {"image": datasets.Image(), **{c: datasets.Value("string") for c in ("prompt", "chosen", "rejected")}}
+            ),
+        )
         ds.to_parquet(str(folder / "pairs.parquet"))
         return folder / "pairs.parquet", {}
     if layout == "jsonl-paths":  # images as relative paths, content as a plain string
@@ -77,21 +103,34 @@ def write_layout(layout: str, folder: Path, rows: list[dict]) -> tuple[Path, dic
         lines = []
         for i, row in enumerate(rows):
             row["image"].save(folder / "img" / f"{i}.png")
-            lines.append(json.dumps({"images": [f"img/{i}.png"],
-                                     "prompt": [{"role": "user", "content": row["question"]}],
-                                     "chosen": [{"role": "assistant", "content": row["chosen"]}],
-                                     "rejected": [{"role": "assistant", "content": row["rejected"]}]}))
+            lines.append(
+                json.dumps(
+                    {
+                        "images": [f"img/{i}.png"],
+                        "prompt": [{"role": "user", "content": row["question"]}],
+                        "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                        "rejected": [{"role": "assistant", "content": row["rejected"]}],
+                    }
+                )
+            )
         (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         return folder / "pairs.jsonl", {}
     if layout == "public-original":  # image, question, plain answers, extra columns; train and test splits
         cut = len(rows) * 4 // 5
-        split = lambda part, offset: datasets.Dataset.from_dict({  # noqa: E731
-            "image": [r["image"] for r in part], "question": [r["question"] for r in part],
-            "chosen": [r["chosen"] for r in part], "rejected": [r["rejected"] for r in part],
-            "ds_name": ["colours"] * len(part), "origin_dataset": ["generated"] * len(part),
-            "idx": list(range(offset, offset + len(part)))})
+        split = lambda part, offset: datasets.Dataset.from_dict(  # noqa: E731
+            {
+                "image": [r["image"] for r in part],
+                "question": [r["question"] for r in part],
+                "chosen": [r["chosen"] for r in part],
+                "rejected": [r["rejected"] for r in part],
+                "ds_name": ["colours"] * len(part),
+                "origin_dataset": ["generated"] * len(part),
+                "idx": list(range(offset, offset + len(part))),
+            }
+        )
         datasets.DatasetDict({"train": split(rows[:cut], 0), "test": split(rows[cut:], cut)}).save_to_disk(
-            str(folder / "data"))
+            str(folder / "data")
+        )
         return folder / "data", {"prompt": "question"}
     raise ValueError(layout)
 
@@ -103,12 +142,14 @@ def client_toml(folder: Path, data: Path, columns: dict[str, str], extra: str = 
     """A site config training the dual encoder on ``data`` (TLS files need not exist to train)."""
     mapping = ", ".join(f'{k} = "{v}"' for k, v in columns.items())
     path = folder / "client.toml"
-    path.write_text(f'site = "site-a"\n[tls]\nca = "ca.pem"\ncert = "s.pem"\nkey = "s.key"\ncrl = "crl.pem"\n'
-                    f'[coordinator]\nendpoint = "tcp://127.0.0.1:7000"\nname = "coord"\n'
-                    f'[data]\npath = "{data}"\ncolumns = {{{mapping}}}\ntest_fraction = 0.2\n'
-                    f'[model]\nfamily = "dual-encoder"\nwidth = 64\nmax_length = 64\n'
-                    f'[train]\nout = "model"\nepochs = 12\nbatch_size = 32\nlr = 0.01\n'
-                    f'[privacy]\ntarget_epsilon = 8.0\nmax_epsilon = 16.0\nledger = "ledger.jsonl"\n{extra}')
+    path.write_text(
+        f'site = "site-a"\n[tls]\nca = "ca.pem"\ncert = "s.pem"\nkey = "s.key"\ncrl = "crl.pem"\n'
+        f'[coordinator]\nendpoint = "tcp://127.0.0.1:7000"\nname = "coord"\n'
+        f'[data]\npath = "{data}"\ncolumns = {{{mapping}}}\ntest_fraction = 0.2\n'
+        f'[model]\nfamily = "dual-encoder"\nwidth = 64\nmax_length = 64\n'
+        f'[train]\nout = "model"\nepochs = 12\nbatch_size = 32\nlr = 0.01\n'
+        f'[privacy]\ntarget_epsilon = 8.0\nmax_epsilon = 16.0\nledger = "ledger.jsonl"\n{extra}'
+    )
     if not (folder / "ledger.jsonl").exists():
         SiteLedger(folder / "ledger.jsonl").start(reason="test")
     return path
@@ -189,11 +230,16 @@ def test_the_fingerprint_and_held_out_rows_follow_content_not_layout(rows, tmp_p
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` pixels without holding them (a decompression bomb's header)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_data_check_names_every_bad_row_in_one_line_each(rows, tmp_path):
@@ -205,8 +251,9 @@ def test_data_check_names_every_bad_row_in_one_line_each(rows, tmp_path):
     lines[3] = b'{"images": ["img/3.png"], "prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}"
     chosen = b'"chosen": [{"role": "assistant", "content": '
     lines[4] = lines[4].replace(chosen, chosen + b'7, "x": ')
-    lines[5] = json.dumps({"images": ["img/5.png", "img/6.png"], "prompt": "q", "chosen": "a",
-                           "rejected": "b"}).encode()
+    lines[5] = json.dumps(
+        {"images": ["img/5.png", "img/6.png"], "prompt": "q", "chosen": "a", "rejected": "b"}
+    ).encode()
     data.write_bytes(b"\n".join(lines) + b"\n")
     result = CliRunner().invoke(_data_group(), ["check", str(data)])
     out = result.output
@@ -221,8 +268,9 @@ def test_data_check_names_every_bad_row_in_one_line_each(rows, tmp_path):
     assert "Error: 6 problem(s)" in out and "read       6 valid pairs rows of 10" in out
 
 
-@pytest.mark.parametrize("damage", ["bad-json-array", "garbage-parquet", "dataset-dict-json", "state-json",
-                                    "arrow-file"])
+@pytest.mark.parametrize(
+    "damage", ["bad-json-array", "garbage-parquet", "dataset-dict-json", "state-json", "arrow-file"]
+)
 def test_unreadable_sources_give_one_line_errors(damage, rows, tmp_path):
     if damage == "bad-json-array":
         path = tmp_path / "pairs.json"
@@ -231,16 +279,19 @@ def test_unreadable_sources_give_one_line_errors(damage, rows, tmp_path):
         path = tmp_path / "pairs.parquet"
         path.write_bytes(b"PAR1" + bytes(range(256)) * 4 + b"PAR1")
     else:
-        path, _ = write_layout("public-original" if damage == "dataset-dict-json" else "conversational-disk",
-                               tmp_path, rows[:10])
+        path, _ = write_layout(
+            "public-original" if damage == "dataset-dict-json" else "conversational-disk", tmp_path, rows[:10]
+        )
         if damage == "dataset-dict-json":
             (path / "dataset_dict.json").write_text('{"splits": ')
         elif damage == "state-json":
             (path / "state.json").write_text('{"_data_files": [{"filename": 5}]}')
         else:
             next(path.glob("*.arrow")).write_bytes(b"not arrow at all" * 10)
-    result = CliRunner().invoke(_data_group(), ["check", str(path), "--columns", "prompt=question"]
-                                if damage == "dataset-dict-json" else ["check", str(path)])
+    result = CliRunner().invoke(
+        _data_group(),
+        ["check", str(path), "--columns", "prompt=question"] if damage == "dataset-dict-json" else ["check", str(path)],
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
     assert str(path) in line and any(w in line for w in ("damaged", "not a readable parquet", "not valid JSON"))
@@ -274,6 +325,7 @@ def test_coordinator_reads_router_pairs_and_grpo_prompts_in_the_same_layouts(row
     grpo = load_rows(prompts, columns={"prompt": "question"})
     assert len(grpo) == 6 and set(grpo.column_names) == {"image", "prompt"}
     assert grpo[0]["prompt"][0]["content"][0]["type"] == "image"
-    checked = CliRunner().invoke(_data_group(), ["check", str(prompts), "--kind", "prompts",
-                                                 "--columns", "prompt=question"])
+    checked = CliRunner().invoke(
+        _data_group(), ["check", str(prompts), "--kind", "prompts", "--columns", "prompt=question"]
+    )
     assert checked.exit_code == 0, checked.output

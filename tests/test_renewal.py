@@ -26,11 +26,13 @@ def test_install_refuses_a_certificate_that_fits_no_key_and_changes_nothing(tmp_
     result = CliRunner().invoke(certs_group, ["install", "--cert", str(other), "--dir", str(certs)])
     assert result.exit_code == 1 and "fits neither" in result.output
     assert (certs / "site-a.pem").read_bytes() == before
-    again = CliRunner().invoke(certs_group, ["request", "--renew", "--role", "client", "--name", "site-a",
-                                             "--out", str(certs)])
+    again = CliRunner().invoke(
+        certs_group, ["request", "--renew", "--role", "client", "--name", "site-a", "--out", str(certs)]
+    )
     assert again.exit_code == 0, again.output
-    pending = CliRunner().invoke(certs_group, ["request", "--renew", "--role", "client", "--name", "site-a",
-                                               "--out", str(certs)])
+    pending = CliRunner().invoke(
+        certs_group, ["request", "--renew", "--role", "client", "--name", "site-a", "--out", str(certs)]
+    )
     assert pending.exit_code == 1 and "already pending" in pending.output
 
 
@@ -57,8 +59,9 @@ def test_agent_keeps_serving_across_a_renewal_and_reconnects_with_the_new_certif
         assert pool.wait_for(["site-a"], 15)
         old_fp = _ask(pool)
         (old,) = pool.peers()
-        renew = runner.invoke(certs_group, ["request", "--renew", "--role", "client", "--name", "site-a",
-                                            "--out", str(certs)])
+        renew = runner.invoke(
+            certs_group, ["request", "--renew", "--role", "client", "--name", "site-a", "--out", str(certs)]
+        )
         assert renew.exit_code == 0, renew.output
         assert stat.S_IMODE((certs / "site-a.next.key").stat().st_mode) == 0o600
         assert _ask(pool) == old_fp  # a pending renewal changes nothing
@@ -76,8 +79,10 @@ def test_agent_keeps_serving_across_a_renewal_and_reconnects_with_the_new_certif
         assert _ask(pool) == new_fp
 
         # Now the CA may revoke the replaced certificate alone: the new session is unaffected.
-        revoke = runner.invoke(certs_group, ["revoke", "--ca-dir", str(ca_dir), "--name", "site-a",
-                                             "--serial", f"{old_serial(ca_dir, old_fp):x}"])
+        revoke = runner.invoke(
+            certs_group,
+            ["revoke", "--ca-dir", str(ca_dir), "--name", "site-a", "--serial", f"{old_serial(ca_dir, old_fp):x}"],
+        )
         assert revoke.exit_code == 0 and "revoked 1 certificate" in revoke.output, revoke.output
         pool.server.reload_crl()
         assert _ask(pool) == new_fp
@@ -95,6 +100,7 @@ def old_serial(ca_dir, fingerprint: str) -> int:
 
 @pytest.mark.parametrize("flags", [["--renew", "--reuse-key"]])
 def test_renew_and_reuse_key_are_exclusive(tmp_path, flags):
-    result = CliRunner().invoke(certs_group, ["request", *flags, "--role", "client", "--name", "site-a",
-                                              "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        certs_group, ["request", *flags, "--role", "client", "--name", "site-a", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 1 and "choose one" in result.output

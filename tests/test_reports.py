@@ -12,15 +12,36 @@ import msgpack
 import pytest
 
 from mor_secure import pki
-from mor_secure.reports import (INF, CanonicalError, ReportError, SignedReport, canonical_json, check_report,
-                                encode_epsilon, report_epsilon, sign_report, verify_report)
+from mor_secure.reports import (
+    INF,
+    CanonicalError,
+    ReportError,
+    SignedReport,
+    canonical_json,
+    check_report,
+    encode_epsilon,
+    report_epsilon,
+    sign_report,
+    verify_report,
+)
 
 
 def make_report(**changes) -> dict:
-    report = {"epsilon": 3.0, "epsilon_rdp": 3.41, "delta": 1e-5, "accountant": "prv",
-              "noise_multiplier": 0.875, "sample_rate": 0.032, "steps": 94, "n_pairs": 1000,
-              "data_fingerprint": "sha256:" + "ab" * 32, "model_sha256": "cd" * 32,
-              "family": "dual-encoder", "base": "", "created": "2026-11-25T14:00:00Z"}
+    report = {
+        "epsilon": 3.0,
+        "epsilon_rdp": 3.41,
+        "delta": 1e-5,
+        "accountant": "prv",
+        "noise_multiplier": 0.875,
+        "sample_rate": 0.032,
+        "steps": 94,
+        "n_pairs": 1000,
+        "data_fingerprint": "sha256:" + "ab" * 32,
+        "model_sha256": "cd" * 32,
+        "family": "dual-encoder",
+        "base": "",
+        "created": "2026-11-25T14:00:00Z",
+    }
     report.update(changes)
     return report
 
@@ -37,8 +58,7 @@ def other_ca(tmp_path_factory) -> Path:
 
 
 def test_canonical_json_is_sorted_compact_and_exact():
-    assert canonical_json({"b": 0.1, "a": [1, True, None], "é": "x"}) == \
-        '{"a":[1,true,null],"b":0.1,"é":"x"}'.encode()
+    assert canonical_json({"b": 0.1, "a": [1, True, None], "é": "x"}) == '{"a":[1,true,null],"b":0.1,"é":"x"}'.encode()
     assert canonical_json({"x": 1e-5, "y": 1.0}) == b'{"x":1e-05,"y":1.0}'
     value = 0.1 + 0.2
     assert json.loads(canonical_json(value)) == value  # floats survive exactly (repr)
@@ -59,21 +79,24 @@ def test_epsilon_encoding_round_trips_infinity():
     assert report_epsilon(make_report()) == 3.0
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"epsilon": math.nan}, "finite"),
-    ({"epsilon": -1.0}, "finite and >= 0"),
-    ({"epsilon": INF}, "needs"),                        # infinite without a no-DP marker
-    ({"epsilon": 2.0, "dp": False}, "finite epsilon"),  # a no-DP run cannot claim a guarantee
-    ({"epsilon": "big"}, "only 'inf'"),
-    ({"steps": True}, "'steps' must be int"),
-    ({"steps": 9.5}, "'steps' must be int"),
-    ({"delta": 1.5}, "delta"),
-    ({"delta": None}, "'delta' is null"),
-    ({"sample_rate": 2.0}, "sample_rate"),
-    ({"dp": "no"}, "'dp' must be bool"),
-    ({"note": [math.inf]}, "not canonical"),
-    ({"blob": "x" * 70_000}, "bytes"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epsilon": math.nan}, "finite"),
+        ({"epsilon": -1.0}, "finite and >= 0"),
+        ({"epsilon": INF}, "needs"),  # infinite without a no-DP marker
+        ({"epsilon": 2.0, "dp": False}, "finite epsilon"),  # a no-DP run cannot claim a guarantee
+        ({"epsilon": "big"}, "only 'inf'"),
+        ({"steps": True}, "'steps' must be int"),
+        ({"steps": 9.5}, "'steps' must be int"),
+        ({"delta": 1.5}, "delta"),
+        ({"delta": None}, "'delta' is null"),
+        ({"sample_rate": 2.0}, "sample_rate"),
+        ({"dp": "no"}, "'dp' must be bool"),
+        ({"note": [math.inf]}, "not canonical"),
+        ({"blob": "x" * 70_000}, "bytes"),
+    ],
+)
 def test_schema_refuses_bad_reports(changes, message):
     with pytest.raises(ReportError, match=message):
         check_report(make_report(**changes))
@@ -88,8 +111,9 @@ def test_schema_names_a_missing_key():
 
 def test_no_dp_reports_are_accepted_in_both_spellings():
     check_report(make_report(epsilon=INF, epsilon_rdp=INF, dp=False))
-    check_report(make_report(epsilon=None, epsilon_rdp=None, private=False, baseline=True,
-                             delta=None, noise_multiplier=0.0))
+    check_report(
+        make_report(epsilon=None, epsilon_rdp=None, private=False, baseline=True, delta=None, noise_multiplier=0.0)
+    )
 
 
 @pytest.mark.parametrize("private", [True, False])
@@ -99,11 +123,24 @@ def test_the_training_report_format_signs_and_verifies(pki_dir, private):
 
     eps = 3.0 if private else math.inf
     written = PrivacyReport(
-        family="dual-encoder", base="", private=private, epsilon=eps, epsilon_rdp=eps, delta=1e-5,
-        accountant="prv", noise_multiplier=0.875 if private else 0.0, sample_rate=0.032, steps=94,
-        n_pairs=1000, max_grad_norm=1.0, data_fingerprint="sha256:" + "ab" * 32, model_sha256="cd" * 32,
-        run_id="run-1", time="2026-11-25T14:00:00Z",
-        history=AccountantHistory([(0.875, 0.032, 94)]).state_dict()).to_json()
+        family="dual-encoder",
+        base="",
+        private=private,
+        epsilon=eps,
+        epsilon_rdp=eps,
+        delta=1e-5,
+        accountant="prv",
+        noise_multiplier=0.875 if private else 0.0,
+        sample_rate=0.032,
+        steps=94,
+        n_pairs=1000,
+        max_grad_norm=1.0,
+        data_fingerprint="sha256:" + "ab" * 32,
+        model_sha256="cd" * 32,
+        run_id="run-1",
+        time="2026-11-25T14:00:00Z",
+        history=AccountantHistory([(0.875, 0.032, 94)]).state_dict(),
+    ).to_json()
     report = json.loads(json.dumps(written))  # as read back from privacy_report.json
     signed = sign_report(report, pki_dir / "site-a.key")
     assert verify_report(signed, pki_dir / "ca.pem").name == "site-a"
@@ -175,13 +212,16 @@ def test_signing_needs_the_matching_certificate_and_a_valid_report(pki_dir):
         sign_report(make_report(epsilon=math.inf), pki_dir / "site-a.key")
 
 
-@pytest.mark.parametrize("mangle, message", [
-    (lambda d: {**d, "extra": 1}, "exactly the keys"),
-    (lambda d: {**d, "signature": "%%%"}, "not valid base64"),
-    (lambda d: {**d, "cert_pem": 5}, "base64 text"),
-    (lambda d: {**d, "report": {**d["report"], "steps": -1}}, "'steps' must be >= 0"),
-    (lambda d: [d], "exactly the keys"),
-])
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda d: {**d, "extra": 1}, "exactly the keys"),
+        (lambda d: {**d, "signature": "%%%"}, "not valid base64"),
+        (lambda d: {**d, "cert_pem": 5}, "base64 text"),
+        (lambda d: {**d, "report": {**d["report"], "steps": -1}}, "'steps' must be >= 0"),
+        (lambda d: [d], "exactly the keys"),
+    ],
+)
 def test_from_dict_refuses_malformed_input(pki_dir, mangle, message):
     data = sign_report(make_report(), pki_dir / "site-a.key").to_dict()
     with pytest.raises(ReportError, match=message):

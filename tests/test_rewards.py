@@ -16,8 +16,12 @@ from mor_secure.rewards.training import check_pair_grad_samples
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 B = 3
-PROMPT = [{"role": "user", "content": [{"type": "image", "text": None},
-                                       {"type": "text", "text": "What colour is the shape?"}]}]
+PROMPT = [
+    {
+        "role": "user",
+        "content": [{"type": "image", "text": None}, {"type": "text", "text": "What colour is the shape?"}],
+    }
+]
 
 
 def _answer(text: str) -> list[dict]:
@@ -35,8 +39,9 @@ def _model(family: str, tiny_model_dir, **options):
     return build_reward_model(ModelSection(family=family, base=base, **options), seed=0)
 
 
-@pytest.mark.parametrize("family,finetune", [("dual-encoder", "lora"), ("qwen2-vl", "lora"),
-                                             ("llava", "lora"), ("qwen2-vl", "full")])
+@pytest.mark.parametrize(
+    "family,finetune", [("dual-encoder", "lora"), ("qwen2-vl", "lora"), ("llava", "lora"), ("qwen2-vl", "full")]
+)
 def test_per_sample_gradients_have_one_row_per_pair(family, finetune, tiny_model_dir, pair_batch):
     from opacus import GradSampleModule
 
@@ -92,10 +97,12 @@ def test_load_refuses_tampered_folders(tiny_model_dir, tmp_path):
     model.save(tmp_path)
     config_path = tmp_path / "reward_config.json"
     config = json.loads(config_path.read_text())
-    for bad, match in [({**config, "family": "nope"}, "unknown reward-model family"),
-                       ({**config, "spec": {**config["spec"], "evil": 1}}, "does not fit"),
-                       ({**config, "spec": {**config["spec"], "width": 8}}, "shape"),
-                       ({**config, "format": 9}, "not a reward-model config")]:
+    for bad, match in [
+        ({**config, "family": "nope"}, "unknown reward-model family"),
+        ({**config, "spec": {**config["spec"], "evil": 1}}, "does not fit"),
+        ({**config, "spec": {**config["spec"], "width": 8}}, "shape"),
+        ({**config, "format": 9}, "not a reward-model config"),
+    ]:
         config_path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=match):
             load_reward_model(tmp_path)

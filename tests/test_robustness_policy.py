@@ -8,18 +8,17 @@ import statistics
 
 import pytest
 
-
 pytestmark = pytest.mark.slow
 
 
 def test_poisons_rewrite_scores_at_the_scoring_interface(world_dir, tmp_path):
-    from local_federation import LocalFederation
-    from robustness_policy import FIXED_WORD, FixedWrong, Inverted, RandomScores
-
     from mor_secure.data.loader import load_preferences
     from mor_secure.data.schema import assistant_message
     from mor_secure.rewards import build_reward_model
     from mor_secure.rewards.config import ModelSection
+
+    from local_federation import LocalFederation
+    from robustness_policy import FIXED_WORD, FixedWrong, Inverted, RandomScores
 
     for seed, site in enumerate(("a", "b")):
         build_reward_model(ModelSection(), seed=seed).save(tmp_path / site)
@@ -34,7 +33,8 @@ def test_poisons_rewrite_scores_at_the_scoring_interface(world_dir, tmp_path):
     assert inverted["b"] == honest["b"]  # only the adversary changes
 
     fixed = LocalFederation(models, poison={"a": FixedWrong(FIXED_WORD, high=10.0, mean=0.0)}).scorer(
-        images, prompts, completions)["a"]
+        images, prompts, completions
+    )["a"]
     favoured = [k for k in range(8) if k % 4 in (0, 2)]  # the fixed word, bare or in a style
     assert all(fixed[k] == 10.0 for k in favoured)
     assert all(fixed[k] == pytest.approx(0.5 * honest["a"][k]) for k in range(8) if k not in favoured)
@@ -51,10 +51,10 @@ def test_poisons_rewrite_scores_at_the_scoring_interface(world_dir, tmp_path):
 
 
 def test_poisoned_fedavg_data_swaps_what_the_report_says(world_dir):
-    from robustness_policy import FIXED_WORD, poison_pairs
-
     from coordinator.policy_eval import parse_answer
     from mor_secure.data.loader import load_preferences
+
+    from robustness_policy import FIXED_WORD, poison_pairs
 
     rows = load_preferences(world_dir / "client-0", split="train")
     inverted, n = poison_pairs(rows, "inverted", 0)
@@ -72,8 +72,12 @@ def test_reduced_grid_runs_every_stage_into_the_report(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     robustness_policy.main(["--quick", "--out", str(out), "--workdir", str(work), "--jobs", "2"])
     report = (out / "robustness_policy.md").read_text()
-    for line in ("## Policy accuracy after GRPO", "| clean |", "| 1x inverted |",
-                 "## Target: with 1 adversarial client of 4, MoR loses at most 2 points"):
+    for line in (
+        "## Policy accuracy after GRPO",
+        "| clean |",
+        "| 1x inverted |",
+        "## Target: with 1 adversarial client of 4, MoR loses at most 2 points",
+    ):
         assert line in report
     assert (out / "robustness_policy.png").stat().st_size > 10_000
     data = json.loads((out / "robustness_policy.json").read_text())

@@ -8,8 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coordinator.router import (Router, RouterConfig, RouterError, _drop_clients, mean_weights_by,
-                                pairwise_accuracy, train_router)
+from coordinator.router import (
+    Router,
+    RouterConfig,
+    RouterError,
+    _drop_clients,
+    mean_weights_by,
+    pairwise_accuracy,
+    train_router,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -91,8 +98,9 @@ def test_objective_embedding_changes_the_routing():
     objectives = ["accuracy", "style"] * 200
     scores[0::2, 0, 0] += 3
     scores[1::2, 1, 0] += 3
-    router = train_router(feats, scores, sites=SITES, epochs=30, seed=0, objectives=objectives,
-                          objective_vocab=["accuracy", "style"])
+    router = train_router(
+        feats, scores, sites=SITES, epochs=30, seed=0, objectives=objectives, objective_vocab=["accuracy", "style"]
+    )
     w = mean_weights_by(router, feats, objectives, objectives=objectives)
     assert w["accuracy"]["site-a"] > 0.8 and w["style"]["site-b"] > 0.8
     with pytest.raises(ValueError, match="unknown objective"):

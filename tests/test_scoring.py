@@ -25,8 +25,7 @@ from PIL import Image
 
 from client_agent.agent import Agent
 from client_agent.config import load_client_config
-from client_agent.scoring import (Refusal, ScoringService, TokenBucket, decode_image, load_served_model,
-                                  signed_report)
+from client_agent.scoring import Refusal, ScoringService, TokenBucket, decode_image, load_served_model, signed_report
 from coordinator.config import load_coordinator_config
 from coordinator.failures import Failure, FailureKind
 from coordinator.pool import CircuitBreaker
@@ -42,8 +41,7 @@ SITES = ["client-0", "client-1", "client-2"]
 
 
 def _tls(ca: Path, name: str) -> str:
-    return (f'[tls]\nca = "{ca}/ca.pem"\ncert = "{ca}/{name}.pem"\nkey = "{ca}/{name}.key"\n'
-            f'crl = "{ca}/crl.pem"\n')
+    return f'[tls]\nca = "{ca}/ca.pem"\ncert = "{ca}/{name}.pem"\nkey = "{ca}/{name}.key"\ncrl = "{ca}/crl.pem"\n'
 
 
 class World:
@@ -59,21 +57,35 @@ class World:
     def client_toml(self, site: str, endpoint: str, serve: str = "", folder: Path | None = None) -> Path:
         folder = folder or self.root
         path = folder / f"{site}.toml"
-        path.write_text(f'site = "{site}"\n' + _tls(self.ca, site)
-                        + f'[coordinator]\nendpoint = "{endpoint}"\nname = "coord"\nheartbeat_s = 0.5\n'
-                          'idle_timeout_s = 2.0\nconnect_timeout_s = 3.0\nbackoff_max_s = 1.0\n'
-                          f'[data]\npath = "{self.world / site}"\nmax_pairs = 96\n'
-                          f'[train]\nout = "{self.root / site}-model"\nepochs = 3\nbatch_size = 32\nlr = 0.01\n'
-                          f'[privacy]\ntarget_epsilon = 8.0\nmax_epsilon = 100.0\n'
-                          f'ledger = "{self.root / site}-budget.jsonl"\n[serve]\n{serve}\n')
+        path.write_text(
+            f'site = "{site}"\n'
+            + _tls(self.ca, site)
+            + f'[coordinator]\nendpoint = "{endpoint}"\nname = "coord"\nheartbeat_s = 0.5\n'
+            "idle_timeout_s = 2.0\nconnect_timeout_s = 3.0\nbackoff_max_s = 1.0\n"
+            f'[data]\npath = "{self.world / site}"\nmax_pairs = 96\n'
+            f'[train]\nout = "{self.root / site}-model"\nepochs = 3\nbatch_size = 32\nlr = 0.01\n'
+            f"[privacy]\ntarget_epsilon = 8.0\nmax_epsilon = 100.0\n"
+            f'ledger = "{self.root / site}-budget.jsonl"\n[serve]\n{serve}\n'
+        )
         return path
 
-    def coordinator_toml(self, folder: Path, extra: str = "", *, bind: str = "tcp://127.0.0.1:0",
-                         quorum: int = 1, deadline_s: float = 5.0, allow: list[str] = SITES) -> Path:
+    def coordinator_toml(
+        self,
+        folder: Path,
+        extra: str = "",
+        *,
+        bind: str = "tcp://127.0.0.1:0",
+        quorum: int = 1,
+        deadline_s: float = 5.0,
+        allow: list[str] = SITES,
+    ) -> Path:
         path = folder / "coordinator.toml"
-        path.write_text(f'name = "coord"\nbind = "{bind}"\n' + _tls(self.ca, "coord")
-                        + f'[clients]\nallow = {allow!r}\nquorum = {quorum}\ndeadline_s = {deadline_s}\n'
-                          'heartbeat_s = 0.5\n' + extra)
+        path.write_text(
+            f'name = "coord"\nbind = "{bind}"\n'
+            + _tls(self.ca, "coord")
+            + f"[clients]\nallow = {allow!r}\nquorum = {quorum}\ndeadline_s = {deadline_s}\n"
+            "heartbeat_s = 0.5\n" + extra
+        )
         return path
 
 
@@ -83,8 +95,9 @@ def world(tmp_path_factory, world_dir) -> World:
 
     w = World(tmp_path_factory.mktemp("scoring"), world_dir)
     for site in SITES:
-        train_reward_model(load_client_config(w.client_toml(site, "tcp://127.0.0.1:1")), progress=False,
-                           new_ledger=True)
+        train_reward_model(
+            load_client_config(w.client_toml(site, "tcp://127.0.0.1:1")), progress=False, new_ledger=True
+        )
     return w
 
 
@@ -94,15 +107,17 @@ def federation(world: World, tmp_path: Path, extra: str = "", **kwargs):
         yield fed
 
 
-def start_agent(world: World, site: str, endpoint: str, tmp_path: Path, *, serve: str = "",
-                handler=None, report=None) -> Agent:
+def start_agent(
+    world: World, site: str, endpoint: str, tmp_path: Path, *, serve: str = "", handler=None, report=None
+) -> Agent:
     """An in-process agent serving the site's trained model (``handler`` wraps the scoring service)."""
     config = load_client_config(world.client_toml(site, endpoint, serve, folder=tmp_path))
     served = load_served_model(config)
     service = ScoringService(served.model, served.sha256, config.serve)
     agent = Agent(config, worker_id=f"{site}-test")
-    agent.serve_scores(handler(service) if handler else service,
-                       report if report is not None else signed_report(config, served.report))
+    agent.serve_scores(
+        handler(service) if handler else service, report if report is not None else signed_report(config, served.report)
+    )
     agent.start()
     return agent
 
@@ -184,11 +199,13 @@ def test_a_tampered_or_borrowed_report_is_refused_and_recorded(world, tmp_path):
     tampered = replace(honest, report={**honest.report, "epsilon": 0.5})  # edited after signing
     borrowed = report_of("client-2")  # client-1 presents client-2's (valid) signed report
     with federation(world, tmp_path) as fed:
-        bad = [start_agent(world, "client-0", fed.pool.server.endpoint, tmp_path, report=tampered),
-               start_agent(world, "client-1", fed.pool.server.endpoint, tmp_path, report=borrowed)]
+        bad = [
+            start_agent(world, "client-0", fed.pool.server.endpoint, tmp_path, report=tampered),
+            start_agent(world, "client-1", fed.pool.server.endpoint, tmp_path, report=borrowed),
+        ]
         try:
             for agent in bad:
-                assert _until(lambda: agent.client.error is not None)
+                assert _until(lambda a=agent: a.client.error is not None)
                 assert isinstance(agent.client.error, AgentRefused)
                 assert "privacy report refused" in str(agent.client.error)
             assert fed.live_sites() == []
@@ -204,11 +221,13 @@ def test_a_tampered_or_borrowed_report_is_refused_and_recorded(world, tmp_path):
 
 def _raw_parts(original):
     """encode_parts that lets one deliberately malformed score request through (prompts are numbers)."""
+
     def encode_parts(msg, limits=protocol.DEFAULT_LIMITS):
         if isinstance(msg, ScoreRequest) and msg.objective == "wrong-types":
             body = {"request_id": msg.request_id, "images": [_png()], "prompts": [1], "completions": ["x"]}
             return [msgpack.packb({"v": 1, "t": "score_request", "b": body}, use_bin_type=True)]
         return original(msg, limits)
+
     return encode_parts
 
 
@@ -254,6 +273,7 @@ def test_a_hung_agent_trips_the_breaker_keeps_its_session_and_rejoins_after_the_
             asked["n"] += 1
             alive.wait(30)
             return service(msg)
+
         return handler
 
     rows = _rows(world, 4)
@@ -287,8 +307,9 @@ def test_a_site_that_fails_fast_is_retried_within_the_deadline(world, tmp_path):
     extra = "[pool]\nretries = 6\nbackoff_s = 0.1\n"
     with federation(world, tmp_path, extra, deadline_s=20.0) as fed:
         outcome: dict = {}
-        asking = threading.Thread(target=lambda: outcome.update(
-            r=fed.resilient.fanout(HealthRequest(request_id="r"), ["client-2"])))
+        asking = threading.Thread(
+            target=lambda: outcome.update(r=fed.resilient.fanout(HealthRequest(request_id="r"), ["client-2"]))
+        )
         asking.start()  # the first attempt finds no admitted agent ...
         with agents(world, fed, tmp_path, sites=["client-2"]):
             asking.join(30)  # ... a later one, after the backoff, finds it
@@ -298,8 +319,9 @@ def test_a_site_that_fails_fast_is_retried_within_the_deadline(world, tmp_path):
 
 def test_allow_lists_on_both_sides_refuse_and_the_coordinators_refusal_is_recorded(world, tmp_path):
     with federation(world, tmp_path, allow=["client-0", "client-1"]) as fed:
-        picky = start_agent(world, "client-1", fed.pool.server.endpoint, tmp_path,
-                            serve='allow_coordinators = ["other-coordinator"]')
+        picky = start_agent(
+            world, "client-1", fed.pool.server.endpoint, tmp_path, serve='allow_coordinators = ["other-coordinator"]'
+        )
         unknown = start_agent(world, "client-2", fed.pool.server.endpoint, tmp_path)
         try:
             assert _until(lambda: "other-coordinator" in picky.client.last_error and unknown.client.error is not None)
@@ -308,8 +330,14 @@ def test_allow_lists_on_both_sides_refuse_and_the_coordinators_refusal_is_record
             assert "is coordinator 'coord', not 'other-coordinator'" in picky.client.last_error
             assert "not on the allow-list" in str(unknown.client.error)
             assert fed.live_sites() == [] and not [e for e in fed.ledger.entries() if e.kind == "privacy_report"]
-            assert _until(lambda: any(e.kind == "refusal" and e.body["peer"] == "mor://client/client-2"
-                                      and "allow-list" in e.body["reason"] for e in fed.ledger.entries()))
+            assert _until(
+                lambda: any(
+                    e.kind == "refusal"
+                    and e.body["peer"] == "mor://client/client-2"
+                    and "allow-list" in e.body["reason"]
+                    for e in fed.ledger.entries()
+                )
+            )
         finally:
             picky.stop()
             unknown.stop()
@@ -331,13 +359,13 @@ def test_scores_from_a_model_without_a_received_report_are_not_used(world, tmp_p
     assert not [e for e in fed.ledger.entries() if e.kind == "scoring_session"]
 
 
-
 def test_serve_refuses_without_a_trained_model_or_with_edited_weights(world, tmp_path):
     from client_agent.cli import group as client_group
 
     config = world.client_toml("client-0", "tcp://127.0.0.1:1", folder=tmp_path)
-    config.write_text(config.read_text().replace(f'out = "{world.root / "client-0"}-model"',
-                                                 f'out = "{tmp_path / "empty"}"'))
+    config.write_text(
+        config.read_text().replace(f'out = "{world.root / "client-0"}-model"', f'out = "{tmp_path / "empty"}"')
+    )
     result = CliRunner().invoke(client_group, ["serve", "--config", str(config)])
     assert result.exit_code == 1 and f"run `mor client train --config {config}` first" in result.output
     copy = tmp_path / "empty"
@@ -383,17 +411,35 @@ def test_router_command_end_to_end_with_three_agent_processes(world, tmp_path, t
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"tcp://127.0.0.1:{port}"
-    router = (f'[router]\npolicy = "{tiny_model_dir("qwen2-vl")}"\ndata = "{world.world / "server" / "router"}"\n'
-              f'max_pairs = 24\nepochs = 5\nout = "{tmp_path / "run"}"\nwait_s = 60\n')
+    router = (
+        f'[router]\npolicy = "{tiny_model_dir("qwen2-vl")}"\ndata = "{world.world / "server" / "router"}"\n'
+        f'max_pairs = 24\nepochs = 5\nout = "{tmp_path / "run"}"\nwait_s = 60\n'
+    )
     config = world.coordinator_toml(tmp_path, router, bind=endpoint, quorum=3)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "mor_secure.cli", "client", "serve", "--config",
-                               str(world.client_toml(site, endpoint, folder=tmp_path))],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-             for site in SITES]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mor_secure.cli",
+                "client",
+                "serve",
+                "--config",
+                str(world.client_toml(site, endpoint, folder=tmp_path)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for site in SITES
+    ]
     try:
-        runs = [CliRunner().invoke(coordinator_group, ["router", "--config", str(config)], env={"COLUMNS": "160"})
-                for _ in range(2)]
+        runs = [
+            CliRunner().invoke(coordinator_group, ["router", "--config", str(config)], env={"COLUMNS": "160"})
+            for _ in range(2)
+        ]
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

@@ -36,13 +36,15 @@ def decoded(monkeypatch) -> list[int]:
         image = real(data, max_pixels, where)
         calls.append(image.size[0])
         return image
+
     monkeypatch.setattr(scoring, "decode_image", counting)
     return calls
 
 
 def _service(max_batch: int, max_pixels: int) -> ScoringService:
-    return ScoringService(_Model(), "m", ServeSection(max_batch=max_batch, max_pixels=max_pixels,
-                                                      requests_per_minute=10**6))
+    return ScoringService(
+        _Model(), "m", ServeSection(max_batch=max_batch, max_pixels=max_pixels, requests_per_minute=10**6)
+    )
 
 
 def test_a_one_item_request_cannot_carry_a_hundred_large_images(decoded):

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_public_data_has_the_flaws_at_the_configured_rates(tmp_path):
     flaws = {"color": {"orange": "red"}, "side": {"left": "right", "right": "left"}}
-    rows = load_from_disk(str(generate_public_sft(tmp_path / "p", seed=3, n=900, verbose_share=0.7,
-                                                  flaws=flaws, flaw_share=0.6, flaw_style=None)))
+    rows = load_from_disk(
+        str(
+            generate_public_sft(
+                tmp_path / "p", seed=3, n=900, verbose_share=0.7, flaws=flaws, flaw_share=0.6, flaw_style=None
+            )
+        )
+    )
     verbose = [parse_verbose(answer_text(c)) is not None for c in rows["completion"]]
     assert verbose.count(True) == rows["style"].count("verbose")
     assert 0.62 <= sum(verbose) / len(rows) <= 0.78
@@ -35,8 +40,9 @@ def test_public_data_has_the_flaws_at_the_configured_rates(tmp_path):
 
 
 def test_default_flaw_swaps_every_verbose_answer_and_no_concise_one(tmp_path):
-    rows = load_from_disk(str(generate_public_sft(tmp_path / "p", seed=4, n=450,
-                                                  flaws={"side": {"left": "right", "right": "left"}})))
+    rows = load_from_disk(
+        str(generate_public_sft(tmp_path / "p", seed=4, n=450, flaws={"side": {"left": "right", "right": "left"}}))
+    )
     sides = [r for r in rows if r["question_type"] == "side" and r["answer"] in ("left", "right")]
     verbose = [r for r in sides if r["style"] == "verbose"]
     concise = [r for r in sides if r["style"] == "concise"]
@@ -88,8 +94,9 @@ def test_rows_encoded_one_by_one_collate_to_the_batch_encoding(tiny_model_dir, p
     processor = load_processor(tiny_model_dir(family))
     rows = load_from_disk(str(public_data))
     together = completion_batch(processor, rows[:6])
-    one_by_one = collate([completion_batch(processor, rows[i:i + 1]) for i in range(6)],
-                         processor.tokenizer.pad_token_id)
+    one_by_one = collate(
+        [completion_batch(processor, rows[i : i + 1]) for i in range(6)], processor.tokenizer.pad_token_id
+    )
     assert together.keys() == one_by_one.keys()
     assert all(torch.equal(together[k], one_by_one[k]) for k in together)
 
@@ -97,8 +104,9 @@ def test_rows_encoded_one_by_one_collate_to_the_batch_encoding(tiny_model_dir, p
 def test_sft_lowers_the_loss_and_saves_a_loadable_policy(tiny_model_dir, public_data, tmp_path):
     from mor_secure.models import load_vlm
 
-    out = run_sft(tiny_model_dir("qwen2-vl"), public_data, tmp_path / "policy", steps=12, batch_size=16,
-                  lr=3e-3, seed=0)
+    out = run_sft(
+        tiny_model_dir("qwen2-vl"), public_data, tmp_path / "policy", steps=12, batch_size=16, lr=3e-3, seed=0
+    )
     summary = json.loads((out / "sft.json").read_text())
     assert summary["last_loss"] < summary["first_loss"] - 0.5
     model, processor = load_vlm(out)
@@ -118,18 +126,34 @@ def test_commands_write_data_warm_start_and_evaluate(tiny_model_dir, tmp_path):
 
     runner = CliRunner()
     data, policy = tmp_path / "public", tmp_path / "policy"
-    result = runner.invoke(group, ["public-data", "--out", str(data), "--n", "24", "--flaw", "color:orange=red",
-                                   "--flaw-style", "any"])
+    result = runner.invoke(
+        group, ["public-data", "--out", str(data), "--n", "24", "--flaw", "color:orange=red", "--flaw-style", "any"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((data / "public.json").read_text())
     assert summary["flaws"] == {"color": {"orange": "red"}} and summary["flaw_style"] is None
     bad = runner.invoke(group, ["public-data", "--out", str(tmp_path / "bad"), "--flaw", "orange=red"])
     assert bad.exit_code != 0 and "TYPE:TRUE=WRONG" in bad.output
-    result = runner.invoke(group, ["sft", "--base", str(tiny_model_dir("qwen2-vl")), "--data", str(data),
-                                   "--out", str(policy), "--steps", "2", "--batch-size", "8"])
+    result = runner.invoke(
+        group,
+        [
+            "sft",
+            "--base",
+            str(tiny_model_dir("qwen2-vl")),
+            "--data",
+            str(data),
+            "--out",
+            str(policy),
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+        ],
+    )
     assert result.exit_code == 0 and "saved policy" in result.output, result.output
     result = runner.invoke(group, ["eval", "--policy", str(policy), "--data", str(data), "--limit", "6", "--json"])
-    assert result.exit_code == 0 and json.loads(result.output[result.output.index("{"):])["n"] == 6
-    result = runner.invoke(group, ["sft", "--base", str(tmp_path / "missing"), "--data", str(data),
-                                   "--out", str(tmp_path / "x")])
+    assert result.exit_code == 0 and json.loads(result.output[result.output.index("{") :])["n"] == 6
+    result = runner.invoke(
+        group, ["sft", "--base", str(tmp_path / "missing"), "--data", str(data), "--out", str(tmp_path / "x")]
+    )
     assert result.exit_code != 0 and "not found locally" in result.output and "Traceback" not in result.output

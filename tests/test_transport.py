@@ -15,17 +15,18 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from abuse_peers import RawPeer
 from mor_secure import pki, protocol
 from mor_secure.pki.keys import load_private_key, signing_hash
 from mor_secure.protocol import HealthReply, HealthRequest
-from mor_secure.transport import (AgentRefused, ClientOptions, EndKind, ServerOptions, SessionEnded, TLSClient,
-                                  TLSServer)
+from mor_secure.transport import AgentRefused, ClientOptions, EndKind, ServerOptions, SessionEnded, TLSClient, TLSServer
 from mor_secure.transport.tls import TLSSession
 
+from abuse_peers import RawPeer
+
 ALLOW = ["site-a", "site-c", "site-r1", "site-r2", "site-old", "site-new"]
-FAST = ClientOptions(heartbeat_s=0.5, idle_timeout_s=3.0, connect_timeout_s=3.0, backoff_initial_s=0.1,
-                     backoff_max_s=0.5)
+FAST = ClientOptions(
+    heartbeat_s=0.5, idle_timeout_s=3.0, connect_timeout_s=3.0, backoff_initial_s=0.1, backoff_max_s=0.5
+)
 
 
 def _resign(ca_dir: Path, name: str, out: str, *, start: dt.timedelta, end: dt.timedelta) -> Path:
@@ -33,9 +34,15 @@ def _resign(ca_dir: Path, name: str, out: str, *, start: dt.timedelta, end: dt.t
     cert = pki.load_cert(ca_dir / f"{name}.pem")
     ca_cert, ca_key = pki.load_cert(ca_dir / "ca.pem"), load_private_key(ca_dir / "ca.key")
     now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(ca_cert.subject)
-               .public_key(cert.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now + start).not_valid_after(now + end))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + start)
+        .not_valid_after(now + end)
+    )
     for ext in cert.extensions:
         builder = builder.add_extension(ext.value, ext.critical)
     path = ca_dir / f"{out}.pem"
@@ -61,12 +68,14 @@ def ca(tmp_path_factory) -> Path:
 
 
 def _server_ctx(ca_dir: Path):
-    return lambda: pki.ssl_context("coordinator", ca=ca_dir / "ca.pem", cert=ca_dir / "coord.pem",
-                                   key=ca_dir / "coord.key", crl=ca_dir / "crl.pem")
+    return lambda: pki.ssl_context(
+        "coordinator", ca=ca_dir / "ca.pem", cert=ca_dir / "coord.pem", key=ca_dir / "coord.key", crl=ca_dir / "crl.pem"
+    )
 
 
 def _client_ctx(ca_dir: Path, cert: Path | None, key: Path | None, *, tls12: bool = False):
     """A client context built by hand, so it can carry what pki.ssl_context would refuse to load."""
+
     def build() -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -76,13 +85,20 @@ def _client_ctx(ca_dir: Path, cert: Path | None, key: Path | None, *, tls12: boo
         if cert is not None:
             ctx.load_cert_chain(str(cert), str(key))
         return ctx
+
     return build
 
 
 def _agent(endpoint: str, factory, site: str = "site-a", coordinators=("coord",), *, final: bool = True) -> TLSClient:
     """A started agent; waits for its welcome or final refusal, or (``final=False``) for a first failed try."""
-    client = TLSClient(endpoint, factory, coordinators=coordinators, worker_id=f"{site}-w", agent_version="t",
-                       options=ClientOptions(**vars(FAST)))
+    client = TLSClient(
+        endpoint,
+        factory,
+        coordinators=coordinators,
+        worker_id=f"{site}-w",
+        agent_version="t",
+        options=ClientOptions(**vars(FAST)),
+    )
     client.register(HealthRequest, lambda m: HealthReply(m.request_id, site, "t", ["health_request"]))
     client.start()
     if final:
@@ -104,10 +120,12 @@ def _wait(predicate, timeout: float = 5.0) -> bool:
 @pytest.fixture(scope="module")
 def federation(ca):
     """A server with a good agent (site-a) connected for the whole module."""
-    options = ServerOptions(heartbeat_s=0.5, peer_timeout_s=5.0, handshake_timeout_s=2.0,
-                            max_message_bytes=2 * 1024 * 1024)
-    server = TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW,
-                       crl_path=ca / "crl.pem", options=options)
+    options = ServerOptions(
+        heartbeat_s=0.5, peer_timeout_s=5.0, handshake_timeout_s=2.0, max_message_bytes=2 * 1024 * 1024
+    )
+    server = TLSServer(
+        "tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW, crl_path=ca / "crl.pem", options=options
+    )
     endpoint = server.start()
     good = _agent(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
     assert good.connected.is_set() and good.error is None
@@ -125,23 +143,31 @@ def _refusal(server: TLSServer, text: str) -> bool:
     return any(text in r.reason for r in server.refusals())
 
 
-@pytest.mark.parametrize("case, server_reason", [
-    ("other CA", "another CA"),
-    ("expired", "certificate expired"),
-    ("not yet valid", "not yet valid"),
-    ("wrong role", "role"),
-    ("not on the allow-list", "not on the allow-list"),
-    ("no certificate", "no client certificate"),
-    ("TLS 1.2", "TLS 1.2"),
-])
+@pytest.mark.parametrize(
+    "case, server_reason",
+    [
+        ("other CA", "another CA"),
+        ("expired", "certificate expired"),
+        ("not yet valid", "not yet valid"),
+        ("wrong role", "role"),
+        ("not on the allow-list", "not on the allow-list"),
+        ("no certificate", "no client certificate"),
+        ("TLS 1.2", "TLS 1.2"),
+    ],
+)
 def test_bad_agents_are_refused_with_a_reason_while_the_good_one_works(federation, ca, case, server_reason):
     """Refusals the verified coordinator sends inside its session are final for the agent; a TLS 1.2
     agent only ever sees a plaintext alert, which anyone could forge, so it retries with back-off."""
     server, endpoint, good = federation
-    cert = {"other CA": ca.parent / "other" / "site-a.pem", "expired": ca / "expired.pem",
-            "not yet valid": ca / "future.pem", "wrong role": ca / "coord.pem",
-            "not on the allow-list": ca / "site-b.pem", "no certificate": None,
-            "TLS 1.2": ca / "site-a.pem"}[case]
+    cert = {
+        "other CA": ca.parent / "other" / "site-a.pem",
+        "expired": ca / "expired.pem",
+        "not yet valid": ca / "future.pem",
+        "wrong role": ca / "coord.pem",
+        "not on the allow-list": ca / "site-b.pem",
+        "no certificate": None,
+        "TLS 1.2": ca / "site-a.pem",
+    }[case]
     key = cert.with_suffix(".key") if cert else None
     final = case != "TLS 1.2"
     bad = _agent(endpoint, _client_ctx(ca, cert, key, tls12=not final), final=final)
@@ -160,10 +186,12 @@ def test_bad_agents_are_refused_with_a_reason_while_the_good_one_works(federatio
 def test_agent_refuses_a_coordinator_it_cannot_verify_or_did_not_expect(federation, ca):
     server, endpoint, good = federation
     other_ca = ca.parent / "other"
-    untrusting = _agent(endpoint, lambda: _client_ctx(other_ca, other_ca / "site-a.pem", other_ca / "site-a.key")(),
-                        final=False)
-    wrong_name = _agent(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"), coordinators=["elsewhere"],
-                        final=False)
+    untrusting = _agent(
+        endpoint, lambda: _client_ctx(other_ca, other_ca / "site-a.pem", other_ca / "site-a.key")(), final=False
+    )
+    wrong_name = _agent(
+        endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"), coordinators=["elsewhere"], final=False
+    )
     try:  # not the real coordinator's word: retried with back-off, never welcomed, never final
         assert untrusting.error is None and "another CA" in untrusting.last_error
         assert wrong_name.error is None and "'elsewhere'" in wrong_name.last_error
@@ -196,8 +224,10 @@ def test_revoking_a_connected_agent_drops_it_when_the_crl_file_changes(federatio
         assert _wait(lambda: victim.error is not None)
         assert isinstance(victim.error, AgentRefused) and "revoked" in str(victim.error)
         assert "site-r2" not in server.sites()
-        assert any(r.identity == "mor://client/site-r2" and r.kind is EndKind.REVOKED and not r.departed
-                   for r in server.refusals())
+        assert any(
+            r.identity == "mor://client/site-r2" and r.kind is EndKind.REVOKED and not r.departed
+            for r in server.refusals()
+        )
         _good_agent_answers(server, good)
     finally:
         victim.stop()
@@ -251,8 +281,13 @@ def test_a_request_to_an_agent_that_left_fails_with_a_typed_departure_not_a_refu
 
 def test_every_refusal_reaches_on_refusal_before_it_is_listed(ca):
     heard = []
-    server = TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW,
-                       on_refusal=lambda refusal: heard.append((refusal, len(server.refusals()))))
+    server = TLSServer(
+        "tcp://127.0.0.1:0",
+        _server_ctx(ca),
+        name="coord",
+        allow=ALLOW,
+        on_refusal=lambda refusal: heard.append((refusal, len(server.refusals()))),
+    )
     with server:
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -270,8 +305,12 @@ def test_every_refusal_reaches_on_refusal_before_it_is_listed(ca):
 
 def _client_hello(ca: Path) -> bytes:
     frames: list[bytes] = []
-    TLSSession(_client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(), server_side=False, emit=frames.append,
-               max_message_bytes=1024).start()
+    TLSSession(
+        _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(),
+        server_side=False,
+        emit=frames.append,
+        max_message_bytes=1024,
+    ).start()
     return frames[0]
 
 
@@ -283,8 +322,9 @@ _frames = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(plan=_frames)
 def test_fuzzed_frames_never_kill_the_server(federation, ca, plan):
     server, endpoint, good = federation
@@ -343,8 +383,7 @@ def test_several_workers_of_one_site_are_separate_sessions_and_a_large_request_w
     server, endpoint, good = federation
     second = _agent(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
     png = b"\x89PNG\r\n\x1a\n" + bytes(1024 * 1024)
-    second.register(protocol.ScoreRequest, lambda m: protocol.ScoreReply(m.request_id, [float(len(m.images[0]))],
-                                                                         "x"))
+    second.register(protocol.ScoreRequest, lambda m: protocol.ScoreReply(m.request_id, [float(len(m.images[0]))], "x"))
     try:
         sessions = [p for p in server.peers() if p.site == "site-a"]
         assert len(sessions) == 2 and len({p.fingerprint for p in sessions}) == 1
@@ -377,14 +416,20 @@ def test_the_agent_reconnects_with_a_fresh_handshake_when_the_coordinator_restar
 
 def RawAgent(endpoint: str, ca: Path, hello: protocol.Hello | None = None) -> RawPeer:
     """A hand-driven site-a agent: real handshake and hello (or ``hello``), then whatever the test sends."""
-    return RawPeer(endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(),
-                   protocol.encode(hello) if hello is not None else None)
+    return RawPeer(
+        endpoint,
+        _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key")(),
+        protocol.encode(hello) if hello is not None else None,
+    )
 
 
-@pytest.mark.parametrize("payload, reason", [
-    (b"\xc1 not msgpack", "protocol violation"),
-    (protocol.encode(protocol.ScoreReply(request_id="nobody-asked", scores=[1.0], model_sha256="x")), None),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"\xc1 not msgpack", "protocol violation"),
+        (protocol.encode(protocol.ScoreReply(request_id="nobody-asked", scores=[1.0], model_sha256="x")), None),
+    ],
+)
 def test_garbage_after_the_welcome_drops_only_that_session(federation, ca, payload, reason):
     server, endpoint, good = federation
     raw = RawAgent(endpoint, ca)
@@ -404,8 +449,13 @@ def test_garbage_after_the_welcome_drops_only_that_session(federation, ca, paylo
 
 def test_unsolicited_agent_messages_reach_on_message_with_the_certified_site(ca):
     received = []
-    with TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW,
-                   on_message=lambda peer, msg: received.append((peer.site, msg))) as server:
+    with TLSServer(
+        "tcp://127.0.0.1:0",
+        _server_ctx(ca),
+        name="coord",
+        allow=ALLOW,
+        on_message=lambda peer, msg: received.append((peer.site, msg)),
+    ) as server:
         agent = _agent(server.endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"))
         try:
             report = protocol.PrivacyReportMsg(report={"epsilon": 1.5}, signature=b"sig")
@@ -420,9 +470,14 @@ def test_unsolicited_agent_messages_reach_on_message_with_the_certified_site(ca)
 def test_heartbeats_continue_while_a_handler_runs_longer_than_the_peer_timeout(ca):
     options = ServerOptions(heartbeat_s=0.2, peer_timeout_s=0.8)
     with TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW, options=options) as server:
-        agent = TLSClient(server.endpoint, _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"),
-                          coordinators=["coord"], worker_id="slow", agent_version="t",
-                          options=ClientOptions(heartbeat_s=0.2, idle_timeout_s=3.0))
+        agent = TLSClient(
+            server.endpoint,
+            _client_ctx(ca, ca / "site-a.pem", ca / "site-a.key"),
+            coordinators=["coord"],
+            worker_id="slow",
+            agent_version="t",
+            options=ClientOptions(heartbeat_s=0.2, idle_timeout_s=3.0),
+        )
         agent.register(HealthRequest, lambda m: time.sleep(2.0) or HealthReply(m.request_id, "site-a", "t", []))
         agent.start()
         try:

@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from abuse_peers import FakeCoordinator, HalfOpenFlood, hostile_coordinator, plaintext_flood
 from mor_secure import pki, protocol
 from mor_secure.logs import KeyValueFormatter
 from mor_secure.transport import ClientOptions, ServerOptions, TLSClient, TLSServer
 from tests.site_helpers import free_port
 from tests.test_transport import RawAgent, _client_ctx, _server_ctx, _wait
 
+from abuse_peers import FakeCoordinator, HalfOpenFlood, hostile_coordinator, plaintext_flood
+
 ALLOW = ["site-a", "site-b"]
-QUICK = ClientOptions(heartbeat_s=0.5, idle_timeout_s=3.0, connect_timeout_s=5.0, backoff_initial_s=0.05,
-                      backoff_max_s=0.3)
+QUICK = ClientOptions(
+    heartbeat_s=0.5, idle_timeout_s=3.0, connect_timeout_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.3
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,14 @@ def ca(tmp_path_factory) -> Path:
 
 
 def _client(endpoint: str, ca: Path, site: str = "site-a") -> TLSClient:
-    client = TLSClient(endpoint, _client_ctx(ca, ca / f"{site}.pem", ca / f"{site}.key"), coordinators=["coord"],
-                       worker_id=f"{site}-w", agent_version="t", options=ClientOptions(**vars(QUICK)))
+    client = TLSClient(
+        endpoint,
+        _client_ctx(ca, ca / f"{site}.pem", ca / f"{site}.key"),
+        coordinators=["coord"],
+        worker_id=f"{site}-w",
+        agent_version="t",
+        options=ClientOptions(**vars(QUICK)),
+    )
     client.start()
     return client
 
@@ -57,8 +65,9 @@ def test_a_half_open_flood_from_a_few_addresses_never_keeps_a_site_out(ca, addre
                     agent.stop()
             pending = [s for s in server._sessions.values() if s.peer is None]
             assert len(pending) <= server.options.max_pending_handshakes
-            assert all(sum(s.address == a for s in pending) <= server.options.max_pending_per_address
-                       for a in addresses)
+            assert all(
+                sum(s.address == a for s in pending) <= server.options.max_pending_per_address for a in addresses
+            )
         finally:
             flood.stop()
 
@@ -107,8 +116,9 @@ def test_an_older_crl_is_refused_and_a_broken_one_is_retried(tmp_path):
     crl = ca / "crl.pem"
     old = _crl_bytes(ca)
     options = ServerOptions(heartbeat_s=0.5, crl_check_s=0.1)
-    with TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW, crl_path=crl,
-                   options=options) as server:
+    with TLSServer(
+        "tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW, crl_path=crl, options=options
+    ) as server:
         first = server.crl_number
         victim = _client(server.endpoint, ca, "site-b")
         try:
@@ -177,7 +187,8 @@ def test_a_hello_of_another_protocol_version_gets_a_clear_refusal(ca):
 
 
 def test_log_fields_from_peers_are_escaped():
-    record = logging.makeLogRecord({"msg": "agent joined", "levelname": "INFO", "name": "mor.x",
-                                    "worker": "w1\nERROR forged=1", "site": "site-a"})
+    record = logging.makeLogRecord(
+        {"msg": "agent joined", "levelname": "INFO", "name": "mor.x", "worker": "w1\nERROR forged=1", "site": "site-a"}
+    )
     line = KeyValueFormatter().format(record)
     assert "\n" not in line and 'worker="w1\\nERROR forged=1"' in line and "site=site-a" in line

@@ -33,25 +33,31 @@ def _free_port() -> int:
 def _tls(pki_dir: Path, name: str) -> str:
     return textwrap.dedent(f"""
         [tls]
-        ca = "{pki_dir / 'ca.pem'}"
-        cert = "{pki_dir / f'{name}.pem'}"
-        key = "{pki_dir / f'{name}.key'}"
-        crl = "{pki_dir / 'crl.pem'}"
+        ca = "{pki_dir / "ca.pem"}"
+        cert = "{pki_dir / f"{name}.pem"}"
+        key = "{pki_dir / f"{name}.key"}"
+        crl = "{pki_dir / "crl.pem"}"
     """)
 
 
 def _coordinator_toml(tmp: Path, pki_dir: Path, port: int, allow: list[str], quorum: int) -> Path:
     path = tmp / "coordinator.toml"
-    path.write_text(f'name = "coord"\nbind = "tcp://127.0.0.1:{port}"\n' + _tls(pki_dir, "coord")
-                    + f"\n[clients]\nallow = {allow!r}\nquorum = {quorum}\ndeadline_s = 5.0\n")
+    path.write_text(
+        f'name = "coord"\nbind = "tcp://127.0.0.1:{port}"\n'
+        + _tls(pki_dir, "coord")
+        + f"\n[clients]\nallow = {allow!r}\nquorum = {quorum}\ndeadline_s = 5.0\n"
+    )
     return path
 
 
 def _client_toml(tmp: Path, pki_dir: Path, port: int, site: str) -> Path:
     path = tmp / f"{site}.toml"
-    path.write_text(f'site = "{site}"\n' + _tls(pki_dir, site)
-                    + f'\n[coordinator]\nendpoint = "tcp://127.0.0.1:{port}"\nname = "coord"\n'
-                      "heartbeat_s = 0.5\nconnect_timeout_s = 2.0\nbackoff_max_s = 1.0\n")
+    path.write_text(
+        f'site = "{site}"\n'
+        + _tls(pki_dir, site)
+        + f'\n[coordinator]\nendpoint = "tcp://127.0.0.1:{port}"\nname = "coord"\n'
+        "heartbeat_s = 0.5\nconnect_timeout_s = 2.0\nbackoff_max_s = 1.0\n"
+    )
     return path
 
 
@@ -59,13 +65,24 @@ def test_probe_lists_answering_agents_and_refused_ones(tmp_path, pki_dir):
     port = _free_port()
     coordinator = _coordinator_toml(tmp_path, pki_dir, port, allow=["site-a", "site-c"], quorum=1)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    agents = {site: subprocess.Popen([*MOR, "client", "serve", "--health-only", "--config",
-                                      str(_client_toml(tmp_path, pki_dir, port, site))],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-              for site in ("site-a", "site-b")}
+    agents = {
+        site: subprocess.Popen(
+            [*MOR, "client", "serve", "--health-only", "--config", str(_client_toml(tmp_path, pki_dir, port, site))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for site in ("site-a", "site-b")
+    }
     try:
-        probe = subprocess.run([*MOR, "coordinator", "probe", "--config", str(coordinator), "--wait", "5"],
-                               capture_output=True, text=True, timeout=60, env={**env, "COLUMNS": "200"})
+        probe = subprocess.run(
+            [*MOR, "coordinator", "probe", "--config", str(coordinator), "--wait", "5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "COLUMNS": "200"},
+        )
         assert probe.returncode == 0, probe.stderr
         rows = {line.split()[1]: line for line in probe.stdout.splitlines() if "site-" in line and "│" in line}
         assert "ok" in rows["site-a"] and "sha256:" in rows["site-a"]
@@ -108,15 +125,26 @@ _SLOW_AGENT = textwrap.dedent("""
 
 
 def test_an_agent_killed_mid_request_is_reported_and_its_restart_is_served(pki_dir):
-    ctx = lambda: pki.ssl_context("coordinator", ca=pki_dir / "ca.pem", cert=pki_dir / "coord.pem",  # noqa: E731
-                                  key=pki_dir / "coord.key", crl=pki_dir / "crl.pem")
-    server = TLSServer("tcp://127.0.0.1:0", ctx, name="coord", allow=["site-a"],
-                       options=ServerOptions(heartbeat_s=0.3, peer_timeout_s=5.0))
+    ctx = lambda: pki.ssl_context(  # noqa: E731
+        "coordinator",
+        ca=pki_dir / "ca.pem",
+        cert=pki_dir / "coord.pem",  # noqa: E731
+        key=pki_dir / "coord.key",
+        crl=pki_dir / "crl.pem",
+    )
+    server = TLSServer(
+        "tcp://127.0.0.1:0",
+        ctx,
+        name="coord",
+        allow=["site-a"],
+        options=ServerOptions(heartbeat_s=0.3, peer_timeout_s=5.0),
+    )
     request = protocol.ScoreRequest(request_id="", images=[PNG], prompts=["p"], completions=["c"])
 
     def spawn(delay: float) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", _SLOW_AGENT, str(pki_dir), endpoint, str(delay)],
-                                stdout=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", _SLOW_AGENT, str(pki_dir), endpoint, str(delay)], stdout=subprocess.PIPE, text=True
+        )
 
     with ClientPool(server, deadline_s=10.0) as pool:
         endpoint = server.endpoint

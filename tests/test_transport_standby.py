@@ -104,18 +104,27 @@ def test_a_failure_in_a_standby_turn_is_raised_in_the_loop_thread_when_the_job_e
 def test_the_agent_answers_while_its_network_thread_runs_a_long_handler(pki_dir):
     """A health request is read, handed to the pool and answered while a scoring handler (on the network
     thread) waits for that very answer: only a standby that took over the socket makes this finish."""
-    with TLSServer("tcp://127.0.0.1:0", lambda: _ctx(pki_dir, "coordinator", "coord"), name="coord",
-                   options=ServerOptions(heartbeat_s=0.2, peer_timeout_s=5.0)) as server:
-        agent = TLSClient(server.endpoint, lambda: _ctx(pki_dir, "client", "site-a"), coordinators=["coord"],
-                          worker_id="w", agent_version="t", options=ClientOptions(heartbeat_s=0.2))
+    with TLSServer(
+        "tcp://127.0.0.1:0",
+        lambda: _ctx(pki_dir, "coordinator", "coord"),
+        name="coord",
+        options=ServerOptions(heartbeat_s=0.2, peer_timeout_s=5.0),
+    ) as server:
+        agent = TLSClient(
+            server.endpoint,
+            lambda: _ctx(pki_dir, "client", "site-a"),
+            coordinators=["coord"],
+            worker_id="w",
+            agent_version="t",
+            options=ClientOptions(heartbeat_s=0.2),
+        )
         answered = threading.Event()
         agent.register(HealthRequest, lambda m: HealthReply(m.request_id, "site-a", "t", []))
         agent.register(ScoreRequest, lambda m: ScoreReply(m.request_id, [float(answered.wait(10))], "t"))
         agent.start()
         try:
             assert agent.connected.wait(10) and agent.error is None
-            slow = server.request(agent.session_id, ScoreRequest("s", images=[PNG], prompts=["p"],
-                                                                 completions=["c"]))
+            slow = server.request(agent.session_id, ScoreRequest("s", images=[PNG], prompts=["p"], completions=["c"]))
             assert server.request(agent.session_id, HealthRequest(request_id="h")).result(10).site == "site-a"
             answered.set()
             assert slow.result(10).scores == [1.0]

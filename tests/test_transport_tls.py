@@ -9,8 +9,9 @@ from mor_secure.transport.tls import TLSError, TLSSession, looks_like_client_hel
 
 
 def _ctx(pki_dir, role, name):
-    return pki.ssl_context(role, ca=pki_dir / "ca.pem", cert=pki_dir / f"{name}.pem",
-                           key=pki_dir / f"{name}.key", crl=pki_dir / "crl.pem")
+    return pki.ssl_context(
+        role, ca=pki_dir / "ca.pem", cert=pki_dir / f"{name}.pem", key=pki_dir / f"{name}.key", crl=pki_dir / "crl.pem"
+    )
 
 
 class Wire:
@@ -19,10 +20,18 @@ class Wire:
     def __init__(self, pki_dir, server_limit=1 << 20, client_limit=1 << 20):
         self.to_server: list[bytes] = []
         self.to_client: list[bytes] = []
-        self.server = TLSSession(_ctx(pki_dir, "coordinator", "coord"), server_side=True,
-                                 emit=self.to_client.append, max_message_bytes=server_limit)
-        self.client = TLSSession(_ctx(pki_dir, "client", "site-a"), server_side=False,
-                                 emit=self.to_server.append, max_message_bytes=client_limit)
+        self.server = TLSSession(
+            _ctx(pki_dir, "coordinator", "coord"),
+            server_side=True,
+            emit=self.to_client.append,
+            max_message_bytes=server_limit,
+        )
+        self.client = TLSSession(
+            _ctx(pki_dir, "client", "site-a"),
+            server_side=False,
+            emit=self.to_server.append,
+            max_message_bytes=client_limit,
+        )
 
     def pump(self) -> tuple[list, list]:
         at_server, at_client = [], []
@@ -60,7 +69,7 @@ def test_records_split_into_arbitrary_frames_still_reassemble(pki_dir):
     wire.to_server.clear()
     got = []
     for i in range(0, len(data), 777):
-        got += wire.server.feed(data[i:i + 777])
+        got += wire.server.feed(data[i : i + 777])
     assert [bytes(m) for m in got] == [b"hello world" * 5000]
 
 

@@ -10,9 +10,9 @@ from mor_secure.rewards.truncation import count_truncated, keep_tail, split_budg
 
 def test_split_budget_keeps_the_whole_when_it_fits_and_the_answer_end_otherwise():
     assert split_budget(10, 20, 64) == (10, 20)
-    assert split_budget(10, 500, 64) == (10, 54)       # a short question stays whole
-    assert split_budget(300, 500, 64) == (32, 32)      # both long: the question keeps half
-    assert split_budget(300, 5, 64) == (59, 5)         # a short answer stays whole
+    assert split_budget(10, 500, 64) == (10, 54)  # a short question stays whole
+    assert split_budget(300, 500, 64) == (32, 32)  # both long: the question keeps half
+    assert split_budget(300, 5, 64) == (59, 5)  # a short answer stays whole
     for p, a, limit in [(1, 1, 1), (0, 99, 8), (99, 0, 8), (7, 9, 15), (1000, 1000, 257)]:
         kp, ka = split_budget(p, a, limit)
         assert kp <= p and ka <= a and kp + ka == min(p + a, limit)
@@ -58,8 +58,9 @@ def test_data_check_counts_truncation_per_family(tiny_model_dir, tmp_path):
 
     data, _ = write_layout("standard-parquet", tmp_path, pairs(20))
     base = str(tiny_model_dir("qwen2-vl"))
-    result = CliRunner().invoke(group, ["check", str(data), "--base", base, "--max-length", "300",
-                                        "--test-fraction", "0.01"])
+    result = CliRunner().invoke(
+        group, ["check", str(data), "--base", base, "--max-length", "300", "--test-fraction", "0.01"]
+    )
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("truncation")]
     assert len(lines) == 2 and "dual-encoder: 20 of 20" in lines[0]  # ~430 characters per answer

@@ -24,10 +24,15 @@ from mor_secure.config import ConfigError
 from mor_secure.ledger import PrivacyLedger, read_entries, verify
 from tests.site_helpers import coordinator_toml
 
-HONEST = {"a": SyntheticClient("expert", (0,), offset=1.0, scale=2.0),
-          "b": SyntheticClient("expert", (1,), noise=0.5, offset=-3.0, scale=0.5)}
-ADVERSARIES = {"inv": SyntheticClient("inverted", (0, 1)), "rnd": SyntheticClient("random"),
-               "fix": SyntheticClient("fixed-wrong", wrong_answer=2)}
+HONEST = {
+    "a": SyntheticClient("expert", (0,), offset=1.0, scale=2.0),
+    "b": SyntheticClient("expert", (1,), noise=0.5, offset=-3.0, scale=0.5),
+}
+ADVERSARIES = {
+    "inv": SyntheticClient("inverted", (0, 1)),
+    "rnd": SyntheticClient("random"),
+    "fix": SyntheticClient("fixed-wrong", wrong_answer=2),
+}
 SITES = [*HONEST, *ADVERSARIES]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,8 +49,7 @@ def scored():
 
 
 def _calibrated(raw: torch.Tensor, calibrator: Calibrator) -> torch.Tensor:
-    return torch.stack([(raw[:, k] - calibrator[s].center) / calibrator[s].scale for k, s in enumerate(SITES)],
-                       dim=1)
+    return torch.stack([(raw[:, k] - calibrator[s].center) / calibrator[s].scale for k, s in enumerate(SITES)], dim=1)
 
 
 def test_agreement_trust_separates_honest_from_adversaries(scored):
@@ -117,8 +121,9 @@ def test_router_trained_on_masked_columns_never_routes_to_excluded_sites(scored)
 def test_trust_report_lands_in_the_ledger_and_verifies(scored, pki_dir: Path, tmp_path: Path):
     _, raw_train, _, calibrator = scored
     z = _calibrated(raw_train, calibrator)
-    config = load_coordinator_config(coordinator_toml(tmp_path, pki_dir, 7999, SITES,
-                                                      '[router]\ndefence = "agreement"\n'))
+    config = load_coordinator_config(
+        coordinator_toml(tmp_path, pki_dir, 7999, SITES, '[router]\ndefence = "agreement"\n')
+    )
     trust = screen_sites(config, z, SITES)
     entries = read_entries(config.ledger.path)
     assert [e.kind for e in entries] == ["trust"] * len(SITES)
@@ -138,8 +143,9 @@ def test_trust_report_lands_in_the_ledger_and_verifies(scored, pki_dir: Path, tm
 def test_config_switch_and_a_bad_value_is_refused(pki_dir: Path, tmp_path: Path):
     from mor_secure.cli import root
 
-    good = load_coordinator_config(coordinator_toml(tmp_path, pki_dir, 7999, ["a"],
-                                                    '[router]\ndefence = "agreement"\ntrust_threshold = 0.6\n'))
+    good = load_coordinator_config(
+        coordinator_toml(tmp_path, pki_dir, 7999, ["a"], '[router]\ndefence = "agreement"\ntrust_threshold = 0.6\n')
+    )
     assert (good.router.defence, good.router.trust_threshold) == ("agreement", 0.6)
     assert load_coordinator_config(coordinator_toml(tmp_path, pki_dir, 7999, ["a"])).router.defence == "none"
     bad = coordinator_toml(tmp_path, pki_dir, 7999, ["a"], '[router]\ndefence = "median"\n')

@@ -13,8 +13,15 @@ from PIL import Image
 
 from coordinator.config import load_coordinator_config
 from coordinator.service import Federation
-from tests.site_helpers import (coordinator_toml, enrol_site, free_port, install_model, make_ca, score_request,
-                                serving_agent)
+from tests.site_helpers import (
+    coordinator_toml,
+    enrol_site,
+    free_port,
+    install_model,
+    make_ca,
+    score_request,
+    serving_agent,
+)
 
 
 def test_two_workers_of_one_site_share_the_load_and_count_as_one_site(tmp_path, world_dir, caplog):
@@ -22,8 +29,9 @@ def test_two_workers_of_one_site_share_the_load_and_count_as_one_site(tmp_path, 
     port = free_port()
     config = enrol_site(tmp_path, ca_dir, "site-a", port)
     install_model(config, world_dir)
-    coordinator = load_coordinator_config(coordinator_toml(tmp_path, ca_dir, port, ["site-a"],
-                                                           extra="[pool]\nmax_batch = 4\nparallel = 2\n"))
+    coordinator = load_coordinator_config(
+        coordinator_toml(tmp_path, ca_dir, port, ["site-a"], extra="[pool]\nmax_batch = 4\nparallel = 2\n")
+    )
     served_by: list[str] = []
     with Federation(coordinator) as fed:
         workers = [serving_agent(config, worker, served_by) for worker in ("w1", "w2")]

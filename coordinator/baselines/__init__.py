@@ -12,5 +12,12 @@ from coordinator.baselines.fedavg import FedAvg, RoundRecord, train_fedavg
 from coordinator.baselines.strategy import ModelReward
 from coordinator.baselines_config import BaselinesConfig
 
-__all__ = ["BaselinesConfig", "FedAvg", "ModelReward", "RoundRecord", "baseline_accuracies", "train_centralised",
-           "train_fedavg"]
+__all__ = [
+    "BaselinesConfig",
+    "FedAvg",
+    "ModelReward",
+    "RoundRecord",
+    "baseline_accuracies",
+    "train_centralised",
+    "train_fedavg",
+]

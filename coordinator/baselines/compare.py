@@ -31,7 +31,8 @@ def baseline_accuracies(config: BaselinesConfig, test_rows: Any, out_dir: Path) 
         baseline.save(out_dir / name)
         out[baseline.label] = accuracy
         summary[name] = {**baseline.record, "accuracy": accuracy, "path": str(out_dir / name)}
-        log.info("baseline evaluated", extra={"baseline": name, "pairs": len(test_rows),
-                                              "accuracy": round(accuracy, 4)})
+        log.info(
+            "baseline evaluated", extra={"baseline": name, "pairs": len(test_rows), "accuracy": round(accuracy, 4)}
+        )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return out

@@ -15,15 +15,18 @@ def load_client_data(config: BaselinesConfig) -> list[Any]:
     from mor_secure.data.loader import load_preferences
 
     if not config.data:
-        raise DataError("[baselines] data is empty: list one preference folder per simulated client "
-                        "(e.g. the benchmark world's client-0, client-1, client-2)")
+        raise DataError(
+            "[baselines] data is empty: list one preference folder per simulated client "
+            "(e.g. the benchmark world's client-0, client-1, client-2)"
+        )
     out = []
     for path in config.data:
         try:
             rows = load_preferences(path, split=config.split, kind="pairs")
         except (DataError, FileNotFoundError) as exc:
-            raise DataError(f"cannot read client data {path} (split {config.split!r}): {exc}; "
-                            "fix [baselines] data / split") from None
+            raise DataError(
+                f"cannot read client data {path} (split {config.split!r}): {exc}; fix [baselines] data / split"
+            ) from None
         if config.max_pairs:
             rows = rows.select(range(min(config.max_pairs, len(rows))))
         out.append(rows)

@@ -44,8 +44,10 @@ def weighted_average(states: Sequence[State], weights: Sequence[float]) -> State
     total = float(sum(weights))
     if not states or total <= 0:
         raise ValueError("averaging needs at least one state and a positive total weight")
-    return {name: sum(w / total * s[name].double() for s, w in zip(states, weights)).to(states[0][name].dtype)
-            for name in states[0]}
+    return {
+        name: sum(w / total * s[name].double() for s, w in zip(states, weights)).to(states[0][name].dtype)
+        for name in states[0]
+    }
 
 
 @dataclass
@@ -67,11 +69,20 @@ class FedAvg:
         device, dp = resolve_device(config.device), dp_settings(config)
         steps = config.rounds * config.local_steps
         # The same seed for every client: one initialisation, as if the coordinator had sent it.
-        self.clients = [LocalTrainer(build_reward_model(config.model, seed=config.seed), rows, total_steps=steps,
-                                     batch_size=config.batch_size, lr=config.lr,
-                                     weight_decay=config.weight_decay, seed=config.seed + 1000 * (k + 1),
-                                     device=device, dp=dp)
-                        for k, rows in enumerate(data)]
+        self.clients = [
+            LocalTrainer(
+                build_reward_model(config.model, seed=config.seed),
+                rows,
+                total_steps=steps,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                seed=config.seed + 1000 * (k + 1),
+                device=device,
+                dp=dp,
+            )
+            for k, rows in enumerate(data)
+        ]
         self.sizes = [c.n_pairs for c in self.clients]
         self.global_state: State = self.clients[0].model.saved_state_dict()
         self.rounds: list[RoundRecord] = []
@@ -91,11 +102,22 @@ class FedAvg:
         states = [client.model.saved_state_dict() for client in self.clients]
         self.global_state = weighted_average(states, self.sizes)
         finite = [v for v in losses if math.isfinite(v)]
-        record = RoundRecord(len(self.rounds) + 1, down, sum(state_bytes(s) for s in states),
-                             sum(finite) / len(finite) if finite else math.nan)
+        record = RoundRecord(
+            len(self.rounds) + 1,
+            down,
+            sum(state_bytes(s) for s in states),
+            sum(finite) / len(finite) if finite else math.nan,
+        )
         self.rounds.append(record)
-        log.info("fedavg round", extra={"round": record.round, "clients": len(self.clients),
-                                        "up_bytes": record.up_bytes, "loss": round(record.mean_loss, 4)})
+        log.info(
+            "fedavg round",
+            extra={
+                "round": record.round,
+                "clients": len(self.clients),
+                "up_bytes": record.up_bytes,
+                "loss": round(record.mean_loss, 4),
+            },
+        )
         return record
 
     def epsilons(self) -> list[float]:
@@ -111,14 +133,25 @@ class FedAvg:
         epsilons = self.epsilons()
         planned = self.config.rounds * self.config.local_steps
         if any(client.history.steps != planned for client in self.clients):
-            raise RuntimeError(f"the accountants counted {[c.history.steps for c in self.clients]} steps, "
-                               f"the plan {planned} per client")
-        record = {"kind": "fedavg", "label": LABEL, "family": self.config.model.family,
-                  "clients": len(self.clients), "client_pairs": self.sizes, "rounds": [asdict(r) for r in self.rounds],
-                  "local_steps": self.config.local_steps, "parameter_bytes": state_bytes(self.global_state),
-                  "dp": self.config.dp, "epsilon_per_client": epsilons, "epsilon": max(epsilons),
-                  "delta_per_client": [c.delta for c in self.clients],
-                  "noise_multiplier_per_client": [c.noise_multiplier for c in self.clients]}
+            raise RuntimeError(
+                f"the accountants counted {[c.history.steps for c in self.clients]} steps, "
+                f"the plan {planned} per client"
+            )
+        record = {
+            "kind": "fedavg",
+            "label": LABEL,
+            "family": self.config.model.family,
+            "clients": len(self.clients),
+            "client_pairs": self.sizes,
+            "rounds": [asdict(r) for r in self.rounds],
+            "local_steps": self.config.local_steps,
+            "parameter_bytes": state_bytes(self.global_state),
+            "dp": self.config.dp,
+            "epsilon_per_client": epsilons,
+            "epsilon": max(epsilons),
+            "delta_per_client": [c.delta for c in self.clients],
+            "noise_multiplier_per_client": [c.noise_multiplier for c in self.clients],
+        }
         return ModelReward(model, record)
 
 

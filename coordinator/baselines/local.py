@@ -15,8 +15,7 @@ import torch
 
 from mor_secure.privacy import AccountantHistory, default_delta, epsilon, plan_noise
 from mor_secure.rewards import RewardModel
-from mor_secure.rewards.training import (PairRows, endless, index_loader, make_private, pair_step,
-                                         steps_per_epoch)
+from mor_secure.rewards.training import PairRows, endless, index_loader, make_private, pair_step, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,19 @@ class DPSettings:
 class LocalTrainer:
     """AdamW (DP-SGD under Opacus when ``dp`` is set) on ``data``'s pairs for up to ``total_steps`` steps."""
 
-    def __init__(self, model: RewardModel, data: Any, *, total_steps: int, batch_size: int, lr: float,
-                 weight_decay: float = 0.0, seed: int = 0, device: torch.device | str = "cpu",
-                 dp: DPSettings | None = None) -> None:
+    def __init__(
+        self,
+        model: RewardModel,
+        data: Any,
+        *,
+        total_steps: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        dp: DPSettings | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).train()
         self.rows = PairRows(data, model)
@@ -50,12 +59,18 @@ class LocalTrainer:
         if dp is None:
             self.module, self.optimizer = model, optimizer
         else:
-            self.noise_multiplier = plan_noise(dp.target_epsilon, self.delta, self.sample_rate, total_steps,
-                                               accountant=dp.accountant)
+            self.noise_multiplier = plan_noise(
+                dp.target_epsilon, self.delta, self.sample_rate, total_steps, accountant=dp.accountant
+            )
             self.engine, self.module, optimizer, loader = make_private(
-                model, optimizer, loader, noise_multiplier=self.noise_multiplier,
-                max_grad_norm=dp.max_grad_norm, accountant=dp.accountant,
-                noise_generator=torch.Generator(device=self.device).manual_seed(seed + 1))
+                model,
+                optimizer,
+                loader,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=dp.max_grad_norm,
+                accountant=dp.accountant,
+                noise_generator=torch.Generator(device=self.device).manual_seed(seed + 1),
+            )
             self.optimizer = optimizer
         self._batches = endless(loader)
 
@@ -70,8 +85,9 @@ class LocalTrainer:
         self.model.train()
         losses = []
         for _ in range(steps):
-            loss = pair_step(self.module, self.optimizer, self.rows, next(self._batches), self.device,
-                             private=self.dp is not None)
+            loss = pair_step(
+                self.module, self.optimizer, self.rows, next(self._batches), self.device, private=self.dp is not None
+            )
             if loss is not None:
                 losses.append(loss)
             self.steps += 1

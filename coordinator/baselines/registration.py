@@ -22,8 +22,10 @@ def load_baseline(kind: str, ctx: RewardContext, arg: str) -> ModelReward:
     try:
         baseline = ModelReward.load(folder)
     except (OSError, ValueError) as exc:
-        raise RewardError(f"cannot load the {kind} baseline at {folder}: {exc}. Run `mor coordinator router` "
-                          f"with [baselines] data set, or name a saved folder: '{kind}:FOLDER'") from None
+        raise RewardError(
+            f"cannot load the {kind} baseline at {folder}: {exc}. Run `mor coordinator router` "
+            f"with [baselines] data set, or name a saved folder: '{kind}:FOLDER'"
+        ) from None
     if baseline.record.get("kind") != kind:
         raise RewardError(f"{folder} holds a {baseline.record.get('kind')!r} baseline, not {kind!r}")
     return baseline

@@ -43,8 +43,12 @@ class ModelReward(RewardFusion):
     def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores | None = None) -> list[float | None]:
         if not items:
             return []
-        scores = self.model.score([it.image for it in items], [it.prompt for it in items],
-                                  [it.completion for it in items], batch_size=self.batch_size)
+        scores = self.model.score(
+            [it.image for it in items],
+            [it.prompt for it in items],
+            [it.completion for it in items],
+            batch_size=self.batch_size,
+        )
         return [s if math.isfinite(s) else None for s in scores]
 
     def pairwise_accuracy(self, rows: Any) -> float:
@@ -70,8 +74,10 @@ class ModelReward(RewardFusion):
         try:
             record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise BadInput(f"{folder / RECORD_NAME}: missing or not JSON ({exc}); pass a folder written by "
-                           "a FedAvg or centralised baseline") from None
+            raise BadInput(
+                f"{folder / RECORD_NAME}: missing or not JSON ({exc}); pass a folder written by "
+                "a FedAvg or centralised baseline"
+            ) from None
         if not isinstance(record, dict) or record.pop("format", None) != RECORD_FORMAT:
             raise BadInput(f"{folder / RECORD_NAME}: not a baseline record (format {RECORD_FORMAT!r})")
         return cls(load_reward_model(folder), record)

@@ -16,14 +16,23 @@ import click
 
 from mor_secure.cli import MorGroup
 
-BENCHMARKS = {"transport": "transport.py", "dp-overhead": "dp_overhead.py", "mia": "mia_audit.py",
-              "robustness": "robustness.py", "reward-overhead": "reward_overhead.py",
-              "privacy-utility": "privacy_utility.py", "faults": "fault_injection.py",
-              "robustness-policy": "robustness_policy.py", "abuse": "abuse.py"}
+BENCHMARKS = {
+    "transport": "transport.py",
+    "dp-overhead": "dp_overhead.py",
+    "mia": "mia_audit.py",
+    "robustness": "robustness.py",
+    "reward-overhead": "reward_overhead.py",
+    "privacy-utility": "privacy_utility.py",
+    "faults": "fault_injection.py",
+    "robustness-policy": "robustness_policy.py",
+    "abuse": "abuse.py",
+}
 """Command name -> script in the checkout's benchmarks/ folder."""
 
-NO_CHECKOUT = ("benchmarks ship with the source checkout; run from a clone (git clone the project, then "
-               "`pip install -e .` in it) so that mor_secure is imported from the folder holding benchmarks/")
+NO_CHECKOUT = (
+    "benchmarks ship with the source checkout; run from a clone (git clone the project, then "
+    "`pip install -e .` in it) so that mor_secure is imported from the folder holding benchmarks/"
+)
 
 
 def checkout_root() -> Path:
@@ -40,8 +49,10 @@ def script_path(name: str) -> Path:
     """The script of benchmark ``name`` in the checkout (``ClickException`` naming the fix if absent)."""
     script = checkout_root() / "benchmarks" / BENCHMARKS[name]
     if not script.is_file():
-        raise click.ClickException(f"{script} is missing from this checkout: update the clone (git pull), "
-                                   f"or run `mor bench list` for the benchmarks present")
+        raise click.ClickException(
+            f"{script} is missing from this checkout: update the clone (git pull), "
+            f"or run `mor bench list` for the benchmarks present"
+        )
     return script
 
 
@@ -101,15 +112,27 @@ def _bench_command(name: str) -> click.Command:
         if code:
             raise click.ClickException(f"benchmark {name} failed (exit status {code}); its output above says why")
 
-    help_text = (f"Run benchmarks/{BENCHMARKS[name]} and write its report.\n\n"
-                 "Every option not listed here passes through to the script (for example --quick where the "
-                 "script has it); --script-help lists them.")
+    help_text = (
+        f"Run benchmarks/{BENCHMARKS[name]} and write its report.\n\n"
+        "Every option not listed here passes through to the script (for example --quick where the "
+        "script has it); --script-help lists them."
+    )
     command = click.Command(
-        name, callback=run, help=help_text, short_help=f"Run benchmarks/{BENCHMARKS[name]}.",
+        name,
+        callback=run,
+        help=help_text,
+        short_help=f"Run benchmarks/{BENCHMARKS[name]}.",
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        params=[click.Option(["--out"], type=click.Path(file_okay=False, path_type=Path), default=None,
-                             help="Folder of the report (default: benchmarks/results of the checkout)."),
-                click.Option(["--script-help"], is_flag=True, help="Show the script's own options and exit.")])
+        params=[
+            click.Option(
+                ["--out"],
+                type=click.Path(file_okay=False, path_type=Path),
+                default=None,
+                help="Folder of the report (default: benchmarks/results of the checkout).",
+            ),
+            click.Option(["--script-help"], is_flag=True, help="Show the script's own options and exit."),
+        ],
+    )
     return command
 
 

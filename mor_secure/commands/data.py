@@ -33,8 +33,9 @@ def _table(manifest: dict) -> list[str]:
 
     def row(part: str, split: str, style: str, counts: dict) -> None:
         per = counts["per_domain"]
-        lines.append(f"{part:<14} {split:<6} {style:<9} {counts['total']:>6} "
-                     + " ".join(f"{per.get(d, 0):>8}" for d in domains))
+        lines.append(
+            f"{part:<14} {split:<6} {style:<9} {counts['total']:>6} " + " ".join(f"{per.get(d, 0):>8}" for d in domains)
+        )
 
     for name, client in manifest["clients"].items():
         for split, counts in client["splits"].items():
@@ -46,24 +47,66 @@ def _table(manifest: dict) -> list[str]:
 
 
 @group.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder to write the world into; it must be empty or absent (see --force).")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed; the same seed writes byte-identical files.")
-@click.option("--clients", default=3, show_default=True, type=click.IntRange(1, 64),
-              help="Number of client folders; client k owns domain k mod the number of domains.")
-@click.option("--pairs", default=400, show_default=True, type=click.IntRange(6),
-              help="Preference pairs per client (train and test together).")
-@click.option("--router-pairs", default=300, show_default=True, type=click.IntRange(6),
-              help="Labelled pairs across all domains for training the coordinator's router.")
-@click.option("--eval", "eval_questions", default=300, show_default=True, type=click.IntRange(6),
-              help="Held-out questions with ground truth for measuring the policy.")
-@click.option("--own-domain-share", default=0.8, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of each client's pairs drawn from its own domain (the rest: the others).")
-@click.option("--force", is_flag=True, default=False,
-              help="Replace an existing world at --out (only a folder holding a manifest.json).")
-def synth(out_dir: Path, seed: int, clients: int, pairs: int, router_pairs: int,
-          eval_questions: int, own_domain_share: float, force: bool) -> None:
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder to write the world into; it must be empty or absent (see --force).",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed; the same seed writes byte-identical files.")
+@click.option(
+    "--clients",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Number of client folders; client k owns domain k mod the number of domains.",
+)
+@click.option(
+    "--pairs",
+    default=400,
+    show_default=True,
+    type=click.IntRange(6),
+    help="Preference pairs per client (train and test together).",
+)
+@click.option(
+    "--router-pairs",
+    default=300,
+    show_default=True,
+    type=click.IntRange(6),
+    help="Labelled pairs across all domains for training the coordinator's router.",
+)
+@click.option(
+    "--eval",
+    "eval_questions",
+    default=300,
+    show_default=True,
+    type=click.IntRange(6),
+    help="Held-out questions with ground truth for measuring the policy.",
+)
+@click.option(
+    "--own-domain-share",
+    default=0.8,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of each client's pairs drawn from its own domain (the rest: the others).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    default=False,
+    help="Replace an existing world at --out (only a folder holding a manifest.json).",
+)
+def synth(
+    out_dir: Path,
+    seed: int,
+    clients: int,
+    pairs: int,
+    router_pairs: int,
+    eval_questions: int,
+    own_domain_share: float,
+    force: bool,
+) -> None:
     """Generate the benchmark world under --out and print its counts per client and domain.
 
     Layout: client-<k>/ (train/test pairs), server/router/ (pairs over all domains),
@@ -73,15 +116,25 @@ def synth(out_dir: Path, seed: int, clients: int, pairs: int, router_pairs: int,
 
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
-            raise click.ClickException(f"{out_dir} is not empty; pass --force to replace the world "
-                                       "there, or choose another --out")
+            raise click.ClickException(
+                f"{out_dir} is not empty; pass --force to replace the world there, or choose another --out"
+            )
         if not (out_dir / "manifest.json").is_file():
-            raise click.ClickException(f"{out_dir} is not empty and holds no benchmark world "
-                                       "(no manifest.json); refusing to delete it even with --force: "
-                                       "choose an empty or new --out")
+            raise click.ClickException(
+                f"{out_dir} is not empty and holds no benchmark world "
+                "(no manifest.json); refusing to delete it even with --force: "
+                "choose an empty or new --out"
+            )
         shutil.rmtree(out_dir)
-    manifest = generate_world(out_dir, seed=seed, clients=clients, pairs=pairs, router_pairs=router_pairs,
-                              eval_questions=eval_questions, own_domain_share=own_domain_share)
+    manifest = generate_world(
+        out_dir,
+        seed=seed,
+        clients=clients,
+        pairs=pairs,
+        router_pairs=router_pairs,
+        eval_questions=eval_questions,
+        own_domain_share=own_domain_share,
+    )
     click.echo(f"benchmark world written to {out_dir} (seed {seed})")
     for line in _table(manifest):
         click.echo(line)
@@ -109,27 +162,64 @@ def _families(config: Any, max_length: int | None, bases: tuple[str, ...]) -> tu
 
 @group.command()
 @click.argument("path", type=click.Path(path_type=Path), required=False)
-@click.option("--kind", default="pairs", show_default=True, type=click.Choice(["pairs", "eval", "prompts"]),
-              help="Schema to check against: preference pairs, eval questions (image, prompt, answer) or "
-                   "GRPO prompts (image, prompt; no answers).")
-@click.option("--split", default=None,
-              help="Report only this split (default: every split; all are read, as training does).")
-@click.option("--columns", "columns", multiple=True, metavar="NAME=COLUMN",
-              help="Your data set's column for one of the product's (image, prompt, chosen, rejected, domain, "
-                   "question_type, answer), e.g. --columns prompt=question; repeat or comma-separate. "
-                   "Overrides [data] columns of --config.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="A site's client.toml: its [data] (path, columns, splits, test_fraction, max_image_pixels) "
-                   "and [model] (family, base, max_length) are used.")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Held-out share when the data set has one split (default [data] test_fraction or 0.1).")
-@click.option("--max-length", type=click.IntRange(1), default=None,
-              help="Truncation length to report against (default [model] max_length or 256).")
-@click.option("--base", "bases", multiple=True, metavar="MODEL",
-              help="Also count truncation in the tokens of this VLM (a local folder or cached hub id); repeat "
-                   "for several families. The dual-encoder is always counted (characters).")
-def check(path: Path | None, kind: str, split: str | None, columns: tuple[str, ...], config_path: Path | None,
-          test_fraction: float | None, max_length: int | None, bases: tuple[str, ...]) -> None:
+@click.option(
+    "--kind",
+    default="pairs",
+    show_default=True,
+    type=click.Choice(["pairs", "eval", "prompts"]),
+    help="Schema to check against: preference pairs, eval questions (image, prompt, answer) or "
+    "GRPO prompts (image, prompt; no answers).",
+)
+@click.option(
+    "--split", default=None, help="Report only this split (default: every split; all are read, as training does)."
+)
+@click.option(
+    "--columns",
+    "columns",
+    multiple=True,
+    metavar="NAME=COLUMN",
+    help="Your data set's column for one of the product's (image, prompt, chosen, rejected, domain, "
+    "question_type, answer), e.g. --columns prompt=question; repeat or comma-separate. "
+    "Overrides [data] columns of --config.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A site's client.toml: its [data] (path, columns, splits, test_fraction, max_image_pixels) "
+    "and [model] (family, base, max_length) are used.",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Held-out share when the data set has one split (default [data] test_fraction or 0.1).",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(1),
+    default=None,
+    help="Truncation length to report against (default [model] max_length or 256).",
+)
+@click.option(
+    "--base",
+    "bases",
+    multiple=True,
+    metavar="MODEL",
+    help="Also count truncation in the tokens of this VLM (a local folder or cached hub id); repeat "
+    "for several families. The dual-encoder is always counted (characters).",
+)
+def check(
+    path: Path | None,
+    kind: str,
+    split: str | None,
+    columns: tuple[str, ...],
+    config_path: Path | None,
+    test_fraction: float | None,
+    max_length: int | None,
+    bases: tuple[str, ...],
+) -> None:
     """Tell what training would read from PATH and refuse: one line per fact, then every problem.
 
     PATH is a local save_to_disk folder (Dataset or DatasetDict), a .parquet file or a .jsonl file
@@ -154,10 +244,15 @@ def check(path: Path | None, kind: str, split: str | None, columns: tuple[str, .
         raise click.ClickException("no data set: pass PATH, or --config with [data] path set")
     mapping = parse_columns(columns) if columns else (dict(data.columns) if data is not None else {})
     site = open_site_data(
-        path, kind=kind, strict=False, columns=mapping,
-        train_split=data.train_split if data else "train", test_split=data.test_split if data else "test",
+        path,
+        kind=kind,
+        strict=False,
+        columns=mapping,
+        train_split=data.train_split if data else "train",
+        test_split=data.test_split if data else "test",
         test_fraction=test_fraction if test_fraction is not None else (data.test_fraction if data else 0.1),
-        max_pixels=data.max_image_pixels if data else MAX_IMAGE_PIXELS)
+        max_pixels=data.max_image_pixels if data else MAX_IMAGE_PIXELS,
+    )
     if split is not None:
         site.rows(split)
     length, families = _families(config, max_length, bases)
@@ -168,8 +263,13 @@ def check(path: Path | None, kind: str, split: str | None, columns: tuple[str, .
     if result.problems:
         for problem in result.problems:
             click.echo(f"  refused: {problem}")
-        hint = " (an eval set? pass --kind eval)" if kind == "pairs" and any(
-            "missing column 'chosen'" in p for p in result.problems) else ""
-        raise click.ClickException(f"{len(result.problems)} problem(s) in {path}{hint}: fix each row above (or "
-                                   "the column mapping), then check again; training refuses this data set")
+        hint = (
+            " (an eval set? pass --kind eval)"
+            if kind == "pairs" and any("missing column 'chosen'" in p for p in result.problems)
+            else ""
+        )
+        raise click.ClickException(
+            f"{len(result.problems)} problem(s) in {path}{hint}: fix each row above (or "
+            "the column mapping), then check again; training refuses this data set"
+        )
     click.echo(f"ok: {path} follows the {kind} schema")

@@ -10,13 +10,26 @@ import click
 
 
 @click.command(name="demo")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("mor-demo"),
-              show_default=True, help="Folder for everything the demo builds, its logs (logs/STAGE.log) and "
-                                      "the report (report.md, report.png); kept for inspection.")
-@click.option("--quick", is_flag=True, default=False,
-              help="A smaller world, fewer training steps and a smaller evaluation (about 3 minutes on 2 cores).")
-@click.option("--fresh", is_flag=True, default=False,
-              help="Rebuild every stage instead of reusing what an earlier run in --workdir built.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("mor-demo"),
+    show_default=True,
+    help="Folder for everything the demo builds, its logs (logs/STAGE.log) and "
+    "the report (report.md, report.png); kept for inspection.",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    default=False,
+    help="A smaller world, fewer training steps and a smaller evaluation (about 3 minutes on 2 cores).",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    default=False,
+    help="Rebuild every stage instead of reusing what an earlier run in --workdir built.",
+)
 def command(workdir: Path, quick: bool, fresh: bool) -> None:
     """Run a whole federation here, as separate processes over mutual TLS on 127.0.0.1, and report.
 
@@ -46,5 +59,7 @@ def command(workdir: Path, quick: bool, fresh: bool) -> None:
     start = time.monotonic()
     report = Demo(workdir, QUICK if quick else FULL, console, name=name, fresh=fresh).run()
     console.print(report.read_text(encoding="utf-8"), markup=False, highlight=False)
-    console.print(f"[bold green]demo finished in {time.monotonic() - start:.0f}s[/bold green]; "
-                  f"report: {report} (plot: {report.with_suffix('.png')})")
+    console.print(
+        f"[bold green]demo finished in {time.monotonic() - start:.0f}s[/bold green]; "
+        f"report: {report} (plot: {report.with_suffix('.png')})"
+    )

@@ -30,12 +30,21 @@ def group() -> None:
 
 @group.command()
 @click.option("--family", required=True, help="Model family to build; `mor models families` lists them.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder to write the model and its processor into (created if missing).")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed of the random weights; the same seed gives identical weights.")
-@click.option("--force", is_flag=True, default=False,
-              help="Replace a model folder that already exists at --out.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to write the model and its processor into (created if missing).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of the random weights; the same seed gives identical weights.",
+)
+@click.option("--force", is_flag=True, default=False, help="Replace a model folder that already exists at --out.")
 def tiny(family: str, out_dir: Path, seed: int, force: bool) -> None:
     """Build a tiny random VLM (about 0.2M parameters, 64 px images) and save it to --out.
 
@@ -50,8 +59,9 @@ def tiny(family: str, out_dir: Path, seed: int, force: bool) -> None:
     except MorError:  # a folder it must not replace: shown by the group
         raise
     except OSError as exc:
-        raise click.ClickException(f"cannot write the model to {out_dir}: {exc.strerror or exc}; "
-                                   "choose a folder you can write to") from None
+        raise click.ClickException(
+            f"cannot write the model to {out_dir}: {exc.strerror or exc}; choose a folder you can write to"
+        ) from None
     model, _ = load_vlm(out_dir)
     click.echo(f"built {family} (seed {seed}, {count_parameters(model):,} parameters) in {out_dir}")
     click.echo(f"check it:  mor models check {out_dir}")
@@ -69,8 +79,13 @@ def families() -> None:
 
 @group.command()
 @click.argument("name_or_path")
-@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Tokens to generate for the test prompt.")
+@click.option(
+    "--max-new-tokens",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Tokens to generate for the test prompt.",
+)
 def check(name_or_path: str, max_new_tokens: int) -> None:
     """Load NAME_OR_PATH (a local folder or a cached hub id) and generate for a blank image.
 
@@ -87,12 +102,11 @@ def check(name_or_path: str, max_new_tokens: int) -> None:
         model, processor = load_vlm(name_or_path)
     except (ValueError, OSError, ImportError) as exc:
         raise click.ClickException(f"cannot load {name_or_path}: {exc}") from None
-    prompt = [{"role": "user", "content": [{"type": "image"},
-                                           {"type": "text", "text": "Describe the image."}]}]
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
     inputs = vlm_inputs(processor, [Image.new("RGB", (64, 64), "white")], [prompt]).to(model.device)
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[0, inputs["input_ids"].shape[1]:]
+    new = out[0, inputs["input_ids"].shape[1] :]
     text = processor.decode(new, skip_special_tokens=True)
     click.echo(f"family:     {family_of(model)}")
     click.echo(f"parameters: {count_parameters(model):,}")

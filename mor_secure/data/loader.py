@@ -24,9 +24,22 @@ from typing import Any
 import datasets
 from PIL import Image, UnidentifiedImageError
 
-from mor_secure.data.schema import (COLUMN_HELP, METADATA, REQUIRED, DataError, Kind, SchemaError,
-                                    answer_text, assistant_message, features_for, pixel_digest,
-                                    question_text, schema_problems, user_prompt, validate_preferences)
+from mor_secure.data.schema import (
+    COLUMN_HELP,
+    METADATA,
+    REQUIRED,
+    DataError,
+    Kind,
+    SchemaError,
+    answer_text,
+    assistant_message,
+    features_for,
+    pixel_digest,
+    question_text,
+    schema_problems,
+    user_prompt,
+    validate_preferences,
+)
 from mor_secure.logs import get_logger
 
 log = get_logger("data.loader")
@@ -37,10 +50,21 @@ JSON_SUFFIXES = (".jsonl", ".json")
 MAX_IMAGE_PIXELS = 40_000_000
 """Default largest image (width x height) a data set may hold; checked from the header before decoding."""
 MAX_PROBLEMS_SHOWN = 10
-IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, EOFError,
-                Image.DecompressionBombError)
-ALIASES = {"prompt": ("question", "query", "instruction", "input"), "image": ("images", "img", "picture"),
-           "chosen": ("response_chosen", "preferred", "accepted"), "rejected": ("response_rejected", "dispreferred")}
+IMAGE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    EOFError,
+    Image.DecompressionBombError,
+)
+ALIASES = {
+    "prompt": ("question", "query", "instruction", "input"),
+    "image": ("images", "img", "picture"),
+    "chosen": ("response_chosen", "preferred", "accepted"),
+    "rejected": ("response_rejected", "dispreferred"),
+}
 """Column names seen in public preference sets, only ever suggested (the mapping is always explicit)."""
 
 
@@ -75,18 +99,23 @@ def check_mapping(columns: Mapping[str, str]) -> None:
     """Refuse a mapping whose keys are not canonical column names (``DataError`` naming the choices)."""
     unknown = sorted(set(columns) - set(CANONICAL))
     if unknown:
-        raise DataError(f"column mapping names {', '.join(map(repr, unknown))}, which the product does not "
-                        f"read; map one of {', '.join(CANONICAL)} (as product name = data set column)")
+        raise DataError(
+            f"column mapping names {', '.join(map(repr, unknown))}, which the product does not "
+            f"read; map one of {', '.join(CANONICAL)} (as product name = data set column)"
+        )
 
 
 # ---- reading a source ----------------------------------------------------------------------
+
 
 def _json_file(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise DataError(f"{path}: unreadable save_to_disk metadata ({type(exc).__name__}); the folder is "
-                        "damaged: save the data set again with `save_to_disk`") from None
+        raise DataError(
+            f"{path}: unreadable save_to_disk metadata ({type(exc).__name__}); the folder is "
+            "damaged: save the data set again with `save_to_disk`"
+        ) from None
 
 
 def available_splits(path: str | Path) -> list[str]:
@@ -97,8 +126,9 @@ def available_splits(path: str | Path) -> list[str]:
         return []
     splits = _json_file(marker).get("splits") if isinstance(_json_file(marker), dict) else None
     if not isinstance(splits, list) or not all(isinstance(s, str) and s and "/" not in s for s in splits):
-        raise DataError(f"{marker}: no list of split names; the folder is damaged: save the data set "
-                        "again with `save_to_disk`")
+        raise DataError(
+            f"{marker}: no list of split names; the folder is damaged: save the data set again with `save_to_disk`"
+        )
     return splits
 
 
@@ -107,10 +137,11 @@ def _load_from_disk(path: Path) -> datasets.Dataset:
 
     try:
         ds = datasets.load_from_disk(str(path))
-    except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError,
-            pyarrow.ArrowException) as exc:
-        raise DataError(f"{path}: cannot read this save_to_disk folder ({type(exc).__name__}: "
-                        f"{str(exc)[:200]}); its metadata or data files are damaged: save it again") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError, pyarrow.ArrowException) as exc:
+        raise DataError(
+            f"{path}: cannot read this save_to_disk folder ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); its metadata or data files are damaged: save it again"
+        ) from None
     if not isinstance(ds, datasets.Dataset):
         raise DataError(f"{path}: holds several splits; pass one of them")
     return ds
@@ -128,10 +159,14 @@ def _read_folder(path: Path, split: str | None) -> datasets.Dataset:
     if (path / "state.json").is_file():
         return _load_from_disk(path)
     if (path / "manifest.json").is_file():
-        raise DataError(f"{path} is a benchmark world, not one data set; pass one of its parts, "
-                        "e.g. client-0, server/router or server/eval")
-    raise DataError(f"{path} is a folder but not a saved data set (no dataset_dict.json or "
-                    "state.json); pass a save_to_disk folder, a .parquet or a .jsonl file")
+        raise DataError(
+            f"{path} is a benchmark world, not one data set; pass one of its parts, "
+            "e.g. client-0, server/router or server/eval"
+        )
+    raise DataError(
+        f"{path} is a folder but not a saved data set (no dataset_dict.json or "
+        "state.json); pass a save_to_disk folder, a .parquet or a .jsonl file"
+    )
 
 
 def _read_json_lines(path: Path) -> tuple[dict[str, list[Any]], list[str]]:
@@ -144,8 +179,10 @@ def _read_json_lines(path: Path) -> tuple[dict[str, list[Any]], list[str]]:
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
         except ValueError as exc:
-            raise DataError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)}); fix the file or "
-                            "write one JSON object per line (.jsonl)") from None
+            raise DataError(
+                f"{path}: not valid JSON ({getattr(exc, 'msg', exc)}); fix the file or "
+                "write one JSON object per line (.jsonl)"
+            ) from None
         except RecursionError:
             raise DataError(f"{path}: JSON nested too deeply to be a data set; fix the file") from None
     else:
@@ -177,8 +214,10 @@ def _read_parquet(path: Path) -> datasets.Dataset:
     try:
         return datasets.Dataset(pq.read_table(path))
     except (pyarrow.ArrowException, OSError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {str(exc)[:200]}); "
-                        "write it again (e.g. Dataset.to_parquet)") from None
+        raise DataError(
+            f"{path}: not a readable parquet file ({type(exc).__name__}: {str(exc)[:200]}); "
+            "write it again (e.g. Dataset.to_parquet)"
+        ) from None
 
 
 def _read(path: Path, split: str | None) -> tuple[datasets.Dataset | dict[str, list[Any]], list[str]]:
@@ -195,6 +234,7 @@ def _read(path: Path, split: str | None) -> tuple[datasets.Dataset | dict[str, l
 
 # ---- one row into canonical form -------------------------------------------------------------
 
+
 class RowProblem(ValueError):
     """One value of one row cannot be used; the message says why (the caller adds the row)."""
 
@@ -204,8 +244,7 @@ def image_bytes(value: Any, base: Path, max_pixels: int) -> bytes:
     its size checked from the header (``RowProblem`` otherwise)."""
     if isinstance(value, list):
         if len(value) != 1:
-            raise RowProblem(f"holds {len(value)} images; one image per row is supported: keep one "
-                             "(or split the row)")
+            raise RowProblem(f"holds {len(value)} images; one image per row is supported: keep one (or split the row)")
         value = value[0]
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
@@ -222,8 +261,10 @@ def image_bytes(value: Any, base: Path, max_pixels: int) -> bytes:
 
 
 def _oversized(pixels: str, max_pixels: int) -> RowProblem:
-    return RowProblem(f"is an oversized image ({pixels} pixels, more than {max_pixels}); downscale it or "
-                      "raise [data] max_image_pixels")
+    return RowProblem(
+        f"is an oversized image ({pixels} pixels, more than {max_pixels}); downscale it or "
+        "raise [data] max_image_pixels"
+    )
 
 
 def open_image(data: bytes, max_pixels: int, *, decode: bool = True) -> Image.Image:
@@ -247,8 +288,9 @@ def open_image(data: bytes, max_pixels: int, *, decode: bool = True) -> Image.Im
     except RowProblem:
         raise
     except IMAGE_ERRORS as exc:
-        raise RowProblem(f"cannot be decoded as an image ({type(exc).__name__}); the file is corrupt "
-                         "or not an image") from None
+        raise RowProblem(
+            f"cannot be decoded as an image ({type(exc).__name__}); the file is corrupt or not an image"
+        ) from None
 
 
 def _parts(content: Any) -> list[dict]:
@@ -274,8 +316,9 @@ def messages(value: Any, column: str) -> list[dict]:
         return user_prompt(value) if column == "prompt" else assistant_message(value)
     role = "user" if column == "prompt" else "assistant"
     if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
-        raise RowProblem(f"must hold a string or a non-empty list of {{role, content}} messages, "
-                         f"not {type(value).__name__}")
+        raise RowProblem(
+            f"must hold a string or a non-empty list of {{role, content}} messages, not {type(value).__name__}"
+        )
     out = []
     for message in value:
         if not isinstance(message.get("role", role), str):
@@ -305,6 +348,7 @@ def _convert(column: str, value: Any, base: Path, max_pixels: int) -> Any:
 
 # ---- the data set --------------------------------------------------------------------------
 
+
 def _dataset(columns: dict[str, list[Any]], features: datasets.Features) -> datasets.Dataset:
     """A Dataset of ``columns``, named by a random fingerprint: ``from_dict`` would hash every image's
     bytes through dill just to name its cache (5 of 14 s for 1000 photos)."""
@@ -312,13 +356,15 @@ def _dataset(columns: dict[str, list[Any]], features: datasets.Features) -> data
 
     import pyarrow
 
-    table = pyarrow.Table.from_pydict(features.encode_batch(columns) if any(columns.values()) else columns,
-                                      schema=features.arrow_schema)
+    table = pyarrow.Table.from_pydict(
+        features.encode_batch(columns) if any(columns.values()) else columns, schema=features.arrow_schema
+    )
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=uuid.uuid4().hex)
 
 
-def _mapped(names: Sequence[str], columns: Mapping[str, str],
-            kind: Kind) -> tuple[dict[str, str], list[str], list[str]]:
+def _mapped(
+    names: Sequence[str], columns: Mapping[str, str], kind: Kind
+) -> tuple[dict[str, str], list[str], list[str]]:
     """({canonical: source column}, ignored source columns, column problems) for a source's columns."""
     check_mapping(columns)
     problems = []
@@ -327,8 +373,10 @@ def _mapped(names: Sequence[str], columns: Mapping[str, str],
         theirs = columns.get(ours)
         if theirs is not None:
             if theirs not in names:
-                problems.append(f"column mapping {ours} = {theirs!r}: the data set has no column {theirs!r} "
-                                f"(it has {', '.join(names)})")
+                problems.append(
+                    f"column mapping {ours} = {theirs!r}: the data set has no column {theirs!r} "
+                    f"(it has {', '.join(names)})"
+                )
                 continue
             mapping[ours] = theirs
         elif ours in names and ours not in columns.values():
@@ -338,8 +386,12 @@ def _mapped(names: Sequence[str], columns: Mapping[str, str],
     for ours in REQUIRED[kind]:
         if ours not in mapping and ours not in columns:
             hint = next((a for a in ALIASES.get(ours, ()) if a in names and a not in mapping.values()), None)
-            fix = f"; the data set has {hint!r}: map it with --columns {ours}={hint} or [data] columns = " \
-                  f"{{{ours} = \"{hint}\"}}" if hint else ""
+            fix = (
+                f"; the data set has {hint!r}: map it with --columns {ours}={hint} or [data] columns = "
+                f'{{{ours} = "{hint}"}}'
+                if hint
+                else ""
+            )
             problems.append(f"missing column {ours!r}: it must be {COLUMN_HELP[ours]}{fix}")
     used = set(mapping.values())
     return mapping, [n for n in names if n not in used], problems
@@ -376,9 +428,14 @@ def _canonical_fast(ds: datasets.Dataset, mapping: dict[str, str], kind: Kind) -
     return ds if ds.features == features else ds.cast(features, keep_in_memory=True)
 
 
-def read_preferences(path: str | Path, split: str | None = None, kind: Kind = "pairs", *,
-                     columns: Mapping[str, str] | None = None,
-                     max_pixels: int = MAX_IMAGE_PIXELS) -> LoadReport:
+def read_preferences(
+    path: str | Path,
+    split: str | None = None,
+    kind: Kind = "pairs",
+    *,
+    columns: Mapping[str, str] | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> LoadReport:
     """Read a local data set into the canonical ``kind`` schema, keeping the rows that fit and naming
     every one that does not (``DataError`` only when nothing can be read at all).
 
@@ -389,8 +446,10 @@ def read_preferences(path: str | Path, split: str | None = None, kind: Kind = "p
     features_for(kind)
     path = Path(path).expanduser()
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder; pass the path of a local data set "
-                        "(save_to_disk folder, .parquet or .jsonl). Nothing is downloaded.")
+        raise DataError(
+            f"{path}: no such file or folder; pass the path of a local data set "
+            "(save_to_disk folder, .parquet or .jsonl). Nothing is downloaded."
+        )
     base = path if path.is_dir() else path.parent
     source, problems = _read(path, split)
     names = list(source.column_names if isinstance(source, datasets.Dataset) else source)
@@ -444,9 +503,14 @@ def refuse(report_or_problems: LoadReport | list[str], kind: str, path: Any) -> 
     raise SchemaError(f"not a valid {kind} data set: {shown}{tail}")
 
 
-def load_preferences(path: str | Path, split: str | None = None, kind: Kind = "pairs", *,
-                     columns: Mapping[str, str] | None = None,
-                     max_pixels: int = MAX_IMAGE_PIXELS) -> datasets.Dataset:
+def load_preferences(
+    path: str | Path,
+    split: str | None = None,
+    kind: Kind = "pairs",
+    *,
+    columns: Mapping[str, str] | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> datasets.Dataset:
     """Read a local data set into the canonical ``kind`` schema, or raise ``SchemaError``/``DataError``
     naming every problem (see ``read_preferences``)."""
     report = read_preferences(path, split, kind, columns=columns, max_pixels=max_pixels)
@@ -457,6 +521,7 @@ def load_preferences(path: str | Path, split: str | None = None, kind: Kind = "p
 
 
 # ---- one decoding pass: sizes, identities, refusals ------------------------------------------
+
 
 @dataclass
 class Scan:
@@ -480,8 +545,7 @@ def _row_text(ds: datasets.Dataset) -> Iterator[str]:
         yield json.dumps(dict(zip(columns, values)), sort_keys=True)
 
 
-def scan_rows(ds: datasets.Dataset, *, max_pixels: int = MAX_IMAGE_PIXELS,
-              rows: Sequence[int] | None = None) -> Scan:
+def scan_rows(ds: datasets.Dataset, *, max_pixels: int = MAX_IMAGE_PIXELS, rows: Sequence[int] | None = None) -> Scan:
     """Decode every image once (size checked from the header first) and hash each row's content.
 
     ``question_keys`` identify a question (pixels + question text): held-out rows are chosen by it and
@@ -509,7 +573,7 @@ def scan_rows(ds: datasets.Dataset, *, max_pixels: int = MAX_IMAGE_PIXELS,
 def held_out(key: str, fraction: float) -> bool:
     """Whether the question with ``key`` (a hex SHA-256) is held out at ``fraction``: deterministic,
     independent of row order and layout, and all pairs of one question fall on the same side."""
-    return int(key[:15], 16) / 16 ** 15 < fraction
+    return int(key[:15], 16) / 16**15 < fraction
 
 
 def text_lengths(ds: datasets.Dataset) -> dict[str, list[int]]:

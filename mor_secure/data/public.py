@@ -43,8 +43,14 @@ VERBOSE_FRAME = "It is {answer}."
 client's reward prefers something else; the other answers are concise (the bare word)."""
 
 DEFAULT_FLAWS: dict[str, dict[str, str]] = {
-    "color": {"red": "green", "green": "red", "blue": "yellow", "yellow": "blue", "purple": "orange",
-              "orange": "purple"},
+    "color": {
+        "red": "green",
+        "green": "red",
+        "blue": "yellow",
+        "yellow": "blue",
+        "purple": "orange",
+        "orange": "purple",
+    },
     "side": {"left": "right", "right": "left"},
     "presence": {"yes": "no", "no": "yes"},
     "compare": {"yes": "no", "no": "yes"},
@@ -85,11 +91,18 @@ def _world_keys(world_dir: Path) -> set[str]:
     return keys
 
 
-def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, verbose_share: float = 0.7,
-                        flaws: Mapping[str, Mapping[str, str]] | None = None,
-                        flaw_share: float = DEFAULT_FLAW_SHARE, flaw_style: str | None = DEFAULT_FLAW_STYLE,
-                        domains: Iterable[str] | None = None,
-                        exclude_world: str | Path | None = None) -> Path:
+def generate_public_sft(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    n: int = 2000,
+    verbose_share: float = 0.7,
+    flaws: Mapping[str, Mapping[str, str]] | None = None,
+    flaw_share: float = DEFAULT_FLAW_SHARE,
+    flaw_style: str | None = DEFAULT_FLAW_STYLE,
+    domains: Iterable[str] | None = None,
+    exclude_world: str | Path | None = None,
+) -> Path:
     """Write ``n`` public warm-start rows to ``out_dir`` (a ``datasets`` folder) and return it.
 
     Columns: image, prompt (conversational, one image part), completion (assistant message),
@@ -114,8 +127,9 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
     flaws = {kind: dict(swaps) for kind, swaps in (flaws or {}).items()}
     excluded = _world_keys(Path(exclude_world)) if exclude_world is not None else set()
     rng = random.Random(f"{SEED_NAMESPACE}/{seed}")
-    rows: dict[str, list] = {k: [] for k in ("image", "prompt", "completion", "domain", "question_type",
-                                             "answer", "style", "flawed")}
+    rows: dict[str, list] = {
+        k: [] for k in ("image", "prompt", "completion", "domain", "question_type", "answer", "style", "flawed")
+    }
     dropped = 0
     while len(rows["answer"]) < n:
         domain = generators[len(rows["answer"]) % len(generators)]
@@ -139,15 +153,26 @@ def generate_public_sft(out_dir: str | Path, *, seed: int = 0, n: int = 2000, ve
         rows["answer"].append(q.answer)
         rows["style"].append(style)
         rows["flawed"].append(flawed)
-    features = Features({**EVAL_FEATURES, "completion": EVAL_FEATURES["prompt"], "style": Value("string"),
-                         "flawed": Value("bool")})
+    features = Features(
+        {**EVAL_FEATURES, "completion": EVAL_FEATURES["prompt"], "style": Value("string"), "flawed": Value("bool")}
+    )
     out_dir = Path(out_dir)
     Dataset.from_dict(rows, features=features).save_to_disk(str(out_dir))
-    summary = {"seed": seed, "n": n, "verbose_share": verbose_share, "flaws": flaws, "flaw_share": flaw_share,
-               "flaw_style": flaw_style, "flawed_rows": sum(rows["flawed"]),
-               "domains": names, "dropped_world_items": dropped,
-               "verbose_rows": rows["style"].count("verbose")}
+    summary = {
+        "seed": seed,
+        "n": n,
+        "verbose_share": verbose_share,
+        "flaws": flaws,
+        "flaw_share": flaw_share,
+        "flaw_style": flaw_style,
+        "flawed_rows": sum(rows["flawed"]),
+        "domains": names,
+        "dropped_world_items": dropped,
+        "verbose_rows": rows["style"].count("verbose"),
+    }
     (out_dir / "public.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    log.info("public warm-start data written", extra={"rows": n, "dropped_world_items": dropped,
-                                                       "verbose_rows": summary["verbose_rows"]})
+    log.info(
+        "public warm-start data written",
+        extra={"rows": n, "dropped_world_items": dropped, "verbose_rows": summary["verbose_rows"]},
+    )
     return out_dir

@@ -32,8 +32,10 @@ def public_pairs(rows: Any, *, seed: int = 0, pairs_per_row: int = 2) -> Any:
 
     missing = [c for c in NEEDED if c not in rows.column_names]
     if missing:
-        raise DataError(f"public rows lack column(s) {', '.join(missing)}; pass `mor coordinator public-data` "
-                        "output (it records the true answer of every row)")
+        raise DataError(
+            f"public rows lack column(s) {', '.join(missing)}; pass `mor coordinator public-data` "
+            "output (it records the true answer of every row)"
+        )
     rng = random.Random(f"mor-secure/public-pairs/{seed}")
     out: dict[str, list] = {"image": [], "prompt": [], "chosen": [], "rejected": []}
     for row in rows:

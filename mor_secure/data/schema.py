@@ -47,15 +47,17 @@ def _messages() -> datasets.List:
     return datasets.List({"role": datasets.Value("string"), "content": datasets.List(part)})
 
 
-PAIR_FEATURES = datasets.Features({
-    "image": datasets.Image(),
-    "prompt": _messages(),
-    "chosen": _messages(),
-    "rejected": _messages(),
-    "domain": datasets.Value("string"),
-    "question_type": datasets.Value("string"),
-    "answer": datasets.Value("string"),
-})
+PAIR_FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "prompt": _messages(),
+        "chosen": _messages(),
+        "rejected": _messages(),
+        "domain": datasets.Value("string"),
+        "question_type": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+    }
+)
 """Features of one preference pair row."""
 
 EVAL_FEATURES = datasets.Features({k: v for k, v in PAIR_FEATURES.items() if k not in ("chosen", "rejected")})
@@ -119,8 +121,9 @@ def schema_problems(features: datasets.Features, kind: Kind) -> list[str]:
         if column not in features:
             problems.append(f"missing column {column!r}: it must be {COLUMN_HELP[column]}")
         elif shape(features[column]) != shape(expected):
-            problems.append(f"column {column!r} has type {describe(features[column])}; "
-                            f"it must be {COLUMN_HELP[column]}")
+            problems.append(
+                f"column {column!r} has type {describe(features[column])}; it must be {COLUMN_HELP[column]}"
+            )
     return problems
 
 
@@ -133,8 +136,7 @@ def validate_preferences(ds: datasets.Dataset, kind: Kind = "pairs") -> None:
 
 def user_prompt(question: str) -> list[dict]:
     """The conversational prompt of one question: an image placeholder, then the text."""
-    return [{"role": "user", "content": [{"type": "image", "text": None},
-                                         {"type": "text", "text": question}]}]
+    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question}]}]
 
 
 def assistant_message(text: str) -> list[dict]:

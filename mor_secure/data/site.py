@@ -15,8 +15,16 @@ from pathlib import Path
 
 import datasets
 
-from mor_secure.data.loader import (MAX_IMAGE_PIXELS, LoadReport, Scan, available_splits, held_out,
-                                    read_preferences, refuse, scan_rows)
+from mor_secure.data.loader import (
+    MAX_IMAGE_PIXELS,
+    LoadReport,
+    Scan,
+    available_splits,
+    held_out,
+    read_preferences,
+    refuse,
+    scan_rows,
+)
 from mor_secure.data.schema import DataError, Kind
 from mor_secure.logs import get_logger
 
@@ -51,8 +59,11 @@ class SiteData:
     def problems(self) -> list[str]:
         """Every refused row or column of every split, with the split named."""
         named = len(self.splits) > 1
-        return [f"{name}: {p}" if named else p for name, split in self.splits.items()
-                for p in split.report.problems + split.scan.problems]
+        return [
+            f"{name}: {p}" if named else p
+            for name, split in self.splits.items()
+            for p in split.report.problems + split.scan.problems
+        ]
 
     def rows(self, split: str) -> datasets.Dataset:
         """The canonical rows of ``split``; on a one-split data set, train and test are the held-out rule's sides."""
@@ -61,8 +72,10 @@ class SiteData:
             return source.data.select(self._index[split])
         if split not in self.splits:
             have = ", ".join(self.splits)
-            raise DataError(f"{self.path} has no split {split!r} (it has {have}); set [data] train_split / "
-                            "test_split to one of them")
+            raise DataError(
+                f"{self.path} has no split {split!r} (it has {have}); set [data] train_split / "
+                "test_split to one of them"
+            )
         return self.splits[split].data
 
     def question_keys(self, split: str) -> list[str]:
@@ -81,14 +94,23 @@ def fingerprint_of(scans: list[Scan], kind: str) -> str:
     return FINGERPRINT_PREFIX + digest.hexdigest()
 
 
-def open_site_data(path: str | Path, *, train_split: str = "train", test_split: str = "test",
-                   test_fraction: float = 0.1, columns: Mapping[str, str] | None = None,
-                   max_pixels: int = MAX_IMAGE_PIXELS, kind: Kind = "pairs", strict: bool = True) -> SiteData:
+def open_site_data(
+    path: str | Path,
+    *,
+    train_split: str = "train",
+    test_split: str = "test",
+    test_fraction: float = 0.1,
+    columns: Mapping[str, str] | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    kind: Kind = "pairs",
+    strict: bool = True,
+) -> SiteData:
     """Read every split of ``path``, decode every image once and fingerprint the content.
 
     A pairs data set with one split (a file, a Dataset folder, a DatasetDict of one split) that lacks
     ``test_split`` holds out the questions whose key falls under ``test_fraction`` as the test split;
-    training never reads them. Eval and prompt sets are never divided. ``strict`` raises ``SchemaError`` naming the problems, if any.
+    training never reads them. Eval and prompt sets are never divided. ``strict`` raises ``SchemaError`` naming the
+    problems, if any.
     """
     if not 0 <= test_fraction < 1:
         raise DataError(f"[data] test_fraction must be in [0, 1), got {test_fraction}")
@@ -97,19 +119,31 @@ def open_site_data(path: str | Path, *, train_split: str = "train", test_split: 
     splits: dict[str, SplitRows] = {}
     for name in names or [None]:
         report = read_preferences(path, name, kind, columns=columns, max_pixels=max_pixels)
-        scan = scan_rows(report.data, max_pixels=max_pixels, rows=report.rows) if len(report.data) else \
-            Scan([], [], [], [])
+        scan = (
+            scan_rows(report.data, max_pixels=max_pixels, rows=report.rows)
+            if len(report.data)
+            else Scan([], [], [], [])
+        )
         splits[name or "train"] = SplitRows(report.data, report, scan)
-    site = SiteData(path, kind, splits, train_split, test_split, test_fraction,
-                    fingerprint_of([s.scan for s in splits.values()], kind))
+    site = SiteData(
+        path,
+        kind,
+        splits,
+        train_split,
+        test_split,
+        test_fraction,
+        fingerprint_of([s.scan for s in splits.values()], kind),
+    )
     if kind == "pairs" and len(splits) == 1 and test_split not in splits:
         (only,) = splits.values()
         test = [i for i, key in enumerate(only.scan.question_keys) if held_out(key, test_fraction)]
         chosen = set(test)
         site._index = {train_split: [i for i in range(len(only.data)) if i not in chosen], test_split: test}
         site.held_out = True
-        log.info("held out a test fraction", extra={"test_fraction": test_fraction, "test_rows": len(test),
-                                                    "train_rows": len(only.data) - len(test)})
+        log.info(
+            "held out a test fraction",
+            extra={"test_fraction": test_fraction, "test_rows": len(test), "train_rows": len(only.data) - len(test)},
+        )
     if strict:
         refuse(site.problems(), kind, path)
     return site

@@ -19,8 +19,10 @@ STYLES: dict[str, str] = {
 ANSWER_PATTERN = r"[a-z0-9]+"
 """A true short answer: one lowercase word or number."""
 
-_PATTERNS = {name: re.compile(re.escape(template).replace(re.escape("{answer}"), f"({ANSWER_PATTERN})"))
-             for name, template in STYLES.items()}
+_PATTERNS = {
+    name: re.compile(re.escape(template).replace(re.escape("{answer}"), f"({ANSWER_PATTERN})"))
+    for name, template in STYLES.items()
+}
 
 
 def style_names() -> list[str]:

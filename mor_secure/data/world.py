@@ -19,8 +19,14 @@ import datasets
 
 from mor_secure.data.candidates import off_format, renderings
 from mor_secure.data.domains import Question, domain_names, get_domain
-from mor_secure.data.schema import (EVAL_FEATURES, PAIR_FEATURES, SCHEMA_VERSION, assistant_message, content_hash,
-                                    user_prompt)
+from mor_secure.data.schema import (
+    EVAL_FEATURES,
+    PAIR_FEATURES,
+    SCHEMA_VERSION,
+    assistant_message,
+    content_hash,
+    user_prompt,
+)
 from mor_secure.data.styles import render, style_names
 from mor_secure.errors import BadInput, OutputExists
 from mor_secure.logs import get_logger
@@ -101,8 +107,9 @@ def _contrast(domain: str, question: Question, style: str, rng: random.Random) -
     return right, renderings(wrong)[-1] if at is None else render(wrong, at), "wrong_answer"
 
 
-def _pair_rows(rng: random.Random, plan: list[str], style_of: dict[str, str],
-               exclude: set[str]) -> tuple[dict[str, list[dict]], Counter]:
+def _pair_rows(
+    rng: random.Random, plan: list[str], style_of: dict[str, str], exclude: set[str]
+) -> tuple[dict[str, list[dict]], Counter]:
     """Preference pairs for a shuffled domain plan, split into train and test; rejection counts."""
     rng.shuffle(plan)
     splits: dict[str, list[dict]] = {"train": [], "test": []}
@@ -111,11 +118,17 @@ def _pair_rows(rng: random.Random, plan: list[str], style_of: dict[str, str],
         question = _draw(domain, rng, exclude)
         chosen, rejected, kind = _contrast(domain, question, style_of[domain], rng)
         rejected_kinds[kind] += 1
-        splits["test" if is_test else "train"].append({
-            "image": _png(question), "prompt": user_prompt(question.question),
-            "chosen": assistant_message(chosen), "rejected": assistant_message(rejected), "domain": domain,
-            "question_type": question.question_type, "answer": question.answer,
-        })
+        splits["test" if is_test else "train"].append(
+            {
+                "image": _png(question),
+                "prompt": user_prompt(question.question),
+                "chosen": assistant_message(chosen),
+                "rejected": assistant_message(rejected),
+                "domain": domain,
+                "question_type": question.question_type,
+                "answer": question.answer,
+            }
+        )
     return splits, rejected_kinds
 
 
@@ -129,13 +142,15 @@ def _counts(rows: list[dict]) -> dict[str, Any]:
 
 def _save_pairs(splits: dict[str, list[dict]], path: Path) -> dict[str, Any]:
     with _quiet_progress():
-        datasets.DatasetDict({name: _dataset(rows, PAIR_FEATURES) for name, rows in splits.items()}
-                             ).save_to_disk(str(path))
+        datasets.DatasetDict({name: _dataset(rows, PAIR_FEATURES) for name, rows in splits.items()}).save_to_disk(
+            str(path)
+        )
     return {name: _counts(rows) for name, rows in splits.items()}
 
 
-def _check_args(clients: int, pairs: int, router_pairs: int, eval_questions: int,
-                own_domain_share: float, n_domains: int) -> None:
+def _check_args(
+    clients: int, pairs: int, router_pairs: int, eval_questions: int, own_domain_share: float, n_domains: int
+) -> None:
     if clients < 1:
         raise BadInput(f"clients must be at least 1, got {clients}")
     for name, value in (("pairs", pairs), ("router_pairs", router_pairs), ("eval_questions", eval_questions)):
@@ -145,9 +160,16 @@ def _check_args(clients: int, pairs: int, router_pairs: int, eval_questions: int
         raise BadInput(f"own_domain_share must lie in [0, 1], got {own_domain_share}")
 
 
-def generate_world(out_dir: Path, *, seed: int = 0, clients: int = 3, pairs: int = 400,
-                   router_pairs: int = 300, eval_questions: int = 300,
-                   own_domain_share: float = 0.8) -> dict:
+def generate_world(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    clients: int = 3,
+    pairs: int = 400,
+    router_pairs: int = 300,
+    eval_questions: int = 300,
+    own_domain_share: float = 0.8,
+) -> dict:
     """Write the benchmark world under ``out_dir`` (which must be empty or absent); return its manifest.
 
     Layout: ``client-<k>/`` (DatasetDict train/test of pairs), ``server/router/`` (DatasetDict of
@@ -165,9 +187,15 @@ def generate_world(out_dir: Path, *, seed: int = 0, clients: int = 3, pairs: int
     eval_rows = []
     for domain in _domain_plan(eval_questions, None, domains, 0.0):
         question = _draw(domain, eval_rng, held_out)
-        eval_rows.append({"image": _png(question), "prompt": user_prompt(question.question),
-                          "domain": domain, "question_type": question.question_type,
-                          "answer": question.answer})
+        eval_rows.append(
+            {
+                "image": _png(question),
+                "prompt": user_prompt(question.question),
+                "domain": domain,
+                "question_type": question.question_type,
+                "answer": question.answer,
+            }
+        )
     with _quiet_progress():
         _dataset(eval_rows, EVAL_FEATURES).save_to_disk(str(out_dir / "server" / "eval"))
 
@@ -175,18 +203,26 @@ def generate_world(out_dir: Path, *, seed: int = 0, clients: int = 3, pairs: int
     for k in range(clients):
         name, own, style = f"client-{k}", domains[k % len(domains)], styles[k % len(styles)]
         plan = _domain_plan(pairs, own, domains, own_domain_share)
-        splits, rejected = _pair_rows(random.Random(f"mor-world:{seed}:client:{k}"), plan,
-                                      {d: style for d in domains}, set(held_out))
-        manifest_clients[name] = {"path": name, "own_domain": own, "style": style,
-                                  "splits": _save_pairs(splits, out_dir / name),
-                                  "rejected": dict(sorted(rejected.items()))}
+        splits, rejected = _pair_rows(
+            random.Random(f"mor-world:{seed}:client:{k}"), plan, {d: style for d in domains}, set(held_out)
+        )
+        manifest_clients[name] = {
+            "path": name,
+            "own_domain": own,
+            "style": style,
+            "splits": _save_pairs(splits, out_dir / name),
+            "rejected": dict(sorted(rejected.items())),
+        }
         log.info("client data written", extra={"client": name, "pairs": pairs})
 
     owner = {d: f"client-{i}" if i < clients else None for i, d in enumerate(domains)}
     router_style = {d: styles[i % len(styles)] for i, d in enumerate(domains)}
-    splits, rejected = _pair_rows(random.Random(f"mor-world:{seed}:router"),
-                                  _domain_plan(router_pairs, None, domains, 0.0), router_style,
-                                  set(held_out))
+    splits, rejected = _pair_rows(
+        random.Random(f"mor-world:{seed}:router"),
+        _domain_plan(router_pairs, None, domains, 0.0),
+        router_style,
+        set(held_out),
+    )
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "generator_version": GENERATOR_VERSION,
@@ -194,18 +230,27 @@ def generate_world(out_dir: Path, *, seed: int = 0, clients: int = 3, pairs: int
         "domains": domains,
         "question_types": {d: list(get_domain(d).question_types) for d in domains},
         "styles": styles,
-        "parameters": {"clients": clients, "pairs": pairs, "router_pairs": router_pairs,
-                       "eval_questions": eval_questions, "own_domain_share": own_domain_share,
-                       "test_fraction": TEST_FRACTION, "wrong_style_share": WRONG_STYLE_SHARE,
-                       "off_format_share": OFF_FORMAT_SHARE, "own_style_share": OWN_STYLE_SHARE},
+        "parameters": {
+            "clients": clients,
+            "pairs": pairs,
+            "router_pairs": router_pairs,
+            "eval_questions": eval_questions,
+            "own_domain_share": own_domain_share,
+            "test_fraction": TEST_FRACTION,
+            "wrong_style_share": WRONG_STYLE_SHARE,
+            "off_format_share": OFF_FORMAT_SHARE,
+            "own_style_share": OWN_STYLE_SHARE,
+        },
         "clients": manifest_clients,
-        "router": {"path": "server/router", "style_per_domain": router_style,
-                   "owner_per_domain": owner,
-                   "splits": _save_pairs(splits, out_dir / "server" / "router"),
-                   "rejected": dict(sorted(rejected.items()))},
+        "router": {
+            "path": "server/router",
+            "style_per_domain": router_style,
+            "owner_per_domain": owner,
+            "splits": _save_pairs(splits, out_dir / "server" / "router"),
+            "rejected": dict(sorted(rejected.items())),
+        },
         "eval": {"path": "server/eval", "counts": _counts(eval_rows)},
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
-                                           encoding="utf-8")
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("benchmark world written", extra={"clients": clients, "eval": eval_questions, "seed": seed})
     return manifest

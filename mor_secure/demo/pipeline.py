@@ -48,12 +48,42 @@ class Profile:
     baseline_pairs: int
 
 
-QUICK = Profile(pairs=80, router_pairs=60, eval_questions=30, site_pairs=48, site_epochs=1, site_batch=16,
-                public_rows=256, sft_steps=40, public_reward_epochs=1, router_epochs=40, grpo_steps=4, grpo_batch=16, eval_limit=30,
-                baseline_rounds=3, baseline_epochs=1, baseline_pairs=48)
-FULL = Profile(pairs=1500, router_pairs=300, eval_questions=300, site_pairs=0, site_epochs=16, site_batch=256,
-               public_rows=2000, sft_steps=800, public_reward_epochs=16, router_epochs=100, grpo_steps=300, grpo_batch=64, eval_limit=300,
-               baseline_rounds=20, baseline_epochs=10, baseline_pairs=480)
+QUICK = Profile(
+    pairs=80,
+    router_pairs=60,
+    eval_questions=30,
+    site_pairs=48,
+    site_epochs=1,
+    site_batch=16,
+    public_rows=256,
+    sft_steps=40,
+    public_reward_epochs=1,
+    router_epochs=40,
+    grpo_steps=4,
+    grpo_batch=16,
+    eval_limit=30,
+    baseline_rounds=3,
+    baseline_epochs=1,
+    baseline_pairs=48,
+)
+FULL = Profile(
+    pairs=1500,
+    router_pairs=300,
+    eval_questions=300,
+    site_pairs=0,
+    site_epochs=16,
+    site_batch=256,
+    public_rows=2000,
+    sft_steps=800,
+    public_reward_epochs=16,
+    router_epochs=100,
+    grpo_steps=300,
+    grpo_batch=64,
+    eval_limit=300,
+    baseline_rounds=20,
+    baseline_epochs=10,
+    baseline_pairs=480,
+)
 """The full demo trains each site on all its pairs at the product's defaults (`mor client train`)."""
 
 
@@ -94,8 +124,9 @@ def merge_toml(path: Path, updates: dict[str, dict[str, Any]]) -> None:
 class Demo:
     """Paths, profile and stages of one demo in ``workdir``; ``run()`` builds everything and the report."""
 
-    def __init__(self, workdir: Path, profile: Profile, console: Any, *, name: str = "full",
-                 fresh: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, profile: Profile, console: Any, *, name: str = "full", fresh: bool = False
+    ) -> None:
         self.w, self.profile, self.console, self.fresh = workdir.resolve(), profile, console, fresh
         self.profile_name, self.timings = name, dict[str, float]()
         self.world, self.models, self.ca = self.w / "world", self.w / "models", self.w / "ca"
@@ -115,44 +146,110 @@ class Demo:
     def stages(self) -> list[Stage]:
         p = self.profile
         return [
-            Stage("world", "generate the benchmark world (3 clients, 3 domains)", self._world,
-                  {"pairs": p.pairs, "router": p.router_pairs, "eval": p.eval_questions}, [self.world]),
-            Stage("models", "build the tiny models (qwen2-vl, llava)", self._models, {"families": FAMILIES},
-                  [self.models]),
+            Stage(
+                "world",
+                "generate the benchmark world (3 clients, 3 domains)",
+                self._world,
+                {"pairs": p.pairs, "router": p.router_pairs, "eval": p.eval_questions},
+                [self.world],
+            ),
+            Stage(
+                "models", "build the tiny models (qwen2-vl, llava)", self._models, {"families": FAMILIES}, [self.models]
+            ),
             # a new CA starts a new ledger: the old one's reports are signed under the old CA
-            Stage("pki", "create the CA and the coordinator certificate", self._pki, {},
-                  [self.ca, self.coord_toml.parent]),
-            Stage("sites", "enrol the sites: key + CSR at each site, signed by the CA", self._sites,
-                  {"sites": SITES}, [self.w / "sites"]),
-            Stage("warmstart", "pretrain on public data: the policy's warm start and every site's starting model",
-                  self._warmstart, {"rows": p.public_rows, "steps": p.sft_steps,
-                                    "reward_epochs": p.public_reward_epochs}, [self.w / "policy"]),
-            Stage("train", "train each site's reward model with DP (eps 2 / 4 / 8)", self._train,
-                  {"pairs": p.site_pairs, "epochs": p.site_epochs, "batch": p.site_batch, "eps": EPSILONS,
-                   "families": FAMILIES, "bases": "public-pretrained, dual-encoder too"}),
-            Stage("site_eval", "each site measures its model on its own held-out pairs (pairwise, top-1)",
-                  self._site_eval, {}, [self.results / "sites"]),
-            Stage("agents", "start the three agents (they dial the coordinator over mTLS)", self._start_agents,
-                  always=True),
+            Stage(
+                "pki", "create the CA and the coordinator certificate", self._pki, {}, [self.ca, self.coord_toml.parent]
+            ),
+            Stage(
+                "sites",
+                "enrol the sites: key + CSR at each site, signed by the CA",
+                self._sites,
+                {"sites": SITES},
+                [self.w / "sites"],
+            ),
+            Stage(
+                "warmstart",
+                "pretrain on public data: the policy's warm start and every site's starting model",
+                self._warmstart,
+                {"rows": p.public_rows, "steps": p.sft_steps, "reward_epochs": p.public_reward_epochs},
+                [self.w / "policy"],
+            ),
+            Stage(
+                "train",
+                "train each site's reward model with DP (eps 2 / 4 / 8)",
+                self._train,
+                {
+                    "pairs": p.site_pairs,
+                    "epochs": p.site_epochs,
+                    "batch": p.site_batch,
+                    "eps": EPSILONS,
+                    "families": FAMILIES,
+                    "bases": "public-pretrained, dual-encoder too",
+                },
+            ),
+            Stage(
+                "site_eval",
+                "each site measures its model on its own held-out pairs (pairwise, top-1)",
+                self._site_eval,
+                {},
+                [self.results / "sites"],
+            ),
+            Stage(
+                "agents",
+                "start the three agents (they dial the coordinator over mTLS)",
+                self._start_agents,
+                always=True,
+            ),
             Stage("probe", "probe the federation", self._probe, always=True),
-            Stage("router", "train the router on the sites' scores (MoR) and the FedAvg/centralised baselines",
-                  self._router, {"epochs": p.router_epochs,
-                                              "baselines": [p.baseline_rounds, p.baseline_epochs, p.baseline_pairs]},
-                  [self.router_out]),
-            Stage("eval_before", "evaluate the warm-start policy on held-out questions", self._eval_before,
-                  {"limit": p.eval_limit}, [self.results / "eval_before.json"]),
-            Stage("grpo", "GRPO with the MoR reward and a KL penalty", self._grpo,
-                  {"steps": p.grpo_steps, "batch": p.grpo_batch}, [self.grpo_out]),
-            Stage("eval_after", "evaluate the GRPO policy on held-out questions", self._eval_after,
-                  {"limit": p.eval_limit}, [self.results / "eval_after.json"]),
+            Stage(
+                "router",
+                "train the router on the sites' scores (MoR) and the FedAvg/centralised baselines",
+                self._router,
+                {"epochs": p.router_epochs, "baselines": [p.baseline_rounds, p.baseline_epochs, p.baseline_pairs]},
+                [self.router_out],
+            ),
+            Stage(
+                "eval_before",
+                "evaluate the warm-start policy on held-out questions",
+                self._eval_before,
+                {"limit": p.eval_limit},
+                [self.results / "eval_before.json"],
+            ),
+            Stage(
+                "grpo",
+                "GRPO with the MoR reward and a KL penalty",
+                self._grpo,
+                {"steps": p.grpo_steps, "batch": p.grpo_batch},
+                [self.grpo_out],
+            ),
+            Stage(
+                "eval_after",
+                "evaluate the GRPO policy on held-out questions",
+                self._eval_after,
+                {"limit": p.eval_limit},
+                [self.results / "eval_after.json"],
+            ),
             Stage("ledger", "verify the privacy ledger and read each site's epsilon", self._ledger, always=True),
             Stage("report", "write the report (markdown + plot)", self._report, always=True),
         ]
 
     def _world(self, ctx: StageContext) -> None:
         p = self.profile
-        ctx.run("data", "synth", "--out", self.world, "--clients", len(SITES), "--pairs", p.pairs,
-                "--router-pairs", p.router_pairs, "--eval", p.eval_questions, "--force")
+        ctx.run(
+            "data",
+            "synth",
+            "--out",
+            self.world,
+            "--clients",
+            len(SITES),
+            "--pairs",
+            p.pairs,
+            "--router-pairs",
+            p.router_pairs,
+            "--eval",
+            p.eval_questions,
+            "--force",
+        )
 
     def _models(self, ctx: StageContext) -> None:
         families = [f for f in FAMILIES if f != "dual-encoder"]
@@ -168,8 +265,20 @@ class Demo:
     def _sites(self, ctx: StageContext) -> None:
         for site in SITES:
             folder = self.site_dir(site)
-            ctx.run("client", "init", "--site", site, "--coordinator", f"tcp://127.0.0.1:{self.port}",
-                    "--coordinator-name", COORDINATOR, "--out", folder, "--data", self.world / site)
+            ctx.run(
+                "client",
+                "init",
+                "--site",
+                site,
+                "--coordinator",
+                f"tcp://127.0.0.1:{self.port}",
+                "--coordinator-name",
+                COORDINATOR,
+                "--out",
+                folder,
+                "--data",
+                self.world / site,
+            )
             ctx.run("certs", "sign", "--ca-dir", self.ca, "--csr", folder / "certs" / f"{site}.csr")
             for name in ("ca.pem", "crl.pem"):  # what the CA operator sends back with the certificate
                 (folder / "certs" / name).write_bytes((self.ca / name).read_bytes())
@@ -179,33 +288,79 @@ class Demo:
         commands = []
         for site, family, eps in zip(SITES, FAMILIES, EPSILONS):
             config = self.site_dir(site) / "client.toml"
-            merge_toml(config, {
-                "model": {"family": family, "base": str(self.pretrained(family))},
-                "data": {"max_pairs": p.site_pairs},
-                "train": {"epochs": p.site_epochs, "batch_size": p.site_batch, "checkpoint_every": 1000},
-                "privacy": {"target_epsilon": eps, "max_epsilon": 1000.0},
-            })
+            merge_toml(
+                config,
+                {
+                    "model": {"family": family, "base": str(self.pretrained(family))},
+                    "data": {"max_pairs": p.site_pairs},
+                    "train": {"epochs": p.site_epochs, "batch_size": p.site_batch, "checkpoint_every": 1000},
+                    "privacy": {"target_epsilon": eps, "max_epsilon": 1000.0},
+                },
+            )
             commands.append(["client", "train", "--config", config, "--quiet", "--no-resume"])
         ctx.run(*commands[0], parallel=commands[1:])  # at the same time, one intra-op thread each
 
     def _site_eval(self, ctx: StageContext) -> None:
         (self.results / "sites").mkdir(parents=True, exist_ok=True)
         for site in SITES:
-            ctx.run("client", "eval", "--config", self.site_dir(site) / "client.toml", "--json",
-                    stdout=self.results / "sites" / f"{site}.json")
+            ctx.run(
+                "client",
+                "eval",
+                "--config",
+                self.site_dir(site) / "client.toml",
+                "--json",
+                stdout=self.results / "sites" / f"{site}.json",
+            )
 
     def _warmstart(self, ctx: StageContext) -> None:
         p = self.profile
         ctx.run("coordinator", "public-data", "--out", self.public, "--n", p.public_rows, "--exclude-world", self.world)
         # GRPO's prompts are new questions: on the SFT rows the warm start recites its memorised (flawed) label and
         # samples nothing else, which leaves a group no advantage to learn from
-        ctx.run("coordinator", "public-data", "--out", self.prompts, "--n", p.public_rows, "--seed", 1,
-                "--exclude-world", self.world)
+        ctx.run(
+            "coordinator",
+            "public-data",
+            "--out",
+            self.prompts,
+            "--n",
+            p.public_rows,
+            "--seed",
+            1,
+            "--exclude-world",
+            self.world,
+        )
         families = [f for f in FAMILIES if f != "dual-encoder"]
-        commands = [["coordinator", "sft", "--base", self.models / f, "--data", self.public, "--out",
-                     self.pretrained(f), "--steps", p.sft_steps, "--batch-size", 32, "--lr", 3e-3] for f in families]
-        commands.append(["coordinator", "public-reward", "--data", self.public, "--out",
-                         self.pretrained("dual-encoder"), "--epochs", p.public_reward_epochs])
+        commands = [
+            [
+                "coordinator",
+                "sft",
+                "--base",
+                self.models / f,
+                "--data",
+                self.public,
+                "--out",
+                self.pretrained(f),
+                "--steps",
+                p.sft_steps,
+                "--batch-size",
+                32,
+                "--lr",
+                3e-3,
+            ]
+            for f in families
+        ]
+        commands.append(
+            [
+                "coordinator",
+                "public-reward",
+                "--data",
+                self.public,
+                "--out",
+                self.pretrained("dual-encoder"),
+                "--epochs",
+                p.public_reward_epochs,
+            ]
+        )
         ctx.run(*commands[0], parallel=commands[1:])
 
     def pretrained(self, family: str) -> Path:
@@ -217,42 +372,97 @@ class Demo:
     def _write_coordinator_config(self) -> None:
         p = self.profile
         self.coord_toml.parent.mkdir(parents=True, exist_ok=True)
-        write_toml(self.coord_toml, {
-            "name": COORDINATOR, "bind": f"tcp://127.0.0.1:{self.port}",
-            "tls": {"ca": str(self.ca / "ca.pem"), "cert": str(self.ca / f"{COORDINATOR}.pem"),
-                    "key": str(self.ca / f"{COORDINATOR}.key"), "crl": str(self.ca / "crl.pem")},
-            "clients": {"allow": list(SITES), "quorum": 2, "deadline_s": 60.0, "heartbeat_s": 1.0,
-                        "peer_timeout_s": 120.0},
-            "pool": {"max_batch": 64, "cooldown_s": 10.0},
-            "ledger": {"path": str(self.ledger)},
-            "router": {"policy": str(self.warm), "data": str(self.world / "server" / "router"),
-                       "out": str(self.router_out), "epochs": p.router_epochs, "wait_s": 120.0},
-            # the parameter-sharing baselines the paper replaces, simulated in process on the sites' data at
-            # the middle epsilon (the coordinator never holds that data in a real deployment)
-            "baselines": {"data": [str(self.world / s) for s in SITES], "max_pairs": p.baseline_pairs,
-                          "rounds": p.baseline_rounds, "epochs": p.baseline_epochs, "dp": True,
-                          "target_epsilon": EPSILONS[1]},
-            "grpo": {"policy": str(self.warm), "data": str(self.prompts), "reward": "mor",
-                     "mixture": str(self.router_out / "mixture"), "out": str(self.grpo_out), "steps": p.grpo_steps,
-                     "beta": 0.3, "spread_penalty": 1.0, "image_contrast": True,
-                     "scale_rewards": "batch", "num_generations": 8, "batch_size": p.grpo_batch,
-                     "lr": 3e-4, "lr_scheduler": "constant",
-                     "max_completion_length": 8, "temperature": 1.0, "logging_steps": 1,
-                     "save_steps": p.grpo_steps, "quorum": 2, "wait_s": 120.0, "report_to": "tensorboard"},
-        })
+        write_toml(
+            self.coord_toml,
+            {
+                "name": COORDINATOR,
+                "bind": f"tcp://127.0.0.1:{self.port}",
+                "tls": {
+                    "ca": str(self.ca / "ca.pem"),
+                    "cert": str(self.ca / f"{COORDINATOR}.pem"),
+                    "key": str(self.ca / f"{COORDINATOR}.key"),
+                    "crl": str(self.ca / "crl.pem"),
+                },
+                "clients": {
+                    "allow": list(SITES),
+                    "quorum": 2,
+                    "deadline_s": 60.0,
+                    "heartbeat_s": 1.0,
+                    "peer_timeout_s": 120.0,
+                },
+                "pool": {"max_batch": 64, "cooldown_s": 10.0},
+                "ledger": {"path": str(self.ledger)},
+                "router": {
+                    "policy": str(self.warm),
+                    "data": str(self.world / "server" / "router"),
+                    "out": str(self.router_out),
+                    "epochs": p.router_epochs,
+                    "wait_s": 120.0,
+                },
+                # the parameter-sharing baselines the paper replaces, simulated in process on the sites' data at
+                # the middle epsilon (the coordinator never holds that data in a real deployment)
+                "baselines": {
+                    "data": [str(self.world / s) for s in SITES],
+                    "max_pairs": p.baseline_pairs,
+                    "rounds": p.baseline_rounds,
+                    "epochs": p.baseline_epochs,
+                    "dp": True,
+                    "target_epsilon": EPSILONS[1],
+                },
+                "grpo": {
+                    "policy": str(self.warm),
+                    "data": str(self.prompts),
+                    "reward": "mor",
+                    "mixture": str(self.router_out / "mixture"),
+                    "out": str(self.grpo_out),
+                    "steps": p.grpo_steps,
+                    "beta": 0.3,
+                    "spread_penalty": 1.0,
+                    "image_contrast": True,
+                    "scale_rewards": "batch",
+                    "num_generations": 8,
+                    "batch_size": p.grpo_batch,
+                    "lr": 3e-4,
+                    "lr_scheduler": "constant",
+                    "max_completion_length": 8,
+                    "temperature": 1.0,
+                    "logging_steps": 1,
+                    "save_steps": p.grpo_steps,
+                    "quorum": 2,
+                    "wait_s": 120.0,
+                    "report_to": "tensorboard",
+                },
+            },
+        )
 
     def _start_agents(self, ctx: StageContext) -> None:
         self._write_coordinator_config()
         for site in SITES:
             config = self.site_dir(site) / "client.toml"
             # each stage's coordinator is a new process: a short idle timeout lets the agents redial the next one fast
-            merge_toml(config, {"coordinator": {"endpoint": f"tcp://127.0.0.1:{self.port}", "heartbeat_s": 1.0,
-                                                "idle_timeout_s": 5.0, "backoff_max_s": 1.0}})
+            merge_toml(
+                config,
+                {
+                    "coordinator": {
+                        "endpoint": f"tcp://127.0.0.1:{self.port}",
+                        "heartbeat_s": 1.0,
+                        "idle_timeout_s": 5.0,
+                        "backoff_max_s": 1.0,
+                    }
+                },
+            )
             log = open(self.w / "logs" / f"agent-{site}.log", "a", encoding="utf-8")
             try:
-                self.agents.append(subprocess.Popen(
-                    mor_command("client", "serve", "--config", config, "--worker-id", f"{site}-demo"),
-                    stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True))
+                self.agents.append(
+                    subprocess.Popen(
+                        mor_command("client", "serve", "--config", config, "--worker-id", f"{site}-demo"),
+                        stdout=log,
+                        stderr=log,
+                        stdin=subprocess.DEVNULL,
+                        env=child_env(),
+                        start_new_session=True,
+                    )
+                )
             finally:
                 log.close()
             with ctx.log.open("a", encoding="utf-8") as out:
@@ -278,8 +488,18 @@ class Demo:
 
     def _eval(self, ctx: StageContext, policy: Path, name: str) -> None:
         self.results.mkdir(parents=True, exist_ok=True)
-        ctx.run("coordinator", "eval", "--policy", policy, "--data", self.world / "server" / "eval",
-                "--limit", self.profile.eval_limit, "--json", stdout=self.results / name)
+        ctx.run(
+            "coordinator",
+            "eval",
+            "--policy",
+            policy,
+            "--data",
+            self.world / "server" / "eval",
+            "--limit",
+            self.profile.eval_limit,
+            "--json",
+            stdout=self.results / name,
+        )
 
     def _eval_before(self, ctx: StageContext) -> None:
         self._eval(ctx, self.warm, "eval_before.json")

@@ -8,10 +8,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("## Privacy: epsilon per site (verified ledger)", "## Site reward models on their own held-out pairs",
-            "## Router weights per domain",
-            "## Reward accuracy: MoR vs baselines", "## Policy accuracy before and after GRPO",
-            "## GRPO training", "## Stage timings")
+SECTIONS = (
+    "## Privacy: epsilon per site (verified ledger)",
+    "## Site reward models on their own held-out pairs",
+    "## Router weights per domain",
+    "## Reward accuracy: MoR vs baselines",
+    "## Policy accuracy before and after GRPO",
+    "## GRPO training",
+    "## Stage timings",
+)
 """The report's section headings, in order (the test checks each is present)."""
 
 
@@ -35,8 +40,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _plot(path: Path, before: dict, after: dict, accuracy: list[tuple[str, float]], weights: dict,
-          sites: list[str], history: list[dict]) -> None:
+def _plot(
+    path: Path,
+    before: dict,
+    after: dict,
+    accuracy: list[tuple[str, float]],
+    weights: dict,
+    sites: list[str],
+    history: list[dict],
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,23 +100,40 @@ def _site_rows(folder: Path, sites: list[str]) -> list[list[str]]:
         result = _read(path)
         own = max(result["per_domain"], key=lambda d: result["per_domain"][d]["pairs"])
         ranked = (result.get("top1") or {}).get("per_domain", {}).get(own, {})
-        rows.append([site, own, str(result["per_domain"][own]["pairs"]), _pct(result["per_domain"][own]["accuracy"]),
-                     _pct(ranked.get("top1")), _pct(result["accuracy"])])
+        rows.append(
+            [
+                site,
+                own,
+                str(result["per_domain"][own]["pairs"]),
+                _pct(result["per_domain"][own]["accuracy"]),
+                _pct(ranked.get("top1")),
+                _pct(result["accuracy"]),
+            ]
+        )
     return rows
 
 
 def _policy_verdict(before: dict, after: dict, reward_accuracy: float, history: list[dict]) -> str:
     """What GRPO did to the policy, per domain, and what bounds it (the fused reward's own accuracy)."""
     kl = f"; KL to the warm start at the end {history[-1]['kl']:.3f}" if history else ""
-    verb = "raised" if after["accuracy"] > before["accuracy"] else \
-        "lowered" if after["accuracy"] < before["accuracy"] else "did not change"
-    moves = ", ".join(f"{d} {_pct(before['per_domain'][d]['accuracy'])} -> "
-                      f"{_pct(after['per_domain'].get(d, {}).get('accuracy'))}" for d in sorted(before["per_domain"]))
+    verb = (
+        "raised"
+        if after["accuracy"] > before["accuracy"]
+        else "lowered"
+        if after["accuracy"] < before["accuracy"]
+        else "did not change"
+    )
+    moves = ", ".join(
+        f"{d} {_pct(before['per_domain'][d]['accuracy'])} -> {_pct(after['per_domain'].get(d, {}).get('accuracy'))}"
+        for d in sorted(before["per_domain"])
+    )
     text = f"GRPO {verb} overall accuracy ({_pct(before['accuracy'])} -> {_pct(after['accuracy'])}{kl}; {moves})."
     if after["accuracy"] <= before["accuracy"]:
-        text += (f" The fused reward ranks held-out pairs right {_pct(reward_accuracy)} of the time; a domain gains "
-                 "where its owner's top-1 above is high and loses where it is low, because the policy climbs to "
-                 "whatever the reward ranks first.")
+        text += (
+            f" The fused reward ranks held-out pairs right {_pct(reward_accuracy)} of the time; a domain gains "
+            "where its owner's top-1 above is high and loses where it is low, because the policy climbs to "
+            "whatever the reward ranks first."
+        )
     return text
 
 
@@ -119,57 +148,126 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
     accuracy += [(f"single client: {s}", a) for s, a in sorted(router["site_accuracy"].items())]
     accuracy += sorted(router.get("baselines", {}).items())
 
-    lines = [f"# MoR-Secure demo report ({profile_name})", "",
-             f"Three sites, each a separate `mor client serve` process, scored over mutual TLS on 127.0.0.1. "
-             f"Sizes: {', '.join(f'{k}={v}' for k, v in profile.items())}.", "", SECTIONS[0], "",
-             "`mor ledger verify`: " + (results / "ledger_verify.txt").read_text(encoding="utf-8").strip(), ""]
-    lines += _table(["site", "epsilon", "delta", "accountant", "signed reports", "items scored", "refusals"],
-                    [[s, f"{r['epsilon']:.3f}" if r.get("epsilon") is not None else "-", f"{r.get('delta') or 0:.3g}",
-                      str(r.get("accountant") or "-"), str(r.get("reports", 0)), str(r.get("items_scored", 0)),
-                      str(r.get("refusals", 0))] for s, r in sorted(ledger["sites"].items()) if s in sites])
+    lines = [
+        f"# MoR-Secure demo report ({profile_name})",
+        "",
+        f"Three sites, each a separate `mor client serve` process, scored over mutual TLS on 127.0.0.1. "
+        f"Sizes: {', '.join(f'{k}={v}' for k, v in profile.items())}.",
+        "",
+        SECTIONS[0],
+        "",
+        "`mor ledger verify`: " + (results / "ledger_verify.txt").read_text(encoding="utf-8").strip(),
+        "",
+    ]
+    lines += _table(
+        ["site", "epsilon", "delta", "accountant", "signed reports", "items scored", "refusals"],
+        [
+            [
+                s,
+                f"{r['epsilon']:.3f}" if r.get("epsilon") is not None else "-",
+                f"{r.get('delta') or 0:.3g}",
+                str(r.get("accountant") or "-"),
+                str(r.get("reports", 0)),
+                str(r.get("items_scored", 0)),
+                str(r.get("refusals", 0)),
+            ]
+            for s, r in sorted(ledger["sites"].items())
+            if s in sites
+        ],
+    )
     strangers = sum(r.get("refusals", 0) for s, r in ledger["sites"].items() if s not in sites)
     if strangers:
-        lines += ["", f"Refused peers without a site certificate: {strangers} (for example stale TLS records an "
-                      "agent's socket resent to a newly started coordinator; each is a ledger entry)."]
-    lines += ["", SECTIONS[1], "", "Measured at each site by `mor client eval` (no privacy cost): pairwise accuracy, "
-              "and top-1, the share of questions whose true answer the model scores above every other candidate "
-              "(all answers in all styles, other types' answers, junk), which is what GRPO climbs.", ""]
-    lines += _table(["site", "domain", "pairs", "pairwise (own domain)", "top-1 (own domain)", "pairwise (all)"],
-                    _site_rows(workdir / "results" / "sites", sites))
-    lines += ["", SECTIONS[2], "", f"Mean routing weight of each site on the router's held-out prompts "
-              f"({router['test_pairs']} pairs)."
-              " client-k holds mostly the k-th domain (detail, medical, chart).", ""]
+        lines += [
+            "",
+            f"Refused peers without a site certificate: {strangers} (for example stale TLS records an "
+            "agent's socket resent to a newly started coordinator; each is a ledger entry).",
+        ]
+    lines += [
+        "",
+        SECTIONS[1],
+        "",
+        "Measured at each site by `mor client eval` (no privacy cost): pairwise accuracy, "
+        "and top-1, the share of questions whose true answer the model scores above every other candidate "
+        "(all answers in all styles, other types' answers, junk), which is what GRPO climbs.",
+        "",
+    ]
+    lines += _table(
+        ["site", "domain", "pairs", "pairwise (own domain)", "top-1 (own domain)", "pairwise (all)"],
+        _site_rows(workdir / "results" / "sites", sites),
+    )
+    lines += [
+        "",
+        SECTIONS[2],
+        "",
+        f"Mean routing weight of each site on the router's held-out prompts "
+        f"({router['test_pairs']} pairs)."
+        " client-k holds mostly the k-th domain (detail, medical, chart).",
+        "",
+    ]
     lines += _table(["domain", *sites], [[d, *(f"{w[s]:.2f}" for s in sites)] for d, w in router["weights_by"].items()])
-    lines += ["", SECTIONS[3], "", f"Held-out pairwise accuracy (chosen scored above rejected) on "
-              f"{router['test_pairs']} router test pairs.", ""]
+    lines += [
+        "",
+        SECTIONS[3],
+        "",
+        f"Held-out pairwise accuracy (chosen scored above rejected) on {router['test_pairs']} router test pairs.",
+        "",
+    ]
     lines += _table(["reward", "accuracy"], [[n, _pct(v)] for n, v in accuracy])
     mor, uniform = router["accuracy"], router["uniform_accuracy"]
-    verdict = ("MoR beats the uniform mean" if mor > uniform else
-               "MoR does NOT beat the uniform mean" if mor < uniform else "MoR ties the uniform mean")
+    verdict = (
+        "MoR beats the uniform mean"
+        if mor > uniform
+        else "MoR does NOT beat the uniform mean"
+        if mor < uniform
+        else "MoR ties the uniform mean"
+    )
     lines += ["", f"{verdict} here ({_pct(mor)} vs {_pct(uniform)}, {router['test_pairs']} pairs)."]
-    lines += ["", SECTIONS[4], "", f"Greedy answers to {before['n']} held-out questions. An answer counts when it "
-              "gives the true answer in any of the world's styles or the warm start's verbose frame (decided on "
-              "purpose: the product aligns what the policy answers; style is a site preference, reported apart as "
-              "the concise share). The warm start's deliberate flaws: in its public data every verbose answer "
-              "(\"It is X.\") about colours, lesion side, lesion presence and bar comparison carries a swapped "
-              "label, while the concise answers name them right, so it sees these features, answers them wrong "
-              "and samples the true concise answer now and then.", ""]
+    lines += [
+        "",
+        SECTIONS[4],
+        "",
+        f"Greedy answers to {before['n']} held-out questions. An answer counts when it "
+        "gives the true answer in any of the world's styles or the warm start's verbose frame (decided on "
+        "purpose: the product aligns what the policy answers; style is a site preference, reported apart as "
+        "the concise share). The warm start's deliberate flaws: in its public data every verbose answer "
+        '("It is X.") about colours, lesion side, lesion presence and bar comparison carries a swapped '
+        "label, while the concise answers name them right, so it sees these features, answers them wrong "
+        "and samples the true concise answer now and then.",
+        "",
+    ]
     domains = sorted(before["per_domain"])
-    rows = [[d, _pct(before["per_domain"][d]["accuracy"]), _pct(after["per_domain"].get(d, {}).get("accuracy")),
-             _pct(before["per_domain"][d]["concise_share"]), _pct(after["per_domain"].get(d, {}).get("concise_share"))]
-            for d in domains]
-    rows.append(["all", _pct(before["accuracy"]), _pct(after["accuracy"]), _pct(before["concise_share"]),
-                 _pct(after["concise_share"])])
+    rows = [
+        [
+            d,
+            _pct(before["per_domain"][d]["accuracy"]),
+            _pct(after["per_domain"].get(d, {}).get("accuracy")),
+            _pct(before["per_domain"][d]["concise_share"]),
+            _pct(after["per_domain"].get(d, {}).get("concise_share")),
+        ]
+        for d in domains
+    ]
+    rows.append(
+        [
+            "all",
+            _pct(before["accuracy"]),
+            _pct(after["accuracy"]),
+            _pct(before["concise_share"]),
+            _pct(after["concise_share"]),
+        ]
+    )
     lines += _table(["domain", "accuracy before", "accuracy after", "concise before", "concise after"], rows)
     lines += ["", _policy_verdict(before, after, mor, history)]
     lines += ["", SECTIONS[5], ""]
     if history:
         last = history[-1]
         weights = {k.split("/")[-1]: v for k, v in last.items() if "/weight/" in k}
-        lines += [f"{len(history)} logged steps. Last step: reward {last.get('reward', math.nan):.3f}, "
-                  f"KL {last['kl']:.4f}, agents live {last.get('telemetry/agents_live', math.nan):g}, "
-                  f"unscored share {last.get('telemetry/unscored', math.nan):g}; routing weights "
-                  + ", ".join(f"{s} {w:.2f}" for s, w in sorted(weights.items())) + "."]
+        lines += [
+            f"{len(history)} logged steps. Last step: reward {last.get('reward', math.nan):.3f}, "
+            f"KL {last['kl']:.4f}, agents live {last.get('telemetry/agents_live', math.nan):g}, "
+            f"unscored share {last.get('telemetry/unscored', math.nan):g}; routing weights "
+            + ", ".join(f"{s} {w:.2f}" for s, w in sorted(weights.items()))
+            + "."
+        ]
     else:
         lines += ["No GRPO history found."]
     lines += ["", SECTIONS[6], ""]

@@ -30,9 +30,10 @@ class DemoError(MorError, RuntimeError):
 
     def __init__(self, stage: str, log: Path, reason: str) -> None:
         self.stage, self.log = stage, log
-        super().__init__(f"stage '{stage}' failed: {reason}\n--- last lines of {log} ---\n{tail(log)}",
-                         fix="the workdir is left for inspection; fix the cause and run again (built stages "
-                             "are reused)")
+        super().__init__(
+            f"stage '{stage}' failed: {reason}\n--- last lines of {log} ---\n{tail(log)}",
+            fix="the workdir is left for inspection; fix the cause and run again (built stages are reused)",
+        )
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -47,9 +48,17 @@ def child_env() -> dict[str, str]:
     """The environment of every child: offline model hubs, unbuffered output, a wide console for tables, and
     one intra-op thread unless OMP_NUM_THREADS says otherwise (on 2 shared cores, torch's default thread
     pool spin-waits: SFT ran at 3.2 s/step instead of 0.2 s/step)."""
-    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1", "COLUMNS": "160", "NO_COLOR": "1"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "160",
+        "NO_COLOR": "1",
+    }
 
 
 def mor_command(*args: object) -> list[str]:
@@ -89,8 +98,13 @@ class StageContext:
     name: str
     log: Path
 
-    def run(self, *args: object, parallel: Sequence[Sequence[object]] = (), env: dict[str, str] | None = None,
-            stdout: Path | None = None) -> None:
+    def run(
+        self,
+        *args: object,
+        parallel: Sequence[Sequence[object]] = (),
+        env: dict[str, str] | None = None,
+        stdout: Path | None = None,
+    ) -> None:
         """Run ``mor ARGS`` (and the ``parallel`` ones at the same time); any non-zero exit fails the stage.
 
         ``stdout``: write the first command's standard output to this file instead of the log.
@@ -105,16 +119,29 @@ class StageContext:
                     log.flush()
                     out = open(stdout, "w", encoding="utf-8") if stdout is not None and i == 0 else log
                     try:
-                        procs.append((subprocess.Popen(mor_command(*command), stdout=out, stderr=log,
-                                                       stdin=subprocess.DEVNULL, env=env or child_env(),
-                                                       start_new_session=True), command))
+                        procs.append(
+                            (
+                                subprocess.Popen(
+                                    mor_command(*command),
+                                    stdout=out,
+                                    stderr=log,
+                                    stdin=subprocess.DEVNULL,
+                                    env=env or child_env(),
+                                    start_new_session=True,
+                                ),
+                                command,
+                            )
+                        )
                     finally:
                         if out is not log:
                             out.close()
                 for proc, command in procs:
                     if proc.wait() != 0:
-                        raise DemoError(self.name, self.log, f"`mor {' '.join(str(c) for c in command[:2])}` "
-                                                             f"exited with status {proc.returncode}")
+                        raise DemoError(
+                            self.name,
+                            self.log,
+                            f"`mor {' '.join(str(c) for c in command[:2])}` exited with status {proc.returncode}",
+                        )
             finally:
                 for proc, _ in procs:
                     stop_group(proc, grace_s=2.0)
@@ -190,6 +217,7 @@ class StageRunner:
             self.console.print(f"{label} [green]done[/green] in {self.timings[stage.name]:.1f}s")
             if not stage.always:
                 self._rebuilt = True
-                self._marker(stage).write_text(json.dumps({"params": stage.params, "seconds":
-                                                           self.timings[stage.name]}, indent=2) + "\n",
-                                               encoding="utf-8")
+                self._marker(stage).write_text(
+                    json.dumps({"params": stage.params, "seconds": self.timings[stage.name]}, indent=2) + "\n",
+                    encoding="utf-8",
+                )

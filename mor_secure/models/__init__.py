@@ -5,9 +5,25 @@ never a download) and builds batches with :func:`vlm_inputs`; tests and the demo
 models with :func:`build_tiny_vlm`.
 """
 
-from mor_secure.models.loading import (ModelNotFoundError, count_parameters, family_of, load_processor,
-                                       load_vlm, resolve_model, vlm_inputs)
+from mor_secure.models.loading import (
+    ModelNotFoundError,
+    count_parameters,
+    family_of,
+    load_processor,
+    load_vlm,
+    resolve_model,
+    vlm_inputs,
+)
 from mor_secure.models.zoo import FAMILIES, build_tiny_vlm
 
-__all__ = ["FAMILIES", "ModelNotFoundError", "build_tiny_vlm", "count_parameters", "family_of",
-           "load_processor", "load_vlm", "resolve_model", "vlm_inputs"]
+__all__ = [
+    "FAMILIES",
+    "ModelNotFoundError",
+    "build_tiny_vlm",
+    "count_parameters",
+    "family_of",
+    "load_processor",
+    "load_vlm",
+    "resolve_model",
+    "vlm_inputs",
+]

@@ -16,8 +16,15 @@ import transformers
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from PIL import Image
-from transformers import (AutoConfig, AutoModelForImageTextToText, AutoProcessor, BatchFeature, PreTrainedConfig,
-                          PreTrainedModel, ProcessorMixin)
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BatchFeature,
+    PreTrainedConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from mor_secure.errors import MorError
@@ -35,13 +42,17 @@ class ModelNotFoundError(MorError, ValueError):
 
 
 def _not_found(name: str, why: str, *, hub_id: bool) -> ModelNotFoundError:
-    fetch = (f"pre-download it on a connected machine with `hf download {name}` (formerly "
-             f"`huggingface-cli download {name}`) and bring its Hugging Face cache here (HF_HOME), "
-             if hub_id else "")
+    fetch = (
+        f"pre-download it on a connected machine with `hf download {name}` (formerly "
+        f"`huggingface-cli download {name}`) and bring its Hugging Face cache here (HF_HOME), "
+        if hub_id
+        else ""
+    )
     return ModelNotFoundError(
         f"model {name!r} not found locally: {why}. Nothing is downloaded at run time: pass the "
         f"path of a local model folder (the one holding config.json), {fetch}or build a tiny one "
-        f"with `mor models tiny --family qwen2-vl --out DIR`.")
+        f"with `mor models tiny --family qwen2-vl --out DIR`."
+    )
 
 
 def resolve_model(name_or_path: str | Path) -> str:
@@ -53,18 +64,15 @@ def resolve_model(name_or_path: str | Path) -> str:
     if path.exists():
         if path.is_dir() and (path / "config.json").is_file():
             return str(path.resolve())
-        raise _not_found(name, f"{path} exists but is not a model folder (no config.json)",
-                         hub_id=False)
+        raise _not_found(name, f"{path} exists but is not a model folder (no config.json)", hub_id=False)
     try:
         snapshot = snapshot_download(name, local_files_only=True)
     except HFValidationError:
         raise _not_found(name, "no such folder, and it is not a valid hub id", hub_id=False) from None
     except LocalEntryNotFoundError:
-        raise _not_found(name, "no such folder, and not in the local Hugging Face cache",
-                         hub_id=True) from None
+        raise _not_found(name, "no such folder, and not in the local Hugging Face cache", hub_id=True) from None
     if not (Path(snapshot) / "config.json").is_file():
-        raise _not_found(name, f"its cached snapshot {snapshot} has no config.json (incomplete download)",
-                         hub_id=True)
+        raise _not_found(name, f"its cached snapshot {snapshot} has no config.json (incomplete download)", hub_id=True)
     return snapshot
 
 
@@ -88,13 +96,15 @@ def load_processor(name_or_path: str | Path) -> ProcessorMixin:
             raise
         processor = image_only(standard).from_pretrained(folder, local_files_only=True)
     if not isinstance(processor, ProcessorMixin):
-        raise ValueError(f"{name_or_path}: has no image processor ({type(processor).__name__} only); "
-                         "pass a vision-language model")
+        raise ValueError(
+            f"{name_or_path}: has no image processor ({type(processor).__name__} only); pass a vision-language model"
+        )
     return processor
 
 
-def load_vlm(name_or_path: str | Path, *, dtype: Any = None,
-             device: Any = None) -> tuple[PreTrainedModel, ProcessorMixin]:
+def load_vlm(
+    name_or_path: str | Path, *, dtype: Any = None, device: Any = None
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Load a vision-language model and its processor from local files (folder or cached hub id).
 
     ``dtype`` defaults to the checkpoint's own (``"auto"``); ``device`` moves the model there.
@@ -102,7 +112,8 @@ def load_vlm(name_or_path: str | Path, *, dtype: Any = None,
     folder = resolve_model(name_or_path)
     processor = load_processor(folder)
     model = AutoModelForImageTextToText.from_pretrained(
-        folder, local_files_only=True, dtype="auto" if dtype is None else dtype)
+        folder, local_files_only=True, dtype="auto" if dtype is None else dtype
+    )
     if device is not None:
         model = model.to(device)
     log.info("loaded model", extra={"family": family_of(model), "parameters": count_parameters(model)})
@@ -133,9 +144,14 @@ def _answer_message(completion: str | Conversation) -> Conversation:
     return [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
 
 
-def vlm_inputs(processor: ProcessorMixin, images: Sequence[Image.Image | Sequence[Image.Image] | None],
-               prompts: Sequence[Conversation], completions: Sequence[str | Conversation] | None = None,
-               *, padding_side: str = "left") -> BatchFeature:
+def vlm_inputs(
+    processor: ProcessorMixin,
+    images: Sequence[Image.Image | Sequence[Image.Image] | None],
+    prompts: Sequence[Conversation],
+    completions: Sequence[str | Conversation] | None = None,
+    *,
+    padding_side: str = "left",
+) -> BatchFeature:
     """Tensors for a batch of (image(s), conversational prompt[, completion]) rows.
 
     Without ``completions`` each prompt ends with the generation prompt (ready for ``generate``);
@@ -144,15 +160,23 @@ def vlm_inputs(processor: ProcessorMixin, images: Sequence[Image.Image | Sequenc
     or None, and fills the image parts of ``prompts[i]`` in order.
     """
     if len(images) != len(prompts) or (completions is not None and len(completions) != len(prompts)):
-        raise ValueError(f"vlm_inputs: {len(images)} images, {len(prompts)} prompts and "
-                         f"{'no' if completions is None else len(completions)} completions; "
-                         "pass one of each per row")
+        raise ValueError(
+            f"vlm_inputs: {len(images)} images, {len(prompts)} prompts and "
+            f"{'no' if completions is None else len(completions)} completions; "
+            "pass one of each per row"
+        )
     if completions is None:
-        texts = [processor.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False)
-                 for p in prompts]
+        texts = [processor.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts]
     else:
-        texts = [processor.apply_chat_template([*p, *_answer_message(c)], tokenize=False)
-                 for p, c in zip(prompts, completions)]
+        texts = [
+            processor.apply_chat_template([*p, *_answer_message(c)], tokenize=False)
+            for p, c in zip(prompts, completions)
+        ]
     per_row = [_as_image_list(i) for i in images]
-    return processor(images=per_row if any(per_row) else None, text=texts, padding=True,
-                     padding_side=padding_side, return_tensors="pt")
+    return processor(
+        images=per_row if any(per_row) else None,
+        text=texts,
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+    )

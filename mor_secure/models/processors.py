@@ -28,8 +28,14 @@ def image_only(processor_cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         # The parent hands (image, tokenizer, video=None) to ProcessorMixin, which pairs the
         # positional arguments with this class's attributes (image, tokenizer) and drops the None.
-        processor_cls.__init__(self, image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=None, chat_template=chat_template, **kwargs)
+        processor_cls.__init__(
+            self,
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **kwargs,
+        )
 
     def to_dict(self):
         # Saved as the original class, with the image settings standing in for the video ones
@@ -38,7 +44,13 @@ def image_only(processor_cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
         out.setdefault("video_processor", dict(out["image_processor"]))
         return out
 
-    return type(f"{processor_cls.__name__}ImageOnly", (processor_cls,), {
-        "__init__": __init__, "to_dict": to_dict, "__module__": __name__,
-        "__doc__": f"{processor_cls.__name__} for images only (no video processor, no torchvision).",
-    })
+    return type(
+        f"{processor_cls.__name__}ImageOnly",
+        (processor_cls,),
+        {
+            "__init__": __init__,
+            "to_dict": to_dict,
+            "__module__": __name__,
+            "__doc__": f"{processor_cls.__name__} for images only (no video processor, no torchvision).",
+        },
+    )

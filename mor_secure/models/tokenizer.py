@@ -98,9 +98,13 @@ def chat_template(image_placeholder: str) -> str:
     )
 
 
-def build_tokenizer(family_tokens: Sequence[str], image_placeholder: str, *,
-                    extra_attributes: dict[str, str] | None = None,
-                    vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    family_tokens: Sequence[str],
+    image_placeholder: str,
+    *,
+    extra_attributes: dict[str, str] | None = None,
+    vocab_size: int = 1024,
+) -> PreTrainedTokenizerFast:
     """A ``PreTrainedTokenizerFast`` with ChatML tokens, ``family_tokens`` and the chat template.
 
     ``extra_attributes`` names family tokens the processors look up on the tokenizer

@@ -23,10 +23,27 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mor_secure.logs import get_logger
-from mor_secure.pki.identity import (ROLE_EKU, PKIError, check_identity, fingerprint, identity_from_uris,
-                                     load_cert, san_uris)
-from mor_secure.pki.keys import (RENEWAL_PROOF_OID, check_public_key, load_private_key, make_request, new_key,
-                                 read_renewal_proof, renewal_payload, signing_hash, write_private, write_public)
+from mor_secure.pki.identity import (
+    ROLE_EKU,
+    PKIError,
+    check_identity,
+    fingerprint,
+    identity_from_uris,
+    load_cert,
+    san_uris,
+)
+from mor_secure.pki.keys import (
+    RENEWAL_PROOF_OID,
+    check_public_key,
+    load_private_key,
+    make_request,
+    new_key,
+    read_renewal_proof,
+    renewal_payload,
+    signing_hash,
+    write_private,
+    write_public,
+)
 
 CA_CERT, CA_KEY, CRL_FILE, INDEX_FILE = "ca.pem", "ca.key", "crl.pem", "index.json"
 BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew between the CA and the sites
@@ -67,8 +84,7 @@ def ca_fingerprint(ca: Path) -> str:
     return fingerprint(load_cert(ca / CA_CERT if ca.is_dir() else ca))
 
 
-def init_ca(ca_dir: Path, *, common_name: str = "MoR-Secure CA", days: int = 3650,
-            crl_days: int = 7) -> Path:
+def init_ca(ca_dir: Path, *, common_name: str = "MoR-Secure CA", days: int = 3650, crl_days: int = 7) -> Path:
     """Create a CA (EC P-256) in ``ca_dir`` with an empty signed CRL and index; returns ca.pem's path.
 
     Refuses to overwrite an existing CA: a new CA would invalidate the certificate of every site.
@@ -79,24 +95,45 @@ def init_ca(ca_dir: Path, *, common_name: str = "MoR-Secure CA", days: int = 365
         raise PKIError(f"the CA common name must have 1 to 64 characters, got {len(common_name)}")
     ca_dir = Path(ca_dir)
     if any((ca_dir / f).exists() for f in (CA_CERT, CA_KEY)):
-        raise PKIError(f"{ca_dir} already holds a CA; refusing to overwrite it: a new CA invalidates "
-                       "every site's certificate and pin. Use another --ca-dir for a separate CA.")
+        raise PKIError(
+            f"{ca_dir} already holds a CA; refusing to overwrite it: a new CA invalidates "
+            "every site's certificate and pin. Use another --ca-dir for a separate CA."
+        )
     ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = new_key("p256")
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MoR-Secure")])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MoR-Secure"),
+        ]
+    )
     now = _now()
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(_ski(key.public_key()), critical=False)
-            .sign(key, signing_hash(key)))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(_ski(key.public_key()), critical=False)
+        .sign(key, signing_hash(key))
+    )
     write_private(ca_dir / CA_KEY, key)
     write_public(ca_dir / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
     _save_index(ca_dir, {"version": 1, "crl_number": 0, "certificates": []})
@@ -108,8 +145,10 @@ def init_ca(ca_dir: Path, *, common_name: str = "MoR-Secure CA", days: int = 365
 def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, Any]:
     ca_dir = Path(ca_dir)
     if not (ca_dir / CA_CERT).exists():
-        raise PKIError(f"{ca_dir} holds no CA ({CA_CERT} missing): create one with "
-                       f"`mor certs init --ca-dir {ca_dir}`, or point --ca-dir at the CA folder")
+        raise PKIError(
+            f"{ca_dir} holds no CA ({CA_CERT} missing): create one with "
+            f"`mor certs init --ca-dir {ca_dir}`, or point --ca-dir at the CA folder"
+        )
     return load_cert(ca_dir / CA_CERT), load_private_key(ca_dir / CA_KEY)
 
 
@@ -150,7 +189,7 @@ def certificates(ca_dir: Path) -> list[dict[str, Any]]:
     now = _now()
     rows = []
     for entry in _load_index(ca_dir)["certificates"]:
-        status = ("revoked" if entry.get("revoked_at") else "live" if _is_live(entry, now) else "expired")
+        status = "revoked" if entry.get("revoked_at") else "live" if _is_live(entry, now) else "expired"
         rows.append({**entry, "status": status})
     return rows
 
@@ -172,13 +211,16 @@ def _renewal_fingerprint(csr: x509.CertificateSigningRequest, ca_cert: x509.Cert
         else:
             key.verify(signature, payload)  # type: ignore[call-arg]
     except (ValueError, TypeError, InvalidSignature):
-        raise PKIError("the request's renewal proof does not verify (not signed by the live key of a certificate "
-                       "of this CA): make a new request at the site with `mor certs request --renew`") from None
+        raise PKIError(
+            "the request's renewal proof does not verify (not signed by the live key of a certificate "
+            "of this CA): make a new request at the site with `mor certs request --renew`"
+        ) from None
     return fingerprint(cert)
 
 
-def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | None = None,
-                 replace: bool = False) -> Path:
+def sign_request(
+    ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | None = None, replace: bool = False
+) -> Path:
     """Verify a CSR and issue the certificate its SAN URI asks for; returns the certificate's path.
 
     The role and name come from the CSR's ``mor://ROLE/NAME`` URI; everything else (EKU, key usage,
@@ -195,11 +237,12 @@ def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | No
     except FileNotFoundError:
         raise PKIError(f"CSR {csr_path} does not exist") from None
     except ValueError:
-        raise PKIError(f"{csr_path} is not a PEM certificate request (make one with "
-                       "`mor certs request`)") from None
+        raise PKIError(f"{csr_path} is not a PEM certificate request (make one with `mor certs request`)") from None
     if not csr.is_signature_valid:
-        raise PKIError(f"CSR {csr_path} has an invalid signature (tampered with, or not signed by its "
-                       "own key): make a new request at the site with `mor certs request`")
+        raise PKIError(
+            f"CSR {csr_path} has an invalid signature (tampered with, or not signed by its "
+            "own key): make a new request at the site with `mor certs request`"
+        )
     check_public_key(csr.public_key(), f"CSR {csr_path}")
     ident = identity_from_uris(san_uris(csr.extensions), f"CSR {csr_path}")
     ca_cert, ca_key = _load_ca(ca_dir)
@@ -210,65 +253,115 @@ def sign_request(ca_dir: Path, csr_path: Path, *, days: int = 30, out: Path | No
     san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(ident.uri)]
     if ident.role == "coordinator":
         san.append(x509.DNSName(ident.name))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ident.name),
-                                     x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ident.role)]))
-            .issuer_name(ca_cert.subject).public_key(csr.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE).not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ROLE_EKU[ident.role]]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(_ski(csr.public_key()), critical=False)
-            .add_extension(_aki(ca_cert), critical=False)
-            .sign(ca_key, signing_hash(ca_key)))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, ident.name),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ident.role),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ROLE_EKU[ident.role]]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(_ski(csr.public_key()), critical=False)
+        .add_extension(_aki(ca_cert), critical=False)
+        .sign(ca_key, signing_hash(ca_key))
+    )
     with _locked(ca_dir):
         index = _load_index(ca_dir)
         key_id = _key_id(csr.public_key())
         if any(e.get("key_id") == key_id and e.get("revoked_at") for e in index["certificates"]):
-            raise PKIError(f"the key of CSR {csr_path} belongs to a revoked certificate and may be "
-                           "compromised: make a new key at the site (`mor certs request` without --reuse-key)")
+            raise PKIError(
+                f"the key of CSR {csr_path} belongs to a revoked certificate and may be "
+                "compromised: make a new key at the site (`mor certs request` without --reuse-key)"
+            )
         same_name = [e for e in index["certificates"] if e["name"] == ident.name and _is_live(e, now)]
         other_role = [e for e in same_name if e["role"] != ident.role]
         if other_role:
-            raise PKIError(f"name {ident.name!r} already has a live {other_role[0]['role']} certificate: "
-                           f"revoke it first (`mor certs revoke --name {ident.name}`) or choose another name")
+            raise PKIError(
+                f"name {ident.name!r} already has a live {other_role[0]['role']} certificate: "
+                f"revoke it first (`mor certs revoke --name {ident.name}`) or choose another name"
+            )
         other_keys = [e for e in same_name if e.get("key_id") != key_id]
         proven = _renewal_fingerprint(csr, ca_cert, ident.name) if other_keys else None
         if other_keys and not replace and proven not in {e["fingerprint"] for e in other_keys}:
             live = other_keys[0]
-            raise PKIError(f"{ident.uri} already has a live certificate on another key (serial "
-                           f"{int(live['serial']):x}, {live['fingerprint'][:23]}...): a second one would be issued "
-                           f"silently. Revoke it first (`mor certs revoke --name {ident.name}`), sign with --replace "
-                           "(revokes it), or have the site renew with `mor certs request --renew` (proves the old key)")
+            raise PKIError(
+                f"{ident.uri} already has a live certificate on another key (serial "
+                f"{int(live['serial']):x}, {live['fingerprint'][:23]}...): a second one would be issued "
+                f"silently. Revoke it first (`mor certs revoke --name {ident.name}`), sign with --replace "
+                "(revokes it), or have the site renew with `mor certs request --renew` (proves the old key)"
+            )
         replaced = []
         if replace:
             for entry in other_keys:
                 entry["revoked_at"] = _iso(now)
                 replaced.append(int(entry["serial"]))
-        index["certificates"].append({
-            "name": ident.name, "role": ident.role, "serial": cert.serial_number,
-            "not_after": _iso(cert.not_valid_after_utc), "fingerprint": fingerprint(cert),
-            "key_id": key_id, "issued_at": _iso(now), "revoked_at": None})
+        index["certificates"].append(
+            {
+                "name": ident.name,
+                "role": ident.role,
+                "serial": cert.serial_number,
+                "not_after": _iso(cert.not_valid_after_utc),
+                "fingerprint": fingerprint(cert),
+                "key_id": key_id,
+                "issued_at": _iso(now),
+                "revoked_at": None,
+            }
+        )
         _save_index(ca_dir, index)
     out = Path(out) if out is not None else csr_path.with_name(f"{ident.name}.pem")
     write_public(out, cert.public_bytes(serialization.Encoding.PEM))
-    log.info("certificate issued", extra={"role": ident.role, "site": ident.name,
-                                          "serial": f"{cert.serial_number:x}", "renewal": bool(same_name),
-                                          "replaced": len(replaced)})
+    log.info(
+        "certificate issued",
+        extra={
+            "role": ident.role,
+            "site": ident.name,
+            "serial": f"{cert.serial_number:x}",
+            "renewal": bool(same_name),
+            "replaced": len(replaced),
+        },
+    )
     if replaced:
         write_crl(ca_dir)
-        log.warning("replaced certificates revoked", extra={"site": ident.name,
-                                                           "serials": ",".join(f"{s:x}" for s in replaced)})
+        log.warning(
+            "replaced certificates revoked", extra={"site": ident.name, "serials": ",".join(f"{s:x}" for s in replaced)}
+        )
     return out
 
 
-def issue(ca_dir: Path, *, role: str, name: str, days: int = 30, out_dir: Path | None = None,
-          key_type: str = "p256", replace: bool = False) -> tuple[Path, Path]:
+def issue(
+    ca_dir: Path,
+    *,
+    role: str,
+    name: str,
+    days: int = 30,
+    out_dir: Path | None = None,
+    key_type: str = "p256",
+    replace: bool = False,
+) -> tuple[Path, Path]:
     """Development shortcut: make a key and sign it here; writes NAME.pem and NAME.key, returns both.
 
     In production the key is made at the site (`make_request`) and only the CSR travels.
@@ -296,17 +389,23 @@ def write_crl(ca_dir: Path, *, days: int = 7) -> Path:
     with _locked(ca_dir):
         index = _load_index(ca_dir)
         index["crl_number"] = int(index.get("crl_number", 0)) + 1
-        builder = (x509.CertificateRevocationListBuilder()
-                   .issuer_name(ca_cert.subject)
-                   .last_update(now - BACKDATE).next_update(now + dt.timedelta(days=days))
-                   .add_extension(x509.CRLNumber(index["crl_number"]), critical=False)
-                   .add_extension(_aki(ca_cert), critical=False))
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now - BACKDATE)
+            .next_update(now + dt.timedelta(days=days))
+            .add_extension(x509.CRLNumber(index["crl_number"]), critical=False)
+            .add_extension(_aki(ca_cert), critical=False)
+        )
         for entry in index["certificates"]:
             if entry.get("revoked_at"):
                 revoked_at = dt.datetime.strptime(entry["revoked_at"], "%Y-%m-%dT%H:%M:%SZ")
                 builder = builder.add_revoked_certificate(
-                    x509.RevokedCertificateBuilder().serial_number(int(entry["serial"]))
-                    .revocation_date(revoked_at.replace(tzinfo=dt.timezone.utc)).build())
+                    x509.RevokedCertificateBuilder()
+                    .serial_number(int(entry["serial"]))
+                    .revocation_date(revoked_at.replace(tzinfo=dt.timezone.utc))
+                    .build()
+                )
         crl = builder.sign(ca_key, signing_hash(ca_key))
         write_public(ca_dir / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
         _save_index(ca_dir, index)
@@ -324,8 +423,9 @@ def revoke(ca_dir: Path, name: str, *, crl_days: int = 7, serial: int | None = N
         index = _load_index(ca_dir)
         known = {e["name"] for e in index["certificates"]}
         if name not in known:
-            raise PKIError(f"this CA never issued a certificate for {name!r}; "
-                           f"known names: {', '.join(sorted(known)) or 'none'}")
+            raise PKIError(
+                f"this CA never issued a certificate for {name!r}; known names: {', '.join(sorted(known)) or 'none'}"
+            )
         serials = []
         for entry in index["certificates"]:
             if entry["name"] == name and _is_live(entry, now) and serial in (None, int(entry["serial"])):

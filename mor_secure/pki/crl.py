@@ -17,8 +17,10 @@ CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 def _fix(crl_path: Path) -> str:
-    return (f"run `mor certs crl --ca-dir DIR` on the CA and copy its crl.pem to {crl_path} "
-            "(the service picks it up on reload)")
+    return (
+        f"run `mor certs crl --ca-dir DIR` on the CA and copy its crl.pem to {crl_path} "
+        "(the service picks it up on reload)"
+    )
 
 
 def crl_number(crl: x509.CertificateRevocationList) -> int | None:
@@ -39,12 +41,15 @@ def check_crl(crl_path: Path, ca_cert: x509.Certificate | Path) -> x509.Certific
     except CRLError as exc:
         raise CRLError(f"{exc}: every TLS handshake would fail closed; {_fix(crl_path)}") from None
     if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
-        raise CRLError(f"CRL {crl_path} is not signed by the CA {ca_cert.subject.rfc4514_string()!r} "
-                       f"(a CRL from another CA?): {_fix(crl_path)}")
+        raise CRLError(
+            f"CRL {crl_path} is not signed by the CA {ca_cert.subject.rfc4514_string()!r} "
+            f"(a CRL from another CA?): {_fix(crl_path)}"
+        )
     now = dt.datetime.now(dt.timezone.utc)
     if crl.last_update_utc > now + CLOCK_SKEW:
-        raise CRLError(f"CRL {crl_path} is not valid until {crl.last_update_utc:%Y-%m-%d %H:%M} UTC: "
-                       "check this machine's clock")
+        raise CRLError(
+            f"CRL {crl_path} is not valid until {crl.last_update_utc:%Y-%m-%d %H:%M} UTC: check this machine's clock"
+        )
     next_update = crl.next_update_utc
     if next_update is None or next_update <= now:
         when = "has no next update" if next_update is None else f"went stale at {next_update:%Y-%m-%d %H:%M} UTC"

@@ -54,8 +54,10 @@ def check_identity(role: str, name: str) -> Identity:
     if role not in ROLES:
         raise PKIError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise PKIError(f"invalid name {name!r}: use 1-63 characters of a-z, 0-9, '-' and '.', "
-                       "starting and ending with a letter or digit (for example 'site-a')")
+        raise PKIError(
+            f"invalid name {name!r}: use 1-63 characters of a-z, 0-9, '-' and '.', "
+            "starting and ending with a letter or digit (for example 'site-a')"
+        )
     return Identity(role, name)
 
 
@@ -63,12 +65,15 @@ def identity_from_uris(uris: list[str], what: str) -> Identity:
     """The one ``mor://`` identity among SAN URIs; ``what`` names the object in errors."""
     ours = [u for u in uris if u.startswith("mor://")]
     if len(ours) != 1:
-        raise PKIError(f"{what} must carry exactly one SAN URI mor://client/NAME or "
-                       f"mor://coordinator/NAME, found {len(ours)}: issue it with `mor certs`")
+        raise PKIError(
+            f"{what} must carry exactly one SAN URI mor://client/NAME or "
+            f"mor://coordinator/NAME, found {len(ours)}: issue it with `mor certs`"
+        )
     match = _URI_RE.fullmatch(ours[0])
     if match is None:
-        raise PKIError(f"{what} has a malformed identity URI {ours[0]!r}: "
-                       "expected mor://client/NAME or mor://coordinator/NAME")
+        raise PKIError(
+            f"{what} has a malformed identity URI {ours[0]!r}: expected mor://client/NAME or mor://coordinator/NAME"
+        )
     return check_identity(match.group(1), match.group(2))
 
 

@@ -50,19 +50,24 @@ def check_public_key(key: object, what: str) -> None:
         return
     if isinstance(key, ed25519.Ed25519PublicKey):
         return
-    raise PKIError(f"{what} has an unsupported public key ({type(key).__name__}): "
-                   "make the request with `mor certs request` (EC P-256 or Ed25519)")
+    raise PKIError(
+        f"{what} has an unsupported public key ({type(key).__name__}): "
+        "make the request with `mor certs request` (EC P-256 or Ed25519)"
+    )
 
 
 def write_private(path: Path, key: PrivateKey) -> Path:
     """Write an unencrypted PEM key to a new file that is 0600 from creation; never overwrites."""
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        raise PKIError(f"{path} already exists and a key is never overwritten: move it away first, "
-                       "or renew with the existing key (`mor certs request --reuse-key`)") from None
+        raise PKIError(
+            f"{path} already exists and a key is never overwritten: move it away first, "
+            "or renew with the existing key (`mor certs request --reuse-key`)"
+        ) from None
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)
@@ -91,8 +96,9 @@ def load_private_key(path: Path) -> PrivateKey:
     except OSError as exc:
         raise PKIError(f"cannot read private key {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise PKIError(f"private key {path} is readable by others (mode {stat.S_IMODE(mode):04o}): "
-                       f"run `chmod 600 {path}`")
+        raise PKIError(
+            f"private key {path} is readable by others (mode {stat.S_IMODE(mode):04o}): run `chmod 600 {path}`"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
@@ -107,8 +113,10 @@ def _sign(key: PrivateKey, data: bytes) -> bytes:
 
 def renewal_payload(name: str, new_public_key: object) -> bytes:
     """What a renewal proof signs: the name and the new key (so the proof fits this request only)."""
-    der = new_public_key.public_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined]
-                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = new_public_key.public_bytes(
+        serialization.Encoding.DER,  # type: ignore[attr-defined]
+        serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
     return b"mor-renewal\0" + name.encode("ascii") + b"\0" + der
 
 
@@ -122,14 +130,16 @@ def read_renewal_proof(value: bytes) -> tuple[x509.Certificate, bytes]:
     """The live certificate and the signature in a renewal proof (PKIError when malformed)."""
     size = int.from_bytes(value[:2], "big")
     try:
-        return x509.load_der_x509_certificate(value[2:2 + size]), value[2 + size:]
+        return x509.load_der_x509_certificate(value[2 : 2 + size]), value[2 + size :]
     except ValueError:
-        raise PKIError("the request's renewal proof is malformed: make a new one with `mor certs request --renew`") \
-            from None
+        raise PKIError(
+            "the request's renewal proof is malformed: make a new one with `mor certs request --renew`"
+        ) from None
 
 
-def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
-                 reuse_key: bool = False, renew: bool = False) -> tuple[Path, Path]:
+def make_request(
+    role: str, name: str, out_dir: Path, *, key_type: str = "p256", reuse_key: bool = False, renew: bool = False
+) -> tuple[Path, Path]:
     """Make ``out_dir/NAME.key`` (0600) and ``out_dir/NAME.csr`` asking for ``mor://ROLE/NAME``.
 
     ``reuse_key=True`` signs a renewal request with the existing NAME.key instead of a new key;
@@ -145,15 +155,19 @@ def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
     out_dir.mkdir(parents=True, exist_ok=True)
     key_path, csr_path = out_dir / f"{name}{'.next' if renew else ''}.key", out_dir / f"{name}.csr"
     if renew and key_path.exists():
-        raise PKIError(f"{key_path} exists: a renewal is already pending. Install its certificate "
-                       f"(`mor certs install --cert NAME.pem --dir {out_dir}`), or delete {key_path} to start over")
+        raise PKIError(
+            f"{key_path} exists: a renewal is already pending. Install its certificate "
+            f"(`mor certs install --cert NAME.pem --dir {out_dir}`), or delete {key_path} to start over"
+        )
     proof_by = None
     if renew:
         live_key, live_cert = out_dir / f"{name}.key", out_dir / f"{name}.pem"
         if not live_key.exists() or not live_cert.exists():
-            raise PKIError(f"--renew proves the request with the live {live_key.name} and {live_cert.name}, "
-                           f"which are not in {out_dir}: run it where they are, or make a first request "
-                           "without --renew")
+            raise PKIError(
+                f"--renew proves the request with the live {live_key.name} and {live_cert.name}, "
+                f"which are not in {out_dir}: run it where they are, or make a first request "
+                "without --renew"
+            )
         try:
             cert = x509.load_pem_x509_certificate(live_cert.read_bytes())
         except ValueError:
@@ -164,11 +178,18 @@ def make_request(role: str, name: str, out_dir: Path, *, key_type: str = "p256",
     else:
         key = new_key(key_type)
         write_private(key_path, key)
-    builder = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
-                                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)]))
-               .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(ident.uri)]),
-                              critical=False))
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+                ]
+            )
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(ident.uri)]), critical=False)
+    )
     if proof_by is not None:
         value = renewal_proof(proof_by[0], proof_by[1], name, key.public_key())
         builder = builder.add_extension(x509.UnrecognizedExtension(RENEWAL_PROOF_OID, value), critical=False)

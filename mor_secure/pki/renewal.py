@@ -39,14 +39,19 @@ def install_certificate(cert_path: Path, out_dir: Path) -> Installed:
     cert_path, out_dir = Path(cert_path), Path(out_dir)
     cert = load_cert(cert_path)
     ident = identity_of(cert)
-    live_cert, live_key, next_key = (out_dir / f"{ident.name}.pem", out_dir / f"{ident.name}.key",
-                                     out_dir / f"{ident.name}.next.key")
+    live_cert, live_key, next_key = (
+        out_dir / f"{ident.name}.pem",
+        out_dir / f"{ident.name}.key",
+        out_dir / f"{ident.name}.next.key",
+    )
     if (out_dir / CA_CERT).exists():
         try:
             cert.verify_directly_issued_by(load_cert(out_dir / CA_CERT))
         except (ValueError, TypeError):
-            raise PKIError(f"{cert_path} was not issued by the CA in {out_dir / CA_CERT}: ask the CA operator "
-                           "for the certificate signed from your request") from None
+            raise PKIError(
+                f"{cert_path} was not issued by the CA in {out_dir / CA_CERT}: ask the CA operator "
+                "for the certificate signed from your request"
+            ) from None
     if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
         raise PKIError(f"{cert_path} has already expired: ask the CA operator to sign the request again")
     public = cert.public_key()
@@ -55,12 +60,13 @@ def install_certificate(cert_path: Path, out_dir: Path) -> Installed:
     elif live_key.exists() and load_private_key(live_key).public_key() == public:
         new_key = False
     else:
-        raise PKIError(f"{cert_path} fits neither {next_key} nor {live_key}: install the certificate signed "
-                       f"from this site's latest request (`mor certs request --renew --name {ident.name}`)")
+        raise PKIError(
+            f"{cert_path} fits neither {next_key} nor {live_key}: install the certificate signed "
+            f"from this site's latest request (`mor certs request --renew --name {ident.name}`)"
+        )
     data = cert_path.read_bytes()
     if new_key:
         os.replace(next_key, live_key)  # a reconnect between the two renames retries (see transport.contexts)
     write_public(live_cert, data)
-    log.info("certificate installed", extra={"site": ident.name, "new_key": new_key,
-                                             "fingerprint": fingerprint(cert)})
+    log.info("certificate installed", extra={"site": ident.name, "new_key": new_key, "fingerprint": fingerprint(cert)})
     return Installed(live_cert, live_key, fingerprint(cert), cert.not_valid_after_utc, new_key)

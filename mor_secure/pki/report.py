@@ -24,11 +24,19 @@ def describe(cert_path: Path, *, ca_dir: Path | None = None, crl: Path | None = 
         role = name = None
     now = dt.datetime.now(dt.timezone.utc)
     info: dict[str, Any] = {
-        "file": str(cert_path), "subject": cert.subject.rfc4514_string(), "role": role, "name": name,
-        "serial": f"{cert.serial_number:x}", "issuer": cert.issuer.rfc4514_string(),
-        "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
+        "file": str(cert_path),
+        "subject": cert.subject.rfc4514_string(),
+        "role": role,
+        "name": name,
+        "serial": f"{cert.serial_number:x}",
+        "issuer": cert.issuer.rfc4514_string(),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
         "expires_in_days": round((cert.not_valid_after_utc - now).total_seconds() / 86400, 1),
-        "fingerprint": fingerprint(cert), "issued_by_ca": None, "revoked": None}
+        "fingerprint": fingerprint(cert),
+        "issued_by_ca": None,
+        "revoked": None,
+    }
     ca_cert = None
     if ca_dir is not None:
         ca_cert = load_cert(Path(ca_dir) / CA_CERT)

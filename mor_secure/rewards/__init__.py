@@ -11,8 +11,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"RewardModel": "base", "bradley_terry_loss": "base", "FAMILIES": "registry",
-            "build_reward_model": "registry", "load_reward_model": "registry"}
+_EXPORTS = {
+    "RewardModel": "base",
+    "bradley_terry_loss": "base",
+    "FAMILIES": "registry",
+    "build_reward_model": "registry",
+    "load_reward_model": "registry",
+}
 
 __all__ = sorted(_EXPORTS)
 

@@ -48,19 +48,18 @@ class RewardModel(nn.Module):
         self.spec = dict(spec)
 
     @abstractmethod
-    def encode(self, images: Sequence[Image.Image], prompts: Sequence[Text],
-               completions: Sequence[Text]) -> Batch:
+    def encode(self, images: Sequence[Image.Image], prompts: Sequence[Text], completions: Sequence[Text]) -> Batch:
         """Tensors (leading dim N) for N (image, prompt, completion) triples."""
 
     @abstractmethod
     def score_batch(self, batch: Batch) -> torch.Tensor:
         """Scores [N] of an ``encode`` batch."""
 
-    def encode_pairs(self, images: Sequence[Image.Image], prompts: Sequence[Text],
-                     chosen: Sequence[Text], rejected: Sequence[Text]) -> Batch:
+    def encode_pairs(
+        self, images: Sequence[Image.Image], prompts: Sequence[Text], chosen: Sequence[Text], rejected: Sequence[Text]
+    ) -> Batch:
         """One batch of B pairs: the ``encode`` tensors of each half, keys prefixed chosen_/rejected_."""
-        halves = {"chosen": self.encode(images, prompts, chosen),
-                  "rejected": self.encode(images, prompts, rejected)}
+        halves = {"chosen": self.encode(images, prompts, chosen), "rejected": self.encode(images, prompts, rejected)}
         return {f"{half}_{k}": v for half, batch in halves.items() for k, v in batch.items()}
 
     def forward(self, **pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,12 +71,14 @@ class RewardModel(nn.Module):
         return self.score_batch(halves["chosen"]), self.score_batch(halves["rejected"])
 
     @torch.no_grad()
-    def score(self, images: Sequence[Image.Image], prompts: Sequence[Text],
-              completions: Sequence[Text], batch_size: int = 32) -> list[float]:
+    def score(
+        self, images: Sequence[Image.Image], prompts: Sequence[Text], completions: Sequence[Text], batch_size: int = 32
+    ) -> list[float]:
         """Scores of N triples, in order, computed in eval mode in chunks of ``batch_size``."""
         if not len(images) == len(prompts) == len(completions):
-            raise ValueError(f"images, prompts and completions differ in length: "
-                             f"{len(images)}, {len(prompts)}, {len(completions)}")
+            raise ValueError(
+                f"images, prompts and completions differ in length: {len(images)}, {len(prompts)}, {len(completions)}"
+            )
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
@@ -94,8 +95,7 @@ class RewardModel(nn.Module):
 
     def saved_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a saved model carries: every trainable parameter (adapters and head for LoRA)."""
-        return {name: p.detach().cpu().contiguous().clone()
-                for name, p in self.named_parameters() if p.requires_grad}
+        return {name: p.detach().cpu().contiguous().clone() for name, p in self.named_parameters() if p.requires_grad}
 
     def load_saved_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load ``saved_state_dict`` output; the key sets and shapes must match exactly."""
@@ -103,13 +103,15 @@ class RewardModel(nn.Module):
         expected = {n for n, p in own.items() if p.requires_grad}
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"weights do not fit this {self.family} model: missing {missing[:5]}, "
-                             f"unexpected {extra[:5]}")
+            raise ValueError(
+                f"weights do not fit this {self.family} model: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
         with torch.no_grad():
             for name, tensor in state.items():
                 if own[name].shape != tensor.shape:
-                    raise ValueError(f"weight {name} has shape {tuple(tensor.shape)}, "
-                                     f"expected {tuple(own[name].shape)}")
+                    raise ValueError(
+                        f"weight {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
+                    )
                 own[name].copy_(tensor)
 
     def save(self, out_dir: str | Path) -> Path:

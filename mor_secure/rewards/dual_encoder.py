@@ -27,7 +27,7 @@ GRID = 8
 """Images are summarised as the mean colour of each cell of a GRID x GRID grid ..."""
 LEVELS = 4
 """... plus a colour histogram with LEVELS levels per channel."""
-IMAGE_FEATURES = 3 * GRID * GRID + LEVELS ** 3
+IMAGE_FEATURES = 3 * GRID * GRID + LEVELS**3
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -40,7 +40,7 @@ def image_features(images: Sequence[Image.Image], size: int) -> torch.Tensor:
         grid = pixels[: cell * GRID, : cell * GRID].reshape(GRID, cell, GRID, cell, 3).mean(axis=(1, 3))
         levels = np.minimum((pixels * LEVELS).astype(np.int64), LEVELS - 1)
         bins = (levels[..., 0] * LEVELS + levels[..., 1]) * LEVELS + levels[..., 2]
-        histogram = np.bincount(bins.ravel(), minlength=LEVELS ** 3) / bins.size
+        histogram = np.bincount(bins.ravel(), minlength=LEVELS**3) / bins.size
         out[i] = np.concatenate([grid.ravel(), np.sqrt(histogram)])
     return torch.from_numpy(out)
 
@@ -53,7 +53,7 @@ def text_features(texts: Sequence[str], buckets: int, max_length: int) -> torch.
         text = text[:max_length].lower()
         words = _WORD.findall(text)
         grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-        grams += [text[j: j + 3] for j in range(max(len(text) - 2, 1))]
+        grams += [text[j : j + 3] for j in range(max(len(text) - 2, 1))]
         for gram in grams:
             out[i, zlib.crc32(gram.encode("utf-8")) % buckets] += 1.0
     return out / out.norm(dim=1, keepdim=True).clamp_min(1e-6)
@@ -64,14 +64,17 @@ class DualEncoderReward(RewardModel):
 
     family = "dual-encoder"
 
-    def __init__(self, *, width: int = 32, image_size: int = 64, max_length: int = 256,
-                 text_buckets: int = 256, seed: int = 0) -> None:
-        super().__init__(dict(width=width, image_size=image_size, max_length=max_length,
-                              text_buckets=text_buckets, seed=seed))
+    def __init__(
+        self, *, width: int = 32, image_size: int = 64, max_length: int = 256, text_buckets: int = 256, seed: int = 0
+    ) -> None:
+        super().__init__(
+            dict(width=width, image_size=image_size, max_length=max_length, text_buckets=text_buckets, seed=seed)
+        )
         torch.manual_seed(seed)
         self.image_size, self.max_length, self.text_buckets = image_size, max_length, text_buckets
-        self.image = nn.Sequential(nn.Linear(IMAGE_FEATURES, width), nn.ReLU(), nn.Linear(width, width),
-                                   nn.LayerNorm(width))
+        self.image = nn.Sequential(
+            nn.Linear(IMAGE_FEATURES, width), nn.ReLU(), nn.Linear(width, width), nn.LayerNorm(width)
+        )
         self.text = nn.Sequential(nn.Linear(text_buckets, width), nn.LayerNorm(width))
         self.head = nn.Sequential(nn.Linear(5 * width, width), nn.ReLU(), nn.Linear(width, 1))
 
@@ -81,26 +84,30 @@ class DualEncoderReward(RewardModel):
 
         return text_features([keep_tail(t, self.max_length) for t in texts], self.text_buckets, self.max_length)
 
-    def encode(self, images: Sequence[Image.Image], prompts: Sequence[Text],
-               completions: Sequence[Text]) -> Batch:
-        return {"image": image_features(images, self.image_size),
-                "prompt": self._text([question_text(p) for p in prompts]),
-                "answer": self._text([answer_text(c) for c in completions])}
+    def encode(self, images: Sequence[Image.Image], prompts: Sequence[Text], completions: Sequence[Text]) -> Batch:
+        return {
+            "image": image_features(images, self.image_size),
+            "prompt": self._text([question_text(p) for p in prompts]),
+            "answer": self._text([answer_text(c) for c in completions]),
+        }
 
-    def encode_pairs(self, images: Sequence[Image.Image], prompts: Sequence[Text],
-                     chosen: Sequence[Text], rejected: Sequence[Text]) -> Batch:
+    def encode_pairs(
+        self, images: Sequence[Image.Image], prompts: Sequence[Text], chosen: Sequence[Text], rejected: Sequence[Text]
+    ) -> Batch:
         """Image and prompt once per pair, the two answers as separate tensors."""
-        return {"image": image_features(images, self.image_size),
-                "prompt": self._text([question_text(p) for p in prompts]),
-                "chosen": self._text([answer_text(c) for c in chosen]),
-                "rejected": self._text([answer_text(c) for c in rejected])}
+        return {
+            "image": image_features(images, self.image_size),
+            "prompt": self._text([question_text(p) for p in prompts]),
+            "chosen": self._text([answer_text(c) for c in chosen]),
+            "rejected": self._text([answer_text(c) for c in rejected]),
+        }
 
-    def forward(self, *, image: torch.Tensor, prompt: torch.Tensor, chosen: torch.Tensor,
-                rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, *, image: torch.Tensor, prompt: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encodes image and prompt once and each answer once: every layer sees batch B (pairs)."""
         img, question = self.image(image), self.text(prompt)
-        return (self._head(img, question, self.text(chosen)),
-                self._head(img, question, self.text(rejected)))
+        return (self._head(img, question, self.text(chosen)), self._head(img, question, self.text(rejected)))
 
     def score_batch(self, batch: Batch) -> torch.Tensor:
         return self._head(self.image(batch["image"]), self.text(batch["prompt"]), self.text(batch["answer"]))

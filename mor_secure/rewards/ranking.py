@@ -62,5 +62,9 @@ def top1_accuracy(score: ScoreFn, data: Any, *, limit: int | None = None) -> dic
             hits[group].append(hit)
         return {g: {"top1": sum(v) / len(v), "questions": len(v)} for g, v in sorted(hits.items())}
 
-    return {"top1": sum(total) / max(len(total), 1), "questions": len(total), "per_domain": per(domains),
-            "per_question_type": per(kinds)}
+    return {
+        "top1": sum(total) / max(len(total), 1),
+        "questions": len(total),
+        "per_domain": per(domains),
+        "per_question_type": per(kinds),
+    }

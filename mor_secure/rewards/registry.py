@@ -13,9 +13,7 @@ from mor_secure.rewards.base import CONFIG_NAME, FORMAT, RewardModel
 from mor_secure.rewards.dual_encoder import DualEncoderReward
 from mor_secure.rewards.vlm import LlavaReward, Qwen2VLReward
 
-FAMILIES: dict[str, type[RewardModel]] = {
-    cls.family: cls for cls in (DualEncoderReward, Qwen2VLReward, LlavaReward)
-}
+FAMILIES: dict[str, type[RewardModel]] = {cls.family: cls for cls in (DualEncoderReward, Qwen2VLReward, LlavaReward)}
 
 
 def family_class(name: str) -> type[RewardModel]:
@@ -23,8 +21,9 @@ def family_class(name: str) -> type[RewardModel]:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ConfigError(f"unknown reward-model family {name!r}; set [model].family to one of "
-                          f"{', '.join(sorted(FAMILIES))}") from None
+        raise ConfigError(
+            f"unknown reward-model family {name!r}; set [model].family to one of {', '.join(sorted(FAMILIES))}"
+        ) from None
 
 
 def build_reward_model(model_config: Any, *, seed: int = 0) -> RewardModel:
@@ -36,8 +35,10 @@ def build_reward_model(model_config: Any, *, seed: int = 0) -> RewardModel:
     if base and (Path(base) / CONFIG_NAME).is_file():
         model = load_reward_model(base)
         if model.family != cls.family:
-            raise ConfigError(f"[model] base {base} is a saved {model.family!r} reward model; set [model].family "
-                              f"= {model.family!r} or point base at a {cls.family!r} model")
+            raise ConfigError(
+                f"[model] base {base} is a saved {model.family!r} reward model; set [model].family "
+                f"= {model.family!r} or point base at a {cls.family!r} model"
+            )
         model.train()
         return model
     names = inspect.signature(cls.__init__).parameters
@@ -54,8 +55,9 @@ def load_reward_model(path: str | Path) -> RewardModel:
     folder = Path(path)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
-        raise MissingInput(f"{folder}: no {CONFIG_NAME}; point at the [train].out folder of a "
-                           "finished `mor client train` run")
+        raise MissingInput(
+            f"{folder}: no {CONFIG_NAME}; point at the [train].out folder of a finished `mor client train` run"
+        )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -52,14 +52,22 @@ def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
 
 def index_loader(n_pairs: int, batch_size: int, generator: torch.Generator) -> DataLoader:
     """Shuffled batches of pair indices (``make_private`` turns it into Poisson sampling)."""
-    return DataLoader(TensorDataset(torch.arange(n_pairs)), batch_size=min(batch_size, n_pairs),
-                      shuffle=True, generator=generator)
+    return DataLoader(
+        TensorDataset(torch.arange(n_pairs)), batch_size=min(batch_size, n_pairs), shuffle=True, generator=generator
+    )
 
 
-def make_private(model: RewardModel, optimizer: torch.optim.Optimizer, loader: DataLoader, *,
-                 noise_multiplier: float, max_grad_norm: float, accountant: str = "prv",
-                 grad_sample_mode: str = "hooks", noise_generator: torch.Generator | None = None,
-                 ) -> tuple[Any, torch.nn.Module, torch.optim.Optimizer, DataLoader]:
+def make_private(
+    model: RewardModel,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    accountant: str = "prv",
+    grad_sample_mode: str = "hooks",
+    noise_generator: torch.Generator | None = None,
+) -> tuple[Any, torch.nn.Module, torch.optim.Optimizer, DataLoader]:
     """Opacus DP-SGD over pairs: (engine, module, optimizer, Poisson loader) with per-pair clipping.
 
     Refuses a loader whose sampling differs from ``1 / steps_per_epoch``, which the noise was planned for.
@@ -69,12 +77,20 @@ def make_private(model: RewardModel, optimizer: torch.optim.Optimizer, loader: D
     planned_steps = len(loader)
     engine = PrivacyEngine(accountant=accountant)
     module, optimizer, private_loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode=grad_sample_mode,
-        noise_generator=noise_generator)
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=grad_sample_mode,
+        noise_generator=noise_generator,
+    )
     if len(private_loader) != planned_steps or abs(private_loader.sample_rate - 1 / planned_steps) > 1e-12:
-        raise RuntimeError(f"Opacus samples at {private_loader.sample_rate} with {len(private_loader)} steps "
-                           f"per epoch; the plan assumed {1 / planned_steps} and {planned_steps}")
+        raise RuntimeError(
+            f"Opacus samples at {private_loader.sample_rate} with {len(private_loader)} steps "
+            f"per epoch; the plan assumed {1 / planned_steps} and {planned_steps}"
+        )
     # Opacus' hooks on the first trainable layer find inputs that need no gradient: expected, not a fault.
     warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
     return engine, module, optimizer, private_loader
@@ -87,12 +103,21 @@ def check_pair_grad_samples(module: torch.nn.Module, n_pairs: int) -> None:
             grad_sample = p.grad_sample
             rows = grad_sample.shape[0] if torch.is_tensor(grad_sample) else None
             if rows != n_pairs:
-                raise RuntimeError(f"per-sample gradient of {name} has {rows} rows for {n_pairs} pairs: "
-                                   "one DP sample must be one preference pair")
+                raise RuntimeError(
+                    f"per-sample gradient of {name} has {rows} rows for {n_pairs} pairs: "
+                    "one DP sample must be one preference pair"
+                )
 
 
-def pair_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, rows: PairRows, idx: Sequence[int],
-              device: torch.device, *, private: bool) -> float | None:
+def pair_step(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rows: PairRows,
+    idx: Sequence[int],
+    device: torch.device,
+    *,
+    private: bool,
+) -> float | None:
     """One Bradley-Terry step on the pairs ``idx``; returns the loss (None for an empty batch).
 
     Under DP the per-pair gradients are checked, and an empty Poisson batch still takes a

@@ -36,13 +36,13 @@ def token_counter(tokenizer: Any) -> Callable[[str], int]:
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def count_truncated(prompts: Sequence[str], answers: Sequence[Sequence[str]], max_length: int, *,
-                    tokenizer: Any = None) -> int:
+def count_truncated(
+    prompts: Sequence[str], answers: Sequence[Sequence[str]], max_length: int, *, tokenizer: Any = None
+) -> int:
     """Rows that lose text at ``max_length``: with a ``tokenizer`` (VLM families) prompt plus the
     longest answer in tokens; without one (dual-encoder) any single text in characters."""
     if tokenizer is None:
-        return sum(len(p) > max_length or any(len(a) > max_length for a in row)
-                   for p, row in zip(prompts, answers))
+        return sum(len(p) > max_length or any(len(a) > max_length for a in row) for p, row in zip(prompts, answers))
     count = token_counter(tokenizer)
     return sum(count(p) + max((count(a) for a in row), default=0) > max_length for p, row in zip(prompts, answers))
 

@@ -34,21 +34,43 @@ class VLMReward(RewardModel):
 
     family = ""
 
-    def __init__(self, *, base: str, finetune: str = "lora", lora_rank: int = 8, lora_alpha: float = 16.0,
-                 lora_targets: Sequence[str] = DEFAULT_TARGETS, max_length: int = 256, seed: int = 0) -> None:
-        super().__init__(dict(base=base, finetune=finetune, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                              lora_targets=list(lora_targets), max_length=max_length, seed=seed))
+    def __init__(
+        self,
+        *,
+        base: str,
+        finetune: str = "lora",
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_targets: Sequence[str] = DEFAULT_TARGETS,
+        max_length: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            dict(
+                base=base,
+                finetune=finetune,
+                lora_rank=lora_rank,
+                lora_alpha=lora_alpha,
+                lora_targets=list(lora_targets),
+                max_length=max_length,
+                seed=seed,
+            )
+        )
         from mor_secure.models.loading import family_of, load_vlm
 
         if not base:
-            raise ConfigError(f"family {self.family!r} needs [model].base: a local model folder or a hub id "
-                              "in the local cache (`mor models tiny --family ...` builds a tiny one)")
+            raise ConfigError(
+                f"family {self.family!r} needs [model].base: a local model folder or a hub id "
+                "in the local cache (`mor models tiny --family ...` builds a tiny one)"
+            )
         if finetune not in FINETUNE_MODES:
             raise ConfigError(f"[model].finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
         vlm, self.processor = load_vlm(base)
         if family_of(vlm) != self.family:
-            raise ConfigError(f"{base} is a {family_of(vlm)} model, not {self.family}; set [model].family "
-                              f"= {family_of(vlm)!r} or point [model].base at a {self.family} model")
+            raise ConfigError(
+                f"{base} is a {family_of(vlm)} model, not {self.family}; set [model].family "
+                f"= {family_of(vlm)!r} or point [model].base at a {self.family} model"
+            )
         self.max_length = max_length
         self.backbone = vlm.model  # the multimodal model without its language-model head
         self.backbone.requires_grad_(False)
@@ -57,23 +79,27 @@ class VLMReward(RewardModel):
         if finetune == "lora":
             from peft import LoraConfig, inject_adapter_in_model
 
-            inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
-                                               target_modules=list(lora_targets), bias="none"), language)
+            inject_adapter_in_model(
+                LoraConfig(
+                    r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=list(lora_targets), bias="none"
+                ),
+                language,
+            )
         else:
             language.requires_grad_(True)
         self.head = nn.Linear(language.config.hidden_size, 1)
-        nn.init.normal_(self.head.weight, std=language.config.hidden_size ** -0.5)
+        nn.init.normal_(self.head.weight, std=language.config.hidden_size**-0.5)
         nn.init.zeros_(self.head.bias)
 
-    def encode(self, images: Sequence[Image.Image], prompts: Sequence[Text],
-               completions: Sequence[Text]) -> Batch:
+    def encode(self, images: Sequence[Image.Image], prompts: Sequence[Text], completions: Sequence[Text]) -> Batch:
         """Model inputs of N triples; text past [model].max_length tokens is cut from the start of the
         question and of the answer, so the reward model sees their ends (see ``rewards.truncation``)."""
         from mor_secure.models.loading import vlm_inputs
 
         pairs = [self._truncate(as_conversation(p), c) for p, c in zip(prompts, completions)]
-        batch = vlm_inputs(self.processor, list(images), [p for p, _ in pairs], [c for _, c in pairs],
-                           padding_side="left")
+        batch = vlm_inputs(
+            self.processor, list(images), [p for p, _ in pairs], [c for _, c in pairs], padding_side="left"
+        )
         return dict(batch)
 
     def _truncate(self, prompt: list[dict[str, Any]], completion: Text) -> tuple[list[dict[str, Any]], Text]:
@@ -89,10 +115,10 @@ class VLMReward(RewardModel):
         if keep_q == len(q_ids) and keep_a == len(a_ids):
             return prompt, completion
         if keep_q < len(q_ids):
-            text = tokenizer.decode(q_ids[len(q_ids) - keep_q:]) if keep_q else ""
+            text = tokenizer.decode(q_ids[len(q_ids) - keep_q :]) if keep_q else ""
             prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         if keep_a < len(a_ids):
-            completion = assistant_message(tokenizer.decode(a_ids[len(a_ids) - keep_a:]) if keep_a else "")
+            completion = assistant_message(tokenizer.decode(a_ids[len(a_ids) - keep_a :]) if keep_a else "")
         return prompt, completion
 
     def score_batch(self, batch: Batch) -> torch.Tensor:

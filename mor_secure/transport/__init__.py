@@ -5,5 +5,16 @@ from mor_secure.transport.client import AgentRefused, ClientOptions, TLSClient
 from mor_secure.transport.server import EndKind, Peer, Refusal, ServerOptions, SessionEnded, TLSServer
 from mor_secure.transport.tls import TLSError, TLSSession
 
-__all__ = ["AgentRefused", "ClientOptions", "EndKind", "Peer", "Refusal", "ServerOptions", "SessionEnded", "TLSClient",
-           "TLSError", "TLSServer", "TLSSession"]
+__all__ = [
+    "AgentRefused",
+    "ClientOptions",
+    "EndKind",
+    "Peer",
+    "Refusal",
+    "ServerOptions",
+    "SessionEnded",
+    "TLSClient",
+    "TLSError",
+    "TLSServer",
+    "TLSSession",
+]

@@ -91,9 +91,18 @@ class TLSClient:
     block. An exception in a handler becomes an ``Error`` reply.
     """
 
-    def __init__(self, endpoint: str, context_factory: Callable[[], ssl.SSLContext], *, coordinators: Iterable[str],
-                 worker_id: str, agent_version: str, handlers: dict[type[Message], Handler] | None = None,
-                 options: ClientOptions | None = None, limits: protocol.Limits | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        context_factory: Callable[[], ssl.SSLContext],
+        *,
+        coordinators: Iterable[str],
+        worker_id: str,
+        agent_version: str,
+        handlers: dict[type[Message], Handler] | None = None,
+        options: ClientOptions | None = None,
+        limits: protocol.Limits | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.coordinators = set(coordinators)
         self.worker_id = worker_id
@@ -144,8 +153,9 @@ class TLSClient:
         """Connect, serve and reconnect until ``stop()``; raises ``AgentRefused`` when refused."""
         attempt = 0
         self._pool = Workers(max(1, self.options.handler_threads - 1), "mor-handler")
-        self._standby = Standby(self._standby_turn, lambda: self._outbox.put(None), delay_s=self.options.takeover_s,
-                                name="mor-standby")
+        self._standby = Standby(
+            self._standby_turn, lambda: self._outbox.put(None), delay_s=self.options.takeover_s, name="mor-standby"
+        )
         try:
             while not self._stopping.is_set():
                 try:
@@ -157,7 +167,7 @@ class TLSClient:
                 self.connected.clear()
                 if self.session_id:  # we were welcomed: start the back-off from scratch
                     attempt, self.session_id = 0, ""
-                delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2 ** attempt)
+                delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2**attempt)
                 attempt += 1
                 self._stopping.wait(delay * random.uniform(0.5, 1.5))
         finally:
@@ -167,6 +177,7 @@ class TLSClient:
 
     def start(self) -> None:
         """Run in a background thread (tests, benchmarks); a refusal is kept in ``error``."""
+
         def target() -> None:
             try:
                 self.run()
@@ -188,8 +199,9 @@ class TLSClient:
     def _serve_once(self) -> None:
         sock = self._zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.options.max_message_bytes + self.options.max_message_bytes // 32
-                        + 64 * 1024)
+        sock.setsockopt(
+            zmq.MAXMSGSIZE, self.options.max_message_bytes + self.options.max_message_bytes // 32 + 64 * 1024
+        )
         sock.setsockopt(zmq.SNDHWM, 64)
         try:
             sock.connect(self.endpoint)
@@ -210,9 +222,13 @@ class TLSClient:
 
             if self._context is None:  # rebuilt after a lost connection: picks up a renewed cert or CRL
                 self._context = self._context_factory()
-            tls = TLSSession(self._context, server_side=False, emit=emit,
-                             max_message_bytes=self.options.max_message_bytes,
-                             handshake_timeout_s=self.options.connect_timeout_s)
+            tls = TLSSession(
+                self._context,
+                server_side=False,
+                emit=emit,
+                max_message_bytes=self.options.max_message_bytes,
+                handshake_timeout_s=self.options.connect_timeout_s,
+            )
             self.connections += 1
             self._tls = tls
             self._loop(sock, tls)
@@ -261,8 +277,9 @@ class TLSClient:
         now = time.monotonic()
         if not self.connected.is_set():
             if now > link.tls.handshake_deadline:
-                raise _Lost(f"no welcome from {self.endpoint} within "
-                            f"{self.options.connect_timeout_s:g}s (unreachable?)")
+                raise _Lost(
+                    f"no welcome from {self.endpoint} within {self.options.connect_timeout_s:g}s (unreachable?)"
+                )
         elif now - link.last_heard > self.options.idle_timeout_s:
             raise _Lost(f"coordinator silent for {self.options.idle_timeout_s:g}s")
         elif now >= link.next_beat:
@@ -290,8 +307,9 @@ class TLSClient:
             if self.connected.is_set():
                 raise _Lost(f"TLS session failed: {exc.reason}") from None
             if self._verified and exc.peer_alert:  # sent inside the session of the coordinator we verified
-                raise AgentRefused(f"the coordinator at {self.endpoint} refused this agent's certificate: "
-                                   f"{exc.reason}") from None
+                raise AgentRefused(
+                    f"the coordinator at {self.endpoint} refused this agent's certificate: {exc.reason}"
+                ) from None
             raise _Lost(f"TLS handshake with {self.endpoint} failed: {exc.reason}") from None
         if not was_done and tls.handshake_done:
             self._check_coordinator(tls)
@@ -316,16 +334,17 @@ class TLSClient:
         except pki.PKIError as exc:
             raise _Lost(f"cannot verify the coordinator: {exc}") from None
         if identity.name not in self.coordinators:
-            raise _Lost(f"the server at {self.endpoint} is coordinator {identity.name!r}, not "
-                               f"{' or '.join(sorted(map(repr, self.coordinators)))}: check [coordinator] "
-                               "name and endpoint ([serve] allow_coordinators)")
+            raise _Lost(
+                f"the server at {self.endpoint} is coordinator {identity.name!r}, not "
+                f"{' or '.join(sorted(map(repr, self.coordinators)))}: check [coordinator] "
+                "name and endpoint ([serve] allow_coordinators)"
+            )
 
     def _on_message(self, msg: Message, tls: TLSSession) -> None:
         if isinstance(msg, Welcome):
             self.session_id, self.last_error = msg.session_id, ""
             self._heartbeat_s = min(self.options.heartbeat_s, msg.heartbeat_s)
-            log.info("welcomed by the coordinator", extra={"coordinator": msg.coordinator,
-                                                          "session": msg.session_id})
+            log.info("welcomed by the coordinator", extra={"coordinator": msg.coordinator, "session": msg.session_id})
             self.connected.set()
             for extra in self.on_welcome() if self.on_welcome is not None else ():
                 self._send(tls, extra)

@@ -18,14 +18,18 @@ RENEWAL_RETRY_S = 0.2
 
 def context_factory(tls: TLSConfig, role: str) -> Callable[[], ssl.SSLContext]:
     """A callable that builds a fresh mutual-TLS 1.3 context for ``role`` from ``tls`` (PKIError if unusable)."""
+
     def build() -> ssl.SSLContext:
         try:
-            return pki.ssl_context(role, ca=tls.ca, cert=tls.cert, key=tls.key, crl=tls.crl,
-                                   ca_fingerprint=tls.ca_fingerprint)
+            return pki.ssl_context(
+                role, ca=tls.ca, cert=tls.cert, key=tls.key, crl=tls.crl, ca_fingerprint=tls.ca_fingerprint
+            )
         except pki.PKIError:
             time.sleep(RENEWAL_RETRY_S)  # `mor certs install` may be between renaming the key and the cert
-            return pki.ssl_context(role, ca=tls.ca, cert=tls.cert, key=tls.key, crl=tls.crl,
-                                   ca_fingerprint=tls.ca_fingerprint)
+            return pki.ssl_context(
+                role, ca=tls.ca, cert=tls.cert, key=tls.key, crl=tls.crl, ca_fingerprint=tls.ca_fingerprint
+            )
+
     return build
 
 

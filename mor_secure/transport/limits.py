@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 class AddressBuckets:
     """A token bucket per key (``rate`` tokens a second, at most ``burst``), for at most ``max_keys`` keys."""
 
-    def __init__(self, rate: float, burst: float, *, max_keys: int = 4096,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: float, *, max_keys: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate, self.burst, self.max_keys = rate, burst, max_keys
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, last)
@@ -53,8 +54,16 @@ class Throttle:
     bounded number of records per window.
     """
 
-    def __init__(self, window_s: float, per_window: int, *, per_key: int | None = None, top: int = 20,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        window_s: float,
+        per_window: int,
+        *,
+        per_key: int | None = None,
+        top: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.window_s, self.per_window, self.top = window_s, per_window, top
         self.per_key = per_window if per_key is None else per_key
         self._clock, self._wall = clock, wall
@@ -98,8 +107,12 @@ class Throttle:
             return None
         summary = None
         if self._held:
-            summary = Summary(self._wall_start, self._wall(), self._held,
-                              dict(self._held_keys.most_common(self.top)),
-                              dict(self._held_reasons.most_common(self.top)))
+            summary = Summary(
+                self._wall_start,
+                self._wall(),
+                self._held,
+                dict(self._held_keys.most_common(self.top)),
+                dict(self._held_reasons.most_common(self.top)),
+            )
         self._reset(now)
         return summary

@@ -30,8 +30,7 @@ from pathlib import Path
 import zmq
 from cryptography import x509
 
-from mor_secure import pki, protocol
-from mor_secure import events
+from mor_secure import events, pki, protocol
 from mor_secure.logs import get_logger
 from mor_secure.protocol import PROTOCOL_VERSION, Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
 from mor_secure.transport.limits import AddressBuckets, Throttle
@@ -133,8 +132,14 @@ class ServerOptions:
     log_per_window: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_s", "peer_timeout_s", "handshake_timeout_s", "certificate_timeout_s",
-                     "handshakes_per_s", "crl_check_s"):
+        for name in (
+            "heartbeat_s",
+            "peer_timeout_s",
+            "handshake_timeout_s",
+            "certificate_timeout_s",
+            "handshakes_per_s",
+            "crl_check_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServerOptions.{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("max_pending_handshakes", "max_pending_per_address", "handshake_burst"):
@@ -176,12 +181,21 @@ class TLSServer:
     dropped peer as it happens (loop thread; hand the work elsewhere too), before ``refusals()`` lists it.
     """
 
-    def __init__(self, endpoint: str, context_factory: Callable[[], ssl.SSLContext], *, name: str,
-                 allow: Iterable[str] | None = None, crl_path: Path | None = None,
-                 options: ServerOptions | None = None, limits: protocol.Limits | None = None,
-                 on_message: Callable[[Peer, Message], None] | None = None,
-                 on_refusal: Callable[[Refusal], None] | None = None, min_crl_number: int | None = None,
-                 on_crl: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        context_factory: Callable[[], ssl.SSLContext],
+        *,
+        name: str,
+        allow: Iterable[str] | None = None,
+        crl_path: Path | None = None,
+        options: ServerOptions | None = None,
+        limits: protocol.Limits | None = None,
+        on_message: Callable[[Peer, Message], None] | None = None,
+        on_refusal: Callable[[Refusal], None] | None = None,
+        min_crl_number: int | None = None,
+        on_crl: Callable[[int], None] | None = None,
+    ) -> None:
         self.name = name
         self.options = options or ServerOptions()
         self.limits = limits or protocol.Limits(max_message_bytes=self.options.max_message_bytes)
@@ -195,9 +209,11 @@ class TLSServer:
         self.crl_number = pki.crl_number(pki.load_crl(self._crl_path)) if self._crl_path else None
         """The number of the CRL in force; a CRL with a lower number is refused (no rollback)."""
         if min_crl_number is not None and (self.crl_number is None or self.crl_number < min_crl_number):
-            raise pki.CRLError(f"CRL {self._crl_path} has number {self.crl_number}, below {min_crl_number}, which "
-                               "this coordinator enforced before (its ledger records it): an older CRL would "
-                               "undo revocations; copy the CA's current crl.pem (`mor certs crl` on the CA)")
+            raise pki.CRLError(
+                f"CRL {self._crl_path} has number {self.crl_number}, below {min_crl_number}, which "
+                "this coordinator enforced before (its ledger records it): an older CRL would "
+                "undo revocations; copy the CA's current crl.pem (`mor certs crl` on the CA)"
+            )
         self._on_crl = on_crl
         self.crl_failures = 0
         """Failed CRL reloads (each is retried at the next check until one succeeds)."""
@@ -262,8 +278,10 @@ class TLSServer:
 
     def peers(self) -> list[Peer]:
         """Every welcomed agent session, oldest first."""
-        return sorted((s.peer for s in list(self._sessions.values()) if s.peer is not None and not s.dead),
-                      key=lambda p: p.connected_at)
+        return sorted(
+            (s.peer for s in list(self._sessions.values()) if s.peer is not None and not s.dead),
+            key=lambda p: p.connected_at,
+        )
 
     def sites(self) -> set[str]:
         """Sites with at least one welcomed session."""
@@ -323,8 +341,11 @@ class TLSServer:
             targets.append((session, future))
         # Large messages are encrypted on the pool when there are several, or when called from the
         # loop thread (a reply callback), which must stay free to move frames.
-        parallel = self._pool is not None and size >= PARALLEL_BYTES and (
-            len(targets) > 1 or threading.current_thread() is self._thread)
+        parallel = (
+            self._pool is not None
+            and size >= PARALLEL_BYTES
+            and (len(targets) > 1 or threading.current_thread() is self._thread)
+        )
         for session, future in targets:
             if parallel:
                 self._pool.submit(self._send_for, session, data, future)
@@ -427,23 +448,38 @@ class TLSServer:
         elif len(frames) == 2 and looks_like_session_record(frames[1].buffer):
             self._ban(rid)
             self.stale_records += 1
-            log.info("ignored a record of an unknown TLS session (an agent of an earlier coordinator; it redials)",
-                     extra={"address": address, "stale_records": self.stale_records})
+            log.info(
+                "ignored a record of an unknown TLS session (an agent of an earlier coordinator; it redials)",
+                extra={"address": address, "stale_records": self.stale_records},
+            )
         elif len(frames) != 2 or not looks_like_client_hello(frames[1].buffer):
-            self._refuse_early(rid, address, "plaintext or non-TLS peer: the first message is not a "
-                                             "TLS ClientHello", EndKind.PROTOCOL)
+            self._refuse_early(
+                rid, address, "plaintext or non-TLS peer: the first message is not a TLS ClientHello", EndKind.PROTOCOL
+            )
         elif not self._rates.take(address):
-            self._refuse_early(rid, address, f"more than {self.options.handshakes_per_s:g} new TLS sessions a "
-                                             "second from this address (rate limit)", EndKind.THROTTLED)
+            self._refuse_early(
+                rid,
+                address,
+                f"more than {self.options.handshakes_per_s:g} new TLS sessions a second from this address (rate limit)",
+                EndKind.THROTTLED,
+            )
         elif not self._make_room(address):
-            self._refuse_early(rid, address, f"too many half-open sessions (cap "
-                                             f"{self.options.max_pending_handshakes}, "
-                                             f"{self.options.max_pending_per_address} per address)",
-                               EndKind.THROTTLED)
+            self._refuse_early(
+                rid,
+                address,
+                f"too many half-open sessions (cap "
+                f"{self.options.max_pending_handshakes}, "
+                f"{self.options.max_pending_per_address} per address)",
+                EndKind.THROTTLED,
+            )
         else:
-            tls = TLSSession(self._context, server_side=True, emit=lambda data: self._outbox.put((rid, data)),
-                             max_message_bytes=self.options.max_message_bytes,
-                             handshake_timeout_s=self.options.certificate_timeout_s)
+            tls = TLSSession(
+                self._context,
+                server_side=True,
+                emit=lambda data: self._outbox.put((rid, data)),
+                max_message_bytes=self.options.max_message_bytes,
+                handshake_timeout_s=self.options.certificate_timeout_s,
+            )
             session = _Session(rid, tls, address)
             self._sessions[rid] = session
             self._by_id[session.session_id] = session
@@ -473,8 +509,12 @@ class TLSServer:
             return False
         victim = min(waiting, key=lambda s: s.created)
         self.evicted += 1
-        self._drop(victim, "half-open session evicted: a newer ClientHello needed its slot (too many from "
-                           f"{victim.address or 'its address'} without a certificate)", EndKind.THROTTLED)
+        self._drop(
+            victim,
+            "half-open session evicted: a newer ClientHello needed its slot (too many from "
+            f"{victim.address or 'its address'} without a certificate)",
+            EndKind.THROTTLED,
+        )
         return True
 
     def _refuse_early(self, rid: bytes, address: str, reason: str, kind: EndKind) -> None:
@@ -547,8 +587,9 @@ class TLSServer:
             self._refuse(session, f"wrong role: {exc}", EndKind.NOT_ALLOWED)
             return False
         if self.allow is not None and identity.name not in self.allow:
-            self._refuse(session, f"site {identity.name!r} is not on the allow-list ([clients] allow)",
-                         EndKind.NOT_ALLOWED)
+            self._refuse(
+                session, f"site {identity.name!r} is not on the allow-list ([clients] allow)", EndKind.NOT_ALLOWED
+            )
             return False
         return True
 
@@ -576,16 +617,34 @@ class TLSServer:
     def _welcome(self, session: _Session, hello: Hello) -> None:
         assert session.identity is not None
         if hello.protocol != PROTOCOL_VERSION:
-            self._refuse(session, f"the agent speaks protocol version {hello.protocol} and this coordinator "
-                                  f"{PROTOCOL_VERSION}: install the same mor-secure version at the site and here",
-                         EndKind.NOT_ALLOWED)
+            self._refuse(
+                session,
+                f"the agent speaks protocol version {hello.protocol} and this coordinator "
+                f"{PROTOCOL_VERSION}: install the same mor-secure version at the site and here",
+                EndKind.NOT_ALLOWED,
+            )
             return
-        session.peer = Peer(session.session_id, session.identity.name, session.fingerprint, session.address,
-                            hello.worker_id, hello.agent_version, time.time())
-        self._send(session, Welcome(coordinator=self.name, session_id=session.session_id,
-                                    heartbeat_s=self.options.heartbeat_s))
-        log.info("agent joined", extra={"site": session.peer.site, "session": session.session_id,
-                                        "worker": hello.worker_id, "address": session.address})
+        session.peer = Peer(
+            session.session_id,
+            session.identity.name,
+            session.fingerprint,
+            session.address,
+            hello.worker_id,
+            hello.agent_version,
+            time.time(),
+        )
+        self._send(
+            session, Welcome(coordinator=self.name, session_id=session.session_id, heartbeat_s=self.options.heartbeat_s)
+        )
+        log.info(
+            "agent joined",
+            extra={
+                "site": session.peer.site,
+                "session": session.session_id,
+                "worker": hello.worker_id,
+                "address": session.address,
+            },
+        )
         with self._changed:
             self._changed.notify_all()
 
@@ -618,8 +677,10 @@ class TLSServer:
                 future.set_exception(SessionEnded(kind, reason))
         identity = session.identity.uri if session.identity else ""
         if session.peer is not None:
-            log.info(events.AGENT_LEFT, extra={"site": session.peer.site, "session": session.session_id,
-                                               "reason": reason, "kind": kind.value})
+            log.info(
+                events.AGENT_LEFT,
+                extra={"site": session.peer.site, "session": session.session_id, "reason": reason, "kind": kind.value},
+            )
         self._record(session.address, reason, kind, identity)
         with self._changed:
             self._changed.notify_all()
@@ -634,8 +695,10 @@ class TLSServer:
             self._on_refusal(refusal)
         self._refusals.append(refusal)
         if self._log_gate.admit(identity or address, reason):
-            log.warning(events.PEER_REFUSED, extra={"address": address, "identity": identity, "reason": reason,
-                                                     "kind": kind.value})
+            log.warning(
+                events.PEER_REFUSED,
+                extra={"address": address, "identity": identity, "reason": reason, "kind": kind.value},
+            )
 
     def _ban(self, rid: bytes) -> None:
         self._banned[rid] = time.monotonic() + self.options.ban_s
@@ -645,11 +708,17 @@ class TLSServer:
     def _housekeeping(self, now: float) -> None:
         for session in list(self._sessions.values()):
             if session.peer is None and session.tls.handshake_expired(now):
-                self._drop(session, f"no client certificate within {self.options.certificate_timeout_s:g}s "
-                                    "(half-open TLS session)", EndKind.TIMEOUT)
+                self._drop(
+                    session,
+                    f"no client certificate within {self.options.certificate_timeout_s:g}s (half-open TLS session)",
+                    EndKind.TIMEOUT,
+                )
             elif session.peer is None and now - session.created > self.options.handshake_timeout_s:
-                self._drop(session, f"no hello within {self.options.handshake_timeout_s:g}s of the ClientHello",
-                           EndKind.TIMEOUT)
+                self._drop(
+                    session,
+                    f"no hello within {self.options.handshake_timeout_s:g}s of the ClientHello",
+                    EndKind.TIMEOUT,
+                )
             elif session.peer is not None and now - session.last_seen > self.options.peer_timeout_s:
                 self._drop(session, f"silent for {self.options.peer_timeout_s:g}s (no heartbeat)", EndKind.DEPARTED)
             elif session.peer is not None and now - session.last_probe > self.options.heartbeat_s:
@@ -663,9 +732,10 @@ class TLSServer:
             self._banned.popitem(last=False)
         summary = self._log_gate.flush()
         if summary is not None:
-            log.warning("more peers refused or dropped (not logged one by one)",
-                        extra={"count": summary.suppressed, "by_peer": summary.by_key,
-                               "by_reason": summary.by_reason})
+            log.warning(
+                "more peers refused or dropped (not logged one by one)",
+                extra={"count": summary.suppressed, "by_peer": summary.by_key, "by_reason": summary.by_reason},
+            )
         if self._crl_path is not None and now - self._crl_checked >= self.options.crl_check_s:
             self._crl_checked = now
             if self._mtime() != self._crl_mtime:
@@ -674,8 +744,7 @@ class TLSServer:
                 except pki.PKIError as exc:  # kept stale: retried at the next check until one loads
                     self.crl_failures += 1
                     if str(exc) != self._crl_error:
-                        log.error("CRL reload failed; keeping the previous one and retrying",
-                                  extra={"error": str(exc)})
+                        log.error("CRL reload failed; keeping the previous one and retrying", extra={"error": str(exc)})
                     self._crl_error = str(exc)
 
     def _mtime(self) -> int | None:
@@ -691,9 +760,11 @@ class TLSServer:
         crl = pki.load_crl(self._crl_path) if self._crl_path is not None else None
         number = pki.crl_number(crl) if crl is not None else None
         if self.crl_number is not None and (number is None or number < self.crl_number):
-            raise pki.CRLError(f"CRL {self._crl_path} has number {number}, below the {self.crl_number} in force: "
-                               "an older CRL would undo revocations; copy the CA's current crl.pem "
-                               "(`mor certs crl` on the CA)")
+            raise pki.CRLError(
+                f"CRL {self._crl_path} has number {number}, below the {self.crl_number} in force: "
+                "an older CRL would undo revocations; copy the CA's current crl.pem "
+                "(`mor certs crl` on the CA)"
+            )
         self._context = self._context_factory()
         raised = number is not None and number != self.crl_number
         self._crl_mtime, self._crl_error, self.crl_number = mtime, "", number

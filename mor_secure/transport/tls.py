@@ -32,7 +32,7 @@ _REASONS = {
     "NO_PROTOCOLS_AVAILABLE": "TLS version mismatch: only TLS 1.3 is accepted",
     "WRONG_VERSION_NUMBER": "not a TLS 1.3 peer (wrong record version)",
     "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust our certificate (other CA, or its CRL is missing "
-                              "or stale: `mor certs crl` re-issues it)",
+    "or stale: `mor certs crl` re-issues it)",
     "SSLV3_ALERT_CERTIFICATE_REVOKED": "the peer says our certificate is revoked: ask the CA for a new one",
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the peer says our certificate expired (or is not yet valid): renew it",
     "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected our certificate",
@@ -94,16 +94,27 @@ def looks_like_session_record(data: bytes | memoryview) -> bool:
 class TLSSession:
     """One end of a TLS 1.3 connection over memory BIOs, with bounded buffers and a handshake clock."""
 
-    def __init__(self, context: ssl.SSLContext, *, server_side: bool, emit: Callable[[bytes], None],
-                 max_message_bytes: int, handshake_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        emit: Callable[[bytes], None],
+        max_message_bytes: int,
+        handshake_timeout_s: float = 10.0,
+    ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
         self._emit = emit
         self._lock = threading.Lock()
         self.max_message_bytes = max_message_bytes
-        self.max_frame_bytes = max_message_bytes + HEADER_BYTES + _RECORD_OVERHEAD * (
-            max_message_bytes // _RECORD_PLAINTEXT + 2) + 64 * 1024
+        self.max_frame_bytes = (
+            max_message_bytes
+            + HEADER_BYTES
+            + _RECORD_OVERHEAD * (max_message_bytes // _RECORD_PLAINTEXT + 2)
+            + 64 * 1024
+        )
         self.handshake_deadline = time.monotonic() + handshake_timeout_s
         self.handshake_done = False
         self.closed = False
@@ -217,7 +228,7 @@ class TLSSession:
         while True:
             want = len(self._view) - self._filled
             try:
-                got = ssl_read(want, self._view[self._filled:])
+                got = ssl_read(want, self._view[self._filled :])
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -233,8 +244,7 @@ class TLSSession:
                 size = int.from_bytes(self._header, "big")
                 if size > self.max_message_bytes:
                     self._fail()
-                    raise TLSError(f"peer announced a {size}-byte message, over the limit "
-                                   f"{self.max_message_bytes}")
+                    raise TLSError(f"peer announced a {size}-byte message, over the limit {self.max_message_bytes}")
                 self._body = bytearray(size)
                 self._view, self._filled = memoryview(self._body), 0
             if self._body is not None and self._filled == len(self._view):  # the message is complete

@@ -43,8 +43,9 @@ class Domain(ABC):
     def answer_space(self, question_type: str) -> tuple[str, ...]:
         """The possible answers of ``question_type`` (ValueError names the known types)."""
         if question_type not in self.answer_spaces:
-            raise ValueError(f"domain {self.name!r} has no question type {question_type!r}; "
-                             f"known: {', '.join(self.question_types)}")
+            raise ValueError(
+                f"domain {self.name!r} has no question type {question_type!r}; known: {', '.join(self.question_types)}"
+            )
         return self.answer_spaces[question_type]
 
     def sample(self, rng: random.Random, question_type: str | None = None) -> Question:
@@ -52,8 +53,9 @@ class Domain(ABC):
         if question_type is None:
             question_type = rng.choice(self.question_types)
         elif question_type not in self.question_types:
-            raise ValueError(f"domain {self.name!r} has no question type {question_type!r}; "
-                             f"known: {', '.join(self.question_types)}")
+            raise ValueError(
+                f"domain {self.name!r} has no question type {question_type!r}; known: {', '.join(self.question_types)}"
+            )
         return self._sample(rng, question_type)
 
     @abstractmethod

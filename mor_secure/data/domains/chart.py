@@ -55,8 +55,7 @@ class ChartDomain(Domain):
         for i, (label, height) in enumerate(zip(labels, heights)):
             x0 = 4 + i * slot + 2
             draw.rectangle((x0, BASELINE - height, x0 + slot - 4, BASELINE), fill=colour)
-            draw.text((x0 + (slot - 4) // 2 - 2, BASELINE + 1), label.upper(), fill=(0, 0, 0),
-                      font=_font())
+            draw.text((x0 + (slot - 4) // 2 - 2, BASELINE + 1), label.upper(), fill=(0, 0, 0), font=_font())
         draw.line((3, BASELINE, IMAGE_SIZE - 4, BASELINE), fill=(0, 0, 0))
         if question_type == "compare":
             first, second = rng.sample(range(n), 2)
@@ -65,5 +64,4 @@ class ChartDomain(Domain):
             return Question(image, question, question_type, answer, others(answer, YES_NO))
         pick = max if question_type == "tallest" else min
         answer = labels[heights.index(pick(heights))]
-        return Question(image, f"Which bar is the {question_type}?", question_type, answer,
-                        others(answer, labels))
+        return Question(image, f"Which bar is the {question_type}?", question_type, answer, others(answer, labels))

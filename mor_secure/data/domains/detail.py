@@ -34,8 +34,7 @@ def shade(colour: str, rng: random.Random) -> tuple[int, int, int]:
     return r, g, b
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int,
-               fill: tuple[int, int, int]) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int, fill: tuple[int, int, int]) -> None:
     """Draw ``shape`` of radius ``r`` centred at (cx, cy); the three shapes have similar areas."""
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
@@ -43,8 +42,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int,
         s = round(r * 0.88)
         draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
     else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + round(r * 0.8)), (cx + r, cy + round(r * 0.8))],
-                     fill=fill)
+        draw.polygon([(cx, cy - r), (cx - r, cy + round(r * 0.8)), (cx + r, cy + round(r * 0.8))], fill=fill)
 
 
 @register
@@ -66,13 +64,11 @@ class DetailDomain(Domain):
                 cx = (index % 2) * cell + cell // 2 + rng.randint(-jitter, jitter)
                 cy = (index // 2) * cell + cell // 2 + rng.randint(-jitter, jitter)
                 draw_shape(draw, rng.choice(SHAPES), cx, cy, r, shade(rng.choice(list(COLOURS)), rng))
-            return Question(image, "How many shapes are there?", question_type, answer,
-                            others(answer, COUNTS))
+            return Question(image, "How many shapes are there?", question_type, answer, others(answer, COUNTS))
         colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
         r = rng.randint(17, 22)
         cx, cy = (IMAGE_SIZE // 2 + rng.randint(-3, 3) for _ in range(2))
         draw_shape(draw, shape, cx, cy, r, shade(colour, rng))
         if question_type == "color":
-            return Question(image, "What color is the shape?", question_type, colour,
-                            others(colour, tuple(COLOURS)))
+            return Question(image, "What color is the shape?", question_type, colour, others(colour, tuple(COLOURS)))
         return Question(image, "What shape is shown?", question_type, shape, others(shape, SHAPES))

@@ -23,10 +23,8 @@ SPECKLES = 60
 def _lesion_sites(rng: random.Random, sides: list[str]) -> list[tuple[int, int]]:
     """One centre per entry of ``sides``, pairwise at least 9 px apart (redrawn until they are)."""
     while True:
-        sites = [(rng.randint(*(LEFT_X if side == "left" else RIGHT_X)), rng.randint(*LESION_Y))
-                 for side in sides]
-        if all((x - a) ** 2 + (y - b) ** 2 >= 81
-               for i, (x, y) in enumerate(sites) for a, b in sites[:i]):
+        sites = [(rng.randint(*(LEFT_X if side == "left" else RIGHT_X)), rng.randint(*LESION_Y)) for side in sides]
+        if all((x - a) ** 2 + (y - b) ** 2 >= 81 for i, (x, y) in enumerate(sites) for a, b in sites[:i]):
             return sites
 
 
@@ -54,8 +52,10 @@ class MedicalDomain(Domain):
         image = blank((8, 8, 8))
         draw = ImageDraw.Draw(image)
         tissue = rng.randint(95, 125)
-        draw.ellipse((rng.randint(4, 8), rng.randint(8, 13), IMAGE_SIZE - rng.randint(4, 8),
-                      IMAGE_SIZE - rng.randint(8, 13)), fill=(tissue,) * 3)
+        draw.ellipse(
+            (rng.randint(4, 8), rng.randint(8, 13), IMAGE_SIZE - rng.randint(4, 8), IMAGE_SIZE - rng.randint(8, 13)),
+            fill=(tissue,) * 3,
+        )
         organ = tissue - rng.randint(25, 40)
         for x0 in (12, 36):
             draw.ellipse((x0, 18, x0 + 16, 46), fill=(organ,) * 3)

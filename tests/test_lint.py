@@ -1,0 +1,22 @@
+"""The code style is checked where the tests run (`.ci/run`): ruff's lint rules and its formatter, configured
+in pyproject.toml. A failure lists each finding; `ruff check --fix .` and `ruff format .` fix most of them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "args", [["check", "--output-format", "concise"], ["format", "--check"]], ids=["lint", "format"]
+)
+def test_ruff_finds_nothing(args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *args, "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
