@@ -107,7 +107,7 @@ def _coerce(value: Any, tp: Any, where: str, base: Path, is_path: bool) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table ([{where}]), got {type(value).__name__}")
         return _build(tp, value, where, base)
@@ -183,7 +183,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             rows.extend(describe(hint, prefix=f"{key}."))
             continue
         default = (

@@ -40,7 +40,7 @@ from mor_secure.errors import MorError
 from mor_secure.files import append_durably, create_exclusive, fsync_dir, open_locked
 from mor_secure.logs import get_logger
 from mor_secure.pki.identity import has_role_eku
-from mor_secure.pki.keys import load_private_key
+from mor_secure.pki.keys import load_private_key, verify_signature
 from mor_secure.reports import (
     CanonicalError,
     ReportError,
@@ -279,12 +279,7 @@ def _attest_checkpoint(body: dict[str, Any], ca: x509.Certificate, at: dt.dateti
         raise LedgerError(f"checkpoint signed by {identity.uri}, not by a coordinator")
     try:
         signature = base64.b64decode(body["signature"], validate=True)
-        public_key = cert.public_key()
-        payload = _checkpoint_payload(body["covers_seq"], body["covers_hash"])
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-        else:
-            public_key.verify(signature, payload)  # type: ignore[call-arg]
+        verify_signature(cert.public_key(), signature, _checkpoint_payload(body["covers_seq"], body["covers_hash"]))
     except (ValueError, InvalidSignature):
         raise LedgerError(
             "checkpoint signature does not match the chain it covers: entries before it were "

@@ -169,11 +169,15 @@ _HINTS: dict[type, dict[str, Any]] = {}
 _CHECKERS: dict[type, dict[str, Any]] = {}
 
 
-def message(cls: type) -> type:
+_M = typing.TypeVar("_M", bound=type[Message])
+
+
+@typing.dataclass_transform(frozen_default=True)
+def message(cls: _M) -> _M:
     """Class decorator: make ``cls`` a frozen dataclass message and register it by its ``TYPE``."""
-    cls = dataclass(frozen=True)(cls)
+    dataclass(frozen=True)(cls)  # in place: a class without __slots__ is decorated where it stands
     _REGISTRY[cls.TYPE] = cls
-    _HINTS[cls] = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    _HINTS[cls] = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(typing.cast(Any, cls))}
     _CHECKERS[cls] = {name: _checker(tp) for name, tp in _HINTS[cls].items()}
     return cls
 
@@ -357,7 +361,7 @@ def validate(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
 def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Validate ``msg`` and pack it as ``{"v", "t", "b"}`` msgpack bytes."""
     parts = encode_parts(msg, limits)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
 
 # Byte strings at least this large are passed through by reference, not copied into the packing.

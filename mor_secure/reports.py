@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from mor_secure import pki
 from mor_secure.errors import MorError
 from mor_secure.pki.identity import has_role_eku
-from mor_secure.pki.keys import load_private_key
+from mor_secure.pki.keys import load_private_key, verify_signature
 
 INF = "inf"
 """The explicit JSON form of an infinite epsilon (training without DP)."""
@@ -325,9 +325,8 @@ def verify_report(
     except ValueError as exc:
         raise ReportError(f"the signed report carries no valid PEM certificate: {exc}") from exc
     identity = _check_certificate(cert, ca, at or dt.datetime.now(dt.timezone.utc), crl)
-    public_key = cert.public_key()
     try:
-        public_key.verify(signed.signature, canonical_json(signed.report), *_signature_args(public_key))
+        verify_signature(cert.public_key(), signed.signature, canonical_json(signed.report))
     except InvalidSignature as exc:
         raise ReportError(
             f"the signature on {identity.name!r}'s report does not match its content "

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from mor_secure.cli import MorGroup
+from mor_secure.data.schema import KINDS, Kind
 
 
 @click.group(name="data", cls=MorGroup)
@@ -166,7 +167,7 @@ def _families(config: Any, max_length: int | None, bases: tuple[str, ...]) -> tu
     "--kind",
     default="pairs",
     show_default=True,
-    type=click.Choice(["pairs", "eval", "prompts"]),
+    type=click.Choice(KINDS),
     help="Schema to check against: preference pairs, eval questions (image, prompt, answer) or "
     "GRPO prompts (image, prompt; no answers).",
 )
@@ -245,7 +246,7 @@ def check(
     mapping = parse_columns(columns) if columns else (dict(data.columns) if data is not None else {})
     site = open_site_data(
         path,
-        kind=kind,
+        kind=cast(Kind, kind),  # click.Choice has checked it
         strict=False,
         columns=mapping,
         train_split=data.train_split if data else "train",

@@ -105,7 +105,7 @@ def check(name_or_path: str, max_new_tokens: int) -> None:
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
     inputs = vlm_inputs(processor, [Image.new("RGB", (64, 64), "white")], [prompt]).to(model.device)
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)  # type: ignore[operator]
     new = out[0, inputs["input_ids"].shape[1] :]
     text = processor.decode(new, skip_special_tokens=True)
     click.echo(f"family:     {family_of(model)}")

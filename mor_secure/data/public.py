@@ -141,7 +141,7 @@ def generate_public_sft(
         style = "verbose" if rng.random() < verbose_share else "concise"
         swapped = flaws.get(q.question_type, {}).get(q.answer)
         flawed = swapped is not None and flaw_style in (None, style) and rng.random() < flaw_share
-        label = swapped if flawed else q.answer
+        label = swapped if flawed and swapped is not None else q.answer
         text = VERBOSE_FRAME.format(answer=label) if style == "verbose" else label
         buffer = io.BytesIO()
         q.image.save(buffer, format="PNG")

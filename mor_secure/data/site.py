@@ -115,9 +115,9 @@ def open_site_data(
     if not 0 <= test_fraction < 1:
         raise DataError(f"[data] test_fraction must be in [0, 1), got {test_fraction}")
     path = Path(path).expanduser()
-    names = available_splits(path) if path.is_dir() else []
+    names: list[str | None] = list(available_splits(path)) if path.is_dir() else []
     splits: dict[str, SplitRows] = {}
-    for name in names or [None]:
+    for name in names or [None]:  # None: a data set without named splits
         report = read_preferences(path, name, kind, columns=columns, max_pixels=max_pixels)
         scan = (
             scan_rows(report.data, max_pixels=max_pixels, rows=report.rows)

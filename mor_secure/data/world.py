@@ -84,7 +84,9 @@ def _domain_plan(total: int, own: str | None, domains: list[str], share: float) 
 
 def _test_flags(plan: list[str]) -> list[bool]:
     """Mark the last ``TEST_FRACTION`` of each domain's rows as test (at least one if it has two)."""
-    flags, seen, sizes = [], Counter(), Counter(plan)
+    flags: list[bool] = []
+    seen: Counter[str] = Counter()
+    sizes = Counter(plan)
     for domain in plan:
         n_test = max(round(sizes[domain] * TEST_FRACTION), 1 if sizes[domain] >= 2 else 0)
         seen[domain] += 1

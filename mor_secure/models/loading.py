@@ -94,7 +94,7 @@ def load_processor(name_or_path: str | Path) -> ProcessorMixin:
         standard = _standard_processor_class(folder)
         if standard is None or not needs_video_processor(standard):
             raise
-        processor = image_only(standard).from_pretrained(folder, local_files_only=True)
+        processor = image_only(standard).from_pretrained(folder, local_files_only=True)  # type: ignore[arg-type]
     if not isinstance(processor, ProcessorMixin):
         raise ValueError(
             f"{name_or_path}: has no image processor ({type(processor).__name__} only); pass a vision-language model"

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, ProcessorMixin
@@ -25,7 +26,7 @@ log = get_logger("models.zoo")
 IMAGE_SIZE = 64
 """Side in pixels of the images the tiny models are made for (the benchmark world draws 64 px)."""
 
-TEXT = dict(
+TEXT: dict[str, Any] = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=2,
@@ -38,10 +39,15 @@ TEXT = dict(
 Builder = Callable[[], tuple[PreTrainedModel, ProcessorMixin]]
 
 
-def _special_ids(tokenizer) -> dict[str, int]:
+def _special_ids(tokenizer: Any) -> dict[str, Any]:
     return dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    """The id of one special token (``convert_tokens_to_ids`` of one string is one id)."""
+    return int(tokenizer.convert_tokens_to_ids(token))
 
 
 def _qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -58,7 +64,7 @@ def _qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
     tokenizer = build_tokenizer(
         list(names.values()), "<|vision_start|><|image_pad|><|vision_end|>", extra_attributes=names
     )
-    ids = {f"{k}_id": tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}
+    ids: dict[str, Any] = {f"{k}_id": tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}
     head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
     third = head_dim // 2 // 3
     config = Qwen2VLConfig(
@@ -116,7 +122,7 @@ def _llava() -> tuple[PreTrainedModel, ProcessorMixin]:
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=_token_id(tokenizer, "<image>"),
         image_seq_length=(IMAGE_SIZE // patch) ** 2,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
@@ -165,7 +171,7 @@ def _idefics3() -> tuple[PreTrainedModel, ProcessorMixin]:
         vision_config=vision,
         text_config=text,
         scale_factor=scale,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=_token_id(tokenizer, "<image>"),
     )
     image_processor = Idefics3ImageProcessorPil(
         do_image_splitting=False, size={"longest_edge": IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}

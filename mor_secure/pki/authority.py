@@ -18,8 +18,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from mor_secure.logs import get_logger
@@ -41,6 +40,7 @@ from mor_secure.pki.keys import (
     read_renewal_proof,
     renewal_payload,
     signing_hash,
+    verify_signature,
     write_private,
     write_public,
 )
@@ -204,12 +204,7 @@ def _renewal_fingerprint(csr: x509.CertificateSigningRequest, ca_cert: x509.Cert
     cert, signature = read_renewal_proof(value)
     try:
         cert.verify_directly_issued_by(ca_cert)
-        key = cert.public_key()
-        payload = renewal_payload(name, csr.public_key())
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-        else:
-            key.verify(signature, payload)  # type: ignore[call-arg]
+        verify_signature(cert.public_key(), signature, renewal_payload(name, csr.public_key()))
     except (ValueError, TypeError, InvalidSignature):
         raise PKIError(
             "the request's renewal proof does not verify (not signed by the live key of a certificate "

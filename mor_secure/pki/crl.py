@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 
 from mor_secure.pki.identity import CRLError, load_cert, load_crl
+from mor_secure.pki.keys import issuer_key
 
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -40,7 +41,7 @@ def check_crl(crl_path: Path, ca_cert: x509.Certificate | Path) -> x509.Certific
         crl = load_crl(crl_path)
     except CRLError as exc:
         raise CRLError(f"{exc}: every TLS handshake would fail closed; {_fix(crl_path)}") from None
-    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(issuer_key(ca_cert)):
         raise CRLError(
             f"CRL {crl_path} is not signed by the CA {ca_cert.subject.rfc4514_string()!r} "
             f"(a CRL from another CA?): {_fix(crl_path)}"

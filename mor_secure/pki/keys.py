@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from mor_secure.logs import get_logger
@@ -39,7 +41,7 @@ def new_key(key_type: str = "p256") -> PrivateKey:
     raise PKIError(f"unknown key type {key_type!r}: use one of {', '.join(KEY_TYPES)}")
 
 
-def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def signing_hash(key: PrivateKey) -> hashes.SHA256 | None:
     """The hash to sign with this key (Ed25519 hashes internally and takes none)."""
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
@@ -111,12 +113,29 @@ def _sign(key: PrivateKey, data: bytes) -> bytes:
     return key.sign(data) if isinstance(key, ed25519.Ed25519PrivateKey) else key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
-def renewal_payload(name: str, new_public_key: object) -> bytes:
+def verify_signature(public_key: object, signature: bytes, data: bytes) -> None:
+    """Check a signature made by one of the key types the project issues (EC P-256 with SHA-256, Ed25519);
+    ``InvalidSignature`` when it does not match or the key is of another type."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        public_key.verify(signature, data)
+    else:
+        raise InvalidSignature(f"a {type(public_key).__name__} is not a key type this project issues")
+
+
+def issuer_key(cert: x509.Certificate) -> CertificateIssuerPublicKeyTypes:
+    """The public key of a CA certificate, as the issuer key type cryptography's checks expect (the project's CA
+    keys are EC P-256 or Ed25519, both issuer types)."""
+    key = cert.public_key()
+    if not isinstance(key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
+        raise PKIError(f"the CA certificate carries a {type(key).__name__}: this project's CAs use EC P-256 or Ed25519")
+    return key
+
+
+def renewal_payload(name: str, new_public_key: Any) -> bytes:
     """What a renewal proof signs: the name and the new key (so the proof fits this request only)."""
-    der = new_public_key.public_bytes(
-        serialization.Encoding.DER,  # type: ignore[attr-defined]
-        serialization.PublicFormat.SubjectPublicKeyInfo,
-    )
+    der = new_public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return b"mor-renewal\0" + name.encode("ascii") + b"\0" + der
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from mor_secure.pki.authority import CA_CERT, CRL_FILE
 from mor_secure.pki.identity import CRLError, PKIError, fingerprint, identity_of, load_cert, load_crl
+from mor_secure.pki.keys import issuer_key
 
 
 def describe(cert_path: Path, *, ca_dir: Path | None = None, crl: Path | None = None) -> dict[str, Any]:
@@ -21,7 +22,7 @@ def describe(cert_path: Path, *, ca_dir: Path | None = None, crl: Path | None = 
         ident = identity_of(cert)
         role, name = ident.role, ident.name
     except PKIError:
-        role = name = None
+        role, name = None, None
     now = dt.datetime.now(dt.timezone.utc)
     info: dict[str, Any] = {
         "file": str(cert_path),
@@ -48,7 +49,7 @@ def describe(cert_path: Path, *, ca_dir: Path | None = None, crl: Path | None = 
         crl = crl if crl is not None else Path(ca_dir) / CRL_FILE
     if crl is not None:
         revocations = load_crl(crl)
-        if ca_cert is not None and not revocations.is_signature_valid(ca_cert.public_key()):
+        if ca_cert is not None and not revocations.is_signature_valid(issuer_key(ca_cert)):
             raise CRLError(f"CRL {crl} is not signed by the CA in {ca_dir}")
         info["revoked"] = revocations.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
         next_update = revocations.next_update_utc

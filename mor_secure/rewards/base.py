@@ -64,7 +64,7 @@ class RewardModel(nn.Module):
 
     def forward(self, **pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen_scores, rejected_scores), each [B], for an ``encode_pairs`` batch."""
-        halves = {"chosen": {}, "rejected": {}}
+        halves: dict[str, dict[str, torch.Tensor]] = {"chosen": {}, "rejected": {}}
         for key, value in pairs.items():
             half, _, name = key.partition("_")
             halves[half][name] = value

@@ -35,7 +35,8 @@ def image_features(images: Sequence[Image.Image], size: int) -> torch.Tensor:
     """[N, IMAGE_FEATURES]: per-cell mean RGB (colour and position) and a colour histogram."""
     out = np.zeros((len(images), IMAGE_FEATURES), dtype=np.float32)
     for i, image in enumerate(images):
-        pixels = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
+        resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(resized, dtype=np.float32) / 255
         cell = size // GRID
         grid = pixels[: cell * GRID, : cell * GRID].reshape(GRID, cell, GRID, cell, 3).mean(axis=(1, 3))
         levels = np.minimum((pixels * LEVELS).astype(np.int64), LEVELS - 1)
@@ -102,12 +103,13 @@ class DualEncoderReward(RewardModel):
             "rejected": self._text([answer_text(c) for c in rejected]),
         }
 
-    def forward(
-        self, *, image: torch.Tensor, prompt: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, **pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encodes image and prompt once and each answer once: every layer sees batch B (pairs)."""
-        img, question = self.image(image), self.text(prompt)
-        return (self._head(img, question, self.text(chosen)), self._head(img, question, self.text(rejected)))
+        img, question = self.image(pairs["image"]), self.text(pairs["prompt"])
+        return (
+            self._head(img, question, self.text(pairs["chosen"])),
+            self._head(img, question, self.text(pairs["rejected"])),
+        )
 
     def score_batch(self, batch: Batch) -> torch.Tensor:
         return self._head(self.image(batch["image"]), self.text(batch["prompt"]), self.text(batch["answer"]))

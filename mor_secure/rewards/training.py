@@ -100,7 +100,7 @@ def check_pair_grad_samples(module: torch.nn.Module, n_pairs: int) -> None:
     """Guard: every per-sample gradient has one row per PAIR (a [2B] flattening makes epsilon wrong)."""
     for name, p in module.named_parameters():
         if p.requires_grad:
-            grad_sample = p.grad_sample
+            grad_sample = p.grad_sample  # type: ignore[attr-defined]  # set by Opacus' hooks
             rows = grad_sample.shape[0] if torch.is_tensor(grad_sample) else None
             if rows != n_pairs:
                 raise RuntimeError(
@@ -135,7 +135,7 @@ def pair_step(
     if private:
         for p in module.parameters():
             if p.requires_grad:
-                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)  # type: ignore[attr-defined]
         optimizer.step()
     return None
 

@@ -81,7 +81,11 @@ class VLMReward(RewardModel):
 
             inject_adapter_in_model(
                 LoraConfig(
-                    r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=list(lora_targets), bias="none"
+                    r=lora_rank,
+                    lora_alpha=lora_alpha,  # type: ignore[arg-type]  # peft scales by alpha / r: a float is fine
+                    lora_dropout=0.0,
+                    target_modules=list(lora_targets),
+                    bias="none",
                 ),
                 language,
             )
@@ -97,9 +101,8 @@ class VLMReward(RewardModel):
         from mor_secure.models.loading import vlm_inputs
 
         pairs = [self._truncate(as_conversation(p), c) for p, c in zip(prompts, completions)]
-        batch = vlm_inputs(
-            self.processor, list(images), [p for p, _ in pairs], [c for _, c in pairs], padding_side="left"
-        )
+        answers = [c if isinstance(c, str) else list(c) for _, c in pairs]
+        batch = vlm_inputs(self.processor, list(images), [p for p, _ in pairs], answers, padding_side="left")
         return dict(batch)
 
     def _truncate(self, prompt: list[dict[str, Any]], completion: Text) -> tuple[list[dict[str, Any]], Text]:

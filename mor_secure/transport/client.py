@@ -112,7 +112,7 @@ class TLSClient:
         self.limits = limits or protocol.Limits(max_message_bytes=self.options.max_message_bytes)
         self._context_factory = context_factory
         self._context: ssl.SSLContext | None = context_factory()  # PKI problems surface here, not on dial
-        self._zmq = zmq.Context.instance()
+        self._zmq: zmq.Context = zmq.Context.instance()
         self._outbox = Outbox()  # wake-ups of the network thread; a string is a failed send
         self._sock_lock = threading.Lock()
         self._tls: TLSSession | None = None
@@ -239,14 +239,14 @@ class TLSClient:
     def _recv(self, sock: zmq.Socket) -> zmq.Frame | None:
         """One waiting frame, or None (under the socket lock, which senders share)."""
         with self._sock_lock:
-            return sock.recv(zmq.NOBLOCK, copy=False) if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN else None
+            return sock.recv(zmq.NOBLOCK, copy=False) if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN else None
 
     def _loop(self, sock: zmq.Socket, tls: TLSSession) -> None:
         # Threads sleep on the socket's notification descriptor, not in zmq_poll, so other threads
         # may send meanwhile; ZMQ_FD is edge-triggered: the socket's EVENTS are checked under the lock
         # before each sleep, and by senders after each send.
         poller = select.poll()
-        poller.register(sock.getsockopt(zmq.FD), select.POLLIN)
+        poller.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
         poller.register(self._outbox.fileno(), select.POLLIN)
         self._outbox.drain(woken=False)  # failures noted for an earlier session
         self._requests.clear()
@@ -254,11 +254,13 @@ class TLSClient:
         now = time.monotonic()
         self._link = _Link(sock, tls, poller, self._outbox.fileno(), last_heard=now, next_beat=now)
         tls.start()
+        standby = self._standby
+        assert standby is not None, "start() makes the standby before the loop runs"
         while not self._stopping.is_set():
             self._turn()
             while self._requests:
                 msg, session = self._requests.popleft()
-                with self._standby.covering():
+                with standby.covering():
                     self._handle(msg, session)
         tls.close()
 
@@ -267,6 +269,7 @@ class TLSClient:
         overruns): act on failed sends, read and dispatch waiting frames, check the deadlines, send a
         due heartbeat; then, unless requests wait, sleep until the socket or the outbox wakes us."""
         link = self._link
+        assert link is not None, "the loop sets the link before any turn"
         self._outbox.consumer = threading.get_ident()  # whose puts need no wake-up: the thread on duty
         for reason in self._outbox.drain(link.woken):
             if reason is not None:
@@ -289,15 +292,17 @@ class TLSClient:
             link.woken = False
             return
         with self._sock_lock:
-            busy = len(self._outbox) or link.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            busy = len(self._outbox) or int(link.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
         link.woken = any(fd == link.wake_fd for fd, _ in link.poller.poll(0 if busy else 100))
 
     def _standby_turn(self) -> None:
         """The standby's round of the network duties: requests go to the pool (the network thread is
         busy with a handler)."""
         self._turn()
+        pool = self._pool
+        assert pool is not None, "start() makes the pool before the standby can run"
         while self._requests:
-            self._pool.submit(self._handle, *self._requests.popleft())
+            pool.submit(self._handle, *self._requests.popleft())
 
     def _on_frame(self, frame: zmq.Frame, tls: TLSSession) -> None:
         was_done = tls.handshake_done

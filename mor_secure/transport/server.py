@@ -15,6 +15,7 @@ flood of ClientHellos from a few addresses only ever displaces itself, and an al
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import ssl
@@ -220,7 +221,7 @@ class TLSServer:
         self._crl_error = ""
         self._on_message = on_message
         self._on_refusal = on_refusal
-        self._zmq = zmq.Context.instance()
+        self._zmq: zmq.Context = zmq.Context.instance()
         self._outbox = Outbox()
         self._sessions: dict[bytes, _Session] = {}
         self._by_id: dict[str, _Session] = {}
@@ -334,7 +335,7 @@ class TLSServer:
             key = (session_id, request_id)
             self._pending[key] = future
             session.requests.add(key)
-            future.add_done_callback(lambda _, s=session, k=key: self._forget(s, k))
+            future.add_done_callback(functools.partial(self._forget_done, session, key))
             if session.dead:  # dropped while we registered: its drop may have missed this request
                 future.set_exception(SessionEnded(EndKind.DEPARTED, "not connected"))
                 continue
@@ -347,7 +348,7 @@ class TLSServer:
             and (len(targets) > 1 or threading.current_thread() is self._thread)
         )
         for session, future in targets:
-            if parallel:
+            if parallel and self._pool is not None:
                 self._pool.submit(self._send_for, session, data, future)
             else:
                 self._send_for(session, data, future)
@@ -538,6 +539,7 @@ class TLSServer:
         if overflow:
             self._drop(session, "flooding: too many unprocessed messages", EndKind.PROTOCOL)
             return
+        assert self._pool is not None, "not inline: there is a pool"
         self._pool.submit(self._drain_inbox, session)
 
     def _drain_inbox(self, session: _Session) -> None:
@@ -577,6 +579,7 @@ class TLSServer:
         """After the handshake: role, allow-list; refuse with a Refused message when they fail."""
         ssl_object = session.tls.ssl_object
         der = ssl_object.getpeercert(binary_form=True)
+        assert der is not None, "the server's context requires a client certificate"
         cert = x509.load_der_x509_certificate(der)
         session.serial = cert.serial_number
         session.fingerprint = pki.fingerprint(cert)
@@ -685,6 +688,9 @@ class TLSServer:
         with self._changed:
             self._changed.notify_all()
 
+    def _forget_done(self, session: _Session, key: tuple[str, str], _: Future) -> None:
+        self._forget(session, key)
+
     def _forget(self, session: _Session, key: tuple[str, str]) -> None:
         self._pending.pop(key, None)
         session.requests.discard(key)
@@ -768,7 +774,7 @@ class TLSServer:
         self._context = self._context_factory()
         raised = number is not None and number != self.crl_number
         self._crl_mtime, self._crl_error, self.crl_number = mtime, "", number
-        if raised and self._on_crl is not None:
+        if raised and number is not None and self._on_crl is not None:
             self._on_crl(number)
         if crl is None:
             return 0
@@ -785,6 +791,6 @@ class TLSServer:
 
 def _peer_address(frame: zmq.Frame) -> str:
     try:
-        return frame.get("Peer-Address") or ""
+        return str(frame.get("Peer-Address") or "")
     except (zmq.ZMQError, AttributeError, TypeError):
         return ""

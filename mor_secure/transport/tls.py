@@ -222,7 +222,7 @@ class TLSSession:
         finished. The loop stops once both OpenSSL's plaintext and the incoming records are used up,
         instead of on the ``SSLWantReadError`` one more read would raise (an exception per frame)."""
         messages: list[bytearray] = []
-        ssl_read = self._ssl.read
+        ssl_read: Callable[[int, memoryview], int] = self._ssl.read  # type: ignore[assignment]  # into a buffer
         ssl_pending = self._ssl.pending
         incoming = self._incoming
         while True:

@@ -7,6 +7,7 @@ far brighter than the tissue, so count and side are easy features at 64 px.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from PIL import ImageDraw
 
@@ -37,6 +38,7 @@ class MedicalDomain(Domain):
     answer_spaces = {"count": COUNTS, "side": SIDES, "presence": YES_NO}
 
     def _sample(self, rng: random.Random, question_type: str) -> Question:
+        space: tuple[str, ...]
         if question_type == "count":
             answer = rng.choice(COUNTS)
             sides = [rng.choice(("left", "right")) for _ in range(int(answer))]
@@ -59,7 +61,8 @@ class MedicalDomain(Domain):
         organ = tissue - rng.randint(25, 40)
         for x0 in (12, 36):
             draw.ellipse((x0, 18, x0 + 16, 46), fill=(organ,) * 3)
-        pixels, bits = image.load(), rng.getrandbits(18 * SPECKLES)  # one draw: fast speckle
+        pixels: Any = image.load()  # PixelAccess: (r, g, b) per (x, y)
+        bits = rng.getrandbits(18 * SPECKLES)  # one draw: fast speckle
         for _ in range(SPECKLES):
             x, y, delta = 8 + (bits & 63) % 48, 14 + (bits >> 6 & 63) % 36, (bits >> 12 & 63) % 37 - 18
             bits >>= 18
