@@ -144,7 +144,8 @@ def measure_accuracy(world: Path, bases: dict[str, str], work: Path, clients: li
         TrainSection,
     )
     from client_agent.evaluate import evaluate_saved
-    from client_agent.train import load_pairs, train_reward_model
+    from client_agent.site_data import load_pairs
+    from client_agent.train import train_reward_model
     from mor_secure.config import TLSConfig
 
     rows = []

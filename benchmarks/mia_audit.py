@@ -243,7 +243,7 @@ def audit_run(
     """Train the site at ``epsilon`` (None: no DP), serve it, attack it through its scores; one result row."""
     from client_agent.evaluate import pairwise_accuracy
     from client_agent.scoring import ScoringService
-    from client_agent.train import load_pairs
+    from client_agent.site_data import load_pairs
 
     tag = f"eps-{epsilon or 'inf'}-seed-{seed}"
     config_path = site_config(site.data, site.ca, work, tag, epsilon, seed, args)

@@ -171,7 +171,8 @@ def train_sites(
     eval` measures on the site's own held-out pairs (pairwise and top-1, per domain)."""
     from client_agent.config import load_client_config
     from client_agent.evaluate import evaluate_saved
-    from client_agent.train import load_pairs, train_reward_model
+    from client_agent.site_data import load_pairs
+    from client_agent.train import train_reward_model
     from mor_secure.demo.pipeline import write_toml
 
     out = {}

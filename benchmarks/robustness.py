@@ -1,7 +1,7 @@
 """Robustness to poisoned clients: fused held-out pairwise accuracy of MoR (with and without the trust
 defence), the uniform mean and a FedAvg-style average when 1 or 2 of 4 clients are adversarial.
 
-The four clients are synthetic reward models computed from ground truth (coordinator/synthetic.py):
+The four clients are synthetic reward models computed from ground truth (benchmarks/synthetic.py):
 two experts per domain (one sharp, one noisier), each with its own raw offset and scale. The
 adversaries are the sharp expert of domain 0 (then also of domain 1), turned to scores that are
 inverted, random, or that favour one fixed wrong answer. Every strategy is the project's own code:
@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coordinator.calibration import Calibrator  # noqa: E402
 from coordinator.router import pairwise_accuracy, pairwise_wins, train_router  # noqa: E402
-from coordinator.synthetic import PairWorld, SyntheticClient, make_world, raw_pair_scores  # noqa: E402
 from coordinator.trust import agreement_trust  # noqa: E402
 
 from common import format_interval, machine_lines, mean_interval, write_markdown  # noqa: E402
+from synthetic import PairWorld, SyntheticClient, make_world, raw_pair_scores  # noqa: E402
 
 SITES = ["a-sharp", "a-weak", "b-sharp", "b-weak"]
 CLIENTS = [
@@ -181,7 +181,7 @@ def write_report(
         "",
         "## Setup",
         "",
-        f"- 4 synthetic clients computed from ground truth (`coordinator/synthetic.py`), two experts per "
+        f"- 4 synthetic clients computed from ground truth (`benchmarks/synthetic.py`), two experts per "
         f"domain: {', '.join(SITES)} (sharp: noise 0.3, weak: noise 0.6; each with its own raw offset and "
         "scale). Off its domain an expert scores by noise.",
         f"- {args.pairs} labelled pairs per seed over 2 domains and 4 answers; the router, the calibration "

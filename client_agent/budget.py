@@ -482,7 +482,7 @@ def site_status(config: Any) -> tuple[BudgetStatus, list[dict[str, Any]]]:
     Reads and decodes the data set once: every run on the same content or on any of its training
     questions counts. delta is the one the first such run fixed, else [privacy].delta or 1/n capped at 1e-5.
     """
-    from client_agent.train import load_pairs, open_data
+    from client_agent.site_data import load_pairs, open_data
 
     if config.data.path is None:
         raise MissingInput("no data set: set [data].path in the site config")

@@ -88,7 +88,7 @@ def evaluate(config_path: Path, split: str | None, model_dir: Path | None, as_js
     """
     from client_agent.config import load_client_config
     from client_agent.evaluate import evaluate_saved
-    from client_agent.train import load_pairs
+    from client_agent.site_data import load_pairs
 
     config = load_client_config(config_path)
     data = load_pairs(config, split or config.data.test_split, limit=False)

@@ -194,13 +194,14 @@ def check_coordinator(config: ClientConfig, timeout_s: float | None = None) -> s
 def check_data(config: ClientConfig) -> str:
     """The training split of [data].path, read as training reads it (column mapping, held-out rule,
     every image decoded)."""
-    from client_agent.train import TrainingError, load_pairs
+    from client_agent.site_data import load_pairs
+    from mor_secure.data.schema import DataError
 
     if config.data.path is None:
         raise CheckFailed("[data] path is not set", "set [data] path to your preference data folder")
     try:
         data = load_pairs(config, config.data.train_split, limit=False)
-    except TrainingError as exc:
+    except DataError as exc:
         raise CheckFailed(
             str(exc),
             "fix the data set, or [data] path / columns / train_split; `mor data check "

@@ -26,6 +26,7 @@ import torch
 
 from client_agent.budget import LedgerRecord, SiteLedger, data_key, fixed_settings, ledger_path, now_utc, resolve_delta
 from client_agent.config import ClientConfig
+from client_agent.site_data import load_pairs, open_data
 from mor_secure.errors import MorError
 from mor_secure.files import sha256_file
 from mor_secure.logs import get_logger
@@ -72,45 +73,6 @@ class Plan:
     def history(self, steps: int | None = None) -> AccountantHistory:
         steps = self.total_steps if steps is None else steps
         return AccountantHistory([(self.noise_multiplier, self.sample_rate, steps)])
-
-
-def open_data(config: ClientConfig):
-    """[data].path read, mapped and decoded once (``SiteData``), or a ``TrainingError`` naming the problems."""
-    from mor_secure.data.schema import DataError
-    from mor_secure.data.site import open_site_data
-
-    section = config.data
-    if section.path is None:
-        raise TrainingError("no training data: set [data].path to a preference data folder or file")
-    try:
-        return open_site_data(
-            section.path,
-            train_split=section.train_split,
-            test_split=section.test_split,
-            test_fraction=section.test_fraction,
-            columns=section.columns,
-            max_pixels=section.max_image_pixels,
-        )
-    except DataError as exc:
-        raise TrainingError(
-            f"cannot use the preference data at {section.path}: {exc}. `mor data check "
-            f"{section.path}` lists every problem; fix the data or [data]"
-        ) from None
-
-
-def load_pairs(config: ClientConfig, split: str, *, limit: bool = True, site=None):
-    """The preference pairs of ``split`` (a one-split data set's held-out rule applied); ``limit`` applies
-    [data].max_pairs. ``site`` reuses data already opened with ``open_data``."""
-    from mor_secure.data.schema import DataError
-
-    site = site or open_data(config)
-    try:
-        data = site.rows(split)
-    except DataError as exc:
-        raise TrainingError(f"{exc}") from None
-    if limit and config.data.max_pairs > 0 and len(data) > config.data.max_pairs:
-        data = data.select(range(config.data.max_pairs))
-    return data
 
 
 def count_truncated_pairs(model: RewardModel, data, max_length: int) -> int:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
@@ -28,7 +28,20 @@ from mor_secure.reports import ReportError, SignedReport
 
 if TYPE_CHECKING:
     from coordinator.config import CoordinatorConfig
-    from coordinator.service import Federation
+    from coordinator.pool import ClientPool, SiteHealth
+
+
+class Observed(Protocol):
+    """What the status writer reads of a running federation (``coordinator.service.Federation``): the
+    writer is given one and never imports the service, which starts the writer."""
+
+    config: CoordinatorConfig
+    pool: ClientPool
+
+    def reports(self) -> dict[str, Any]: ...
+
+    def health(self) -> dict[str, SiteHealth]: ...
+
 
 log = get_logger("coordinator.status")
 
@@ -64,7 +77,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 class StatusWriter:
     """A thread that writes the federation's snapshot to ``path`` every ``interval_s`` seconds."""
 
-    def __init__(self, federation: Federation, path: Path, *, interval_s: float = 2.0) -> None:
+    def __init__(self, federation: Observed, path: Path, *, interval_s: float = 2.0) -> None:
         self.federation, self.path, self.interval_s = federation, Path(path), interval_s
         try:
             previous = _read_json(self.path)

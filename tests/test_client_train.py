@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from client_agent.budget import BudgetExceeded, LedgerCorrupt, LedgerRecord, SiteLedger, now_utc, site_status
 from client_agent.config import load_client_config
 from client_agent.evaluate import evaluate_saved
-from client_agent.train import load_pairs, open_data, train_reward_model
+from client_agent.site_data import load_pairs, open_data
+from client_agent.train import train_reward_model
 from mor_secure.files import sha256_file
 from mor_secure.privacy import AccountantHistory, epsilon, plan_noise
 

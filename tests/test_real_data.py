@@ -177,7 +177,7 @@ def test_each_layout_is_checked_trained_evaluated_and_loads_for_serving(layout, 
     from client_agent.config import load_client_config
     from client_agent.doctor import check_data
     from client_agent.scoring import load_served_model
-    from client_agent.train import load_pairs
+    from client_agent.site_data import load_pairs
 
     data, columns = write_layout(layout, tmp_path / "raw", rows)
     args = ["check", str(data), "--test-fraction", "0.2"] + [f"--columns={k}={v}" for k, v in columns.items()]

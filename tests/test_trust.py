@@ -1,7 +1,7 @@
 """The poisoned-client defence: agreement trust separates honest from inverted, random and one-wrong-answer
 clients; Trusted masks them before fusion; the trust report lands in the ledger; the config switch.
 
-Clients are the synthetic experts of coordinator/synthetic.py, computed from ground truth.
+Clients are the synthetic experts of benchmarks/synthetic.py, computed from ground truth.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from coordinator.config import load_coordinator_config
 from coordinator.fusion import Quorum, ScoreItem, UniformMean
 from coordinator.router import train_router
 from coordinator.router_run import screen_sites
-from coordinator.synthetic import SyntheticClient, make_world, raw_pair_scores
 from coordinator.trust import Trusted, TrustError, agreement_trust, mask_untrusted, record_trust
 from mor_secure.config import ConfigError
 from mor_secure.ledger import PrivacyLedger, read_entries, verify
 from tests.site_helpers import coordinator_toml
+
+from synthetic import SyntheticClient, make_world, raw_pair_scores
 
 HONEST = {
     "a": SyntheticClient("expert", (0,), offset=1.0, scale=2.0),
