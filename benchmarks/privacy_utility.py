@@ -480,7 +480,7 @@ def own_domain(site: dict[str, Any]) -> tuple[str, float, float]:
     """A site's own domain (the one with most held-out pairs) and its pairwise and top-1 accuracy there."""
     own = site["own"]
     domain = max(own["per_domain"], key=lambda d: own["per_domain"][d]["pairs"])
-    top1 = (own.get("top1") or {}).get("per_domain", {}).get(domain, {}).get("accuracy", math.nan)
+    top1 = (own.get("top1") or {}).get("per_domain", {}).get(domain, {}).get("top1", math.nan)
     return domain, own["per_domain"][domain]["accuracy"], top1
 
 

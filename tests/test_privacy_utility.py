@@ -46,6 +46,8 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
     assert "bytes_per_step" not in policy["fedavg"]
     row = next(r for r in data["summary"]["rows"] if r["epsilon"] == "1")
     assert set(row["paired_gain"]) == {"uniform", "single", "fedavg", "centralised"}
+    assert set(row["own"]) == {"client-0", "client-1", "client-2"}  # the curve: pairwise and top-1 per site
+    assert all(0.0 <= own["pairwise"][0] <= 1.0 and 0.0 <= own["top1"][0] <= 1.0 for own in row["own"].values())
     seed = data["results"]["seeds"]["0"]
     assert 0.0 <= seed["warm"]["accuracy"] <= 1.0 and 0.0 <= seed["oracle"]["accuracy"] <= 1.0
     capsys.readouterr()
