@@ -191,12 +191,14 @@ class SingleClient(RewardFusion):
 
 
 class Quorum(RewardFusion):
-    """Wraps a strategy: None for every item fewer than ``min_clients`` of its sites scored."""
+    """Wraps a strategy: None for every item fewer than ``min_clients`` of its sites scored. A strategy that
+    reads fewer sites than that (one site alone) needs all of its own: a quorum it cannot reach would leave
+    every item unrewarded and GRPO with nothing to learn from."""
 
     def __init__(self, strategy: RewardFusion, min_clients: int) -> None:
         if min_clients < 1:
             raise ValueError(f"min_clients must be at least 1, got {min_clients}")
-        self.strategy, self.min_clients = strategy, min_clients
+        self.strategy, self.min_clients = strategy, min(min_clients, max(1, len(strategy.sites)))
         self.uses_client_scores, self.sites = strategy.uses_client_scores, strategy.sites
 
     def fuse(self, items: Sequence[ScoreItem], client_scores: ClientScores) -> list[float | None]:

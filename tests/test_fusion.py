@@ -190,6 +190,8 @@ def test_uniform_single_and_quorum(setup: Setup):
     # Quorum counts only the sites its strategy reads: the uncalibrated site does not make up numbers.
     assert Quorum(UniformMean(cal), min_clients=2).fuse(items, scores) == [1.0, None, None]
     assert Quorum(SingleClient(a, cal), min_clients=1).fuse(items, scores) == [1.0, None, -1.0]
+    # one site alone can never make a quorum of 2: it needs only itself, or GRPO would get no reward at all
+    assert Quorum(SingleClient(a, cal), min_clients=2).fuse(items, scores) == [1.0, None, -1.0]
     with pytest.raises(ValueError, match="at least 1"):
         Quorum(UniformMean(cal), min_clients=0)
 
