@@ -226,16 +226,16 @@ def check_model(config: ClientConfig, config_path: Path) -> str:
 def check_budget(config: ClientConfig) -> str:
     """Privacy budget remains on this data set (the ledger's runs composed)."""
     from client_agent.budget import LedgerCorrupt, site_status
-    from client_agent.train import TrainingError
+    from mor_secure.errors import MorError
 
     if config.data.path is None:
         raise CheckFailed("not checked: [data] path is not set", "set [data] path first")
     try:
         status, _ = site_status(config)
-    except (TrainingError, OSError, ValueError) as exc:
-        raise CheckFailed(f"not checked: {exc}", "fix the data check first") from None
     except LedgerCorrupt as exc:
         raise CheckFailed(str(exc), "restore the site ledger from backup; never delete it") from None
+    except (MorError, OSError) as exc:  # the data or the settings: the data check names the problem
+        raise CheckFailed(f"not checked: {exc}", "fix the data check first") from None
     if status.remaining <= 0:
         raise CheckFailed(
             f"spent epsilon {status.spent:.3f} of {status.max_epsilon:g}: no budget left for training",
