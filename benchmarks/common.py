@@ -47,6 +47,11 @@ def machine_lines(packages: Sequence[str] = ()) -> list[str]:
     return lines
 
 
+def machine_and_command(machine: Sequence[str], command: str) -> list[str]:
+    """The closing sections of a report: the machine it ran on and the command that wrote it."""
+    return ["## Machine", "", *machine, "", "## Command", "", "```", command, "```"]
+
+
 def write_markdown(path: Path, lines: Sequence[str]) -> None:
     """Write ``lines`` as one markdown file (folders made as needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)

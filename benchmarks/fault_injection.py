@@ -43,7 +43,7 @@ from mor_secure.events import (
     SITE_PUT_ASIDE,
 )
 
-from common import machine_lines, write_markdown  # noqa: E402
+from common import machine_and_command, machine_lines, write_markdown  # noqa: E402
 
 SITES = ("client-0", "client-1", "client-2")
 KILLED, STALLED, REVOKED = SITES
@@ -958,15 +958,7 @@ def report(result: Result, machine: list[str], command: str) -> list[str]:
         "greeting for a ZMTP 1.0 peer, so the junk arrives as a message with a self-chosen routing id, which "
         "the server refuses ('peer chose its own routing id'; the same with every seed tried).",
         "",
-        "## Machine",
-        "",
-        *machine,
-        "",
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
+        *machine_and_command(machine, command),
     ]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_lines, write_markdown  # noqa: E402
+from common import machine_and_command, machine_lines, write_markdown  # noqa: E402
 
 MODES = ("remote", "local")
 LABELS = {"remote": "remote agents over mTLS", "local": "same models in process"}
@@ -305,15 +305,7 @@ def report(
         "",
         "![reward overhead](reward_overhead.png)",
         "",
-        "## Machine",
-        "",
-        *machine,
-        "",
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
+        *machine_and_command(machine, command),
     ]
     return lines
 
