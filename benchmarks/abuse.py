@@ -52,7 +52,7 @@ PROBE_S = 0.25
 def run_coordinator(config_path: Path, probe_path: Path) -> None:
     """The coordinator child: a Federation, plus a health probe of every welcomed session written as JSON lines."""
     from coordinator.config import load_coordinator_config
-    from coordinator.service import Federation
+    from coordinator.federation.service import Federation
     from mor_secure.logs import configure_logging
     from mor_secure.protocol import HealthRequest
 

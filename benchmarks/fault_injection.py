@@ -286,7 +286,7 @@ class Scene:
     def train_router(self) -> None:
         """The router from the agents' scores (in this process; the agents must be live)."""
         from coordinator.config import load_coordinator_config
-        from coordinator.router_run import run_router
+        from coordinator.mixture.router_run import run_router
 
         run_router(load_coordinator_config(self.coordinator_toml))
 
@@ -387,7 +387,7 @@ class Scene:
 
     def checkpoint(self) -> Path | None:
         """The run's newest complete checkpoint (the one `--resume` continues from)."""
-        from coordinator.grpo import last_checkpoint
+        from coordinator.policy.grpo import last_checkpoint
 
         return last_checkpoint(self.grpo_out)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from client_agent.config import ServeSection
 from client_agent.scoring import ScoringService
-from coordinator.router_run import Split, pair_items
-from coordinator.service import build_requests
+from coordinator.federation.service import build_requests
+from coordinator.mixture.router_run import Split, pair_items
 from mor_secure import protocol
 from mor_secure.protocol import ScoreReply
 from mor_secure.rewards import load_reward_model
@@ -68,5 +68,5 @@ class LocalFederation:
         return out
 
     def collect(self, config: Any, splits: list[Any]) -> list[Split]:
-        """The router's score collector (``coordinator.router_run.run_router(collect=...)``) in process."""
+        """The router's score collector (``coordinator.mixture.router_run.run_router(collect=...)``) in process."""
         return [Split(rows, self.scorer(*pair_items(rows))) for rows in splits]

@@ -112,7 +112,7 @@ def membership_statistics(scorer: Scorer, pairs: Any) -> np.ndarray:
 
 def service_scorer(service: Callable[[Any], Any], max_batch: int = 256) -> Scorer:
     """A ``Scorer`` that sends ``ScoreRequest``s to a site's ``ScoringService`` and keeps only the scores."""
-    from coordinator.service import build_requests
+    from coordinator.federation.service import build_requests
     from mor_secure.protocol import ScoreReply
 
     counter = iter(range(1 << 62))
@@ -137,7 +137,7 @@ def tls_scorer(config_path: Path, work: Path) -> Iterator[Scorer]:
     from client_agent.config import load_client_config
     from client_agent.scoring import ScoringService, load_served_model, signed_report
     from coordinator.config import load_coordinator_config
-    from coordinator.service import Federation
+    from coordinator.federation.service import Federation
 
     site = load_client_config(config_path)
     ca = Path(site.tls.ca).parent

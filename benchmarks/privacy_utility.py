@@ -5,7 +5,7 @@ prompts, at the full demo's sizes; for each epsilon (every site at the same epsi
 reward model with DP-SGD through the product's own ``client_agent.train`` at its defaults (families
 dual-encoder, qwen2-vl, llava, as in the demo) and measures it on its own held-out pairs; the coordinator
 calibrates and trains the router on the sites' scores and trains the FedAvg and centralised reward models
-at the same epsilon (``coordinator.router_run.run_router``). At the policy epsilons, GRPO with a KL penalty
+at the same epsilon (``coordinator.mixture.router_run.run_router``). At the policy epsilons, GRPO with a KL penalty
 then trains the warm start once per reward (MoR, uniform, FedAvg, centralised, each site alone); once per
 seed with the ground truth as reward (the oracle: the ceiling any learned reward can reach). Scores come
 from each site's ``ScoringService`` answering the very requests sent over TLS
@@ -110,8 +110,8 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
     public pretrained model. Also the warm start's and the oracle run's policy accuracy."""
     import torch
 
-    from coordinator.public_reward import save_public_reward
-    from coordinator.sft import run_sft
+    from coordinator.policy.public_reward import save_public_reward
+    from coordinator.policy.sft import run_sft
     from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
     from mor_secure.data.world import generate_world
     from mor_secure.models.zoo import build_tiny_vlm
@@ -252,7 +252,7 @@ def coordinator_config(
 
 def policy_accuracy(policy: Path, world: Path) -> dict[str, Any]:
     """Greedy held-out accuracy of a policy, overall and per domain."""
-    from coordinator.policy_eval import evaluate_policy
+    from coordinator.policy.evaluation import evaluate_policy
 
     result = evaluate_policy(policy, world / "server" / "eval", progress=False)
     return {
@@ -279,9 +279,9 @@ def grpo_policy(
     """GRPO of the warm start with reward ``method`` (KL to the warm start; a completion's client-score reward
     counts when ``quorum`` of the fusion's sites scored it), then its held-out accuracy and, for client-score
     rewards, the bytes the federation carried per step."""
-    from coordinator.grpo import run_grpo
-    from coordinator.grpo_config import GRPORunConfig
-    from coordinator.rewards import FederatedReward, RewardContext, build_reward, needs_federation
+    from coordinator.policy.grpo import run_grpo
+    from coordinator.policy.grpo_config import GRPORunConfig
+    from coordinator.policy.rewards import FederatedReward, RewardContext, build_reward, needs_federation
 
     cfg = GRPORunConfig(
         policy=str(warm),
@@ -328,7 +328,7 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> d
     at one (seed, epsilon)."""
     import torch
 
-    from coordinator.router_run import run_router
+    from coordinator.mixture.router_run import run_router
 
     from local_federation import LocalFederation
 

@@ -132,7 +132,7 @@ def step_timer() -> Any:
 def one_run(cfg: Any, rewards: dict[str, Any], first: str, scratch: Path, steps: int) -> dict[str, Any]:
     """One GRPO run of ``steps`` steps, the reward alternating between ``rewards`` from ``first`` on;
     per step: wall time, reward-call time and mode."""
-    from coordinator.grpo import run_grpo
+    from coordinator.policy.grpo import run_grpo
 
     out = Path(tempfile.mkdtemp(dir=scratch))
     cfg = dataclasses.replace(cfg, out=out, steps=steps, save_steps=10 * steps, logging_steps=steps, report_to="none")
@@ -156,8 +156,8 @@ def one_run(cfg: Any, rewards: dict[str, Any], first: str, scratch: Path, steps:
 
 def wire_bytes(config: Any, prompts: list[Any], completions: list[Any], kwargs: dict, sites: int) -> dict[str, int]:
     """Application bytes (msgpack, before TLS framing) of one step's score requests and replies over ``sites``."""
-    from coordinator.fusion import images_from  # noqa: PLC2701  (the images the reward callable scores)
-    from coordinator.service import build_requests
+    from coordinator.federation.service import build_requests
+    from coordinator.mixture.fusion import images_from  # noqa: PLC2701  (the images the reward callable scores)
     from mor_secure.protocol import ScoreReply, encode
 
     images = images_from(prompts, kwargs.get("image"), kwargs.get("images"))
@@ -343,9 +343,9 @@ def main() -> None:
     import torch
 
     from coordinator.config import load_coordinator_config
-    from coordinator.fusion import MixtureOfRewards
-    from coordinator.rewards import FederatedReward
-    from coordinator.service import Federation
+    from coordinator.federation.service import Federation
+    from coordinator.mixture.fusion import MixtureOfRewards
+    from coordinator.policy.rewards import FederatedReward
     from mor_secure.demo.pipeline import free_port
     from mor_secure.demo.stages import child_env, mor_command, stop_group
 

@@ -5,7 +5,7 @@ The four clients are synthetic reward models computed from ground truth (benchma
 two experts per domain (one sharp, one noisier), each with its own raw offset and scale. The
 adversaries are the sharp expert of domain 0 (then also of domain 1), turned to scores that are
 inverted, random, or that favour one fixed wrong answer. Every strategy is the project's own code:
-the Calibrator, train_router / pairwise_accuracy and coordinator.trust.agreement_trust.
+the Calibrator, train_router / pairwise_accuracy and coordinator.mixture.trust.agreement_trust.
 
     python benchmarks/robustness.py --out benchmarks/results
 """
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coordinator.calibration import Calibrator  # noqa: E402
-from coordinator.router import pairwise_accuracy, pairwise_wins, train_router  # noqa: E402
-from coordinator.trust import agreement_trust  # noqa: E402
+from coordinator.mixture.calibration import Calibrator  # noqa: E402
+from coordinator.mixture.router import pairwise_accuracy, pairwise_wins, train_router  # noqa: E402
+from coordinator.mixture.trust import agreement_trust  # noqa: E402
 
 from common import format_interval, machine_lines, mean_interval, write_markdown  # noqa: E402
 from synthetic import PairWorld, SyntheticClient, make_world, raw_pair_scores  # noqa: E402
@@ -191,7 +191,7 @@ def write_report(
         "answer, right only when that answer is true).",
         "- MoR: learned router over all 4 calibrated clients. `+ defence`: `[router] defence = "
         '"agreement"`: only clients whose Wilson 95% lower bound of pairwise agreement with the training '
-        "pairs of their best domain exceeds 0.55 (chance is 0.5) are kept (`coordinator.trust`).",
+        "pairs of their best domain exceeds 0.55 (chance is 0.5) are kept (`coordinator.mixture.trust`).",
         "- FedAvg proxy: the mean of the clients' raw reward functions, which is what FedAvg of "
         "same-architecture linear reward heads computes; an adversary's poisoned local model (labels "
         "flipped / random / one answer favoured) enters the average. It is a proxy, not trained FedAvg "

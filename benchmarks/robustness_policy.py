@@ -114,7 +114,7 @@ class FixedWrong:
     shrink: float = 0.5
 
     def __call__(self, scores: list[float], completions: Sequence[Any]) -> list[float]:
-        from coordinator.policy_eval import parse_answer
+        from coordinator.policy.evaluation import parse_answer
 
         return [
             self.high if parse_answer(c).answer == self.word else self.mean + self.shrink * (s - self.mean)
@@ -147,7 +147,7 @@ def hash_seed(*parts: Any) -> int:
 def poison_pairs(rows: Any, attack: str, seed: int) -> tuple[Any, int]:
     """A site's pairs poisoned at the data, and how many were swapped: ``inverted`` swaps every pair,
     ``random`` a seeded random half, ``fixed-wrong`` the pairs whose rejected answer is :data:`FIXED_WORD`."""
-    from coordinator.policy_eval import parse_answer
+    from coordinator.policy.evaluation import parse_answer
 
     if attack == "inverted":
         swap = set(range(len(rows)))
@@ -174,7 +174,7 @@ def prepare(root: Path, grid: Grid, seed: int, bases: Path | None) -> dict[str, 
     With ``bases`` (a privacy/utility work folder holding this seed prepared at the same sizes) only the
     4-site world is generated here; the public data, pretrained bases, warm-start and oracle accuracy are
     that run's (the same seed gives the same held-out questions and router pairs)."""
-    from coordinator.router_run import pair_items
+    from coordinator.mixture.router_run import pair_items
     from mor_secure.data.loader import load_preferences
     from mor_secure.data.world import generate_world
 
@@ -234,9 +234,9 @@ def fedavg_data(seed_dir: Path, setting_dir: Path, setting: str, seed: int) -> t
 
 def routers(root: Path, grid: Grid, seed: int, setting: str, prepared: dict[str, Any]) -> dict[str, Any]:
     """The router with each defence over the (poisoned) federation, and the FedAvg RM on poisoned data."""
-    from coordinator.baselines import train_fedavg
-    from coordinator.router_run import run_router
-    from coordinator.trust import TrustError
+    from coordinator.baselines.fedavg import train_fedavg
+    from coordinator.mixture.router_run import run_router
+    from coordinator.mixture.trust import TrustError
     from mor_secure.data.loader import load_preferences
     from mor_secure.ledger import read_entries
 
@@ -291,7 +291,7 @@ def site_domain_accuracy(split: Any) -> dict[str, dict[str, float]]:
     """Each site's held-out pairwise accuracy per domain, from its scores as returned (poisoned or not)."""
     import torch
 
-    from coordinator.router import pairwise_wins
+    from coordinator.mixture.router import pairwise_wins
 
     domains = list(split.rows["domain"])
     out: dict[str, dict[str, float]] = {}
@@ -726,7 +726,7 @@ def write_report(
         f"- Adversary: client-0, the `detail` owner (2x: also client-1, the `medical` owner). `inverted` = "
         f"minus its honest score; `random` = seeded Gaussian noise with its honest scores' mean and spread "
         f"(on the router's training pairs); `fixed-wrong` = its honest mean + 3 std when the completion "
-        f'parses (`coordinator.policy_eval.parse_answer`) to "{FIXED_WORD}", else its honest score shrunk '
+        f'parses (`coordinator.policy.evaluation.parse_answer`) to "{FIXED_WORD}", else its honest score shrunk '
         "halfway to its mean (it still ranks other answers honestly). The poisoned scores reach the router's "
         "training and test pairs and every GRPO step.",
         '- MoR: the learned router with `[router] defence = "none"`; MoR + defence: `"agreement"` (sites '

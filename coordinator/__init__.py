@@ -1,2 +1,3 @@
-"""The coordinator: client pool, calibration, the Mixture-of-Rewards router, fusion strategies,
-GRPO with a KL penalty, and the privacy ledger it keeps."""
+"""The coordinator: the federation (``federation/``), the Mixture-of-Rewards (``mixture/``), the policy it
+aligns with GRPO (``policy/``), in-process reward baselines (``baselines/``) and the ``mor coordinator``
+commands (``commands/``)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.baselines_config import BaselinesConfig
-from coordinator.grpo_config import GRPORunConfig
-from coordinator.router_config import RouterRunConfig
+from coordinator.baselines.config import BaselinesConfig
+from coordinator.mixture.router_config import RouterRunConfig
+from coordinator.policy.grpo_config import GRPORunConfig
 from mor_secure.config import Section, TLSConfig, field, load_config
 
 

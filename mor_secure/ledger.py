@@ -220,7 +220,7 @@ def _check_summary(body: Any) -> None:
 
 
 def _check_trust(body: Any) -> None:
-    """One site's trust decision (``coordinator.trust.record_trust``): agreement, bound and threshold are
+    """One site's trust decision (``coordinator.mixture.trust.record_trust``): agreement, bound and threshold are
     shares in [0, 1] (agreement and bound None for a site with no scored pair); the decision matches."""
     share_or_none = (*_NUM, type(None))
     _require(

@@ -11,7 +11,7 @@ from PIL import Image
 
 from client_agent.init import init_site
 from coordinator.config import load_coordinator_config
-from coordinator.pool import ClientPool
+from coordinator.federation.pool import ClientPool
 from mor_secure import pki
 from mor_secure.protocol import ScoreRequest
 
@@ -58,7 +58,7 @@ def trained_site(world_dir: Path) -> Path:
     if world_dir not in _TRAINED:
         from click.testing import CliRunner
 
-        from client_agent.cli import group as client_group
+        from client_agent.commands import group as client_group
 
         root = world_dir.parent / "trained-site"
         shutil.copytree(world_dir / "client-0", root / "data")

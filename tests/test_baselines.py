@@ -11,9 +11,11 @@ import datasets
 import pytest
 import torch
 
-from coordinator.baselines import BaselinesConfig, FedAvg, ModelReward, train_centralised
-from coordinator.baselines.fedavg import state_bytes
-from coordinator.fusion import ScoreItem, reward_callable
+from coordinator.baselines.centralised import train_centralised
+from coordinator.baselines.config import BaselinesConfig
+from coordinator.baselines.fedavg import FedAvg, state_bytes
+from coordinator.baselines.strategy import ModelReward
+from coordinator.mixture.fusion import ScoreItem, reward_callable
 from mor_secure.data.loader import load_preferences
 from mor_secure.privacy import AccountantHistory, epsilon
 
@@ -128,7 +130,7 @@ def test_baseline_is_a_trl_reward(fedavg: ModelReward, held_out, tiny_model_dir,
 
 
 def test_grpo_reward_names_load_saved_baselines(fedavg: ModelReward, held_out, tmp_path: Path):
-    from coordinator.rewards import FederatedReward, RewardContext, RewardError, build_reward, reward_names
+    from coordinator.policy.rewards import FederatedReward, RewardContext, RewardError, build_reward, reward_names
 
     assert {"fedavg", "centralised"} <= set(reward_names())
     folder = fedavg.save(tmp_path / "fedavg")
@@ -159,7 +161,7 @@ def test_dp_reports_a_finite_epsilon(clients):
 
 def test_config_section_and_router_table_rows(world_dir: Path, held_out, tmp_path: Path):
     """[baselines] reads like any config section; the router's table gets one row per baseline."""
-    from coordinator.baselines import baseline_accuracies
+    from coordinator.baselines.compare import baseline_accuracies
     from mor_secure.config import ConfigError, load_config
 
     path = tmp_path / "baselines.toml"

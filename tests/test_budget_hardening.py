@@ -68,7 +68,7 @@ def ledger(tmp_path) -> Path:
 
 
 def _client(args: list[str]):
-    from client_agent.cli import group
+    from client_agent.commands import group
 
     return CliRunner().invoke(group, args)
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from coordinator.calibration import CalibrationError, Calibrator
+from coordinator.mixture.calibration import CalibrationError, Calibrator
 
 
 def test_zscore_puts_sites_on_one_scale():

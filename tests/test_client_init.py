@@ -8,7 +8,7 @@ import tomllib
 
 from click.testing import CliRunner
 
-from client_agent.cli import group as client_group
+from client_agent.commands import group as client_group
 from client_agent.config import ClientConfig
 from mor_secure import pki
 from mor_secure.config import describe

@@ -287,7 +287,7 @@ def test_resume_after_kill_continues_the_accounting(world_dir, tmp_path):
 
 
 def _client_group():
-    from client_agent.cli import group
+    from client_agent.commands import group
 
     return group
 

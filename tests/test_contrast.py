@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from PIL import Image
 
-from coordinator.calibration import Calibrator
-from coordinator.contrast import ImageContrast, decoy_images
-from coordinator.fusion import SingleClient
-from coordinator.rewards import FederatedReward
+from coordinator.mixture.calibration import Calibrator
+from coordinator.mixture.contrast import ImageContrast, decoy_images
+from coordinator.mixture.fusion import SingleClient
+from coordinator.policy.rewards import FederatedReward
 
 RED, BLUE = Image.new("RGB", (8, 8), (220, 40, 40)), Image.new("RGB", (8, 8), (40, 80, 230))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from client_agent.cli import group as client_group
+from client_agent.commands import group as client_group
 from client_agent.config import load_client_config
 from client_agent.doctor import run_checks
 from mor_secure import pki

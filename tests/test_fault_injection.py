@@ -37,8 +37,8 @@ def test_a_federated_grpo_run_survives_every_fault(faults, world_dir, tiny_model
 
 
 def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_model_dir, tmp_path):
-    from coordinator.grpo import last_checkpoint, run_grpo
-    from coordinator.grpo_config import GRPORunConfig
+    from coordinator.policy.grpo import last_checkpoint, run_grpo
+    from coordinator.policy.grpo_config import GRPORunConfig
 
     out = tmp_path / "grpo"
     assert last_checkpoint(out) is None

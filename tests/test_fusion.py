@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import torch
 
-from coordinator.calibration import Calibrator
-from coordinator.features import PromptFeatures
-from coordinator.fusion import (
+from coordinator.mixture.calibration import Calibrator
+from coordinator.mixture.features import PromptFeatures
+from coordinator.mixture.fusion import (
     Conservative,
     MixtureOfRewards,
     Quorum,
@@ -30,7 +30,7 @@ from coordinator.fusion import (
     UniformMean,
     reward_callable,
 )
-from coordinator.router import evaluate_router, mean_weights_by, train_router
+from coordinator.mixture.router import evaluate_router, mean_weights_by, train_router
 from mor_secure.data.loader import load_preferences
 from mor_secure.data.public import parse_verbose
 from mor_secure.data.schema import answer_text, content_hash, question_text
@@ -255,7 +255,7 @@ def test_reward_callable_under_trl_grpo(setup: Setup, tiny_model_dir, tmp_path: 
 
 
 def test_objective_column_reaches_the_router(setup: Setup):
-    from coordinator.router import Router, RouterConfig
+    from coordinator.mixture.router import Router, RouterConfig
 
     torch.manual_seed(0)
     router = Router(

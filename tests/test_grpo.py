@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from coordinator.grpo import UNSCORED_METRIC, RewardTelemetry, run_grpo
-from coordinator.grpo_config import GRPORunConfig
-from coordinator.oracle import OracleReward
-from coordinator.sft import run_sft
+from coordinator.policy.grpo import UNSCORED_METRIC, RewardTelemetry, run_grpo
+from coordinator.policy.grpo_config import GRPORunConfig
+from coordinator.policy.oracle import OracleReward
+from coordinator.policy.sft import run_sft
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -116,7 +116,7 @@ def test_config_refuses_a_batch_that_does_not_divide_into_groups():
 
 
 def test_trl_config_carries_the_advantage_scaling():
-    from coordinator.grpo import trl_config
+    from coordinator.policy.grpo import trl_config
 
     assert trl_config(GRPORunConfig(policy="x", out="o")).scale_rewards == "batch"  # the default: see its help
     assert trl_config(GRPORunConfig(policy="x", out="o", scale_rewards="group")).scale_rewards == "group"
@@ -125,7 +125,7 @@ def test_trl_config_carries_the_advantage_scaling():
 def test_grpo_command_reads_the_grpo_section_and_refuses_unknown_rewards(tmp_path):
     from click.testing import CliRunner
 
-    from coordinator.cli import group
+    from coordinator.commands import group
     from coordinator.config import load_coordinator_config
 
     config = tmp_path / "coordinator.toml"

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from coordinator.rewards import RewardContext, RewardError, build_reward, needs_federation, reward_names
+from coordinator.policy.rewards import RewardContext, RewardError, build_reward, needs_federation, reward_names
 from mor_secure import pki
 
 pytestmark = pytest.mark.slow
@@ -63,9 +63,9 @@ def test_reward_names_build_and_refuse_clearly(tmp_path):
 def test_grpo_with_the_mor_reward_over_tls_survives_a_killed_agent(world_dir, tiny_model_dir, public_data, tmp_path):
     from client_agent.config import load_client_config
     from client_agent.train import train_reward_model
-    from coordinator.cli import group as coordinator_group
+    from coordinator.commands import group as coordinator_group
     from coordinator.config import load_coordinator_config
-    from coordinator.router_run import run_router
+    from coordinator.mixture.router_run import run_router
     from mor_secure.demo.pipeline import free_port
 
     ca = tmp_path / "ca"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from coordinator.config import load_coordinator_config
-from coordinator.service import Federation
+from coordinator.federation.service import Federation
 from mor_secure import pki
 from mor_secure.config import TLSConfig
 from mor_secure.ledger import read_entries, summarize, verify

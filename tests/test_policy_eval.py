@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.oracle import CONCISE_BONUS, CORRECT_REWARD, OracleReward
-from coordinator.policy_eval import evaluate_policy, is_correct, parse_answer
+from coordinator.policy.evaluation import evaluate_policy, is_correct, parse_answer
+from coordinator.policy.oracle import CONCISE_BONUS, CORRECT_REWARD, OracleReward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -60,7 +60,7 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
 def test_local_federation_answers_what_the_scoring_service_answers(world_dir, tmp_path):
     from client_agent.config import ServeSection
     from client_agent.scoring import ScoringService
-    from coordinator.service import build_requests
+    from coordinator.federation.service import build_requests
     from mor_secure.data.loader import load_preferences
     from mor_secure.rewards import build_reward_model, load_reward_model
     from mor_secure.rewards.config import ModelSection

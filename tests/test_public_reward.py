@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 from datasets import load_from_disk
 
-from coordinator.public_reward import pretrain_reward
+from coordinator.policy.public_reward import pretrain_reward
 from mor_secure.data.candidates import renderings
 from mor_secure.data.domains import get_domain
 from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
@@ -66,7 +66,7 @@ def test_pretraining_learns_and_a_site_starts_from_the_saved_model(public_rows, 
 
 
 def test_public_reward_command_saves_a_loadable_model(public_rows, tmp_path):
-    from coordinator.cli import group
+    from coordinator.commands import group
 
     data = tmp_path / "public"
     public_rows.save_to_disk(str(data))

@@ -162,7 +162,7 @@ def _data_group():
 
 
 def _client_group():
-    from client_agent.cli import group
+    from client_agent.commands import group
 
     return group
 
@@ -309,7 +309,7 @@ def test_missing_columns_suggest_the_mapping(rows, tmp_path):
 
 
 def test_coordinator_reads_router_pairs_and_grpo_prompts_in_the_same_layouts(rows, tmp_path):
-    from coordinator.sft import load_rows
+    from coordinator.policy.sft import load_rows
     from mor_secure.data.loader import load_preferences
 
     data, columns = write_layout("public-original", tmp_path / "pairs", rows[:20])

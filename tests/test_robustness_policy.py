@@ -51,7 +51,7 @@ def test_poisons_rewrite_scores_at_the_scoring_interface(world_dir, tmp_path):
 
 
 def test_poisoned_fedavg_data_swaps_what_the_report_says(world_dir):
-    from coordinator.policy_eval import parse_answer
+    from coordinator.policy.evaluation import parse_answer
     from mor_secure.data.loader import load_preferences
 
     from robustness_policy import FIXED_WORD, poison_pairs

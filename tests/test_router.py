@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coordinator.router import (
+from coordinator.mixture.router import (
     Router,
     RouterConfig,
     RouterError,

@@ -27,9 +27,9 @@ from client_agent.agent import Agent
 from client_agent.config import load_client_config
 from client_agent.scoring import Refusal, ScoringService, TokenBucket, decode_image, load_served_model, signed_report
 from coordinator.config import load_coordinator_config
-from coordinator.failures import Failure, FailureKind
-from coordinator.pool import CircuitBreaker
-from coordinator.service import Federation, build_requests
+from coordinator.federation.failures import Failure, FailureKind
+from coordinator.federation.pool import CircuitBreaker
+from coordinator.federation.service import Federation, build_requests
 from mor_secure import pki, protocol
 from mor_secure.data.loader import load_preferences
 from mor_secure.protocol import HealthRequest, ScoreRequest
@@ -360,7 +360,7 @@ def test_scores_from_a_model_without_a_received_report_are_not_used(world, tmp_p
 
 
 def test_serve_refuses_without_a_trained_model_or_with_edited_weights(world, tmp_path):
-    from client_agent.cli import group as client_group
+    from client_agent.commands import group as client_group
 
     config = world.client_toml("client-0", "tcp://127.0.0.1:1", folder=tmp_path)
     config.write_text(
@@ -404,8 +404,8 @@ def test_policy_pieces():
 
 
 def test_router_command_end_to_end_with_three_agent_processes(world, tmp_path, tiny_model_dir):
-    from coordinator.cli import group as coordinator_group
-    from coordinator.fusion import MixtureOfRewards
+    from coordinator.commands import group as coordinator_group
+    from coordinator.mixture.fusion import MixtureOfRewards
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

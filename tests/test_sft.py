@@ -7,7 +7,7 @@ import json
 import pytest
 from datasets import load_from_disk
 
-from coordinator.sft import collate, completion_batch, run_sft
+from coordinator.policy.sft import collate, completion_batch, run_sft
 from mor_secure.data.public import generate_public_sft, parse_verbose
 from mor_secure.data.schema import answer_text, content_hash, question_text
 
@@ -122,7 +122,7 @@ def test_sft_refuses_data_without_completions(tiny_model_dir, public_data, tmp_p
 def test_commands_write_data_warm_start_and_evaluate(tiny_model_dir, tmp_path):
     from click.testing import CliRunner
 
-    from coordinator.cli import group
+    from coordinator.commands import group
 
     runner = CliRunner()
     data, policy = tmp_path / "public", tmp_path / "policy"

@@ -11,11 +11,11 @@ from PIL import Image
 
 from client_agent.agent import Agent
 from client_agent.config import load_client_config
-from coordinator.cli import group as coordinator_group
+from coordinator.commands import group as coordinator_group
 from coordinator.config import load_coordinator_config
-from coordinator.failures import Failure, FailureKind
-from coordinator.service import Federation
-from coordinator.status import read_status, status_path
+from coordinator.federation.failures import Failure, FailureKind
+from coordinator.federation.service import Federation
+from coordinator.federation.status import read_status, status_path
 from tests.site_helpers import coordinator_toml, enrol_site, free_port, install_model, make_ca, serving_agent
 
 

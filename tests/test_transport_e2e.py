@@ -14,9 +14,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from coordinator.cli import group as coordinator_group
-from coordinator.failures import FailureKind
-from coordinator.pool import ClientPool
+from coordinator.commands import group as coordinator_group
+from coordinator.federation.failures import FailureKind
+from coordinator.federation.pool import ClientPool
 from mor_secure import pki, protocol
 from mor_secure.transport import ServerOptions, TLSServer
 
@@ -174,7 +174,7 @@ def test_an_agent_killed_mid_request_is_reported_and_its_restart_is_served(pki_d
 
 
 def test_serve_refuses_unusable_configs_with_the_fix(tmp_path, pki_dir):
-    from client_agent.cli import group as client_group
+    from client_agent.commands import group as client_group
 
     config = _client_toml(tmp_path, pki_dir, _free_port(), "site-a")
     config.write_text(config.read_text().replace('site = "site-a"', 'site = "site-b"'))

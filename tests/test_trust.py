@@ -13,12 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from coordinator.calibration import Calibrator
 from coordinator.config import load_coordinator_config
-from coordinator.fusion import Quorum, ScoreItem, UniformMean
-from coordinator.router import train_router
-from coordinator.router_run import screen_sites
-from coordinator.trust import Trusted, TrustError, agreement_trust, mask_untrusted, record_trust
+from coordinator.mixture.calibration import Calibrator
+from coordinator.mixture.fusion import Quorum, ScoreItem, UniformMean
+from coordinator.mixture.router import train_router
+from coordinator.mixture.router_run import screen_sites
+from coordinator.mixture.trust import Trusted, TrustError, agreement_trust, mask_untrusted, record_trust
 from mor_secure.config import ConfigError
 from mor_secure.ledger import PrivacyLedger, read_entries, verify
 from tests.site_helpers import coordinator_toml

@@ -12,7 +12,7 @@ from dataclasses import replace
 from PIL import Image
 
 from coordinator.config import load_coordinator_config
-from coordinator.service import Federation
+from coordinator.federation.service import Federation
 from tests.site_helpers import (
     coordinator_toml,
     enrol_site,

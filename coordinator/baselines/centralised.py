@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from coordinator.baselines.config import BaselinesConfig
 from coordinator.baselines.data import dp_settings, load_client_data
 from coordinator.baselines.local import LocalTrainer
 from coordinator.baselines.strategy import ModelReward
-from coordinator.baselines_config import BaselinesConfig
 from mor_secure.logs import get_logger
 from mor_secure.rewards import build_reward_model
 from mor_secure.rewards.training import resolve_device, steps_per_epoch

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.baselines.centralised import train_centralised
+from coordinator.baselines.config import BaselinesConfig
 from coordinator.baselines.data import load_client_data
 from coordinator.baselines.fedavg import train_fedavg
-from coordinator.baselines_config import BaselinesConfig
 from mor_secure.logs import get_logger
 
 log = get_logger("coordinator.baselines")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from coordinator.baselines.config import BaselinesConfig
 from coordinator.baselines.local import DPSettings
-from coordinator.baselines_config import BaselinesConfig
 from mor_secure.data.schema import DataError
 
 

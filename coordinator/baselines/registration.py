@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coordinator.baselines.strategy import ModelReward
-from coordinator.rewards import RewardContext, RewardError, register_reward
+from coordinator.policy.rewards import RewardContext, RewardError, register_reward
 
 KINDS = ("fedavg", "centralised")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from coordinator.fusion import ClientScores, RewardFusion, ScoreItem
-from coordinator.router import pairwise_wins
+from coordinator.mixture.fusion import ClientScores, RewardFusion, ScoreItem
+from coordinator.mixture.router import pairwise_wins
 from mor_secure.errors import BadInput
 from mor_secure.rewards import RewardModel, load_reward_model
 

@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from coordinator.features import ObjectiveEmbedding
+from coordinator.mixture.features import ObjectiveEmbedding
 from mor_secure.config import field
 from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.router")
+log = get_logger("coordinator.mixture.router")
 
 CONFIG_NAME = "router.json"
 WEIGHTS_NAME = "router.safetensors"

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from coordinator.calibration import Calibrator, is_score
-from coordinator.features import PromptFeatures, strip_images
-from coordinator.router import Router, RouterError, live_mask
+from coordinator.mixture.calibration import Calibrator, is_score
+from coordinator.mixture.features import PromptFeatures, strip_images
+from coordinator.mixture.router import Router, RouterError, live_mask
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.fusion")
+log = get_logger("coordinator.mixture.fusion")
 
 Message = dict[str, Any]
 ClientScores = Mapping[str, Sequence[float | None] | None]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coordinator.config import CoordinatorConfig
-from coordinator.failures import Failure, FailureKind
+from coordinator.federation.failures import Failure, FailureKind
 from mor_secure import events, protocol
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Message

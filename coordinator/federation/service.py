@@ -27,10 +27,10 @@ from cryptography import x509
 from PIL import Image
 
 from coordinator.config import CoordinatorConfig
-from coordinator.failures import Failure, FailureKind
-from coordinator.ledger_writer import LedgerWriter
-from coordinator.pool import CircuitBreaker, ClientPool, FanoutResult, ResilientPool, SiteHealth
-from coordinator.status import StatusWriter, status_path
+from coordinator.federation.failures import Failure, FailureKind
+from coordinator.federation.ledger_writer import LedgerWriter
+from coordinator.federation.pool import CircuitBreaker, ClientPool, FanoutResult, ResilientPool, SiteHealth
+from coordinator.federation.status import StatusWriter, status_path
 from mor_secure import events, pki
 from mor_secure.data.schema import answer_text, question_text
 from mor_secure.ledger import LedgerError, LedgerSigner, PrivacyLedger, highest_crl_number

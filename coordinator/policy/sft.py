@@ -20,7 +20,7 @@ from mor_secure.data.schema import DataError
 from mor_secure.errors import BadInput
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.sft")
+log = get_logger("coordinator.policy.sft")
 
 IGNORE_INDEX = -100
 

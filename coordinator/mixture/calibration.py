@@ -20,7 +20,7 @@ import numpy as np
 from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.calibration")
+log = get_logger("coordinator.mixture.calibration")
 
 FORMAT = "mor-calibration"
 VERSION = 1

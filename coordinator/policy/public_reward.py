@@ -14,7 +14,7 @@ from mor_secure.logs import get_logger
 from mor_secure.rewards import RewardModel
 from mor_secure.rewards.training import steps_per_epoch
 
-log = get_logger("coordinator.public_reward")
+log = get_logger("coordinator.policy.public_reward")
 
 
 def pretrain_reward(

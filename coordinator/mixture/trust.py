@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from coordinator.fusion import ClientScores, RewardFusion, ScoreItem
-from coordinator.router_config import DEFENCES
+from coordinator.mixture.fusion import ClientScores, RewardFusion, ScoreItem
+from coordinator.mixture.router_config import DEFENCES
 from mor_secure.errors import MorError
 from mor_secure.ledger import LedgerEntry, PrivacyLedger
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.trust")
+log = get_logger("coordinator.mixture.trust")
 
 __all__ = [
     "DEFENCES",

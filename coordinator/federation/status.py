@@ -28,11 +28,11 @@ from mor_secure.reports import ReportError, SignedReport
 
 if TYPE_CHECKING:
     from coordinator.config import CoordinatorConfig
-    from coordinator.pool import ClientPool, SiteHealth
+    from coordinator.federation.pool import ClientPool, SiteHealth
 
 
 class Observed(Protocol):
-    """What the status writer reads of a running federation (``coordinator.service.Federation``): the
+    """What the status writer reads of a running federation (``coordinator.federation.service.Federation``): the
     writer is given one and never imports the service, which starts the writer."""
 
     config: CoordinatorConfig
@@ -43,7 +43,7 @@ class Observed(Protocol):
     def health(self) -> dict[str, SiteHealth]: ...
 
 
-log = get_logger("coordinator.status")
+log = get_logger("coordinator.federation.status")
 
 STATUS_NAME = "status.json"
 WINDOW_S = 3600.0

@@ -4,7 +4,7 @@ Names: ``oracle`` (ground truth), ``mor`` (the Mixture-of-Rewards bundle of `mor
 ``uniform`` (mean of the calibrated client scores), ``single:<site>`` (one client alone), and any
 name a plug-in registers with :func:`register_reward` (the in-process baselines ``fedavg`` and
 ``centralised`` register when :data:`PLUGINS` import). A builder returns either a
-:class:`~coordinator.fusion.RewardFusion` or a ready reward callable; a fusion that reads client scores
+:class:`~coordinator.mixture.fusion.RewardFusion` or a ready reward callable; a fusion that reads client scores
 needs the live federation (:func:`needs_federation`), which :class:`FederatedReward` scores through.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.contrast import ImageContrast
-from coordinator.fusion import (
+from coordinator.mixture.contrast import ImageContrast
+from coordinator.mixture.fusion import (
     Conservative,
     MixtureOfRewards,
     Quorum,
@@ -31,9 +31,9 @@ from coordinator.fusion import (
 from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.rewards")
+log = get_logger("coordinator.policy.rewards")
 
-PLUGINS = ("coordinator.baselines",)
+PLUGINS = ("coordinator.baselines.registration",)
 """Modules imported before a lookup so that they can register more reward names (missing ones are skipped)."""
 
 
@@ -78,7 +78,7 @@ def reward_names() -> list[str]:
 
 
 def _mixture(ctx: RewardContext) -> MixtureOfRewards:
-    from coordinator.router import RouterError
+    from coordinator.mixture.router import RouterError
 
     if ctx.mixture is None or not (ctx.mixture / "mixture.json").is_file():
         raise RewardError(
@@ -92,7 +92,7 @@ def _mixture(ctx: RewardContext) -> MixtureOfRewards:
 
 
 def _calibrator(ctx: RewardContext) -> Any:
-    from coordinator.calibration import Calibrator
+    from coordinator.mixture.calibration import Calibrator
 
     path = None if ctx.mixture is None else ctx.mixture / "calibration.json"
     if path is None or not path.is_file():
@@ -104,19 +104,19 @@ def _calibrator(ctx: RewardContext) -> Any:
 
 
 def _oracle(ctx: RewardContext, arg: str) -> Callable[..., list[float | None]]:
-    from coordinator.oracle import OracleReward
+    from coordinator.policy.oracle import OracleReward
 
     return OracleReward()
 
 
 def _uniform(ctx: RewardContext, arg: str) -> RewardFusion:
-    from coordinator.fusion import UniformMean
+    from coordinator.mixture.fusion import UniformMean
 
     return UniformMean(_calibrator(ctx))
 
 
 def _single(ctx: RewardContext, arg: str) -> RewardFusion:
-    from coordinator.fusion import SingleClient
+    from coordinator.mixture.fusion import SingleClient
 
     calibrator = _calibrator(ctx)
     if arg not in calibrator.sites:
@@ -194,7 +194,7 @@ class FederatedReward:
         """``[N, K]`` mask of the router's sites that gave a usable score for each item."""
         import torch
 
-        from coordinator.calibration import is_score
+        from coordinator.mixture.calibration import is_score
 
         rows = []
         for site in self.mixture.sites:

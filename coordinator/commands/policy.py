@@ -143,7 +143,7 @@ def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, l
 
     The saved folder is the policy GRPO starts from and its frozen KL reference.
     """
-    from coordinator.sft import run_sft
+    from coordinator.policy.sft import run_sft
 
     _quiet_transformers()
     path = run_sft(base, data_dir, out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
@@ -194,7 +194,7 @@ def public_reward(
     no style) or over malformed output. Public data costs no privacy; under DP from scratch a small
     model learns little from a few thousand private pairs.
     """
-    from coordinator.public_reward import save_public_reward
+    from coordinator.policy.public_reward import save_public_reward
 
     if out_dir.exists():
         raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
@@ -224,7 +224,7 @@ def eval_(policy: str, data_dir: Path, limit: int | None, as_json: bool) -> None
     from rich.console import Console
     from rich.table import Table
 
-    from coordinator.policy_eval import evaluate_policy
+    from coordinator.policy.evaluation import evaluate_policy
 
     _quiet_transformers()
     result = evaluate_policy(policy, data_dir, limit=limit)
@@ -268,10 +268,10 @@ def grpo(config_path: Path, resume: bool) -> None:
     from contextlib import ExitStack
 
     from coordinator.config import load_coordinator_config
-    from coordinator.fusion import RewardFusion
-    from coordinator.grpo import run_grpo
-    from coordinator.rewards import FederatedReward, RewardContext, build_reward, needs_federation
-    from coordinator.service import Federation
+    from coordinator.federation.service import Federation
+    from coordinator.mixture.fusion import RewardFusion
+    from coordinator.policy.grpo import run_grpo
+    from coordinator.policy.rewards import FederatedReward, RewardContext, build_reward, needs_federation
     from mor_secure.errors import MorError
 
     _quiet_transformers()

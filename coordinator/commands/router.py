@@ -37,7 +37,7 @@ def router(config_path: Path) -> None:
     from rich.table import Table
 
     from coordinator.config import load_coordinator_config
-    from coordinator.router_run import accuracy_rows, run_router
+    from coordinator.mixture.router_run import accuracy_rows, run_router
     from mor_secure.errors import MorError
 
     config = load_coordinator_config(config_path)

@@ -22,7 +22,7 @@ from mor_secure.data.schema import DataError, answer_text
 from mor_secure.data.styles import parse_styled
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.policy_eval")
+log = get_logger("coordinator.policy.evaluation")
 
 
 @dataclass(frozen=True)

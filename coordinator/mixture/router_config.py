@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.calibration import METHODS as CALIBRATIONS
+from coordinator.mixture.calibration import METHODS as CALIBRATIONS
 from mor_secure.config import Section, field
 
 DEFENCES = ("none", "agreement")

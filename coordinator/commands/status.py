@@ -47,7 +47,7 @@ def status(config_path: Path, as_json: bool) -> None:
     from rich.table import Table
 
     from coordinator.config import load_coordinator_config
-    from coordinator.status import read_status
+    from coordinator.federation.status import read_status
 
     config = load_coordinator_config(config_path)
     report = read_status(config)

@@ -17,8 +17,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from coordinator.calibration import is_score
-from coordinator.fusion import Message, Scorer
+from coordinator.mixture.calibration import is_score
+from coordinator.mixture.fusion import Message, Scorer
 
 
 def _image_key(image: Any) -> bytes:

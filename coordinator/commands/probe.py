@@ -1,4 +1,4 @@
-"""`mor coordinator`: the commands of the coordinator (probe the federation, ...)."""
+"""`mor coordinator probe`: bind, wait for the allowed agents and health-check each one."""
 
 from __future__ import annotations
 
@@ -7,24 +7,15 @@ from pathlib import Path
 
 import click
 
-from mor_secure.cli import MorGroup
 
-CONFIG = click.option(
+@click.command()
+@click.option(
     "--config",
     "config_path",
     type=click.Path(path_type=Path),
     required=True,
     help="The coordinator.toml ([tls], bind, [clients]).",
 )
-
-
-@click.group(name="coordinator", cls=MorGroup)
-def group() -> None:
-    """Probe the federation, train the router, run GRPO."""
-
-
-@group.command()
-@CONFIG
 @click.option(
     "--wait",
     "wait_s",
@@ -45,7 +36,7 @@ def probe(config_path: Path, wait_s: float) -> None:
     from rich.table import Table
 
     from coordinator.config import load_coordinator_config
-    from coordinator.pool import ClientPool
+    from coordinator.federation.pool import ClientPool
     from mor_secure.config import ConfigError
     from mor_secure.protocol import HealthRequest
 
@@ -104,20 +95,3 @@ def probe(config_path: Path, wait_s: float) -> None:
             "above, or lower [clients] quorum"
         )
     click.echo(f"{answered} of {len(allowed)} sites answered (quorum {config.clients.quorum})", err=True)
-
-
-from coordinator import commands_policy  # noqa: E402  (policy commands: warm start, eval, GRPO)
-
-group.add_command(commands_policy.public_data)
-group.add_command(commands_policy.sft)
-group.add_command(commands_policy.public_reward)
-group.add_command(commands_policy.eval_)
-group.add_command(commands_policy.grpo)
-
-from coordinator.commands_router import router  # noqa: E402  (router training from the federation)
-
-group.add_command(router)
-
-from coordinator.commands_status import status  # noqa: E402  (operator view of the running federation)
-
-group.add_command(status)

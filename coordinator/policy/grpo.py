@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from coordinator.grpo_config import GRPORunConfig
+from coordinator.policy.grpo_config import GRPORunConfig
 from mor_secure import events
 from mor_secure.config import ConfigError
 from mor_secure.data.schema import DataError
 from mor_secure.errors import MissingInput, OutputExists
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.grpo")
+log = get_logger("coordinator.policy.grpo")
 
 RewardFunc = Callable[..., list[float | None]]
 
@@ -102,7 +102,7 @@ def prompt_dataset(data: Any) -> Any:
 
     Supervised ``completion`` columns are dropped: GRPO samples its own.
     """
-    from coordinator.sft import load_rows
+    from coordinator.policy.sft import load_rows
 
     rows = load_rows(data)
     missing = {"image", "prompt"} - set(rows.column_names)
@@ -165,7 +165,7 @@ def run_grpo(
     """
     from trl import GRPOTrainer
 
-    from coordinator.policy_eval import suppressed_tokens
+    from coordinator.policy.evaluation import suppressed_tokens
     from mor_secure.models import load_processor, resolve_model
 
     if not cfg.policy:

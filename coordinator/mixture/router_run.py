@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from coordinator.calibration import Calibrator
 from coordinator.config import CoordinatorConfig
-from coordinator.service import Federation, build_requests, items_fingerprint
+from coordinator.federation.service import Federation, build_requests, items_fingerprint
+from coordinator.mixture.calibration import Calibrator
 from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.router_run")
+log = get_logger("coordinator.mixture.router_run")
 
 CACHE_FORMAT = "mor-score-cache"
 
@@ -175,7 +175,7 @@ def screen_sites(
     """With ``[router] defence = "agreement"``: each site's trust on the calibrated training pairs (in its
     best domain when ``groups`` labels each pair's domain), recorded in the ledger (one ``trust`` entry per
     site); with ``"none"``: nothing (every site is fused)."""
-    from coordinator.trust import agreement_trust, record_trust
+    from coordinator.mixture.trust import agreement_trust, record_trust
     from mor_secure.ledger import PrivacyLedger
 
     section = config.router
@@ -198,11 +198,11 @@ def run_router(
     ``collect`` gets the sites' scores: over the secure channel by default (:func:`collect_scores`);
     benchmarks pass an in-process federation that answers the same requests.
     """
-    from coordinator.baselines import baseline_accuracies
-    from coordinator.features import PromptFeatures
-    from coordinator.fusion import MixtureOfRewards
-    from coordinator.router import evaluate_router, train_router
-    from coordinator.trust import trusted_sites
+    from coordinator.baselines.compare import baseline_accuracies
+    from coordinator.mixture.features import PromptFeatures
+    from coordinator.mixture.fusion import MixtureOfRewards
+    from coordinator.mixture.router import evaluate_router, train_router
+    from coordinator.mixture.trust import trusted_sites
 
     section = config.router
     if features is None and not section.policy:

@@ -21,7 +21,7 @@ from torch import nn
 
 from mor_secure.logs import get_logger
 
-log = get_logger("coordinator.features")
+log = get_logger("coordinator.mixture.features")
 
 
 def strip_images(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

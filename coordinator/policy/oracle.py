@@ -2,7 +2,7 @@
 
 +1 for the correct answer and +0.25 for the concise style, so every value (0, 0.25, 1, 1.25) is
 exact in binary: eight equal rewards stay equal in float32 and TRL sees a zero-advantage group
-as one. Correctness and style come from the strict parser of :mod:`coordinator.policy_eval`.
+as one. Correctness and style come from the strict parser of :mod:`coordinator.policy.evaluation`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from coordinator.policy_eval import parse_answer
+from coordinator.policy.evaluation import parse_answer
 from mor_secure.data.schema import DataError
 
 CORRECT_REWARD = 1.0
@@ -20,7 +20,7 @@ CONCISE_BONUS = 0.25
 class OracleReward:
     """A TRL reward callable ``f(prompts, completions, answer=..., **columns)`` that knows the truth.
 
-    It follows the :class:`coordinator.grpo.RewardTelemetry` protocol: ``last_stats()`` gives the
+    It follows the :class:`coordinator.policy.grpo.RewardTelemetry` protocol: ``last_stats()`` gives the
     last batch's accuracy and concise share.
     """
 
