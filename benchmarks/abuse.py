@@ -10,7 +10,7 @@ id, and the rejection matrix (other CA, expired, wrong role, not allowed, revoke
 plaintext, TLS 1.2). Each row says what was sent, what happened, whether the legitimate sites kept
 answering and whether anything was lost.
 
-    python benchmarks/abuse.py --out benchmarks/results
+    python -m benchmarks.abuse --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -30,17 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from abuse_peers import (
+from benchmarks.abuse_peers import (
     FakeCoordinator,
     HalfOpenFlood,
     RawPeer,
     hostile_coordinator,
-    nested_maps,  # noqa: E402
+    nested_maps,
     plaintext_flood,
 )
-from common import machine_lines, write_markdown  # noqa: E402
+from benchmarks.common import CHECKOUT, machine_lines, write_markdown
 
+SELF = [sys.executable, "-m", "benchmarks.abuse"]
+"""How this benchmark starts its own hostile peers and coordinator as processes (from the checkout)."""
 LEGIT = ("site-a", "site-b")
 ALLOWED = (*LEGIT, "site-e", "site-m", "site-r", "site-x")
 PROBE_S = 0.25
@@ -246,14 +247,20 @@ class Scene:
 
         log = open(self.logs / f"{name}.log", "a", encoding="utf-8")
         return subprocess.Popen(
-            command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True
+            command,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+            cwd=CHECKOUT,
+            start_new_session=True,
         )
 
     def start(self) -> None:
         """The coordinator process and the two legitimate sites' `mor client serve --health-only` processes."""
 
         self.coordinator = self.spawn(
-            "coordinator", [sys.executable, __file__, "--as-coordinator", str(self.config), "--probe", str(self.probe)]
+            "coordinator", [*SELF, "--as-coordinator", str(self.config), "--probe", str(self.probe)]
         )
         for site in LEGIT:
             self.start_site(site)
@@ -569,7 +576,7 @@ class HostileSide:
         self.agent: subprocess.Popen | None = None
 
     def start_agent(self) -> subprocess.Popen:
-        self.agent = self.scene.spawn("agent-hostile", [sys.executable, __file__, "--as-agent", str(self.config)])
+        self.agent = self.scene.spawn("agent-hostile", [*SELF, "--as-agent", str(self.config)])
         return self.agent
 
     def close(self) -> None:
@@ -674,7 +681,7 @@ def hostile_coordinator_rows(scene: Scene) -> list[Row]:
     fake = FakeCoordinator(endpoint)
     fake.start()
     config = scene.site_config("site-h", endpoint)
-    agent = scene.spawn("agent-garbage", [sys.executable, __file__, "--as-agent", str(config)])
+    agent = scene.spawn("agent-garbage", [*SELF, "--as-agent", str(config)])
     try:
         scene.wait(lambda: fake.answered >= 4, 30)
         answered = fake.answered
@@ -850,9 +857,7 @@ def reports_row(scene: Scene) -> Row:
 
     config = scene.site_config("site-e")
     for n, epsilon in enumerate((7.5, 2.0), 1):
-        agent = scene.spawn(
-            f"agent-site-e-{n}", [sys.executable, __file__, "--as-agent", str(config), "--report-epsilon", str(epsilon)]
-        )
+        agent = scene.spawn(f"agent-site-e-{n}", [*SELF, "--as-agent", str(config), "--report-epsilon", str(epsilon)])
         scene.wait(
             lambda n=n: (
                 sum(e["kind"] == "privacy_report" and e["body"]["site"] == "site-e" for e in scene.ledger_entries())

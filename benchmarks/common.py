@@ -11,6 +11,9 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+"""The source checkout the benchmarks run from (``python -m benchmarks.NAME`` in this folder)."""
+
 
 def machine_lines(packages: Sequence[str] = ()) -> list[str]:
     """Markdown bullet lines describing this machine: CPU and cores, load average, GPU if any, Python,

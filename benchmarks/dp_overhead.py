@@ -6,7 +6,7 @@
 2. Held-out pairwise accuracy after DP training at epsilon 1, 4, 8 and without DP (infinity),
    on every client of a benchmark world, through the real `train_reward_model` path.
 
-    python benchmarks/dp_overhead.py --out benchmarks/results
+    python -m benchmarks.dp_overhead --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def write_report(out: Path, overhead: list[dict], accuracy: list[dict], args, se
         "",
         f"Machine: {machine()}.",
         "",
-        f"Command: `python benchmarks/dp_overhead.py --out {args.out} --threads {args.threads}` "
+        f"Command: `python -m benchmarks.dp_overhead --out {args.out} --threads {args.threads}` "
         f"(whole run {seconds / 60:.1f} min; torch intra-op threads {args.threads}; the machine was "
         "shared with other jobs, so times are medians of interleaved repeats).",
         "",

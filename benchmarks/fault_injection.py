@@ -8,7 +8,7 @@ floods the coordinator's port with garbage frames, and kills the coordinator and
 coordinator's log; afterwards the run must have finished, the ledger verify, each site's epsilon
 match its own privacy report and the log name every fault. The test runs the same scenario.
 
-    python benchmarks/fault_injection.py --out benchmarks/results
+    python -m benchmarks.fault_injection --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import machine_and_command, machine_lines, write_markdown
 from mor_secure.demo.stages import signal_group, stop_group
 from mor_secure.events import (
     AGENT_ADMITTED,
@@ -42,8 +42,6 @@ from mor_secure.events import (
     SCORING_FAILURES,
     SITE_PUT_ASIDE,
 )
-
-from common import machine_and_command, machine_lines, write_markdown  # noqa: E402
 
 SITES = ("client-0", "client-1", "client-2")
 KILLED, STALLED, REVOKED = SITES

@@ -12,7 +12,7 @@ statistic by its mean under models the attacker trains itself (same recipe, no D
 the same distribution, removing how easy the pair is (Watson et al. 2022). Reported: attack AUC with
 a bootstrap 95% interval beside the largest AUC that (epsilon, delta)-DP permits (``max_auc``).
 
-    python benchmarks/mia_audit.py --out benchmarks/results
+    python -m benchmarks.mia_audit --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_lines, write_markdown  # noqa: E402
+from benchmarks.common import machine_lines, write_markdown
 
 EPSILONS = (1.0, 4.0, 8.0, None)  # None: no DP (epsilon infinity)
 Scorer = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], list[float]]
@@ -521,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.members, args.seeds, args.epochs, args.bootstrap = min(args.members, 40), args.seeds[:2], 20, 200
         args.shadows = min(args.shadows, 1)
-    command = " ".join(["python", "benchmarks/mia_audit.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python", "-m", "benchmarks.mia_audit", *(sys.argv[1:] if argv is None else argv)])
 
     import datasets
     import torch

@@ -11,10 +11,11 @@ seed with the ground truth as reward (the oracle: the ceiling any learned reward
 from each site's ``ScoringService`` answering the very requests sent over TLS
 (``benchmarks/local_federation.py``); bytes on the wire per GRPO step are counted from those encoded messages.
 
-    python benchmarks/privacy_utility.py --out benchmarks/results           # the committed run
-    python benchmarks/privacy_utility.py --quick --out /tmp/privacy-utility  # reduced grid
+    python -m benchmarks.privacy_utility --out benchmarks/results           # the committed run
+    python -m benchmarks.privacy_utility --quick --out /tmp/privacy-utility  # reduced grid
 
-Cells are cached in --workdir (one result.json each): an interrupted run resumes where it stopped.
+Seeds and cells are cached in --workdir (one JSON each, ``benchmarks.stages``): an interrupted run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -26,14 +27,13 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_interval, machine_lines, mean_interval, write_markdown  # noqa: E402
+from benchmarks.common import format_interval, machine_lines, mean_interval, write_markdown
+from benchmarks.stages import Task, cached_results, run_tasks
+from mor_secure.cache import read_cached, write_cached
 
 SITES = ("client-0", "client-1", "client-2")
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
@@ -120,7 +120,7 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
     folder = root / f"seed-{seed}"
     world, public = folder / "world", folder / "public"
     marker = {**{k: getattr(sizes, k) for k in PRETRAIN_FIELDS}, "sites": len(sites), "flaws": "verbose"}
-    if cached(folder / "pretrained.json", marker) is None:  # else world and bases are reused (only GRPO changed)
+    if read_cached(folder / "pretrained.json", marker) is None:  # else world and bases are reused (only GRPO changed)
         if folder.exists():  # its cells depend on what is rebuilt here
             shutil.rmtree(folder)
         generate_world(
@@ -144,7 +144,7 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
             run_sft(
                 tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3, seed=seed
             )
-        save_cached(folder / "pretrained.json", marker, {})
+        write_cached(folder / "pretrained.json", marker, {})
     warm = folder / "pretrained" / "qwen2-vl"
     return {
         "warm": policy_accuracy(warm, world),
@@ -328,9 +328,8 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> d
     at one (seed, epsilon)."""
     import torch
 
+    from benchmarks.local_federation import LocalFederation
     from coordinator.mixture.router_run import run_router
-
-    from local_federation import LocalFederation
 
     torch.set_num_threads(1)
     seed_dir = root / f"seed-{seed}"
@@ -379,40 +378,31 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> d
 # ----- the grid -----
 
 
-def _plain(sizes: Sizes | dict[str, Any]) -> Any:
-    return json.loads(json.dumps(asdict(sizes) if isinstance(sizes, Sizes) else sizes))
-
-
-def cached(path: Path, sizes: Sizes | dict[str, Any]) -> dict[str, Any] | None:
-    """A cell's result when it exists and was computed with these sizes."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data["result"] if data.get("sizes") == _plain(sizes) else None
-
-
-def save_cached(path: Path, sizes: Sizes | dict[str, Any], result: dict[str, Any]) -> None:
-    """Write what ``cached`` reads back."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"sizes": _plain(sizes), "result": result}, indent=1) + "\n", encoding="utf-8")
-
-
-def _task(kind: str, root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> dict[str, Any]:
-    """One unit of work in a worker process (spawned: its own torch with one thread, no progress bars)."""
-    import os
-
-    os.environ["TQDM_DISABLE"] = "1"
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    return prepare_seed(root, seed, sizes) if kind == "seed" else run_cell(root, seed, eps, sizes, policy)
-
-
-def _what(kind: str, seed: int, eps: float) -> str:
-    return f"seed {seed} prepared" if kind == "seed" else f"seed {seed}, epsilon {eps_name(eps)}"
+def plan(
+    root: Path, seeds: Sequence[int], epsilons: Sequence[float], sizes: Sizes, policy_epsilons: Sequence[float]
+) -> tuple[dict[str, Task], list[str]]:
+    """Every seed preparation, then every (seed, epsilon) cell after its seed (GRPO only in the cells at
+    ``policy_epsilons``), by name; and the names of the cells."""
+    tasks = {
+        f"seed {seed} prepared": Task(
+            root / f"seed-{seed}" / "prepared.json", prepare_seed, (root, seed, sizes), asdict(sizes)
+        )
+        for seed in seeds
+    }
+    cells = []
+    for seed in seeds:
+        for eps in epsilons:
+            policy = eps in policy_epsilons
+            name = f"seed {seed}, epsilon {eps_name(eps)}"
+            tasks[name] = Task(
+                root / f"seed-{seed}" / f"eps-{eps_name(eps)}" / "result.json",
+                run_cell,
+                (root, seed, eps, sizes, policy),
+                {**asdict(sizes), "policy": policy},
+                after=(f"seed {seed} prepared",),
+            )
+            cells.append(name)
+    return tasks, cells
 
 
 def run_grid(
@@ -423,54 +413,17 @@ def run_grid(
     jobs: int,
     policy_epsilons: Sequence[float] = POLICY_EPSILONS,
 ) -> dict[str, Any]:
-    """Every seed preparation, then every (seed, epsilon) cell, ``jobs`` at a time (GRPO only in the cells at
-    ``policy_epsilons``); cached in ``root``."""
-    results: dict[str, Any] = {"seeds": {}, "cells": [], "computed": 0, "from_cache": 0}
-    pending: dict[Future, tuple[str, int, float]] = {}
-
-    def record(kind: str, seed: int, eps: float, result: dict[str, Any]) -> None:
-        if kind == "seed":
-            results["seeds"][seed] = result
-        else:
-            results["cells"].append(result)
-
-    def result_path(kind: str, seed: int, eps: float) -> Path:
-        folder = root / f"seed-{seed}"
-        return folder / ("prepared.json" if kind == "seed" else f"eps-{eps_name(eps)}" / Path("result.json"))
-
-    def marker(kind: str, eps: float) -> Sizes | dict[str, Any]:
-        return sizes if kind == "seed" else {**asdict(sizes), "policy": eps in policy_epsilons}
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-
-        def submit(kind: str, seed: int, eps: float) -> None:
-            hit = cached(result_path(kind, seed, eps), marker(kind, eps))
-            if hit is not None:
-                print(f"cached: {_what(kind, seed, eps)}", flush=True)
-                record(kind, seed, eps, hit)
-                results["from_cache"] += 1
-                if kind == "seed":
-                    for e in epsilons:
-                        submit("cell", seed, e)
-                return
-            pending[pool.submit(_task, kind, root, seed, eps, sizes, eps in policy_epsilons)] = (kind, seed, eps)
-
-        for seed in seeds:
-            submit("seed", seed, math.nan)
-        start = time.perf_counter()
-        while pending:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in done:
-                kind, seed, eps = pending.pop(future)
-                result = future.result()
-                save_cached(result_path(kind, seed, eps), marker(kind, eps), result)
-                record(kind, seed, eps, result)
-                results["computed"] += 1
-                print(f"[{time.perf_counter() - start:7.0f} s] done: {_what(kind, seed, eps)}", flush=True)
-                if kind == "seed":
-                    for e in epsilons:
-                        submit("cell", seed, e)
-    return results
+    """Every seed preparation and (seed, epsilon) cell, ``jobs`` at a time, cached in ``root``: the seeds'
+    results, the cells' and how many were computed now or read from the cache."""
+    tasks, cells = plan(root, seeds, epsilons, sizes, policy_epsilons)
+    from_cache = len(cached_results(tasks))
+    done = run_tasks(tasks, jobs)
+    return {
+        "seeds": {seed: done[f"seed {seed} prepared"] for seed in seeds},
+        "cells": [done[name] for name in cells],
+        "computed": len(tasks) - from_cache,
+        "from_cache": from_cache,
+    }
 
 
 # ----- the report -----
@@ -833,7 +786,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = list(range(1 if args.quick else args.seeds))
     if not seeds or any(e <= 0 for e in epsilons) or args.jobs < 1:
         parser.error("--seeds and --jobs must be >= 1 and every epsilon > 0")
-    command = " ".join(["python", "benchmarks/privacy_utility.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python", "-m", "benchmarks.privacy_utility", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_lines(["torch", "transformers", "trl", "opacus"])
     start = time.perf_counter()
     results = run_grid(args.workdir.resolve(), seeds, epsilons, sizes, args.jobs, policy_epsilons)

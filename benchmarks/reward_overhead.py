@@ -8,7 +8,7 @@ directly. Modes alternate over repeats (the machine may be shared); the first st
 warm-up and skipped. The federation, models and policy come from a `mor demo --quick` work folder,
 built first when ``--workdir`` holds none.
 
-    python benchmarks/reward_overhead.py --out benchmarks/results
+    python -m benchmarks.reward_overhead --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_and_command, machine_lines, write_markdown  # noqa: E402
+from benchmarks.common import machine_and_command, machine_lines, write_markdown
 
 MODES = ("remote", "local")
 LABELS = {"remote": "remote agents over mTLS", "local": "same models in process"}

@@ -7,7 +7,7 @@ adversaries are the sharp expert of domain 0 (then also of domain 1), turned to 
 inverted, random, or that favour one fixed wrong answer. Every strategy is the project's own code:
 the Calibrator, train_router / pairwise_accuracy and coordinator.mixture.trust.agreement_trust.
 
-    python benchmarks/robustness.py --out benchmarks/results
+    python -m benchmarks.robustness --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coordinator.mixture.calibration import Calibrator  # noqa: E402
-from coordinator.mixture.router import pairwise_accuracy, pairwise_wins, train_router  # noqa: E402
-from coordinator.mixture.trust import agreement_trust  # noqa: E402
-
-from common import format_interval, machine_lines, mean_interval, write_markdown  # noqa: E402
-from synthetic import PairWorld, SyntheticClient, make_world, raw_pair_scores  # noqa: E402
+from benchmarks.common import format_interval, machine_lines, mean_interval, write_markdown
+from benchmarks.synthetic import PairWorld, SyntheticClient, make_world, raw_pair_scores
+from coordinator.mixture.calibration import Calibrator
+from coordinator.mixture.router import pairwise_accuracy, pairwise_wins, train_router
+from coordinator.mixture.trust import agreement_trust
 
 SITES = ["a-sharp", "a-weak", "b-sharp", "b-weak"]
 CLIENTS = [
@@ -263,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds < 1 or args.pairs < 30 or args.epochs < 1:
         parser.error("--seeds and --epochs must be >= 1 and --pairs >= 30")
     torch.set_num_threads(1)  # tiny MLPs on a shared machine: intra-op threads only spin
-    command = " ".join(["python", "benchmarks/robustness.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python", "-m", "benchmarks.robustness", *(sys.argv[1:] if argv is None else argv)])
     start = time.perf_counter()
     rows = [run_setting(attack, n_adv, seed, args) for attack, n_adv in settings() for seed in range(args.seeds)]
     summary = summarise(rows)

@@ -11,8 +11,8 @@ the router is trained with ``[router] defence = "none"`` and ``"agreement"``, a 
 trained on the sites' data with the adversary's pairs poisoned the same way, and GRPO trains the warm start
 with each reward: MoR, MoR + defence, uniform and FedAvg RM.
 
-    python benchmarks/robustness_policy.py --out benchmarks/results            # 4 settings, 2 seeds
-    python benchmarks/robustness_policy.py --quick --out /tmp/robustness-policy  # smoke run of every stage
+    python -m benchmarks.robustness_policy --out benchmarks/results            # 4 settings, 2 seeds
+    python -m benchmarks.robustness_policy --quick --out /tmp/robustness-policy  # smoke run of every stage
 
 Every stage is cached in --workdir (one JSON each): an interrupted run resumes where it stopped.
 """
@@ -28,18 +28,17 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_interval as _pm  # noqa: E402
-from common import machine_lines, mean_interval, write_markdown  # noqa: E402
-from local_federation import Poison  # noqa: E402
-from privacy_utility import FULL, QUICK, Sizes, cached, eps_name, save_cached  # noqa: E402
+from benchmarks.common import format_interval as _pm
+from benchmarks.common import machine_lines, mean_interval, write_markdown
+from benchmarks.local_federation import Poison
+from benchmarks.privacy_utility import FULL, QUICK, Sizes, eps_name
+from benchmarks.stages import Task, cached_results, run_tasks
+from mor_secure.cache import read_cached
 
 SITES = ("client-0", "client-1", "client-2", "client-3")
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava", "dual-encoder")
@@ -174,15 +173,14 @@ def prepare(root: Path, grid: Grid, seed: int, bases: Path | None) -> dict[str, 
     With ``bases`` (a privacy/utility work folder holding this seed prepared at the same sizes) only the
     4-site world is generated here; the public data, pretrained bases, warm-start and oracle accuracy are
     that run's (the same seed gives the same held-out questions and router pairs)."""
+    from benchmarks import privacy_utility
+    from benchmarks.local_federation import LocalFederation
     from coordinator.mixture.router_run import pair_items
     from mor_secure.data.loader import load_preferences
     from mor_secure.data.world import generate_world
 
-    import privacy_utility
-    from local_federation import LocalFederation
-
     seed_dir = root / f"seed-{seed}"
-    reused = bases and cached(bases / f"seed-{seed}" / "prepared.json", grid.sizes)
+    reused = bases and read_cached(bases / f"seed-{seed}" / "prepared.json", asdict(grid.sizes))
     if reused:
         if seed_dir.exists():
             shutil.rmtree(seed_dir)
@@ -234,14 +232,13 @@ def fedavg_data(seed_dir: Path, setting_dir: Path, setting: str, seed: int) -> t
 
 def routers(root: Path, grid: Grid, seed: int, setting: str, prepared: dict[str, Any]) -> dict[str, Any]:
     """The router with each defence over the (poisoned) federation, and the FedAvg RM on poisoned data."""
+    from benchmarks import privacy_utility
+    from benchmarks.local_federation import LocalFederation
     from coordinator.baselines.fedavg import train_fedavg
     from coordinator.mixture.router_run import run_router
     from coordinator.mixture.trust import TrustError
     from mor_secure.data.loader import load_preferences
     from mor_secure.ledger import read_entries
-
-    import privacy_utility
-    from local_federation import LocalFederation
 
     seed_dir = root / f"seed-{seed}"
     setting_dir = seed_dir / folder_name(setting)
@@ -323,10 +320,9 @@ def policy(
 ) -> dict[str, Any]:
     """GRPO of the warm start with ``method``'s reward over the (poisoned) federation, then its held-out
     accuracy. MoR + defence reuses MoR's run when the defence kept every site (byte-identical mixture)."""
+    from benchmarks import privacy_utility
+    from benchmarks.local_federation import LocalFederation
     from coordinator.config import load_coordinator_config
-
-    import privacy_utility
-    from local_federation import LocalFederation
 
     seed_dir = root / f"seed-{seed}"
     run_dir = seed_dir / folder_name(setting) / ("agreement" if method == "mor-defence" else "none")
@@ -359,78 +355,39 @@ def policy(
     return {**result, "quorum": quorum}
 
 
-# ----- scheduling: stages as tasks with dependencies, cached on disk -----
+# ----- the plan: stages as tasks with dependencies (run by benchmarks.stages) -----
 
 
-@dataclass(frozen=True)
-class Task:
-    """One cached stage: ``fn(root, grid, *args, *results of deps)`` run in a worker process."""
-
-    path: Path
-    fn: Callable[..., dict[str, Any]]
-    args: tuple[Any, ...]
-    deps: tuple[str, ...] = ()
-
-
-def plan(root: Path, seeds: Sequence[int], settings: Sequence[str], bases: Path | None = None) -> dict[str, Task]:
+def plan(
+    root: Path, grid: Grid, seeds: Sequence[int], settings: Sequence[str], bases: Path | None = None
+) -> dict[str, Task]:
     """Every stage of the grid by name, in the order ready stages start: seed by seed, and within a seed the
     routers of every setting, then MoR's GRPO in every setting, then each other method's (so a run cut short
     still has the target's comparison)."""
     tasks: dict[str, Task] = {}
     for seed in seeds:
         folder = root / f"seed-{seed}"
-        tasks[f"seed {seed}"] = Task(folder / "prepared.json", prepare, (seed, bases))
+        tasks[f"seed {seed}"] = Task(folder / "prepared.json", prepare, (root, grid, seed, bases), grid.stamp())
         for setting in settings:
             tasks[f"seed {seed}, {setting}: routers"] = Task(
-                folder / folder_name(setting) / "routers.json", routers, (seed, setting), (f"seed {seed}",)
+                folder / folder_name(setting) / "routers.json",
+                routers,
+                (root, grid, seed, setting),
+                grid.stamp(),
+                inputs=(f"seed {seed}",),
             )
         for method in METHODS:
             for setting in settings:
                 key = f"seed {seed}, {setting}"
                 deps = (f"seed {seed}", f"{key}: routers") + ((f"{key}: mor",) if method == "mor-defence" else ())
                 tasks[f"{key}: {method}"] = Task(
-                    folder / folder_name(setting) / f"policy-{method}.json", policy, (seed, setting, method), deps
+                    folder / folder_name(setting) / f"policy-{method}.json",
+                    policy,
+                    (root, grid, seed, setting, method),
+                    grid.stamp(),
+                    inputs=deps,
                 )
     return tasks
-
-
-def _quiet() -> None:
-    """Worker start: one torch thread, no progress bars (spawned processes, one per core)."""
-    import os
-
-    os.environ["TQDM_DISABLE"] = "1"
-    import datasets
-    import torch
-    import transformers
-
-    torch.set_num_threads(1)
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def run_tasks(root: Path, tasks: dict[str, Task], grid: Grid, jobs: int) -> dict[str, dict[str, Any]]:
-    """Run the tasks, ``jobs`` at a time, each once its dependencies are done, earliest in ``tasks`` first (so
-    the first seed finishes before the next one's late stages); results by name (cached ones read)."""
-    done = {name: hit for name, task in tasks.items() if (hit := cached(task.path, grid.stamp())) is not None}
-    for name in done:
-        print(f"cached: {name}", flush=True)
-    pending: dict[Future, tuple[str, float]] = {}
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_quiet) as pool:
-        while len(done) < len(tasks):
-            busy = {name for name, _ in pending.values()}
-            for name, task in tasks.items():
-                ready = name not in done and name not in busy and all(d in done for d in task.deps)
-                if ready and len(pending) < jobs:
-                    future = pool.submit(task.fn, root, grid, *task.args, *(done[d] for d in task.deps))
-                    pending[future] = name, time.perf_counter()
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in finished:
-                name, began = pending.pop(future)
-                done[name] = {**future.result(), "stage_seconds": time.perf_counter() - began}
-                save_cached(tasks[name].path, grid.stamp(), done[name])
-                print(f"[{time.perf_counter() - start:7.0f} s] done: {name}", flush=True)
-    return done
 
 
 # ----- the report -----
@@ -889,16 +846,16 @@ def main(argv: list[str] | None = None) -> None:
     seeds = list(range(1 if args.quick else args.seeds))
     if not seeds or args.jobs < 1 or not grid.epsilon > 0:
         parser.error("--seeds and --jobs must be >= 1 and --epsilon > 0")
-    command = shlex.join(["python", "benchmarks/robustness_policy.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "benchmarks.robustness_policy", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_lines(["torch", "transformers", "trl", "opacus"])
     start = time.perf_counter()
     root = args.workdir.resolve()
     bases = args.bases.resolve() if args.bases else None
-    tasks = plan(root, seeds, settings, bases)
+    tasks = plan(root, grid, seeds, settings, bases)
     if args.report_only:
-        results = {name: hit for name, task in tasks.items() if (hit := cached(task.path, grid.stamp())) is not None}
+        results = cached_results(tasks)
     else:
-        results = run_tasks(root, tasks, grid, args.jobs)
+        results = run_tasks(tasks, args.jobs)
     summary = summarise(results, seeds, settings)
     write_report(
         args.out,

@@ -6,13 +6,9 @@ Each is built once per test session into pytest's temporary folder (never downlo
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-# The benchmark scripts are not a package: tests import them (and their `common`) by module name.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

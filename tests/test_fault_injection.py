@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def faults():
-    import fault_injection
+    from benchmarks import fault_injection
 
     return fault_injection
 

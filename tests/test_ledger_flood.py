@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from benchmarks.abuse_peers import plaintext_flood
 from coordinator.config import load_coordinator_config
 from coordinator.federation.service import Federation
 from mor_secure import pki
@@ -16,8 +17,6 @@ from mor_secure.ledger import read_entries, summarize, verify
 from mor_secure.transport import ClientOptions, TLSClient
 from mor_secure.transport.contexts import context_factory
 from tests.site_helpers import coordinator_toml, free_port, make_ca
-
-from abuse_peers import plaintext_flood
 
 
 def _until(predicate, timeout: float = 20.0) -> bool:

@@ -11,7 +11,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def mia():
-    import mia_audit
+    from benchmarks import mia_audit
 
     return mia_audit
 
@@ -125,5 +125,5 @@ def test_tiny_audit_end_to_end_with_tls(mia, tmp_path):
     assert 0 <= dp["ci"][0] <= dp["auc"] <= dp["ci"][1] <= 1 and "shadow_auc" in dp
     report = (tmp_path / "mia_audit.md").read_text()
     assert "max AUC = (1 - delta)(e^eps + delta) / (e^eps + 1) + delta" in report
-    assert "Command: `python benchmarks/mia_audit.py --members 8" in report and "- CPU:" in report
+    assert "Command: `python -m benchmarks.mia_audit --members 8" in report and "- CPU:" in report
     assert (tmp_path / "mia_audit.png").stat().st_size > 0

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, capsys):
-    import privacy_utility
+    from benchmarks import privacy_utility
 
     out, work = tmp_path / "out", tmp_path / "work"
     privacy_utility.main(["--quick", "--out", str(out), "--workdir", str(work), "--jobs", "2"])
@@ -58,14 +58,13 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
 
 
 def test_local_federation_answers_what_the_scoring_service_answers(world_dir, tmp_path):
+    from benchmarks.local_federation import LocalFederation
     from client_agent.config import ServeSection
     from client_agent.scoring import ScoringService
     from coordinator.federation.service import build_requests
     from mor_secure.data.loader import load_preferences
     from mor_secure.rewards import build_reward_model, load_reward_model
     from mor_secure.rewards.config import ModelSection
-
-    from local_federation import LocalFederation
 
     build_reward_model(ModelSection(), seed=3).save(tmp_path / "site-model")
     rows = load_preferences(world_dir / "client-0", split="test").select(range(6))

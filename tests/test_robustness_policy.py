@@ -12,13 +12,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_poisons_rewrite_scores_at_the_scoring_interface(world_dir, tmp_path):
+    from benchmarks.local_federation import LocalFederation
+    from benchmarks.robustness_policy import FIXED_WORD, FixedWrong, Inverted, RandomScores
     from mor_secure.data.loader import load_preferences
     from mor_secure.data.schema import assistant_message
     from mor_secure.rewards import build_reward_model
     from mor_secure.rewards.config import ModelSection
-
-    from local_federation import LocalFederation
-    from robustness_policy import FIXED_WORD, FixedWrong, Inverted, RandomScores
 
     for seed, site in enumerate(("a", "b")):
         build_reward_model(ModelSection(), seed=seed).save(tmp_path / site)
@@ -51,10 +50,9 @@ def test_poisons_rewrite_scores_at_the_scoring_interface(world_dir, tmp_path):
 
 
 def test_poisoned_fedavg_data_swaps_what_the_report_says(world_dir):
+    from benchmarks.robustness_policy import FIXED_WORD, poison_pairs
     from coordinator.policy.evaluation import parse_answer
     from mor_secure.data.loader import load_preferences
-
-    from robustness_policy import FIXED_WORD, poison_pairs
 
     rows = load_preferences(world_dir / "client-0", split="train")
     inverted, n = poison_pairs(rows, "inverted", 0)
@@ -67,7 +65,7 @@ def test_poisoned_fedavg_data_swaps_what_the_report_says(world_dir):
 
 
 def test_reduced_grid_runs_every_stage_into_the_report(tmp_path):
-    import robustness_policy
+    from benchmarks import robustness_policy
 
     out, work = tmp_path / "out", tmp_path / "work"
     robustness_policy.main(["--quick", "--out", str(out), "--workdir", str(work), "--jobs", "2"])

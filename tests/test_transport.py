@@ -15,13 +15,12 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.abuse_peers import RawPeer
 from mor_secure import pki, protocol
 from mor_secure.pki.keys import load_private_key, signing_hash
 from mor_secure.protocol import HealthReply, HealthRequest
 from mor_secure.transport import AgentRefused, ClientOptions, EndKind, ServerOptions, SessionEnded, TLSClient, TLSServer
 from mor_secure.transport.tls import TLSSession
-
-from abuse_peers import RawPeer
 
 ALLOW = ["site-a", "site-c", "site-r1", "site-r2", "site-old", "site-new"]
 FAST = ClientOptions(

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.abuse_peers import FakeCoordinator, HalfOpenFlood, hostile_coordinator, plaintext_flood
 from mor_secure import pki, protocol
 from mor_secure.logs import KeyValueFormatter
 from mor_secure.transport import ClientOptions, ServerOptions, TLSClient, TLSServer
 from tests.site_helpers import free_port
 from tests.test_transport import RawAgent, _client_ctx, _server_ctx, _wait
-
-from abuse_peers import FakeCoordinator, HalfOpenFlood, hostile_coordinator, plaintext_flood
 
 ALLOW = ["site-a", "site-b"]
 QUICK = ClientOptions(

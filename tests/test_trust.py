@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from benchmarks.synthetic import SyntheticClient, make_world, raw_pair_scores
 from coordinator.config import load_coordinator_config
 from coordinator.mixture.calibration import Calibrator
 from coordinator.mixture.fusion import Quorum, ScoreItem, UniformMean
@@ -22,8 +23,6 @@ from coordinator.mixture.trust import Trusted, TrustError, agreement_trust, mask
 from mor_secure.config import ConfigError
 from mor_secure.ledger import PrivacyLedger, read_entries, verify
 from tests.site_helpers import coordinator_toml
-
-from synthetic import SyntheticClient, make_world, raw_pair_scores
 
 HONEST = {
     "a": SyntheticClient("expert", (0,), offset=1.0, scale=2.0),

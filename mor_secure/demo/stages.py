@@ -2,13 +2,12 @@
 
 Every command a stage runs is a ``mor`` subprocess (``python -m mor_secure.cli``), in its own process
 group with its output appended to ``workdir/logs/STAGE.log``. A stage that finished writes
-``workdir/.stages/STAGE.json`` with the parameters that made it; a later run skips it when they are
-unchanged (and nothing before it was rebuilt), so a second run reuses what is already built.
+``workdir/.stages/STAGE.json`` with the parameters that made it (``mor_secure.cache``); a later run skips
+it when they are unchanged (and nothing before it was rebuilt), so a second run reuses what is built.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mor_secure.cache import read_cached, write_cached
 from mor_secure.errors import MorError
 
 TAIL_LINES = 25
@@ -182,12 +182,8 @@ class StageRunner:
     def _is_built(self, stage: Stage) -> bool:
         if stage.always or self._rebuilt:
             return False
-        try:
-            marker = json.loads(self._marker(stage).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        params = json.loads(json.dumps(stage.params))  # as the marker stores them (tuples become lists)
-        return marker.get("params") == params and all(Path(p).exists() for p in stage.outputs)
+        built = read_cached(self._marker(stage), stage.params)
+        return built is not None and all(Path(p).exists() for p in stage.outputs)
 
     def run(self, stages: Sequence[Stage]) -> None:
         """Run or skip each stage; a failure raises ``DemoError`` (its marker is removed, the workdir stays)."""
@@ -217,7 +213,4 @@ class StageRunner:
             self.console.print(f"{label} [green]done[/green] in {self.timings[stage.name]:.1f}s")
             if not stage.always:
                 self._rebuilt = True
-                self._marker(stage).write_text(
-                    json.dumps({"params": stage.params, "seconds": self.timings[stage.name]}, indent=2) + "\n",
-                    encoding="utf-8",
-                )
+                write_cached(self._marker(stage), stage.params, {"seconds": self.timings[stage.name]})
