@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mor_secure.reporting import figure, markdown_table
+
 SECTIONS = (
     "## Privacy: epsilon per site (verified ledger)",
     "## Site reward models on their own held-out pairs",
@@ -36,10 +38,6 @@ def grpo_history(grpo_out: Path) -> list[dict[str, Any]]:
     return [h for h in _read(checkpoints[-1] / "trainer_state.json")["log_history"] if "kl" in h]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def _plot(
     path: Path,
     before: dict,
@@ -49,44 +47,37 @@ def _plot(
     sites: list[str],
     history: list[dict],
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    domains = sorted(before["per_domain"])
-    xs = range(len(domains) + 1)
-    for offset, (label, result) in zip((-0.2, 0.2), (("before GRPO", before), ("after GRPO", after))):
-        values = [result["per_domain"].get(d, {}).get("accuracy", 0.0) for d in domains] + [result["accuracy"]]
-        axes[0, 0].bar([x + offset for x in xs], values, width=0.4, label=label)
-    axes[0, 0].set_xticks(list(xs), domains + ["all"])
-    axes[0, 0].set_ylim(0, 1)
-    axes[0, 0].set_title("Policy accuracy on held-out questions")
-    axes[0, 0].legend()
-    names = [n for n, _ in accuracy]
-    axes[0, 1].barh(names, [0.0 if math.isnan(v) else v for _, v in accuracy], color="tab:green")
-    axes[0, 1].axvline(0.5, color="grey", linestyle=":")
-    axes[0, 1].set_xlim(0, 1)
-    axes[0, 1].set_title("Held-out pairwise reward accuracy")
-    weight_domains = sorted(weights)
-    bottom = [0.0] * len(weight_domains)
-    for site in sites:
-        values = [weights[d][site] for d in weight_domains]
-        axes[1, 0].bar(weight_domains, values, bottom=bottom, label=site)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    axes[1, 0].set_title("Mean router weight per domain")
-    axes[1, 0].legend()
-    if history:
-        steps = [h["step"] for h in history]
-        axes[1, 1].plot(steps, [h.get("reward", math.nan) for h in history], label="MoR reward")
-        axes[1, 1].plot(steps, [h["kl"] for h in history], label="KL to the warm start")
-        axes[1, 1].set_xlabel("GRPO step")
-        axes[1, 1].legend()
-    axes[1, 1].set_title("GRPO training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """Draw the report's four panels (policy accuracy, reward accuracy, router weights, GRPO) into ``path``."""
+    with figure(path, rows=2, cols=2, size=(12, 8), dpi=100) as (_, axes):
+        domains = sorted(before["per_domain"])
+        xs = range(len(domains) + 1)
+        for offset, (label, result) in zip((-0.2, 0.2), (("before GRPO", before), ("after GRPO", after))):
+            values = [result["per_domain"].get(d, {}).get("accuracy", 0.0) for d in domains] + [result["accuracy"]]
+            axes[0, 0].bar([x + offset for x in xs], values, width=0.4, label=label)
+        axes[0, 0].set_xticks(list(xs), domains + ["all"])
+        axes[0, 0].set_ylim(0, 1)
+        axes[0, 0].set_title("Policy accuracy on held-out questions")
+        axes[0, 0].legend()
+        names = [n for n, _ in accuracy]
+        axes[0, 1].barh(names, [0.0 if math.isnan(v) else v for _, v in accuracy], color="tab:green")
+        axes[0, 1].axvline(0.5, color="grey", linestyle=":")
+        axes[0, 1].set_xlim(0, 1)
+        axes[0, 1].set_title("Held-out pairwise reward accuracy")
+        weight_domains = sorted(weights)
+        bottom = [0.0] * len(weight_domains)
+        for site in sites:
+            values = [weights[d][site] for d in weight_domains]
+            axes[1, 0].bar(weight_domains, values, bottom=bottom, label=site)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        axes[1, 0].set_title("Mean router weight per domain")
+        axes[1, 0].legend()
+        if history:
+            steps = [h["step"] for h in history]
+            axes[1, 1].plot(steps, [h.get("reward", math.nan) for h in history], label="MoR reward")
+            axes[1, 1].plot(steps, [h["kl"] for h in history], label="KL to the warm start")
+            axes[1, 1].set_xlabel("GRPO step")
+            axes[1, 1].legend()
+        axes[1, 1].set_title("GRPO training")
 
 
 def _site_rows(folder: Path, sites: list[str]) -> list[list[str]]:
@@ -159,7 +150,7 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
         "`mor ledger verify`: " + (results / "ledger_verify.txt").read_text(encoding="utf-8").strip(),
         "",
     ]
-    lines += _table(
+    lines += markdown_table(
         ["site", "epsilon", "delta", "accountant", "signed reports", "items scored", "refusals"],
         [
             [
@@ -191,7 +182,7 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
         "(all answers in all styles, other types' answers, junk), which is what GRPO climbs.",
         "",
     ]
-    lines += _table(
+    lines += markdown_table(
         ["site", "domain", "pairs", "pairwise (own domain)", "top-1 (own domain)", "pairwise (all)"],
         _site_rows(workdir / "results" / "sites", sites),
     )
@@ -204,7 +195,9 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
         " client-k holds mostly the k-th domain (detail, medical, chart).",
         "",
     ]
-    lines += _table(["domain", *sites], [[d, *(f"{w[s]:.2f}" for s in sites)] for d, w in router["weights_by"].items()])
+    lines += markdown_table(
+        ["domain", *sites], [[d, *(f"{w[s]:.2f}" for s in sites)] for d, w in router["weights_by"].items()]
+    )
     lines += [
         "",
         SECTIONS[3],
@@ -212,7 +205,7 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
         f"Held-out pairwise accuracy (chosen scored above rejected) on {router['test_pairs']} router test pairs.",
         "",
     ]
-    lines += _table(["reward", "accuracy"], [[n, _pct(v)] for n, v in accuracy])
+    lines += markdown_table(["reward", "accuracy"], [[n, _pct(v)] for n, v in accuracy])
     mor, uniform = router["accuracy"], router["uniform_accuracy"]
     verdict = (
         "MoR beats the uniform mean"
@@ -255,7 +248,7 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
             _pct(after["concise_share"]),
         ]
     )
-    lines += _table(["domain", "accuracy before", "accuracy after", "concise before", "concise after"], rows)
+    lines += markdown_table(["domain", "accuracy before", "accuracy after", "concise before", "concise after"], rows)
     lines += ["", _policy_verdict(before, after, mor, history)]
     lines += ["", SECTIONS[5], ""]
     if history:
@@ -271,7 +264,7 @@ def write_report(workdir: Path, profile_name: str, profile: dict[str, Any], timi
     else:
         lines += ["No GRPO history found."]
     lines += ["", SECTIONS[6], ""]
-    lines += _table(["stage", "seconds"], [[s, "reused" if t == 0 else f"{t:.1f}"] for s, t in timings.items()])
+    lines += markdown_table(["stage", "seconds"], [[s, "reused" if t == 0 else f"{t:.1f}"] for s, t in timings.items()])
     lines += ["", f"Total: {sum(timings.values()):.1f} s (stages run this time).", "", "![demo plot](report.png)", ""]
     _plot(workdir / "report.png", before, after, accuracy, router["weights_by"], sites, history)
     path = workdir / "report.md"
