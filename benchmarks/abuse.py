@@ -39,6 +39,7 @@ from benchmarks.abuse_peers import (
     plaintext_flood,
 )
 from benchmarks.common import CHECKOUT, machine_lines, write_markdown
+from mor_secure.reporting import markdown_table
 
 SELF = [sys.executable, "-m", "benchmarks.abuse"]
 """How this benchmark starts its own hostile peers and coordinator as processes (from the checkout)."""
@@ -976,15 +977,13 @@ def report(rows: list[Row], scene: Scene, summary: dict[str, Any], machine: list
         "and whether each kept its session. *Lost* is about the attacked party itself (alive, data intact). "
         "Hostile agents dial from their own loopback addresses (127.0.0.2 ...), as distinct hosts would.",
         "",
-        "| item | attack | outcome | legitimate sites | lost | held |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.item} | {cell(r.attack)} | {cell(r.outcome)} | {cell(r.legit)} | {cell(r.lost)} | "
-            f"{'yes' if r.held else '**NO**'} |"
-        )
-    lines += [
+        *markdown_table(
+            ["item", "attack", "outcome", "legitimate sites", "lost", "held"],
+            [
+                [r.item, cell(r.attack), cell(r.outcome), cell(r.legit), cell(r.lost), "yes" if r.held else "**NO**"]
+                for r in rows
+            ],
+        ),
         "",
         "## After the run",
         "",

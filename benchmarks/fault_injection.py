@@ -42,6 +42,7 @@ from mor_secure.events import (
     SCORING_FAILURES,
     SITE_PUT_ASIDE,
 )
+from mor_secure.reporting import markdown_table
 
 SITES = ("client-0", "client-1", "client-2")
 KILLED, STALLED, REVOKED = SITES
@@ -916,14 +917,19 @@ def _cell(text: str) -> str:
 
 def table(rows: Sequence[Outcome], first: str = "fault") -> list[str]:
     """Markdown rows: what, when, what the coordinator logged, outcome, pass/fail."""
-    lines = [f"| {first} | when (step / s) | what the coordinator logged | outcome | result |", "|---|---|---|---|---|"]
-    for o in rows:
-        verdict = "pass" if o.passed else "**FAIL**: " + "; ".join(o.problems)
-        lines.append(
-            f"| {_cell(o.fault)} | {o.step} / {o.seconds:g} | {_cell(o.logged)} | {_cell(o.outcome)} | "
-            f"{_cell(verdict)} |"
-        )
-    return lines
+    return markdown_table(
+        [first, "when (step / s)", "what the coordinator logged", "outcome", "result"],
+        [
+            [
+                _cell(o.fault),
+                f"{o.step} / {o.seconds:g}",
+                _cell(o.logged),
+                _cell(o.outcome),
+                _cell("pass" if o.passed else "**FAIL**: " + "; ".join(o.problems)),
+            ]
+            for o in rows
+        ],
+    )
 
 
 def report(result: Result, machine: list[str], command: str) -> list[str]:
