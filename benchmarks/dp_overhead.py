@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mor_secure.reporting import figure, markdown_table
+
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
 EPSILONS = (1.0, 4.0, 8.0, None)  # None: no DP
 HYPER = {
@@ -199,11 +201,6 @@ def machine() -> str:
 
 
 def write_report(out: Path, overhead: list[dict], accuracy: list[dict], args, seconds: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary = {}
     for family in FAMILIES:
         runs = [r for r in overhead if r["family"] == family]
@@ -246,17 +243,29 @@ def write_report(out: Path, overhead: list[dict], accuracy: list[dict], args, se
         "",
         "Times are those of the repeat with the median ratio; the ratio of every repeat is in brackets.",
         "",
-        "| family | trainable / total weights | plain ms/step | DP ms/step | DP / plain (each repeat) | "
-        "step memory plain / DP (MB) | process peak (MB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for family, s in summary.items():
-        lines.append(
-            f"| {family} | {s['trainable']:,} / {s['total']:,} | {s['plain_ms']:.1f} | {s['dp_ms']:.1f} | "
-            f"**{s['ratio']:.2f}x** ({', '.join(f'{r:.2f}' for r in s['ratios'])}) | "
-            f"{s['plain_mb']:.1f} / {s['dp_mb']:.1f} | {s['peak_mb']:.0f} |"
-        )
-    lines += [
+        *markdown_table(
+            [
+                "family",
+                "trainable / total weights",
+                "plain ms/step",
+                "DP ms/step",
+                "DP / plain (each repeat)",
+                "step memory plain / DP (MB)",
+                "process peak (MB)",
+            ],
+            [
+                [
+                    family,
+                    f"{s['trainable']:,} / {s['total']:,}",
+                    f"{s['plain_ms']:.1f}",
+                    f"{s['dp_ms']:.1f}",
+                    f"**{s['ratio']:.2f}x** ({', '.join(f'{r:.2f}' for r in s['ratios'])})",
+                    f"{s['plain_mb']:.1f} / {s['dp_mb']:.1f}",
+                    f"{s['peak_mb']:.0f}",
+                ]
+                for family, s in summary.items()
+            ],
+        ),
         "",
         "Target: a DP step at most 1.3x a plain one for the LoRA families (qwen2-vl, llava).",
         "",
@@ -272,15 +281,16 @@ def write_report(out: Path, overhead: list[dict], accuracy: list[dict], args, se
         + "; ".join(f"{f} {h['epochs']} epochs, lr {h['lr']}" for f, h in HYPER_NO_DP.items())
         + ".",
         "",
-        "| family | " + " | ".join(f"eps {e:g}" if e else "no DP (inf)" for e in EPSILONS) + " |",
-        "|---|" + "---|" * len(EPSILONS),
     ]
-    for family in FAMILIES:
-        cells = []
-        for eps in EPSILONS:
-            mean, values = acc(family, eps)
-            cells.append(f"{mean:.3f} [{', '.join(f'{v:.2f}' for v in values)}]")
-        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+
+    def accuracy_cell(family: str, eps: float | None) -> str:
+        mean, values = acc(family, eps)
+        return f"{mean:.3f} [{', '.join(f'{v:.2f}' for v in values)}]"
+
+    lines += markdown_table(
+        ["family", *(f"eps {e:g}" if e else "no DP (inf)" for e in EPSILONS)],
+        [[family, *(accuracy_cell(family, eps) for eps in EPSILONS)] for family in FAMILIES],
+    )
     test_pairs = sorted({r["test_pairs"] for r in accuracy})
     lora = [f for f in FAMILIES if f != "dual-encoder"]
     dual_dp = statistics.mean(acc("dual-encoder", e)[0] for e in EPSILONS if e)
@@ -328,28 +338,26 @@ def write_report(out: Path, overhead: list[dict], accuracy: list[dict], args, se
             )
         )
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    x = range(len(FAMILIES))
-    left.bar([i - 0.2 for i in x], [summary[f]["plain_ms"] for f in FAMILIES], 0.4, label="plain")
-    left.bar([i + 0.2 for i in x], [summary[f]["dp_ms"] for f in FAMILIES], 0.4, label="DP (Opacus)")
-    for i, f in enumerate(FAMILIES):
-        left.text(i + 0.2, summary[f]["dp_ms"], f"{summary[f]['ratio']:.2f}x", ha="center", va="bottom")
-    left.set_xticks(list(x), FAMILIES)
-    left.set_yscale("log")
-    left.set_ylabel(f"ms per step ({args.batch} pairs, log scale)")
-    left.set_title("Step time, same batch")
-    left.legend()
-    labels = [f"{e:g}" if e else "inf" for e in EPSILONS]
-    for family in FAMILIES:
-        right.plot(labels, [acc(family, e)[0] for e in EPSILONS], marker="o", label=family)
-    right.axhline(0.5, color="grey", linestyle=":", label="chance")
-    right.set_xlabel("epsilon (inf = no DP)")
-    right.set_ylabel("held-out pairwise accuracy")
-    right.set_ylim(0.3, 1.0)
-    right.set_title("Utility vs privacy")
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(out / "dp_overhead.png", dpi=120)
+    with figure(out / "dp_overhead.png", cols=2, size=(11, 4)) as (_, (left, right)):
+        x = range(len(FAMILIES))
+        left.bar([i - 0.2 for i in x], [summary[f]["plain_ms"] for f in FAMILIES], 0.4, label="plain")
+        left.bar([i + 0.2 for i in x], [summary[f]["dp_ms"] for f in FAMILIES], 0.4, label="DP (Opacus)")
+        for i, f in enumerate(FAMILIES):
+            left.text(i + 0.2, summary[f]["dp_ms"], f"{summary[f]['ratio']:.2f}x", ha="center", va="bottom")
+        left.set_xticks(list(x), FAMILIES)
+        left.set_yscale("log")
+        left.set_ylabel(f"ms per step ({args.batch} pairs, log scale)")
+        left.set_title("Step time, same batch")
+        left.legend()
+        labels = [f"{e:g}" if e else "inf" for e in EPSILONS]
+        for family in FAMILIES:
+            right.plot(labels, [acc(family, e)[0] for e in EPSILONS], marker="o", label=family)
+        right.axhline(0.5, color="grey", linestyle=":", label="chance")
+        right.set_xlabel("epsilon (inf = no DP)")
+        right.set_ylabel("held-out pairwise accuracy")
+        right.set_ylim(0.3, 1.0)
+        right.set_title("Utility vs privacy")
+        right.legend()
 
 
 def main() -> None:
