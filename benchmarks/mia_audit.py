@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine_lines, write_markdown
+from mor_secure.reporting import figure, markdown_table
 
 EPSILONS = (1.0, 4.0, 8.0, None)  # None: no DP (epsilon infinity)
 Scorer = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], list[float]]
@@ -317,11 +318,6 @@ def summarise(rows: list[dict[str, Any]], epsilons: Sequence[float | None]) -> l
 def write_report(
     out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, command: str, machine: list[str], seconds: float
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary = summarise(rows, args.epsilons)
     first = rows[0]
     label = lambda eps: "inf (no DP)" if eps is None else f"{eps:g}"  # noqa: E731
@@ -363,20 +359,39 @@ def write_report(
         "e^eps = (AUC - 2 delta + delta^2) / "
         "(1 - AUC)); a DP claim below it would be refuted at 95%.",
         "",
-        "| target epsilon | accountant epsilon | loss attack AUC, mean | loss AUC [95% CI] per seed | "
-        "shadow attack AUC, mean | shadow AUC [95% CI] per seed | theoretical max AUC | epsilon the attack "
-        "demonstrates | train / test pairwise accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in summary:
-        per_seed = "; ".join(f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, (lo, hi) in zip(s["aucs"], s["cis"]))
-        shadow = "; ".join(f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, (lo, hi) in zip(s["shadow_aucs"], s["shadow_cis"]))
-        shadow_mean = f"**{np.mean(s['shadow_aucs']):.3f}**" if s["shadow_aucs"] else "-"
-        lines.append(
-            f"| {label(s['target_epsilon'])} | {s['epsilon']:.3f} | **{s['auc']:.3f}** | {per_seed} | "
-            f"{shadow_mean} | {shadow or '-'} | "
-            f"{s['bound']:.4f} | {s['implied_epsilon']:.2f} | {s['train_accuracy']:.3f} / {s['test_accuracy']:.3f} |"
-        )
+
+    def intervals(aucs: Sequence[float], cis: Sequence[Sequence[float]]) -> str:
+        """Each seed's AUC with its 95% interval, for one table cell."""
+        return "; ".join(f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, (lo, hi) in zip(aucs, cis))
+
+    lines += markdown_table(
+        [
+            "target epsilon",
+            "accountant epsilon",
+            "loss attack AUC, mean",
+            "loss AUC [95% CI] per seed",
+            "shadow attack AUC, mean",
+            "shadow AUC [95% CI] per seed",
+            "theoretical max AUC",
+            "epsilon the attack demonstrates",
+            "train / test pairwise accuracy",
+        ],
+        [
+            [
+                label(s["target_epsilon"]),
+                f"{s['epsilon']:.3f}",
+                f"**{s['auc']:.3f}**",
+                intervals(s["aucs"], s["cis"]),
+                f"**{np.mean(s['shadow_aucs']):.3f}**" if s["shadow_aucs"] else "-",
+                intervals(s["shadow_aucs"], s["shadow_cis"]) or "-",
+                f"{s['bound']:.4f}",
+                f"{s['implied_epsilon']:.2f}",
+                f"{s['train_accuracy']:.3f} / {s['test_accuracy']:.3f}",
+            ]
+            for s in summary
+        ],
+    )
     tls = [r for r in rows if "tls_auc" in r]
     if tls:
         r = tls[0]
@@ -404,51 +419,48 @@ def write_report(
     raw = {"command": command, "machine": machine, "run_seconds": seconds, "rows": rows, "summary": summary}
     (out / "mia_audit.json").write_text(json.dumps(_strict_json(raw), indent=1))
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    x = np.arange(len(summary))
-    for i, s in enumerate(summary):
-        left.scatter([i] * len(s["aucs"]), s["aucs"], color="C0", alpha=0.5, s=15)
-        left.errorbar(
-            [i],
-            [s["auc"]],
-            yerr=[[s["auc"] - min(c[0] for c in s["cis"])], [max(c[1] for c in s["cis"]) - s["auc"]]],
-            fmt="o",
-            color="C0",
-            capsize=4,
-            label="attack AUC (widest 95% CI)" if i == 0 else None,
-        )
-    if any(s["shadow_aucs"] for s in summary):
-        left.plot(
-            x,
-            [np.mean(s["shadow_aucs"]) if s["shadow_aucs"] else np.nan for s in summary],
-            "D-",
-            color="C2",
-            label="shadow-model attack AUC (mean)",
-        )
-    left.plot(x, [min(s["bound"], 1.0) for s in summary], "s--", color="C3", label="theoretical max AUC")
-    left.axhline(0.5, color="grey", linestyle=":", label="chance")
-    left.set_xticks(x, [label(s["target_epsilon"]) for s in summary])
-    left.set_xlabel("target epsilon")
-    left.set_ylabel("membership-inference AUC")
-    left.set_ylim(0.35, 1.02)
-    left.set_title("Membership inference through returned scores")
-    left.legend(loc="lower right", fontsize=8)
-    grid = np.linspace(0, 1, 201)
-    for s in summary:
-        eps, delta = s["epsilon"], first["delta"]
-        if math.isfinite(eps):
-            envelope = np.minimum.reduce(
-                [np.ones_like(grid), math.exp(eps) * grid + delta, 1 - math.exp(-eps) * (1 - delta - grid)]
+    with figure(out / "mia_audit.png", cols=2, size=(11, 4)) as (_, (left, right)):
+        x = np.arange(len(summary))
+        for i, s in enumerate(summary):
+            left.scatter([i] * len(s["aucs"]), s["aucs"], color="C0", alpha=0.5, s=15)
+            left.errorbar(
+                [i],
+                [s["auc"]],
+                yerr=[[s["auc"] - min(c[0] for c in s["cis"])], [max(c[1] for c in s["cis"]) - s["auc"]]],
+                fmt="o",
+                color="C0",
+                capsize=4,
+                label="attack AUC (widest 95% CI)" if i == 0 else None,
             )
-            right.plot(grid, envelope, label=f"eps {eps:.2f}: max AUC {max_auc(eps, delta):.3f}")
-    right.plot(grid, grid, color="grey", linestyle=":")
-    right.set_xlabel("false-positive rate")
-    right.set_ylabel("largest true-positive rate")
-    right.set_title("ROC envelopes (eps, delta)-DP allows")
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "mia_audit.png", dpi=120)
-    plt.close(fig)
+        if any(s["shadow_aucs"] for s in summary):
+            left.plot(
+                x,
+                [np.mean(s["shadow_aucs"]) if s["shadow_aucs"] else np.nan for s in summary],
+                "D-",
+                color="C2",
+                label="shadow-model attack AUC (mean)",
+            )
+        left.plot(x, [min(s["bound"], 1.0) for s in summary], "s--", color="C3", label="theoretical max AUC")
+        left.axhline(0.5, color="grey", linestyle=":", label="chance")
+        left.set_xticks(x, [label(s["target_epsilon"]) for s in summary])
+        left.set_xlabel("target epsilon")
+        left.set_ylabel("membership-inference AUC")
+        left.set_ylim(0.35, 1.02)
+        left.set_title("Membership inference through returned scores")
+        left.legend(loc="lower right", fontsize=8)
+        grid = np.linspace(0, 1, 201)
+        for s in summary:
+            eps, delta = s["epsilon"], first["delta"]
+            if math.isfinite(eps):
+                envelope = np.minimum.reduce(
+                    [np.ones_like(grid), math.exp(eps) * grid + delta, 1 - math.exp(-eps) * (1 - delta - grid)]
+                )
+                right.plot(grid, envelope, label=f"eps {eps:.2f}: max AUC {max_auc(eps, delta):.3f}")
+        right.plot(grid, grid, color="grey", linestyle=":")
+        right.set_xlabel("false-positive rate")
+        right.set_ylabel("largest true-positive rate")
+        right.set_title("ROC envelopes (eps, delta)-DP allows")
+        right.legend(fontsize=8)
 
 
 def _strict_json(value: Any) -> Any:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine_and_command, machine_lines, write_markdown
+from mor_secure.reporting import figure, markdown_table
 
 MODES = ("remote", "local")
 LABELS = {"remote": "remote agents over mTLS", "local": "same models in process"}
@@ -196,33 +197,25 @@ def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
 
 def plot(runs: list[dict[str, Any]], summary: dict[str, Any], warmup: int, path: Path) -> None:
     """Left: every timed step per run and mode; right: median step split into reward call and the rest."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, mode in enumerate(MODES):
-        for j, run in enumerate(runs):
-            x = 3 * j + i
-            ys = [v for k, (v, m) in enumerate(zip(run["step_s"], run["modes"])) if k >= warmup and m == mode]
-            left.scatter([x] * len(ys), ys, s=9, alpha=0.5, color=f"C{i}", label=LABELS[mode] if j == 0 else None)
-            left.hlines(statistics.median(ys), x - 0.35, x + 0.35, color="k")
-    left.set_xticks([3 * j + 0.5 for j in range(len(runs))], [f"run {j + 1}" for j in range(len(runs))])
-    left.set_ylabel("GRPO step time (s)")
-    left.set_title("Step times after warm-up (bar: median)")
-    left.legend(fontsize=8)
-    names = [LABELS[m] for m in MODES]
-    reward = [summary[m]["median_reward_s"] for m in MODES]
-    rest = [summary[m]["median_step_s"] - r for m, r in zip(MODES, reward)]
-    right.bar(names, reward, color="C3", label="reward call (median)")
-    right.bar(names, rest, bottom=reward, color="C7", label="rest of the step (median step - median reward)")
-    right.set_ylabel("seconds")
-    right.set_title(f"Median step: ratio {summary['ratio']:.2f}x (target <= {TARGET}x)")
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, cols=2, size=(11, 4.2)) as (_, (left, right)):
+        for i, mode in enumerate(MODES):
+            for j, run in enumerate(runs):
+                x = 3 * j + i
+                ys = [v for k, (v, m) in enumerate(zip(run["step_s"], run["modes"])) if k >= warmup and m == mode]
+                left.scatter([x] * len(ys), ys, s=9, alpha=0.5, color=f"C{i}", label=LABELS[mode] if j == 0 else None)
+                left.hlines(statistics.median(ys), x - 0.35, x + 0.35, color="k")
+        left.set_xticks([3 * j + 0.5 for j in range(len(runs))], [f"run {j + 1}" for j in range(len(runs))])
+        left.set_ylabel("GRPO step time (s)")
+        left.set_title("Step times after warm-up (bar: median)")
+        left.legend(fontsize=8)
+        names = [LABELS[m] for m in MODES]
+        reward = [summary[m]["median_reward_s"] for m in MODES]
+        rest = [summary[m]["median_step_s"] - r for m, r in zip(MODES, reward)]
+        right.bar(names, reward, color="C3", label="reward call (median)")
+        right.bar(names, rest, bottom=reward, color="C7", label="rest of the step (median step - median reward)")
+        right.set_ylabel("seconds")
+        right.set_title(f"Median step: ratio {summary['ratio']:.2f}x (target <= {TARGET}x)")
+        right.legend(fontsize=8)
 
 
 def report(
@@ -264,17 +257,28 @@ def report(
         "",
         "## Results",
         "",
-        "| mode | median step (s) | per-run medians (s) | median reward call (s) | reward share of step time "
-        "| timed steps |",
-        "|---|---|---|---|---|---|",
+        *markdown_table(
+            [
+                "mode",
+                "median step (s)",
+                "per-run medians (s)",
+                "median reward call (s)",
+                "reward share of step time",
+                "timed steps",
+            ],
+            [
+                [
+                    LABELS[mode],
+                    f"{s['median_step_s']:.3f}",
+                    ", ".join(f"{m:.3f}" for m in s["run_medians_s"]),
+                    f"{s['median_reward_s']:.3f}",
+                    f"{100 * s['reward_share']:.0f}%",
+                    s["timed_steps"],
+                ]
+                for mode, s in ((m, summary[m]) for m in MODES)
+            ],
+        ),
     ]
-    for mode in MODES:
-        s = summary[mode]
-        lines.append(
-            f"| {LABELS[mode]} | {s['median_step_s']:.3f} | "
-            f"{', '.join(f'{m:.3f}' for m in s['run_medians_s'])} | {s['median_reward_s']:.3f} | "
-            f"{100 * s['reward_share']:.0f}% | {s['timed_steps']} |"
-        )
     extra = summary["remote"]["median_reward_s"] - summary["local"]["median_reward_s"]
     lines += [
         "",
