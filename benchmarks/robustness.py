@@ -28,6 +28,7 @@ from benchmarks.synthetic import PairWorld, SyntheticClient, make_world, raw_pai
 from coordinator.mixture.calibration import Calibrator
 from coordinator.mixture.router import pairwise_accuracy, pairwise_wins, train_router
 from coordinator.mixture.trust import agreement_trust
+from mor_secure.reporting import figure, markdown_table
 
 SITES = ["a-sharp", "a-weak", "b-sharp", "b-weak"]
 CLIENTS = [
@@ -147,27 +148,19 @@ def write_report(
     seconds: float,
 ) -> None:
     """robustness.md (tables, machine, command), robustness.png and robustness.json."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(STRATEGIES)
-    for j, name in enumerate(STRATEGIES):
-        means = [100 * e[name][0] for e in summary]
-        errs = [0 if math.isnan(e[name][1]) else 100 * e[name][1] for e in summary]
-        offsets = [i + (j - (len(STRATEGIES) - 1) / 2) * width for i in range(len(summary))]
-        ax.bar(offsets, means, width, yerr=errs, capsize=2, label=name)
-    ax.set_xticks(range(len(summary)), [_label(e) for e in summary])
-    ax.set_ylabel("held-out pairwise accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set_title(f"Fused reward under poisoned clients (4 clients, mean and 95% CI over {args.seeds} seeds)")
-    ax.legend(fontsize=7, ncol=len(STRATEGIES), loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / "robustness.png", dpi=120)
-    plt.close(fig)
+    with figure(out / "robustness.png", size=(10, 4)) as (_, ax):
+        width = 0.8 / len(STRATEGIES)
+        for j, name in enumerate(STRATEGIES):
+            means = [100 * e[name][0] for e in summary]
+            errs = [0 if math.isnan(e[name][1]) else 100 * e[name][1] for e in summary]
+            offsets = [i + (j - (len(STRATEGIES) - 1) / 2) * width for i in range(len(summary))]
+            ax.bar(offsets, means, width, yerr=errs, capsize=2, label=name)
+        ax.set_xticks(range(len(summary)), [_label(e) for e in summary])
+        ax.set_ylabel("held-out pairwise accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.axhline(50, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"Fused reward under poisoned clients (4 clients, mean and 95% CI over {args.seeds} seeds)")
+        ax.legend(fontsize=7, ncol=len(STRATEGIES), loc="lower left")
 
     clean = next(e for e in summary if e["adversaries"] == 0)
     lines = [
@@ -199,19 +192,26 @@ def write_report(
         "",
         f"## Held-out pairwise accuracy (%), mean ± 95% t-interval over {args.seeds} seed(s)",
         "",
-        "| federation | "
-        + " | ".join(STRATEGIES)
-        + " | adversaries' MoR weight (held-out / unseen prompts) | adversaries excluded | honest excluded |",
-        "|---" * (len(STRATEGIES) + 4) + "|",
+        *markdown_table(
+            [
+                "federation",
+                *STRATEGIES,
+                "adversaries' MoR weight (held-out / unseen prompts)",
+                "adversaries excluded",
+                "honest excluded",
+            ],
+            [
+                [
+                    _label(e),
+                    *(format_interval(e[name]) for name in STRATEGIES),
+                    f"{e['adversary_weight']:.3f} / {e['adversary_weight_unseen']:.3f}",
+                    f"{e['adversaries_excluded']}/{e['adversaries_total']}",
+                    e["honest_excluded"],
+                ]
+                for e in summary
+            ],
+        ),
     ]
-    for e in summary:
-        lines.append(
-            f"| {_label(e)} | "
-            + " | ".join(format_interval(e[name]) for name in STRATEGIES)
-            + f" | {e['adversary_weight']:.3f} / {e['adversary_weight_unseen']:.3f}"
-            f" | {e['adversaries_excluded']}/{e['adversaries_total']}"
-            f" | {e['honest_excluded']} |"
-        )
     worst = min((e for e in summary if e["adversaries"] == 1), key=lambda e: e["MoR + defence"][0])
     lines += [
         "",
