@@ -34,6 +34,7 @@ from typing import Any
 from benchmarks.common import format_interval, machine_lines, mean_interval, write_markdown
 from benchmarks.stages import Task, cached_results, run_tasks
 from mor_secure.cache import read_cached, write_cached
+from mor_secure.reporting import figure, markdown_table
 
 SITES = ("client-0", "client-1", "client-2")
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
@@ -509,58 +510,53 @@ def _err(half: float) -> float:
 
 
 def _plot(path: Path, summary: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Left: each site's and the fused rewards' accuracy by epsilon; right: the policy gain of each reward."""
     rows = summary["rows"]
     xs = list(range(len(rows)))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    for site, family in zip(SITES, FAMILIES):
-        points = [(x, r["own"][site]["pairwise"]) for x, r in zip(xs, rows) if site in r["own"]]
-        axes[0].errorbar(
-            [x for x, _ in points],
-            [100 * m for _, (m, _) in points],
-            yerr=[_err(h) for _, (_, h) in points],
-            fmt="-o",
-            capsize=3,
-            label=f"{site} ({family}) on its own domain",
+    with figure(path, cols=2, size=(13, 4.8), dpi=110) as (_, axes):
+        for site, family in zip(SITES, FAMILIES):
+            points = [(x, r["own"][site]["pairwise"]) for x, r in zip(xs, rows) if site in r["own"]]
+            axes[0].errorbar(
+                [x for x, _ in points],
+                [100 * m for _, (m, _) in points],
+                yerr=[_err(h) for _, (_, h) in points],
+                fmt="-o",
+                capsize=3,
+                label=f"{site} ({family}) on its own domain",
+            )
+        for name in ("mor", "uniform"):
+            axes[0].errorbar(
+                xs,
+                [100 * r["reward"][name][0] for r in rows],
+                yerr=[_err(r["reward"][name][1]) for r in rows],
+                fmt="--s",
+                capsize=3,
+                label=f"{METHOD_LABELS[name]}, all domains (router pairs)",
+            )
+        axes[0].axhline(50, color="grey", linestyle=":")
+        axes[0].set_xticks(xs, [r["epsilon"] for r in rows])
+        axes[0].set_xlabel("epsilon per site")
+        axes[0].set_title("Held-out pairwise reward accuracy (%)")
+        axes[0].legend(fontsize=7)
+        policy_rows = [r for r in rows if r["gain"]]
+        width = 0.8 / max(len(policy_rows), 1)
+        for i, r in enumerate(policy_rows):
+            gains = [r["gain"][m] for m in POLICY_METHODS]
+            axes[1].bar(
+                [j + i * width for j in range(len(POLICY_METHODS))],
+                [100 * g for g, _ in gains],
+                width,
+                yerr=[_err(h) for _, h in gains],
+                capsize=3,
+                label=f"epsilon {r['epsilon']}",
+            )
+        axes[1].axhline(100 * summary["oracle_gain"][0], color="black", linestyle="--", label="oracle (ground truth)")
+        axes[1].axhline(0, color="grey", linewidth=0.8)
+        axes[1].set_xticks(
+            range(len(POLICY_METHODS)), [METHOD_LABELS[m] for m in POLICY_METHODS], rotation=20, fontsize=8
         )
-    for name in ("mor", "uniform"):
-        axes[0].errorbar(
-            xs,
-            [100 * r["reward"][name][0] for r in rows],
-            yerr=[_err(r["reward"][name][1]) for r in rows],
-            fmt="--s",
-            capsize=3,
-            label=f"{METHOD_LABELS[name]}, all domains (router pairs)",
-        )
-    axes[0].axhline(50, color="grey", linestyle=":")
-    axes[0].set_xticks(xs, [r["epsilon"] for r in rows])
-    axes[0].set_xlabel("epsilon per site")
-    axes[0].set_title("Held-out pairwise reward accuracy (%)")
-    axes[0].legend(fontsize=7)
-    policy_rows = [r for r in rows if r["gain"]]
-    width = 0.8 / max(len(policy_rows), 1)
-    for i, r in enumerate(policy_rows):
-        gains = [r["gain"][m] for m in POLICY_METHODS]
-        axes[1].bar(
-            [j + i * width for j in range(len(POLICY_METHODS))],
-            [100 * g for g, _ in gains],
-            width,
-            yerr=[_err(h) for _, h in gains],
-            capsize=3,
-            label=f"epsilon {r['epsilon']}",
-        )
-    axes[1].axhline(100 * summary["oracle_gain"][0], color="black", linestyle="--", label="oracle (ground truth)")
-    axes[1].axhline(0, color="grey", linewidth=0.8)
-    axes[1].set_xticks(range(len(POLICY_METHODS)), [METHOD_LABELS[m] for m in POLICY_METHODS], rotation=20, fontsize=8)
-    axes[1].set_title("Policy gain over the warm start after GRPO (points)")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        axes[1].set_title("Policy gain over the warm start after GRPO (points)")
+        axes[1].legend(fontsize=7)
 
 
 def write_report(
@@ -621,65 +617,73 @@ def write_report(
         "",
         "## Each site on its own domain (%): pairwise / top-1",
         "",
-        "| epsilon | " + " | ".join(f"{s} ({f})" for s, f in zip(SITES, FAMILIES)) + " | site epsilon (max) |",
-        "|---" * (2 + len(SITES)) + "|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['epsilon']} | "
-            + " | ".join(
-                f"{r['own'][s]['domain']}: {format_interval(r['own'][s]['pairwise'])} / "
-                f"{format_interval(r['own'][s]['top1'])}"
-                if s in r["own"]
-                else "-"
-                for s in SITES
-            )
-            + " | "
-            + ", ".join(f"{r['site_epsilon'][s]:.2f}" for s in SITES)
-            + " |"
-        )
-    lines += [
+        *markdown_table(
+            ["epsilon", *(f"{s} ({f})" for s, f in zip(SITES, FAMILIES)), "site epsilon (max)"],
+            [
+                [
+                    r["epsilon"],
+                    *(
+                        f"{r['own'][s]['domain']}: {format_interval(r['own'][s]['pairwise'])} / "
+                        f"{format_interval(r['own'][s]['top1'])}"
+                        if s in r["own"]
+                        else "-"
+                        for s in SITES
+                    ),
+                    ", ".join(f"{r['site_epsilon'][s]:.2f}" for s in SITES),
+                ]
+                for r in rows
+            ],
+        ),
         "",
         "## Fused reward accuracy on the router's held-out pairs, all domains (%)",
         "",
-        "| epsilon | MoR | uniform | FedAvg RM | centralised RM | " + " | ".join(f"{s} alone" for s in SITES) + " |",
-        "|---" * (5 + len(SITES)) + "|",
-    ]
-    for r in rows:
-        rw = r["reward"]
-        lines.append(
-            f"| {r['epsilon']} | "
-            + " | ".join(format_interval(rw[k]) for k in ("mor", "uniform", "fedavg", "centralised"))
-            + " | "
-            + " | ".join(format_interval(rw.get(f"single:{s}", (math.nan, math.nan))) for s in SITES)
-            + " |"
-        )
-    lines += [
+        *markdown_table(
+            ["epsilon", "MoR", "uniform", "FedAvg RM", "centralised RM", *(f"{s} alone" for s in SITES)],
+            [
+                [
+                    r["epsilon"],
+                    *(format_interval(r["reward"][k]) for k in ("mor", "uniform", "fedavg", "centralised")),
+                    *(format_interval(r["reward"].get(f"single:{s}", (math.nan, math.nan))) for s in SITES),
+                ]
+                for r in rows
+            ],
+        ),
         "",
         "## Policy gain after GRPO (points over the warm start) and share of the oracle's gain",
         "",
-        "| epsilon | reward | policy accuracy (%) | gain (points) | gain share |",
-        "|---|---|---|---|---|",
-    ]
-    for r in policy_rows:
-        for m in POLICY_METHODS:
-            lines.append(
-                f"| {r['epsilon']} | {METHOD_LABELS[m]} | {format_interval(r['policy'][m])} | "
-                f"{format_interval(r['gain'][m])} | {format_interval(r['gain_share'][m], 1.0)} |"
-            )
-    lines += [
+        *markdown_table(
+            ["epsilon", "reward", "policy accuracy (%)", "gain (points)", "gain share"],
+            [
+                [
+                    r["epsilon"],
+                    METHOD_LABELS[m],
+                    format_interval(r["policy"][m]),
+                    format_interval(r["gain"][m]),
+                    format_interval(r["gain_share"][m], 1.0),
+                ]
+                for r in policy_rows
+                for m in POLICY_METHODS
+            ],
+        ),
         "",
         "## Communication",
         "",
-        "| epsilon | MoR bytes per GRPO step (all sites) | FedAvg bytes per round (all sites) | ratio |",
-        "|---|---|---|---|",
+        *markdown_table(
+            ["epsilon", "MoR bytes per GRPO step (all sites)", "FedAvg bytes per round (all sites)", "ratio"],
+            [
+                [
+                    r["epsilon"],
+                    f"{r['mor_bytes_per_step'] / 1e3:.1f} KB",
+                    f"{r['fedavg_round_bytes'] / 1e3:.1f} KB",
+                    format(
+                        r["fedavg_round_bytes"] / r["mor_bytes_per_step"] if r["mor_bytes_per_step"] else math.nan,
+                        ".2f",
+                    ),
+                ]
+                for r in policy_rows
+            ],
+        ),
     ]
-    for r in policy_rows:
-        ratio = r["fedavg_round_bytes"] / r["mor_bytes_per_step"] if r["mor_bytes_per_step"] else math.nan
-        lines.append(
-            f"| {r['epsilon']} | {r['mor_bytes_per_step'] / 1e3:.1f} KB | "
-            f"{r['fedavg_round_bytes'] / 1e3:.1f} KB | {ratio:.2f} |"
-        )
     lines += ["", "![privacy/utility](privacy_utility.png)", "", "## Reading", "", *reading(summary, sizes)]
     write_markdown(out / "privacy_utility.md", lines)
     _plot(out / "privacy_utility.png", summary)
