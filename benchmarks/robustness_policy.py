@@ -39,6 +39,7 @@ from benchmarks.local_federation import Poison
 from benchmarks.privacy_utility import FULL, QUICK, Sizes, eps_name
 from benchmarks.stages import Task, cached_results, run_tasks
 from mor_secure.cache import read_cached
+from mor_secure.reporting import figure, markdown_table
 
 SITES = ("client-0", "client-1", "client-2", "client-3")
 FAMILIES = ("dual-encoder", "qwen2-vl", "llava", "dual-encoder")
@@ -511,42 +512,35 @@ def verdict(loss: Sequence[float]) -> str:
 
 
 def _plot(path: Path, summary: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Reward accuracy (left) and policy accuracy after GRPO (right) of each method, per setting."""
     rows = summary["rows"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    width = 0.8 / len(METHODS)
-    for panel, key, seeds, title in (
-        (0, "reward", "reward_seeds", "Held-out pairwise reward accuracy (%)"),
-        (1, "policy", "per_seed", "Policy accuracy after GRPO (%)"),
-    ):
-        for k, method in enumerate(METHODS):
-            xs = [i + (k - (len(METHODS) - 1) / 2) * width for i in range(len(rows))]
-            axes[panel].bar(xs, [100 * r[key][method][0] for r in rows], width, label=LABELS[method])
-            for x, r in zip(xs, rows):  # each seed as a dot: two seeds' t-intervals would dwarf the axes
-                values = r[seeds][method]
-                values = list(values.values()) if isinstance(values, dict) else values
-                axes[panel].plot([x] * len(values), [100 * v for v in values], "k.", markersize=4)
-        axes[panel].set_title(title + ": bars = mean, dots = seeds")
-        axes[panel].set_xticks(range(len(rows)), [r["setting"] for r in rows])
-    axes[0].axhline(50, color="grey", linestyle=":")
-    for key, style in (("oracle", "--"), ("warm", ":")):
-        axes[1].axhline(
-            100 * summary[key][0],
-            color="black",
-            linestyle=style,
-            label="oracle GRPO" if key == "oracle" else "warm start",
-        )
-    axes[0].set_ylim(30, 100)
-    axes[1].set_ylim(20, 80)
-    for ax in axes:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, cols=2, size=(13, 4.8), dpi=110) as (_, axes):
+        width = 0.8 / len(METHODS)
+        for panel, key, seeds, title in (
+            (0, "reward", "reward_seeds", "Held-out pairwise reward accuracy (%)"),
+            (1, "policy", "per_seed", "Policy accuracy after GRPO (%)"),
+        ):
+            for k, method in enumerate(METHODS):
+                xs = [i + (k - (len(METHODS) - 1) / 2) * width for i in range(len(rows))]
+                axes[panel].bar(xs, [100 * r[key][method][0] for r in rows], width, label=LABELS[method])
+                for x, r in zip(xs, rows):  # each seed as a dot: two seeds' t-intervals would dwarf the axes
+                    values = r[seeds][method]
+                    values = list(values.values()) if isinstance(values, dict) else values
+                    axes[panel].plot([x] * len(values), [100 * v for v in values], "k.", markersize=4)
+            axes[panel].set_title(title + ": bars = mean, dots = seeds")
+            axes[panel].set_xticks(range(len(rows)), [r["setting"] for r in rows])
+        axes[0].axhline(50, color="grey", linestyle=":")
+        for key, style in (("oracle", "--"), ("warm", ":")):
+            axes[1].axhline(
+                100 * summary[key][0],
+                color="black",
+                linestyle=style,
+                label="oracle GRPO" if key == "oracle" else "warm start",
+            )
+        axes[0].set_ylim(30, 100)
+        axes[1].set_ylim(20, 80)
+        for ax in axes:
+            ax.legend(fontsize=7)
 
 
 def _pc(pair: Sequence[float]) -> str:
@@ -707,71 +701,104 @@ def write_report(
         "",
         "## Held-out pairwise reward accuracy (%)",
         "",
-        "| setting | MoR | MoR + defence | uniform | FedAvg RM | adversary alone (poisoned) | adversary's MoR "
-        "weight (all / `detail`) | adversary excluded by the defence | honest sites excluded | FedAvg pairs "
-        "swapped |",
-        "|---" * 10 + "|",
+        *markdown_table(
+            [
+                "setting",
+                "MoR",
+                "MoR + defence",
+                "uniform",
+                "FedAvg RM",
+                "adversary alone (poisoned)",
+                "adversary's MoR weight (all / `detail`)",
+                "adversary excluded by the defence",
+                "honest sites excluded",
+                "FedAvg pairs swapped",
+            ],
+            [
+                [
+                    r["setting"],
+                    *(_pm(r["reward"][m]) for m in METHODS),
+                    _pm(r["adversary_single"]),
+                    f"{r['adversary_weight']:.3f} / {r['adversary_weight_detail']:.3f}",
+                    f"{r['excluded']}/{r['watched']}",
+                    r["honest_excluded"],
+                    f"{r['fedavg_swapped']:.0f}",
+                ]
+                for r in rows
+            ],
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['setting']} | "
-            + " | ".join(_pm(r["reward"][m]) for m in METHODS)
-            + f" | {_pm(r['adversary_single'])} | {r['adversary_weight']:.3f} / "
-            f"{r['adversary_weight_detail']:.3f} | {r['excluded']}/{r['watched']} | {r['honest_excluded']}"
-            f" | {r['fedavg_swapped']:.0f} |"
-        )
     lines += ["", "(Clean row: client-0's own accuracy, weight and exclusion, for reference.)", ""]
     if "sites" in summary:
         lines += [
             "## Honest sites on the clean federation",
             "",
-            "| site | reward model | own domain | held-out accuracy on its domain (%) | on all domains (%) | "
-            "agreement with the router's training pairs (%), what the defence judges | kept by the defence |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['site']} | {r['family']} | {r['domain']} | {_pm(r['own'])} | {_pm(r['overall'])} | "
-            f"{_pm(r['agreement'])} | {r['trusted']}/{r['seeds']} |"
-            for r in summary["sites"]
+            *markdown_table(
+                [
+                    "site",
+                    "reward model",
+                    "own domain",
+                    "held-out accuracy on its domain (%)",
+                    "on all domains (%)",
+                    "agreement with the router's training pairs (%), what the defence judges",
+                    "kept by the defence",
+                ],
+                [
+                    [
+                        r["site"],
+                        r["family"],
+                        r["domain"],
+                        _pm(r["own"]),
+                        _pm(r["overall"]),
+                        _pm(r["agreement"]),
+                        f"{r['trusted']}/{r['seeds']}",
+                    ]
+                    for r in summary["sites"]
+                ],
+            ),
         ]
         lines.append("")
     lines += [
         "## Policy accuracy after GRPO (%)",
         "",
-        "| setting | "
-        + " | ".join(LABELS[m] for m in METHODS)
-        + " | MoR on `detail` | "
-        + " | ".join(f"{LABELS[m]} loss vs clean (points)" for m in METHODS)
-        + " |",
-        "|---" * (2 + 2 * len(METHODS)) + "|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['setting']} | "
-            + " | ".join(
-                _pm(r["policy"][m])
-                + (f" (n = {r['policy_seeds'][m]})" if 0 < r["policy_seeds"][m] < len(seeds) else "")
-                for m in METHODS
-            )
-            + f" | {_pm(r['detail_policy']['mor'])} | "
-            + " | ".join(_pm(r["loss"][m]) for m in METHODS)
-            + " |"
-        )
-    lines += [
+        *markdown_table(
+            [
+                "setting",
+                *(LABELS[m] for m in METHODS),
+                "MoR on `detail`",
+                *(f"{LABELS[m]} loss vs clean (points)" for m in METHODS),
+            ],
+            [
+                [
+                    r["setting"],
+                    *(
+                        _pm(r["policy"][m])
+                        + (f" (n = {r['policy_seeds'][m]})" if 0 < r["policy_seeds"][m] < len(seeds) else "")
+                        for m in METHODS
+                    ),
+                    _pm(r["detail_policy"]["mor"]),
+                    *(_pm(r["loss"][m]) for m in METHODS),
+                ]
+                for r in rows
+            ],
+        ),
         "",
         f"## Target: with 1 adversarial client of 4, MoR loses at most {TARGET_POINTS:g} points",
         "",
         "Loss = clean accuracy minus poisoned accuracy, paired by seed (positive = lost).",
         "",
-        "| setting | MoR vs clean MoR | MoR + defence vs clean MoR | MoR + defence vs clean MoR + defence |",
-        "|---|---|---|---|",
-    ]
-    for r in single:
-        lines.append(
-            f"| {r['setting']} | {verdict(r['loss']['mor'])} | {verdict(r['loss_vs_mor']['mor-defence'])} | "
-            f"{verdict(r['loss']['mor-defence'])} |"
-        )
-    lines += [
+        *markdown_table(
+            ["setting", "MoR vs clean MoR", "MoR + defence vs clean MoR", "MoR + defence vs clean MoR + defence"],
+            [
+                [
+                    r["setting"],
+                    verdict(r["loss"]["mor"]),
+                    verdict(r["loss_vs_mor"]["mor-defence"]),
+                    verdict(r["loss"]["mor-defence"]),
+                ]
+                for r in single
+            ],
+        ),
         "",
         "![robustness after GRPO](robustness_policy.png)",
         "",
