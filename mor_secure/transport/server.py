@@ -49,6 +49,7 @@ INLINE_BYTES = 16 * 1024
 # Requests at least this large are encrypted on the pool (several sessions at once, or when the
 # caller is the loop thread); smaller ones are cheaper to encrypt than to hand over.
 PARALLEL_BYTES = 256 * 1024
+POLLIN = int(zmq.POLLIN)  # a plain int: masking with the enum member builds a flag object per test
 
 
 class EndKind(str, Enum):
@@ -401,9 +402,11 @@ class TLSServer:
             wake = self._outbox.fileno()
             while not self._stopping.is_set():
                 events = dict(poller.poll(0 if len(self._outbox) else 100))
+                ready = sock in events  # zmq_poll just checked: the first read needs no EVENTS query
                 for _ in range(512):
-                    if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    if not ready and not sock.getsockopt(zmq.EVENTS) & POLLIN:
                         break
+                    ready = False
                     self._on_frames(sock.recv_multipart(zmq.NOBLOCK, copy=False))
                 for item in self._outbox.drain(wake in events):
                     if callable(item):
