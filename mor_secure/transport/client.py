@@ -278,7 +278,9 @@ class TLSClient:
         for reason in self._outbox.drain(link.woken):
             if reason is not None:
                 raise _Lost(reason)
-        while (frame := self._recv(link.sock)) is not None:
+        # Read until a request waits: frames behind it are read after it (or by the standby, should it
+        # overrun), which saves a socket check per request.
+        while not self._requests and (frame := self._recv(link.sock)) is not None:
             link.last_heard = time.monotonic()
             self._on_frame(frame, link.tls)
         now = time.monotonic()
