@@ -245,9 +245,8 @@ class TLSClient:
 
     def _loop(self, sock: zmq.Socket, tls: TLSSession) -> None:
         # Threads sleep on the socket's notification descriptor, not in zmq_poll, so other threads
-        # may send meanwhile; ZMQ_FD is edge-triggered: the thread on duty checks the socket's EVENTS
-        # (reading until none wait) after its own sends and before each sleep, and other senders after
-        # each send.
+        # may send meanwhile; ZMQ_FD is edge-triggered: the thread on duty sleeps only after a check of
+        # the socket's EVENTS that follows its own sends, and other senders check after each send.
         poller = select.poll()
         poller.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
         poller.register(self._outbox.fileno(), select.POLLIN)
