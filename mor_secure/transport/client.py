@@ -33,7 +33,7 @@ from mor_secure.errors import MorError
 from mor_secure.logs import get_logger
 from mor_secure.protocol import Error, Heartbeat, Hello, Message, ProtocolError, Refused, Welcome
 from mor_secure.transport.outbox import Outbox
-from mor_secure.transport.server import ZERO_COPY_BYTES
+from mor_secure.transport.server import POLLIN, ZERO_COPY_BYTES
 from mor_secure.transport.standby import Standby
 from mor_secure.transport.tls import TLSError, TLSSession
 from mor_secure.transport.workers import Workers
@@ -217,8 +217,10 @@ class TLSClient:
                     except zmq.Again:
                         self._outbox.put("send queue full (coordinator not reading)")
                         return
-                    if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        self._outbox.put(None)  # the send may have consumed the wake-up for waiting input
+                    # The send may have consumed the wake-up for waiting input: tell the thread on duty,
+                    # unless that is us (it checks the socket before it sleeps).
+                    if threading.get_ident() != self._outbox.consumer and sock.getsockopt(zmq.EVENTS) & POLLIN:
+                        self._outbox.put(None)
 
             if self._context is None:  # rebuilt after a lost connection: picks up a renewed cert or CRL
                 self._context = self._context_factory()
@@ -239,12 +241,12 @@ class TLSClient:
     def _recv(self, sock: zmq.Socket) -> zmq.Frame | None:
         """One waiting frame, or None (under the socket lock, which senders share)."""
         with self._sock_lock:
-            return sock.recv(zmq.NOBLOCK, copy=False) if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN else None
+            return sock.recv(zmq.NOBLOCK, copy=False) if int(sock.getsockopt(zmq.EVENTS)) & POLLIN else None
 
     def _loop(self, sock: zmq.Socket, tls: TLSSession) -> None:
         # Threads sleep on the socket's notification descriptor, not in zmq_poll, so other threads
-        # may send meanwhile; ZMQ_FD is edge-triggered: the socket's EVENTS are checked under the lock
-        # before each sleep, and by senders after each send.
+        # may send meanwhile; ZMQ_FD is edge-triggered: the thread on duty sleeps only after a check of
+        # the socket's EVENTS that follows its own sends, and other senders check after each send.
         poller = select.poll()
         poller.register(int(sock.getsockopt(zmq.FD)), select.POLLIN)
         poller.register(self._outbox.fileno(), select.POLLIN)
@@ -271,10 +273,13 @@ class TLSClient:
         link = self._link
         assert link is not None, "the loop sets the link before any turn"
         self._outbox.consumer = threading.get_ident()  # whose puts need no wake-up: the thread on duty
+        beat = False
         for reason in self._outbox.drain(link.woken):
             if reason is not None:
                 raise _Lost(reason)
-        while (frame := self._recv(link.sock)) is not None:
+        # Read until a request waits: frames behind it are read after it (or by the standby, should it
+        # overrun), which saves a socket check per request.
+        while not self._requests and (frame := self._recv(link.sock)) is not None:
             link.last_heard = time.monotonic()
             self._on_frame(frame, link.tls)
         now = time.monotonic()
@@ -288,11 +293,14 @@ class TLSClient:
         elif now >= link.next_beat:
             self._send(link.tls, Heartbeat(sent_at=time.time()))
             link.next_beat = now + self._heartbeat_s
+            beat = True
         if self._requests:
             link.woken = False
             return
-        with self._sock_lock:
-            busy = len(self._outbox) or int(link.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+        busy = len(self._outbox)
+        if beat:  # our own send after the last read may have consumed the socket's wake-up
+            with self._sock_lock:
+                busy = busy or int(link.sock.getsockopt(zmq.EVENTS)) & POLLIN
         link.woken = any(fd == link.wake_fd for fd, _ in link.poller.poll(0 if busy else 100))
 
     def _standby_turn(self) -> None:
