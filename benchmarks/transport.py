@@ -11,7 +11,7 @@ dialling to the first answer (handshake), how late an overrunning handler makes 
 and how busy other processes kept the machine. Transports are interleaved and repeated; the
 median repeat is reported, because the machine may be shared.
 
-    python benchmarks/transport.py --out benchmarks/results
+    python -m benchmarks.transport --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import select
 import statistics
 import sys
@@ -31,8 +30,10 @@ from pathlib import Path
 
 import zmq
 
+from benchmarks.common import machine_lines, write_markdown
 from mor_secure import pki, protocol
 from mor_secure.protocol import HealthReply, HealthRequest, ScoreReply, ScoreRequest
+from mor_secure.reporting import figure, markdown_table
 from mor_secure.transport import ClientOptions, ServerOptions, TLSClient, TLSServer
 from mor_secure.transport.outbox import Outbox
 from mor_secure.transport.server import ZERO_COPY_BYTES
@@ -358,26 +359,11 @@ class GRPCDriver:
 
 
 def _machine() -> list[str]:
+    """The machine lines of the report, with the versions a transport's speed depends on."""
     import ssl
 
-    import grpc
-    import msgpack
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return [
-        f"- CPU: {cpu}, `nproc` = {os.cpu_count()}; load average at start {os.getloadavg()[0]:.2f} "
-        "(the machine is shared: the numbers are medians of interleaved repeats)",
-        f"- Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, pyzmq {zmq.__version__} "
-        f"(libzmq {zmq.zmq_version()}), grpcio {grpc.__version__}, msgpack {msgpack.version}",
-        f"- {platform.platform()}",
-    ]
+    lines = machine_lines(["pyzmq", "grpcio", "msgpack"])
+    return [*lines, f"- {ssl.OPENSSL_VERSION}, libzmq {zmq.zmq_version()}"]
 
 
 def _cpu_seconds(procs: list[mp.Process]) -> float:
@@ -592,11 +578,6 @@ def write_report(
     others: float,
     takeover: tuple[float, list[float], list[float]] | None,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rate = {(r[0], r[1], r[2]): r[3] for r in rows}
     bases = [name for name in (PLAIN, HANDOFF) if name in args.transports] or args.transports[:1]
     lines = [
@@ -611,7 +592,7 @@ def write_report(
         "sends the reply: the hand-off any agent that keeps reading during a long batch makes, and the one "
         "ours made before its network thread ran handlers itself.",
         "",
-        f"Command: `python benchmarks/transport.py --seconds {args.seconds:g} --repeats {args.repeats}` "
+        f"Command: `python -m benchmarks.transport --seconds {args.seconds:g} --repeats {args.repeats}` "
         f"(took {took:.0f} s; load average at the end {os.getloadavg()[0]:.2f})",
         "",
         *machine,
@@ -620,14 +601,24 @@ def write_report(
         "count means the processes measured here also waited for a core, which inflates CPU µs and blurs "
         "wake-up savings",
         "",
-        "| payload | agents | transport | req/s | "
-        + " | ".join(f"vs {b}" for b in bases)
-        + " | median ms | p99 ms | CPU µs/req |",
-        "|---|---|---|---|" + "---|" * len(bases) + "---|---|---|",
+        *markdown_table(
+            [
+                "payload",
+                "agents",
+                "transport",
+                "req/s",
+                *(f"vs {b}" for b in bases),
+                "median ms",
+                "p99 ms",
+                "CPU µs/req",
+            ],
+            [
+                [label, n, name, f"{value:.0f}", *(f"{value / rate[(label, n, b)]:.2f}" for b in bases)]
+                + [f"{median:.2f}", f"{p99:.2f}", f"{cpu_us:.0f}"]
+                for label, n, name, value, median, p99, cpu_us in rows
+            ],
+        ),
     ]
-    for label, n, name, value, median, p99, cpu_us in rows:
-        ratios = " | ".join(f"{value / rate[(label, n, b)]:.2f}" for b in bases)
-        lines.append(f"| {label} | {n} | {name} | {value:.0f} | {ratios} | {median:.2f} | {p99:.2f} | {cpu_us:.0f} |")
     lines += [
         "",
         *_summary(rows),
@@ -651,26 +642,22 @@ def write_report(
         f"{args.handshakes}; ours includes the TLS 1.3 handshake with client certificate and "
         "the hello/welcome round trip):",
         "",
-        "| transport | ms |",
-        "|---|---|",
+        *markdown_table(["transport", "ms"], [[name, f"{seconds * 1e3:.1f}"] for name, seconds in handshakes.items()]),
     ]
-    lines += [f"| {name} | {seconds * 1e3:.1f} |" for name, seconds in handshakes.items()]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "transport.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out / "transport.md", lines)
 
     cells = [(label, n) for label in args.sizes for n in args.agents]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.8 / len(args.transports)
-    for i, name in enumerate(args.transports):
-        values = [rate[(label, n, name)] for label, n in cells]
-        ax.bar([x + (i - (len(args.transports) - 1) / 2) * width for x in range(len(cells))], values, width, label=name)
-    ax.set_xticks(range(len(cells)), [f"{label}\n{n} agent{'s' if n > 1 else ''}" for label, n in cells])
-    ax.set_ylabel("requests / s")
-    ax.set_yscale("log")
-    ax.set_title(f"Scoring requests over loopback ({os.cpu_count()} cores)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / "transport.png", dpi=120)
+    with figure(args.out / "transport.png", size=(9, 4)) as (_, ax):
+        width = 0.8 / len(args.transports)
+        for i, name in enumerate(args.transports):
+            values = [rate[(label, n, name)] for label, n in cells]
+            xs = [x + (i - (len(args.transports) - 1) / 2) * width for x in range(len(cells))]
+            ax.bar(xs, values, width, label=name)
+        ax.set_xticks(range(len(cells)), [f"{label}\n{n} agent{'s' if n > 1 else ''}" for label, n in cells])
+        ax.set_ylabel("requests / s")
+        ax.set_yscale("log")
+        ax.set_title(f"Scoring requests over loopback ({os.cpu_count()} cores)")
+        ax.legend()
     print((args.out / "transport.md").read_text())
 
 
