@@ -4,6 +4,7 @@ good agent keeps working; fuzzed frames never kill the server; revocation drops 
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -261,6 +262,18 @@ def test_a_restarted_coordinator_ignores_records_of_the_old_sessions_without_ref
             assert second.refusals() == []  # nothing for the ledger: no refusal of 127.0.0.1
     finally:
         agent.stop()
+
+
+def test_a_stopped_server_has_released_its_port(ca):
+    """stop() returns only once the listener is closed, so a restart on the same address binds at once (a
+    shared ZeroMQ context closed it later, and a quick restart failed with 'Address already in use')."""
+    for _ in range(100):
+        server = TLSServer("tcp://127.0.0.1:0", _server_ctx(ca), name="coord", allow=ALLOW)
+        host, _, port = server.start().removeprefix("tcp://").rpartition(":")
+        server.stop()
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq binds
+            probe.bind((host, int(port)))  # OSError 'Address already in use' while the listener lingers
 
 
 def test_a_request_to_an_agent_that_left_fails_with_a_typed_departure_not_a_refusal(federation, ca):

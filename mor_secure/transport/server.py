@@ -225,7 +225,8 @@ class TLSServer:
         self._crl_error = ""
         self._on_message = on_message
         self._on_refusal = on_refusal
-        self._zmq: zmq.Context = zmq.Context.instance()
+        # its own context: stop() terminates it, which returns only once the listening port is released
+        self._zmq: zmq.Context = zmq.Context()
         self._outbox = Outbox()
         self._sessions: dict[bytes, _Session] = {}
         self._by_id: dict[str, _Session] = {}
@@ -273,6 +274,8 @@ class TLSServer:
             if not future.done():
                 future.set_exception(SessionEnded(EndKind.DEPARTED, "the server stopped"))
         self._outbox.close()
+        if not self._zmq.closed and (self._thread is None or not self._thread.is_alive()):  # socket closed
+            self._zmq.term()  # the listener is gone when this returns: the address can be bound again at once
 
     def __enter__(self) -> TLSServer:
         self.start()
@@ -381,6 +384,7 @@ class TLSServer:
     # ----- loop thread -----
 
     def _run(self) -> None:
+        sock = None
         try:
             sock = self._zmq.socket(zmq.ROUTER)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -391,6 +395,8 @@ class TLSServer:
             sock.bind(self._bind_endpoint)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException as exc:
+            if sock is not None:
+                sock.close(linger=0)
             self._start_error = exc
             self._ready.set()
             return
