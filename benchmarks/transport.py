@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
                             results.setdefault((label, n, name), []).append(loop)
                     print(f"done {label} x{n}", file=sys.stderr)
             elapsed = time.time() - began
-            others = (_machine_busy_s() - busy_before - (_cpu_seconds(procs) - ours_before)) / elapsed
+            # two clocks of different resolution: an idle machine can read a little below 0
+            others = max(0.0, (_machine_busy_s() - busy_before - (_cpu_seconds(procs) - ours_before)) / elapsed)
             handshakes = {
                 name: statistics.median(driver.handshake() for _ in range(args.handshakes))
                 for name, driver in drivers.items()
