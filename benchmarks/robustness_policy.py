@@ -105,8 +105,8 @@ class RandomScores:
 
 @dataclass(frozen=True)
 class FixedWrong:
-    """``high`` when the completion parses (``policy_eval.parse_answer``) to ``word``; otherwise the honest
-    score shrunk by ``shrink`` towards ``mean``, so the adversary still ranks the other answers honestly."""
+    """``high`` when the completion parses (``coordinator.policy.evaluation.parse_answer``) to ``word``; otherwise
+    the honest score shrunk by ``shrink`` towards ``mean``, so the adversary still ranks the other answers honestly."""
 
     word: str
     high: float
