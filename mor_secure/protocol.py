@@ -166,7 +166,9 @@ class Message:
 
 _REGISTRY: dict[str, type[Message]] = {}
 _HINTS: dict[type, dict[str, Any]] = {}
-_CHECKERS: dict[type, dict[str, Any]] = {}
+_CHECKERS: dict[type, list[tuple[str, str, Checker]]] = {}  # field, its name in errors, its checker
+_REQUIRED: dict[type, list[str]] = {}  # fields without a default, in declaration order
+_FLOATS: dict[type, list[str]] = {}  # float fields (msgpack may carry them as integers)
 
 
 _M = typing.TypeVar("_M", bound=type[Message])
@@ -178,7 +180,13 @@ def message(cls: _M) -> _M:
     dataclass(frozen=True)(cls)  # in place: a class without __slots__ is decorated where it stands
     _REGISTRY[cls.TYPE] = cls
     _HINTS[cls] = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(typing.cast(Any, cls))}
-    _CHECKERS[cls] = {name: _checker(tp) for name, tp in _HINTS[cls].items()}
+    _CHECKERS[cls] = [(name, f"{cls.TYPE}.{name}", _checker(tp)) for name, tp in _HINTS[cls].items()]
+    _REQUIRED[cls] = [
+        f.name
+        for f in dataclasses.fields(typing.cast(Any, cls))
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    _FLOATS[cls] = [name for name, tp in _HINTS[cls].items() if tp is float]
     return cls
 
 
@@ -351,8 +359,8 @@ _CHECKS: dict[type, Callable[[Any, Limits], None]] = {
 
 def validate(msg: Message, limits: Limits = DEFAULT_LIMITS) -> None:
     """Check a message against its schema and the limits; raise ``ProtocolError`` if it breaks one."""
-    for name, check in _CHECKERS[type(msg)].items():
-        check(getattr(msg, name), f"{msg.TYPE}.{name}", limits)
+    for name, where, check_field in _CHECKERS[type(msg)]:
+        check_field(getattr(msg, name), where, limits)
     check = _CHECKS.get(type(msg))
     if check is not None:
         check(msg, limits)
@@ -546,20 +554,16 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
 def _build(cls: type[Message], body: dict[str, Any], limits: Limits) -> Message:
     """The message ``cls`` from a decoded body: known fields only, none missing, every check passed."""
     kind = cls.TYPE
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(body) - set(fields)
-    if unknown:
+    hints = _HINTS[cls]  # the tables are compiled at registration: decoding runs per message
+    if not hints.keys() >= body.keys():
+        unknown = set(body) - set(hints)
         raise ProtocolError(f"{kind}: unknown field(s) {sorted(map(str, unknown))[:5]}")
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in body and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
+    missing = [name for name in _REQUIRED[cls] if name not in body]
     if missing:
         raise ProtocolError(f"{kind}: missing field(s) {missing}")
-    hints = _HINTS[cls]
-    for name, value in body.items():
-        if hints[name] is float and isinstance(value, int) and not isinstance(value, bool):
+    for name in _FLOATS[cls]:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
             body[name] = float(value)
     msg = cls(**body)
     validate(msg, limits)
