@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from coordinator.commands.options import config_option
+
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -242,13 +244,7 @@ def eval_(policy: str, data_dir: Path, limit: int | None, as_json: bool) -> None
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="coordinator.toml; its [grpo] section sets the run ([tls], [clients] for federated rewards).",
-)
+@config_option("coordinator.toml; its [grpo] section sets the run ([tls], [clients] for federated rewards).")
 @click.option(
     "--resume",
     is_flag=True,

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import click
 
+from coordinator.commands.options import config_option
+
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="The coordinator.toml ([tls], bind, [clients]).",
-)
+@config_option("The coordinator.toml ([tls], bind, [clients]).")
 @click.option(
     "--wait",
     "wait_s",

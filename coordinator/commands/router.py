@@ -8,19 +8,15 @@ from pathlib import Path
 
 import click
 
+from coordinator.commands.options import config_option
+
 
 def _pct(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
 @click.command("router")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="The coordinator.toml ([tls], [clients], [router], [pool], [ledger]).",
-)
+@config_option("The coordinator.toml ([tls], [clients], [router], [pool], [ledger]).")
 def router(config_path: Path) -> None:
     """Train the router on the labelled pairs of [router] data, with the sites' scores fetched once.
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from coordinator.commands.options import config_option
+
 
 def _ago(then: float | None, now: float) -> str:
     if then is None:
@@ -28,13 +30,7 @@ def _expiry(when: dt.datetime | None) -> str:
 
 
 @click.command("status")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="The coordinator.toml (its ledger's folder holds the running service's status.json).",
-)
+@config_option("The coordinator.toml (its ledger's folder holds the running service's status.json).")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the status as JSON.")
 def status(config_path: Path, as_json: bool) -> None:
     """Show the sites: workers, last seen, certificate expiry, reported epsilon, failures in the last hour.
