@@ -2,8 +2,8 @@
 
 For each seed, a benchmark world (3 sites, 3 domains), the demo's flawed public warm start and its GRPO
 prompts, at the full demo's sizes; for each epsilon (every site at the same epsilon), each site trains its
-reward model with DP-SGD through the product's own ``client_agent.train`` at its defaults (families
-dual-encoder, qwen2-vl, llava, as in the demo) and measures it on its own held-out pairs; the coordinator
+reward model with DP-SGD through the product's own ``client_agent.train`` at its defaults (the
+demo's families) and measures it on its own held-out pairs; the coordinator
 calibrates and trains the router on the sites' scores and trains the FedAvg and centralised reward models
 at the same epsilon (``coordinator.mixture.router_run.run_router``). At the policy epsilons, GRPO with a KL penalty
 then trains the warm start once per reward (MoR, uniform, FedAvg, centralised, each site alone); once per
@@ -34,10 +34,10 @@ from typing import Any
 from benchmarks.common import format_interval, machine_lines, mean_interval, write_markdown
 from benchmarks.stages import Task, cached_results, run_tasks
 from mor_secure.cache import read_cached, write_cached
+from mor_secure.demo.pipeline import FAMILIES
 from mor_secure.reporting import figure, markdown_table
 
 SITES = ("client-0", "client-1", "client-2")
-FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
 EPSILONS = (0.25, 4.0, math.inf)
 POLICY_EPSILONS = (4.0,)
 """Epsilons whose cells also run GRPO per fusion (the reward columns run at every epsilon)."""
@@ -140,7 +140,7 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
         save_public_reward(
             public, folder / "pretrained" / "dual-encoder", epochs=sizes.public_reward_epochs, seed=seed, progress=False
         )
-        for family in ("qwen2-vl", "llava"):
+        for family in ("qwen2-vl", "llava"):  # the warm start; llava for the benchmarks that seat one
             tiny = build_tiny_vlm(family, folder / "tiny" / family, seed=seed, overwrite=True)
             run_sft(
                 tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3, seed=seed
@@ -399,7 +399,7 @@ def plan(
                 root / f"seed-{seed}" / f"eps-{eps_name(eps)}" / "result.json",
                 run_cell,
                 (root, seed, eps, sizes, policy),
-                {**asdict(sizes), "policy": policy},
+                {**asdict(sizes), "policy": policy, "families": FAMILIES},
                 after=(f"seed {seed} prepared",),
             )
             cells.append(name)
@@ -589,10 +589,11 @@ def write_report(
         + ", ".join(f"{k}={v}" for k, v in asdict(sizes).items())
         + ".",
         "- Sites (the product's `client_agent.train` at its defaults, DP-SGD with Opacus, PRV accountant, one "
-        "pair = one sample, every site at the row's epsilon; `inf` = no DP): client-0 dual-encoder, client-1 "
-        "qwen2-vl, client-2 llava. The VLM sites start from a tiny VLM pretrained on the public data (a real "
-        "site starts from a public pretrained VLM), the qwen2-vl one being the policy's warm start; the "
-        "dual-encoder site from a dual-encoder trained on public pairs (`mor coordinator public-reward`).",
+        "pair = one sample, every site at the row's epsilon; `inf` = no DP): "
+        + ", ".join(f"{s} {f}" for s, f in zip(SITES, FAMILIES))
+        + " (the demo's). The qwen2-vl site starts from the policy's warm start, a tiny VLM pretrained on the "
+        "public data (a real site starts from a public pretrained VLM); the dual-encoder sites from a "
+        "dual-encoder trained on public pairs (`mor coordinator public-reward`).",
         "- Own domain: what `mor client eval` measures at each site on its held-out pairs of the domain it holds "
         "most of: pairwise accuracy, and top-1 (the true answer ranked above every other candidate answer of "
         "its question: all answers in all styles, other types' answers, junk).",

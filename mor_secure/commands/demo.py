@@ -35,7 +35,8 @@ def command(workdir: Path, quick: bool, fresh: bool) -> None:
 
     Generates the benchmark world (3 clients); creates the CA and the coordinator certificate;
     each site makes its own key and CSR (`mor client init`) and the CA signs it; trains each
-    site's reward model with DP (dual-encoder, qwen2-vl, llava at epsilon 2, 4, 8); warm-starts
+    site's reward model with DP (a dual-encoder on detail, a qwen2-vl VLM on medical, a
+    dual-encoder on chart, at epsilon 2, 4, 8); warm-starts
     the policy; starts the agents, probes them, trains the router; runs GRPO with the MoR reward
     and a KL penalty; verifies the privacy ledger; writes WORKDIR/report.md and report.png.
     A second run reuses the stages already built with the same parameters (unless --fresh).

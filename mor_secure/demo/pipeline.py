@@ -21,7 +21,7 @@ from typing import Any
 from mor_secure.demo.stages import DemoError, Stage, StageContext, StageRunner, child_env, mor_command, stop_group
 
 SITES = ("client-0", "client-1", "client-2")
-FAMILIES = ("dual-encoder", "qwen2-vl", "llava")
+FAMILIES = ("dual-encoder", "qwen2-vl", "dual-encoder")
 EPSILONS = (2.0, 4.0, 8.0)
 COORDINATOR = "coord"
 
@@ -154,7 +154,7 @@ class Demo:
                 [self.world],
             ),
             Stage(
-                "models", "build the tiny models (qwen2-vl, llava)", self._models, {"families": FAMILIES}, [self.models]
+                "models", "build the tiny policy model (qwen2-vl)", self._models, {"families": FAMILIES}, [self.models]
             ),
             # a new CA starts a new ledger: the old one's reports are signed under the old CA
             Stage(
