@@ -186,19 +186,33 @@ def make_site(pool: Any, test: Any, members: int, seed: int, folder: Path, ca: P
 def site_config(
     data: Path, ca: Path, work: Path, tag: str, epsilon: float | None, seed: int, args: argparse.Namespace
 ) -> Path:
-    """client.toml of a site training on ``data``: dual encoder, [train] and [privacy] for this run."""
+    """client.toml of a site training on ``data``: dual encoder (from ``args.base`` where set), [train] and
+    [privacy] for this run."""
     path = work / f"{tag}.toml"
     path.write_text(
         f'site = "site-a"\n[tls]\nca = "{ca}/ca.pem"\ncert = "{ca}/site-a.pem"\nkey = "{ca}/site-a.key"\n'
         f'crl = "{ca}/crl.pem"\n[coordinator]\nendpoint = "tcp://127.0.0.1:1"\nname = "coord"\n'
         "heartbeat_s = 0.5\nidle_timeout_s = 30.0\n"
-        f'[data]\npath = "{data}"\n[model]\nfamily = "dual-encoder"\n'
+        f'[data]\npath = "{data}"\n[model]\nfamily = "dual-encoder"\nbase = "{args.base}"\n'
         f'[train]\nout = "{work / tag}"\nepochs = {args.epochs}\nbatch_size = {args.batch}\nlr = {args.lr}\n'
         f"seed = {seed}\ncheckpoint_every = 100000\n"
         f'[privacy]\ntarget_epsilon = {epsilon or 1.0}\nmax_epsilon = 1e9\nledger = "{work / tag}.ledger.jsonl"\n'
         "[serve]\nmax_batch = 256\nrequests_per_minute = 100000\nallow_no_dp = true\n"
     )
     return path
+
+
+def public_base(work: Path, rows: int, *, quick: bool) -> str:
+    """A dual-encoder pretrained without DP on pairs of ``rows`` public rows (none of the world's items), as
+    the demo's sites start from; "" (train from scratch) when ``rows`` is 0."""
+    if rows == 0:
+        return ""
+    from coordinator.policy.public_reward import save_public_reward
+    from mor_secure.data.public import generate_public_sft
+
+    generate_public_sft(work / "public", n=rows, exclude_world=work / "world")
+    save_public_reward(work / "public", work / "public-reward", epochs=2 if quick else 16, progress=False)
+    return str(work / "public-reward")
 
 
 def train_and_serve(config_path: Path, epsilon: float | None) -> tuple[Any, Any, Any, float]:
@@ -328,8 +342,15 @@ def write_report(
         "",
         *machine,
         "",
-        f"One site (client-0 of a world generated with seed 0), dual-encoder reward model trained through "
-        f"`train_reward_model` on {first['members']} member pairs drawn at random (per seed) from a pool of "
+        "One site (client-0 of a world generated with seed 0), dual-encoder reward model "
+        + (
+            "starting from one pretrained without DP on public pairs (as the demo's sites do; "
+            f"{args.public_rows} public rows, `mor coordinator public-reward`), "
+            if args.base
+            else "from scratch, "
+        )
+        + f"trained through `train_reward_model` on {first['members']} member pairs drawn at random (per seed) "
+        f"from a pool of "
         f"{first['members'] + first['nonmembers']} train pairs; the other {first['nonmembers']} are the "
         f"non-members. {args.epochs} epochs, batch {args.batch}, lr {args.lr}, the same at every epsilon "
         "(DP: Poisson sampling, per-pair clipping C=1, PRV accountant, delta = 1/n capped at 1e-5). "
@@ -416,7 +437,14 @@ def write_report(
         "",
     ]
     write_markdown(out / "mia_audit.md", lines)
-    raw = {"command": command, "machine": machine, "run_seconds": seconds, "rows": rows, "summary": summary}
+    raw = {
+        "command": command,
+        "machine": machine,
+        "run_seconds": seconds,
+        "public_rows": args.public_rows,
+        "rows": rows,
+        "summary": summary,
+    }
     (out / "mia_audit.json").write_text(json.dumps(_strict_json(raw), indent=1))
 
     with figure(out / "mia_audit.png", cols=2, size=(11, 4)) as (_, (left, right)):
@@ -528,10 +556,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shadows", type=int, default=2, help="Shadow models per seed (0: loss attack only).")
     parser.add_argument("--no-tls", action="store_true", help="Skip the end-to-end run over mutual TLS.")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads.")
+    parser.add_argument(
+        "--public-rows",
+        type=int,
+        default=2000,
+        help="Public rows the site's starting model is pretrained on (2 pairs each; 0: the site trains from "
+        "scratch). The attacker's shadow models start from the same public model.",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.members, args.seeds, args.epochs, args.bootstrap = min(args.members, 40), args.seeds[:2], 20, 200
-        args.shadows = min(args.shadows, 1)
+        args.shadows, args.public_rows = min(args.shadows, 1), min(args.public_rows, 64)
     command = " ".join(["python", "-m", "benchmarks.mia_audit", *(sys.argv[1:] if argv is None else argv)])
 
     import datasets
@@ -555,6 +590,7 @@ def main(argv: list[str] | None = None) -> None:
         pool = train.select(range(2 * args.members))
         reference = train.select(range(2 * args.members, 4 * args.members))  # the attacker's own pairs
         test = load_preferences(work / "world" / "client-0", split="test", kind="pairs")
+        args.base = public_base(work, args.public_rows, quick=args.quick)
         ca = work / "ca"
         pki.init_ca(ca)
         pki.issue(ca, role="coordinator", name="coord")

@@ -111,6 +111,8 @@ def test_tiny_audit_end_to_end_with_tls(mia, tmp_path):
             "1",
             "--bootstrap",
             "20",
+            "--public-rows",
+            "16",
             "--out",
             str(tmp_path),
         ]
@@ -118,12 +120,13 @@ def test_tiny_audit_end_to_end_with_tls(mia, tmp_path):
     import json
 
     raw = json.loads((tmp_path / "mia_audit.json").read_text())
-    assert [r["target_epsilon"] for r in raw["rows"]] == [8.0, None]
+    assert [r["target_epsilon"] for r in raw["rows"]] == [8.0, None] and raw["public_rows"] == 16
     dp, no_dp = raw["rows"]
     assert dp["epsilon"] == pytest.approx(8.0, abs=0.1) and no_dp["epsilon"] is None  # strict JSON: inf -> null
     assert dp["tls_auc"] == pytest.approx(dp["auc"]) and dp["tls_max_diff"] < 1e-6  # same scores over TLS
     assert 0 <= dp["ci"][0] <= dp["auc"] <= dp["ci"][1] <= 1 and "shadow_auc" in dp
     report = (tmp_path / "mia_audit.md").read_text()
     assert "max AUC = (1 - delta)(e^eps + delta) / (e^eps + 1) + delta" in report
+    assert "starting from one pretrained without DP on public pairs" in report
     assert "Command: `python -m benchmarks.mia_audit --members 8" in report and "- CPU:" in report
     assert (tmp_path / "mia_audit.png").stat().st_size > 0
