@@ -111,7 +111,7 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
     public pretrained model. Also the warm start's and the oracle run's policy accuracy."""
     import torch
 
-    from coordinator.policy.public_reward import save_public_reward
+    from coordinator.policy.public_reward import DEFAULT_LR, save_public_reward
     from coordinator.policy.sft import run_sft
     from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
     from mor_secure.data.world import generate_world
@@ -120,7 +120,12 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
     torch.set_num_threads(1)
     folder = root / f"seed-{seed}"
     world, public = folder / "world", folder / "public"
-    marker = {**{k: getattr(sizes, k) for k in PRETRAIN_FIELDS}, "sites": len(sites), "flaws": "verbose"}
+    marker = {
+        **{k: getattr(sizes, k) for k in PRETRAIN_FIELDS},
+        "sites": len(sites),
+        "flaws": "verbose",
+        "public_reward_lr": DEFAULT_LR,  # a new default rebuilds the bases, as e8e2a81's did by hand
+    }
     if read_cached(folder / "pretrained.json", marker) is None:  # else world and bases are reused (only GRPO changed)
         if folder.exists():  # its cells depend on what is rebuilt here
             shutil.rmtree(folder)
