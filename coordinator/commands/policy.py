@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from coordinator.commands.options import config_option
+from coordinator.policy.public_reward import DEFAULT_LR
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -185,7 +186,7 @@ def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, l
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Pairs per step.")
 @click.option(
     "--lr",
-    default=1e-3,
+    default=DEFAULT_LR,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="AdamW learning rate (3e-3 stalled on chart pairs in one public seed of three).",

@@ -1,18 +1,18 @@
 """A reward model pretrained on public pairs without DP (public data costs no privacy): a site's head start
-before its private pairs, as the VLM families' public backbones are. Sites point ``[model] base`` at it."""
+before its private pairs, as the VLM families' public backbones are. Sites point ``[model] base`` at it.
+
+torch is imported inside the functions, so the command line reads ``DEFAULT_LR`` without loading it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import trange
-
-from coordinator.baselines.local import LocalTrainer
 from mor_secure.errors import BadInput
 from mor_secure.logs import get_logger
-from mor_secure.rewards import RewardModel
-from mor_secure.rewards.training import steps_per_epoch
+
+if TYPE_CHECKING:
+    from mor_secure.rewards import RewardModel
 
 log = get_logger("coordinator.policy.public_reward")
 
@@ -34,6 +34,11 @@ def pretrain_reward(
     progress: bool = True,
 ) -> list[float]:
     """Train ``model`` in place on ``pairs`` (image, prompt, chosen, rejected); returns each epoch's mean loss."""
+    from tqdm.auto import trange
+
+    from coordinator.baselines.local import LocalTrainer
+    from mor_secure.rewards.training import steps_per_epoch
+
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise BadInput(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
     per_epoch = steps_per_epoch(len(pairs), batch_size)
