@@ -23,7 +23,7 @@ from mor_secure.demo.stages import DemoError, Stage, StageContext, StageRunner, 
 SITES = ("client-0", "client-1", "client-2")
 FAMILIES = ("dual-encoder", "qwen2-vl", "dual-encoder")
 """Each site's reward-model family: the one measured to read the site's domain (detail, medical, chart); the tiny
-LLaVA stayed near chance on 64-pixel charts, where a dual-encoder reaches 91% at epsilon 8 (README)."""
+LLaVA stayed near chance on 64-pixel charts, which a dual-encoder reads (README, "What `mor demo` does")."""
 VLM_FAMILIES = tuple(f for f in dict.fromkeys(("qwen2-vl", *FAMILIES)) if f != "dual-encoder")
 """The tiny VLMs the demo builds and pretrains on public data: the policy's (qwen2-vl) and each VLM site's."""
 EPSILONS = (2.0, 4.0, 8.0)
