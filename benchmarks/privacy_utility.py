@@ -34,7 +34,7 @@ from typing import Any
 from benchmarks.common import format_interval, machine_lines, mean_interval, write_markdown
 from benchmarks.stages import Task, cached_results, run_tasks
 from mor_secure.cache import read_cached, write_cached
-from mor_secure.demo.pipeline import FAMILIES
+from mor_secure.demo.pipeline import FAMILIES, VLM_FAMILIES
 from mor_secure.reporting import figure, markdown_table
 
 SITES = ("client-0", "client-1", "client-2")
@@ -106,9 +106,9 @@ def eps_name(eps: float) -> str:
 
 def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES) -> dict[str, Any]:
     """World (one client per site), public data (with the demo's deliberate flaws) and GRPO prompts, the
-    policy's warm start (tiny qwen2-vl after SFT on public data), a public-data SFT of the tiny llava and a
-    dual-encoder pretrained on public pairs: the sites' starting models, as a real site would start from a
-    public pretrained model. Also the warm start's and the oracle run's policy accuracy."""
+    policy's warm start (tiny qwen2-vl after SFT on public data, also the VLM sites' base) and a dual-encoder
+    pretrained on public pairs: the sites' starting models, as a real site would start from a public
+    pretrained model. Also the warm start's and the oracle run's policy accuracy."""
     import torch
 
     from coordinator.policy.public_reward import DEFAULT_LR, save_public_reward
@@ -145,7 +145,7 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
         save_public_reward(
             public, folder / "pretrained" / "dual-encoder", epochs=sizes.public_reward_epochs, seed=seed, progress=False
         )
-        for family in ("qwen2-vl", "llava"):  # the warm start; llava for the benchmarks that seat one
+        for family in VLM_FAMILIES:  # the warm start and the VLM sites' bases
             tiny = build_tiny_vlm(family, folder / "tiny" / family, seed=seed, overwrite=True)
             run_sft(
                 tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3, seed=seed

@@ -1,8 +1,8 @@
 """Robustness after GRPO: policy accuracy when 1 (then 2) of 4 real DP sites return poisoned scores.
 
 Per seed, a benchmark world with 4 sites (client-3 holds mostly `detail` again, in another style) whose
-reward models are trained once with DP-SGD at epsilon 8 by the product's trainer (families dual-encoder,
-qwen2-vl, llava, dual-encoder; the VLMs on the seed's pretrained bases), reusing the privacy/utility
+reward models are trained once with DP-SGD at epsilon 8 by the product's trainer (the demo's families,
+client-3 the `detail` owner's; the VLM on the seed's pretrained base), reusing the privacy/utility
 benchmark's stages (``privacy_utility``). The adversary is client-0, the `detail` owner: its honest scores
 are rewritten at the scoring interface (``LocalFederation(poison=...)``): ``inverted`` (minus its honest
 score), ``random`` (seeded noise with its honest scores' mean and spread) or ``fixed-wrong`` (a high score
@@ -39,10 +39,12 @@ from benchmarks.local_federation import Poison
 from benchmarks.privacy_utility import FULL, QUICK, Sizes, eps_name
 from benchmarks.stages import Task, cached_results, run_tasks
 from mor_secure.cache import read_cached
+from mor_secure.demo.pipeline import FAMILIES as DEMO_FAMILIES
 from mor_secure.reporting import figure, markdown_table
 
 SITES = ("client-0", "client-1", "client-2", "client-3")
-FAMILIES = ("dual-encoder", "qwen2-vl", "llava", "dual-encoder")
+FAMILIES = (*DEMO_FAMILIES, DEMO_FAMILIES[0])
+"""The demo's site families; client-3, a second `detail` site, has the `detail` owner's."""
 EPSILON = 8.0
 """Every site's (and the FedAvg clients') epsilon in the full grid; the quick grid trains without DP."""
 FIXED_WORD = "purple"
