@@ -503,10 +503,16 @@ def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
             for other in ("uniform", "single", "fedavg", "centralised"):
                 row["paired_gain"][other] = mean_interval([a - b for a, b in zip(gains["mor"], gains[other])])
             row["policy_seeds"] = len(with_policy)
+            row["mor_gain_by_seed"] = {str(c["seed"]): g for c, g in zip(with_policy, gains["mor"])}
             row["mor_bytes_per_step"] = sum(c["policy"]["mor"].get("bytes_per_step", 0) for c in with_policy) / len(
                 with_policy
             )
         out["rows"].append(row)
+    no_dp = next((r for r in out["rows"] if r["epsilon"] == "inf" and r["gain"]), None)
+    for row in out["rows"]:
+        if no_dp is not None and row["gain"] and row is not no_dp:  # the DP cost of MoR's gain, paired by seed
+            common = sorted(set(row["mor_gain_by_seed"]) & set(no_dp["mor_gain_by_seed"]))
+            row["dp_cost"] = mean_interval([no_dp["mor_gain_by_seed"][s] - row["mor_gain_by_seed"][s] for s in common])
     return out
 
 
@@ -741,6 +747,13 @@ def reading(summary: dict[str, Any], sizes: Sizes) -> list[str]:
             f"gains {format_interval(r['gain']['mor'])} points, "
             f"{format_interval(r['gain_share']['mor'], 1.0)} of the oracle's gain; MoR's gain minus the "
             f"others' (paired by seed, points): {pairs}."
+        )
+    costs = [r for r in rows if "dp_cost" in r]
+    if costs:
+        out.append(
+            "- DP cost of the policy gain (MoR's gain without DP minus its gain at epsilon e, paired by seed): "
+            + "; ".join(f"{r['epsilon']}: {format_interval(r['dp_cost'])}" for r in costs)
+            + " points (the target is at most 3)."
         )
     ratios = [r["fedavg_round_bytes"] / r["mor_bytes_per_step"] for r in rows if r.get("mor_bytes_per_step")]
     if ratios:

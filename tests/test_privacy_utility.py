@@ -57,6 +57,29 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
     assert log.count("cached:") == 3  # the seed and both cells: nothing recomputed
 
 
+def test_dp_cost_pairs_mor_gain_without_dp_with_its_gain_at_each_epsilon():
+    from benchmarks.privacy_utility import FULL, POLICY_METHODS, SITES, reading, summarise
+
+    def cell(seed: int, eps: str, mor: float) -> dict:
+        return {
+            "seed": seed,
+            "epsilon": eps,
+            "reward_accuracy": {"mor": 0.8, "uniform": 0.7, "fedavg": 0.6, "centralised": 0.7},
+            "sites": {site: {"epsilon": 1.0} for site in SITES},
+            "fedavg_round_bytes": 100,
+            "single_site": "client-0",
+            "policy": {m: {"accuracy": mor if m == "mor" else 0.4, "bytes_per_step": 1} for m in POLICY_METHODS},
+        }
+
+    seeds = {s: {"warm": {"accuracy": 0.3}, "oracle": {"accuracy": 0.5}} for s in (0, 1)}
+    cells = [cell(0, "4", 0.45), cell(1, "4", 0.50), cell(0, "inf", 0.50), cell(1, "inf", 0.52)]
+    summary = summarise({"seeds": seeds, "cells": cells}, [4.0, math.inf])
+    by_eps = {r["epsilon"]: r for r in summary["rows"]}
+    assert by_eps["4"]["dp_cost"][0] == pytest.approx(0.035)  # (0.05 + 0.02) / 2, seed by seed
+    assert "dp_cost" not in by_eps["inf"]
+    assert any("DP cost of the policy gain" in line and "4: 3.5" in line for line in reading(summary, FULL))
+
+
 def test_local_federation_answers_what_the_scoring_service_answers(world_dir, tmp_path):
     from benchmarks.local_federation import LocalFederation
     from client_agent.config import ServeSection
