@@ -34,7 +34,7 @@ from typing import Any
 from benchmarks.common import format_interval, machine_lines, mean_interval, write_markdown
 from benchmarks.stages import Task, cached_results, run_tasks
 from mor_secure.cache import read_cached, write_cached
-from mor_secure.demo.pipeline import FAMILIES, VLM_FAMILIES
+from mor_secure.demo.pipeline import FAMILIES, SITE_VLM_FAMILIES, VLM_FAMILIES
 from mor_secure.reporting import figure, markdown_table
 
 SITES = ("client-0", "client-1", "client-2")
@@ -66,6 +66,7 @@ class Sizes:
     public_rows: int
     sft_steps: int
     public_reward_epochs: int
+    vlm_reward_epochs: int
     router_epochs: int
     grpo_steps: int
     grpo_batch: int
@@ -83,7 +84,15 @@ class Sizes:
         return cls(**{f.name: getattr(profile, f.name) for f in fields(cls) if hasattr(profile, f.name)})
 
 
-PRETRAIN_FIELDS = ("pairs", "router_pairs", "eval_questions", "public_rows", "sft_steps", "public_reward_epochs")
+PRETRAIN_FIELDS = (
+    "pairs",
+    "router_pairs",
+    "eval_questions",
+    "public_rows",
+    "sft_steps",
+    "public_reward_epochs",
+    "vlm_reward_epochs",
+)
 """The sizes that make a seed's world and pretrained bases (a change in any other one reuses them)."""
 
 
@@ -101,17 +110,23 @@ def eps_name(eps: float) -> str:
     return "inf" if math.isinf(eps) else f"{eps:g}"
 
 
+def site_base(seed_dir: Path, family: str) -> Path:
+    """The public reward model a ``family`` site of this seed starts from."""
+    return seed_dir / "pretrained" / f"reward-{family}"
+
+
 # ----- one seed: world, public data, pretrained bases -----
 
 
 def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = SITES) -> dict[str, Any]:
     """World (one client per site), public data (with the demo's deliberate flaws) and GRPO prompts, the
-    policy's warm start (tiny qwen2-vl after SFT on public data, also the VLM sites' base) and a dual-encoder
-    pretrained on public pairs: the sites' starting models, as a real site would start from a public
-    pretrained model. Also the warm start's and the oracle run's policy accuracy."""
+    policy's warm start (tiny qwen2-vl after SFT on public data, also the VLM sites' public VLM) and each
+    site family's reward model pretrained on public pairs (:func:`site_base`): the sites' starting models, as a
+    real site would start from a public pretrained model. Also the warm start's and the oracle run's policy
+    accuracy."""
     import torch
 
-    from coordinator.policy.public_reward import DEFAULT_LR, save_public_reward
+    from coordinator.policy.public_reward import DUAL_ENCODER, VLM, save_public_reward
     from coordinator.policy.sft import run_sft
     from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
     from mor_secure.data.world import generate_world
@@ -124,7 +139,10 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
         **{k: getattr(sizes, k) for k in PRETRAIN_FIELDS},
         "sites": len(sites),
         "flaws": "verbose",
-        "public_reward_lr": DEFAULT_LR,  # a new default rebuilds the bases, as e8e2a81's did by hand
+        # a new default rebuilds the bases
+        "public_reward_lr": DUAL_ENCODER.lr,
+        "vlm_reward_lr": VLM.lr,
+        "site_vlms": SITE_VLM_FAMILIES,
     }
     if read_cached(folder / "pretrained.json", marker) is None:  # else world and bases are reused (only GRPO changed)
         if folder.exists():  # its cells depend on what is rebuilt here
@@ -143,12 +161,22 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
             folder / "prompts", seed=seed + 10_000, n=sizes.public_rows, flaws=DEFAULT_FLAWS, exclude_world=world
         )
         save_public_reward(
-            public, folder / "pretrained" / "dual-encoder", epochs=sizes.public_reward_epochs, seed=seed, progress=False
+            public, site_base(folder, "dual-encoder"), epochs=sizes.public_reward_epochs, seed=seed, progress=False
         )
-        for family in VLM_FAMILIES:  # the warm start and the VLM sites' bases
+        for family in VLM_FAMILIES:  # the warm start and the VLM sites' public VLMs
             tiny = build_tiny_vlm(family, folder / "tiny" / family, seed=seed, overwrite=True)
             run_sft(
                 tiny, public, folder / "pretrained" / family, steps=sizes.sft_steps, batch_size=32, lr=3e-3, seed=seed
+            )
+        for family in SITE_VLM_FAMILIES:
+            save_public_reward(
+                public,
+                site_base(folder, family),
+                family=family,
+                base=str(folder / "pretrained" / family),
+                epochs=sizes.vlm_reward_epochs,
+                seed=seed,
+                progress=False,
             )
         write_cached(folder / "pretrained.json", marker, {})
     warm = folder / "pretrained" / "qwen2-vl"
@@ -186,7 +214,7 @@ def train_sites(
         folder = cell / "sites" / site
         folder.mkdir(parents=True, exist_ok=True)
         tls = {name: str(folder / f"unused.{name}") for name in ("ca", "cert", "key", "crl")}
-        base = str(seed_dir / "pretrained" / family)
+        base = str(site_base(seed_dir, family))
         write_toml(
             folder / "client.toml",
             {
@@ -602,9 +630,10 @@ def write_report(
         "- Sites (the product's `client_agent.train` at its defaults, DP-SGD with Opacus, PRV accountant, one "
         "pair = one sample, every site at the row's epsilon; `inf` = no DP): "
         + ", ".join(f"{s} {f}" for s, f in zip(SITES, FAMILIES))
-        + " (the demo's). The qwen2-vl site starts from the policy's warm start, a tiny VLM pretrained on the "
-        "public data (a real site starts from a public pretrained VLM); the dual-encoder sites from a "
-        "dual-encoder trained on public pairs (`mor coordinator public-reward`).",
+        + " (the demo's). Every site starts from a reward model trained on public pairs without DP (`mor "
+        f"coordinator public-reward`): the qwen2-vl one ({sizes.vlm_reward_epochs} epochs) on the policy's warm "
+        "start, a tiny VLM after SFT on the public data (a real site starts from a public pretrained VLM), the "
+        f"dual-encoders ({sizes.public_reward_epochs} epochs) from scratch.",
         "- Own domain: what `mor client eval` measures at each site on its held-out pairs of the domain it holds "
         "most of: pairwise accuracy, and top-1 (the true answer ranked above every other candidate answer of "
         "its question: all answers in all styles, other types' answers, junk).",

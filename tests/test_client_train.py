@@ -152,7 +152,7 @@ def _text_decidable(pairs):
 
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "llava"])
-def test_dp_vlm_families_learn_the_answer_style(family, world_dir, tiny_model_dir, tmp_path):
+def test_dp_vlm_families_learn_the_answer_style(family, world_dir, tiny_model_dir, tmp_path, caplog):
     # batch 32 rather than the default 256: ~200 pairs then make 7 noisy steps an epoch instead of one
     config = load_client_config(
         write_config(
@@ -164,7 +164,10 @@ def test_dp_vlm_families_learn_the_answer_style(family, world_dir, tiny_model_di
             privacy="target_epsilon = 8.0\nmax_epsilon = 20.0",
         )
     )
-    report = train_reward_model(config, progress=False).report
+    with caplog.at_level(logging.WARNING, logger="mor.client.train"):
+        report = train_reward_model(config, progress=False).report
+    # a bare VLM under DP: the site is told which command gives it a public reward model to start from
+    assert any(f"public-reward --family {family} --base" in r.getMessage() for r in caplog.records)
     assert report.epsilon <= 8.0 and report.epsilon == pytest.approx(recomputed_epsilon(report), rel=1e-9)
     # ~120 decidable training pairs say whether it learned; the ~13 held-out ones only that it generalises
     assert evaluate_saved(config.train.out, _text_decidable(load_pairs(config, "train"))).accuracy > 0.7

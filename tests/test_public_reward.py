@@ -77,3 +77,26 @@ def test_public_reward_command_saves_a_loadable_model(public_rows, tmp_path):
     assert "[model] base" in result.output and load_reward_model(out).spec["width"] == 8
     again = CliRunner().invoke(group, args)
     assert again.exit_code != 0 and "already exists" in again.output
+
+
+def test_a_vlm_public_reward_model_starts_from_its_public_vlm(public_rows, tiny_model_dir, tmp_path):
+    from coordinator.commands import group
+
+    data = tmp_path / "public"
+    public_rows.select(range(8)).save_to_disk(str(data))
+    out = tmp_path / "rm"
+    args = ["public-reward", "--family", "qwen2-vl", "--data", str(data), "--out", str(out), "--epochs", "1"]
+    refused = CliRunner().invoke(group, args)
+    assert refused.exit_code != 0 and "--base" in refused.output and not out.exists()
+    vlm = tiny_model_dir("qwen2-vl")
+    result = CliRunner().invoke(group, [*args, "--base", str(vlm), "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert 'family = "qwen2-vl"' in result.output
+    saved = load_reward_model(out)
+    assert saved.family == "qwen2-vl" and saved.spec["base"] == str(vlm)
+    fresh = build_reward_model(ModelSection(family="qwen2-vl", base=str(vlm)))
+    site = build_reward_model(ModelSection(family="qwen2-vl", base=str(out)))  # a site's [model] base
+    assert site.training
+    trained = saved.state_dict()
+    assert all(torch.equal(w, trained[name]) for name, w in site.state_dict().items())
+    assert any(not torch.equal(w, trained[name]) for name, w in fresh.state_dict().items())  # pretraining moved it

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from coordinator.commands.options import config_option
-from coordinator.policy.public_reward import DEFAULT_LR
+from coordinator.policy.public_reward import DUAL_ENCODER, VLM
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -173,7 +173,14 @@ def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, l
     "--family",
     default="dual-encoder",
     show_default=True,
-    help="Reward-model family to pretrain (the VLM families get their head start from `sft`).",
+    help="Reward-model family to pretrain: 'dual-encoder' from scratch, or a VLM family ('qwen2-vl', "
+    "'llava') on the public VLM given by --base.",
+)
+@click.option(
+    "--base",
+    default="",
+    help="VLM families: the public pretrained VLM to start from (a local folder, e.g. `mor coordinator sft` "
+    "output, or a cached hub id); the sites need the same one.",
 )
 @click.option(
     "--width",
@@ -182,36 +189,60 @@ def sft(base: str, data_dir: Path, out_dir: Path, steps: int, batch_size: int, l
     type=click.IntRange(min=1),
     help="dual-encoder: encoder width (sites inherit it).",
 )
-@click.option("--epochs", default=16, show_default=True, type=click.IntRange(min=1), help="Passes over the pairs.")
+@click.option(
+    "--epochs",
+    default=None,
+    type=click.IntRange(min=1),
+    help=f"Passes over the pairs [default: {DUAL_ENCODER.epochs} for the dual-encoder, which starts from "
+    f"scratch; {VLM.epochs} for a VLM].",
+)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Pairs per step.")
 @click.option(
     "--lr",
-    default=DEFAULT_LR,
-    show_default=True,
+    default=None,
     type=click.FloatRange(min=0, min_open=True),
-    help="AdamW learning rate (3e-3 stalled on chart pairs in one public seed of three).",
+    help=f"AdamW learning rate [default: {DUAL_ENCODER.lr:g} for the dual-encoder (3e-3 stalled on chart pairs "
+    f"in one public seed of three); {VLM.lr:g} for a VLM].",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of pairs, shuffling and initialisation.")
 def public_reward(
-    data_dir: Path, out_dir: Path, family: str, width: int, epochs: int, batch_size: int, lr: float, seed: int
+    data_dir: Path,
+    out_dir: Path,
+    family: str,
+    base: str,
+    width: int,
+    epochs: int | None,
+    batch_size: int,
+    lr: float | None,
+    seed: int,
 ) -> None:
     """Pretrain a reward model on public pairs without DP: a site's head start before its private pairs.
 
     Each public row gives two pairs, the true answer over a wrong one in the same style (correctness,
     no style) or over malformed output. Public data costs no privacy; under DP from scratch a small
-    model learns little from a few thousand private pairs.
+    model learns little from a few thousand private pairs, and a public VLM has never ranked answers.
     """
     from coordinator.policy.public_reward import save_public_reward
 
     if out_dir.exists():
         raise click.ClickException(f"{out_dir} already exists; choose a new --out folder or remove it")
+    if family != "dual-encoder" and not base:
+        raise click.UsageError(f"--family {family} needs --base: the public pretrained VLM to start from")
     result = save_public_reward(
-        data_dir, out_dir, family=family, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+        data_dir,
+        out_dir,
+        family=family,
+        base=base,
+        width=width,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
     )
     losses = result["losses"]
     click.echo(
         f"saved {family} reward model to {out_dir} ({result['pairs']} public pairs, loss {losses[0]:.3f} -> "
-        f'{losses[-1]:.3f}); set [model] base = "{out_dir}" at the sites'
+        f'{losses[-1]:.3f}); set [model] base = "{out_dir}" (family = "{family}") at the sites'
     )
 
 

@@ -24,7 +24,9 @@ SITES = ("client-0", "client-1", "client-2")
 FAMILIES = ("dual-encoder", "qwen2-vl", "dual-encoder")
 """Each site's reward-model family: the one measured to read the site's domain (detail, medical, chart); the tiny
 LLaVA stayed near chance on 64-pixel charts, which a dual-encoder reads (README, "What `mor demo` does")."""
-VLM_FAMILIES = tuple(f for f in dict.fromkeys(("qwen2-vl", *FAMILIES)) if f != "dual-encoder")
+SITE_VLM_FAMILIES = tuple(f for f in dict.fromkeys(FAMILIES) if f != "dual-encoder")
+"""The sites' VLM families: each gets a public reward model on its public VLM."""
+VLM_FAMILIES = tuple(dict.fromkeys(("qwen2-vl", *SITE_VLM_FAMILIES)))
 """The tiny VLMs the demo builds and pretrains on public data: the policy's (qwen2-vl) and each VLM site's."""
 EPSILONS = (2.0, 4.0, 8.0)
 COORDINATOR = "coord"
@@ -43,6 +45,7 @@ class Profile:
     public_rows: int
     sft_steps: int
     public_reward_epochs: int
+    vlm_reward_epochs: int
     router_epochs: int
     grpo_steps: int
     grpo_batch: int
@@ -62,6 +65,7 @@ QUICK = Profile(
     public_rows=256,
     sft_steps=40,
     public_reward_epochs=1,
+    vlm_reward_epochs=1,
     router_epochs=40,
     grpo_steps=4,
     grpo_batch=16,
@@ -80,6 +84,7 @@ FULL = Profile(
     public_rows=2000,
     sft_steps=800,
     public_reward_epochs=16,
+    vlm_reward_epochs=4,
     router_epochs=100,
     grpo_steps=300,
     grpo_batch=64,
@@ -179,7 +184,13 @@ class Demo:
                 "warmstart",
                 "pretrain on public data: the policy's warm start and every site's starting model",
                 self._warmstart,
-                {"rows": p.public_rows, "steps": p.sft_steps, "reward_epochs": p.public_reward_epochs},
+                {
+                    "rows": p.public_rows,
+                    "steps": p.sft_steps,
+                    "reward_epochs": p.public_reward_epochs,
+                    "vlm_reward_epochs": p.vlm_reward_epochs,
+                    "site_vlms": SITE_VLM_FAMILIES,
+                },
                 [self.w / "policy"],
             ),
             Stage(
@@ -192,7 +203,7 @@ class Demo:
                     "batch": p.site_batch,
                     "eps": EPSILONS,
                     "families": FAMILIES,
-                    "bases": "public-pretrained, dual-encoder too",
+                    "bases": "public reward models",
                 },
             ),
             Stage(
@@ -298,7 +309,7 @@ class Demo:
             merge_toml(
                 config,
                 {
-                    "model": {"family": family, "base": str(self.pretrained(family))},
+                    "model": {"family": family, "base": str(self.site_base(family))},
                     "data": {"max_pairs": p.site_pairs},
                     "train": {"epochs": p.site_epochs, "batch_size": p.site_batch, "checkpoint_every": 1000},
                     "privacy": {"target_epsilon": eps, "max_epsilon": 1000.0},
@@ -362,18 +373,42 @@ class Demo:
                 "--data",
                 self.public,
                 "--out",
-                self.pretrained("dual-encoder"),
+                self.site_base("dual-encoder"),
                 "--epochs",
                 p.public_reward_epochs,
             ]
         )
         ctx.run(*commands[0], parallel=commands[1:])
+        # a VLM site's reward model starts from its public VLM (after the SFT above), ranking public answers
+        vlm_rewards = [
+            [
+                "coordinator",
+                "public-reward",
+                "--family",
+                f,
+                "--base",
+                self.pretrained(f),
+                "--data",
+                self.public,
+                "--out",
+                self.site_base(f),
+                "--epochs",
+                p.vlm_reward_epochs,
+            ]
+            for f in SITE_VLM_FAMILIES
+        ]
+        if vlm_rewards:
+            ctx.run(*vlm_rewards[0], parallel=vlm_rewards[1:])
 
     def pretrained(self, family: str) -> Path:
         """A tiny VLM after SFT on public data, standing in for the public pretrained VLM a site starts from
-        (the qwen2-vl one is also the policy's warm start); for the dual-encoder, a reward model pretrained
-        on public pairs."""
+        (the qwen2-vl one is also the policy's warm start)."""
         return self.warm if family == "qwen2-vl" else self.w / "policy" / f"pretrained-{family}"
+
+    def site_base(self, family: str) -> Path:
+        """The reward model a ``family`` site starts from: pretrained on public pairs (a VLM on its
+        public VLM, :meth:`pretrained`; the dual-encoder from scratch)."""
+        return self.w / "policy" / f"public-reward-{family}"
 
     def _write_coordinator_config(self) -> None:
         p = self.profile

@@ -26,13 +26,18 @@ def family_class(name: str) -> type[RewardModel]:
         ) from None
 
 
+def is_saved_reward_model(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by ``RewardModel.save`` (not a bare VLM, not empty)."""
+    return bool(path) and (Path(path) / CONFIG_NAME).is_file()
+
+
 def build_reward_model(model_config: Any, *, seed: int = 0) -> RewardModel:
     """A fresh model of ``model_config.family`` (each constructor takes the [model] fields it names), or,
     where ``[model] base`` is a saved reward-model folder of that family (a publicly pretrained one),
     that model, to train on from its weights and spec."""
     cls = family_class(model_config.family)
     base = getattr(model_config, "base", "")
-    if base and (Path(base) / CONFIG_NAME).is_file():
+    if is_saved_reward_model(base):
         model = load_reward_model(base)
         if model.family != cls.family:
             raise ConfigError(
