@@ -6,8 +6,9 @@ reward model with DP-SGD through the product's own ``client_agent.train`` at its
 demo's families) and measures it on its own held-out pairs; the coordinator
 calibrates and trains the router on the sites' scores and trains the FedAvg and centralised reward models
 at the same epsilon (``coordinator.mixture.router_run.run_router``). At the policy epsilons, GRPO with a KL penalty
-then trains the warm start once per reward (MoR, uniform, FedAvg, centralised, each site alone); once per
-seed with the ground truth as reward (the oracle: the ceiling any learned reward can reach). Scores come
+then trains the warm start once per reward (MoR, uniform, FedAvg, centralised, the best site alone), and at
+epsilon inf once with MoR (the reference of the DP cost); once per seed with the ground truth as reward (the
+oracle: the ceiling any learned reward can reach). Scores come
 from each site's ``ScoringService`` answering the very requests sent over TLS
 (``benchmarks/local_federation.py``); bytes on the wire per GRPO step are counted from those encoded messages.
 
@@ -43,6 +44,8 @@ POLICY_EPSILONS = (4.0,)
 """Epsilons whose cells also run GRPO per fusion (the reward columns run at every epsilon)."""
 POLICY_METHODS = ("mor", "uniform", "single", "fedavg", "centralised")
 """Rewards GRPO runs with; ``single`` is the one site whose scores rank the router's training pairs best."""
+DP_COST_METHODS = ("mor",)
+"""Rewards GRPO also runs with at epsilon inf when that is no policy epsilon: the reference of the DP cost."""
 METHOD_LABELS = {
     "mor": "MoR",
     "uniform": "uniform",
@@ -357,8 +360,8 @@ def grpo_policy(
     return result
 
 
-def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> dict[str, Any]:
-    """Sites (with their own-domain accuracy), router + baselines and, with ``policy``, one GRPO run per fusion
+def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, methods: Sequence[str]) -> dict[str, Any]:
+    """Sites (with their own-domain accuracy), router + baselines and one GRPO run per fusion of ``methods``
     at one (seed, epsilon)."""
     import torch
 
@@ -386,7 +389,7 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> d
             config,
             federation,
         )
-        for method in (POLICY_METHODS if policy else ())
+        for method in methods
     }
     return {
         "seed": seed,
@@ -413,10 +416,15 @@ def run_cell(root: Path, seed: int, eps: float, sizes: Sizes, policy: bool) -> d
 
 
 def plan(
-    root: Path, seeds: Sequence[int], epsilons: Sequence[float], sizes: Sizes, policy_epsilons: Sequence[float]
+    root: Path,
+    seeds: Sequence[int],
+    epsilons: Sequence[float],
+    sizes: Sizes,
+    policy_epsilons: Sequence[float],
+    dp_cost: bool = True,
 ) -> tuple[dict[str, Task], list[str]]:
-    """Every seed preparation, then every (seed, epsilon) cell after its seed (GRPO only in the cells at
-    ``policy_epsilons``), by name; and the names of the cells."""
+    """Every seed preparation, then every (seed, epsilon) cell after its seed (GRPO per fusion only in the cells
+    at ``policy_epsilons``; with ``dp_cost``, MoR's alone at inf otherwise), by name; and the names of the cells."""
     tasks = {
         f"seed {seed} prepared": Task(
             root / f"seed-{seed}" / "prepared.json", prepare_seed, (root, seed, sizes), asdict(sizes)
@@ -427,12 +435,17 @@ def plan(
     for seed in seeds:
         for eps in epsilons:
             policy = eps in policy_epsilons
+            reference = dp_cost and not policy and math.isinf(eps)
+            methods = POLICY_METHODS if policy else DP_COST_METHODS if reference else ()
+            stamp = {**asdict(sizes), "policy": policy, "families": FAMILIES}
+            if reference:
+                stamp["dp_cost_reference"] = DP_COST_METHODS
             name = f"seed {seed}, epsilon {eps_name(eps)}"
             tasks[name] = Task(
                 root / f"seed-{seed}" / f"eps-{eps_name(eps)}" / "result.json",
                 run_cell,
-                (root, seed, eps, sizes, policy),
-                {**asdict(sizes), "policy": policy, "families": FAMILIES},
+                (root, seed, eps, sizes, methods),
+                stamp,
                 after=(f"seed {seed} prepared",),
             )
             cells.append(name)
@@ -446,10 +459,11 @@ def run_grid(
     sizes: Sizes,
     jobs: int,
     policy_epsilons: Sequence[float] = POLICY_EPSILONS,
+    dp_cost: bool = True,
 ) -> dict[str, Any]:
     """Every seed preparation and (seed, epsilon) cell, ``jobs`` at a time, cached in ``root``: the seeds'
     results, the cells' and how many were computed now or read from the cache."""
-    tasks, cells = plan(root, seeds, epsilons, sizes, policy_epsilons)
+    tasks, cells = plan(root, seeds, epsilons, sizes, policy_epsilons, dp_cost)
     from_cache = len(cached_results(tasks))
     done = run_tasks(tasks, jobs)
     return {
@@ -515,9 +529,10 @@ def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
         row["fedavg_round_bytes"] = sum(c["fedavg_round_bytes"] for c in cells) / len(cells)
         row["site_epsilon"] = {s: max(c["sites"][s]["epsilon"] for c in cells) for s in SITES}
         with_policy = [c for c in cells if c["policy"]]
-        if with_policy:
-            gains = {m: [c["policy"][m]["accuracy"] - warm[c["seed"]] for c in with_policy] for m in POLICY_METHODS}
-            for method in POLICY_METHODS:
+        methods = [m for m in POLICY_METHODS if with_policy and all(m in c["policy"] for c in with_policy)]
+        if methods:
+            gains = {m: [c["policy"][m]["accuracy"] - warm[c["seed"]] for c in with_policy] for m in methods}
+            for method in methods:
                 row["policy"][method] = mean_interval([c["policy"][method]["accuracy"] for c in with_policy])
                 row["gain"][method] = mean_interval(gains[method])
                 shares = [
@@ -528,7 +543,7 @@ def summarise(results: dict[str, Any], epsilons: list[float]) -> dict[str, Any]:
                 # a share of a gain the oracle did not clearly make is noise divided by noise: not reported
                 row["gain_share"][method] = mean_interval(shares) if shares and oracle_gained else (math.nan, math.nan)
             row["single_sites"] = sorted({c["single_site"] for c in with_policy})
-            for other in ("uniform", "single", "fedavg", "centralised"):
+            for other in (m for m in methods if m != "mor"):
                 row["paired_gain"][other] = mean_interval([a - b for a, b in zip(gains["mor"], gains[other])])
             row["policy_seeds"] = len(with_policy)
             row["mor_gain_by_seed"] = {str(c["seed"]): g for c, g in zip(with_policy, gains["mor"])}
@@ -580,7 +595,7 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
         policy_rows = [r for r in rows if r["gain"]]
         width = 0.8 / max(len(policy_rows), 1)
         for i, r in enumerate(policy_rows):
-            gains = [r["gain"][m] for m in POLICY_METHODS]
+            gains = [r["gain"].get(m, (math.nan, math.nan)) for m in POLICY_METHODS]
             axes[1].bar(
                 [j + i * width for j in range(len(POLICY_METHODS))],
                 [100 * g for g, _ in gains],
@@ -641,8 +656,9 @@ def write_report(
         "scores higher. MoR = the learned router over calibrated scores; FedAvg RM and centralised RM are "
         "dual-encoders trained in process on the sites' pairs at the same epsilon (the centralised one pools "
         "the data: an upper reference, not federated).",
-        f"- Policy (at epsilon {', '.join(r['epsilon'] for r in policy_rows) or 'none'} only, to fit the run "
-        f"in time): greedy answers to the world's {sizes.eval_questions} held-out questions after GRPO "
+        f"- Policy (at epsilon {', '.join(r['epsilon'] for r in policy_rows if len(r['gain']) > 1) or 'none'} "
+        "only, to fit the run in time; MoR alone at inf where it is listed, the reference of the DP cost): "
+        f"greedy answers to the world's {sizes.eval_questions} held-out questions after GRPO "
         f"({sizes.grpo_steps} steps of {sizes.grpo_batch} completions, beta {sizes.beta}, the product's GRPO "
         "defaults, reference = the warm start) with each reward; an answer counts when it names the true "
         "answer in any style. The oracle rewards the ground truth (+1 correct, +0.25 concise). Gain = policy "
@@ -704,6 +720,7 @@ def write_report(
                 ]
                 for r in policy_rows
                 for m in POLICY_METHODS
+                if m in r["gain"]
             ],
         ),
         "",
@@ -772,10 +789,14 @@ def reading(summary: dict[str, Any], sizes: Sizes) -> list[str]:
             for o, d in r["paired_gain"].items()
         )
         out.append(
-            f"- Epsilon {r['epsilon']} (best single site by training pairs: {', '.join(r['single_sites'])}): MoR "
-            f"gains {format_interval(r['gain']['mor'])} points, "
-            f"{format_interval(r['gain_share']['mor'], 1.0)} of the oracle's gain; MoR's gain minus the "
-            f"others' (paired by seed, points): {pairs}."
+            f"- Epsilon {r['epsilon']}: MoR gains {format_interval(r['gain']['mor'])} points, "
+            f"{format_interval(r['gain_share']['mor'], 1.0)} of the oracle's gain"
+            + (
+                f" (best single site by training pairs: {', '.join(r['single_sites'])}); MoR's gain minus the "
+                f"others' (paired by seed, points): {pairs}."
+                if pairs
+                else " (MoR alone: the DP cost's reference)."
+            )
         )
     costs = [r for r in rows if "dp_cost" in r]
     if costs:
@@ -824,6 +845,12 @@ def main(argv: list[str] | None = None) -> None:
         help="Reduced grid: epsilons 1 and inf (GRPO at 1), 1 seed, the quick demo's sizes (a smoke "
         "run of every stage).",
     )
+    parser.add_argument(
+        "--no-dp-cost",
+        action="store_true",
+        help="Skip the GRPO run with MoR without DP (one per seed, at epsilon inf when that is among --epsilons "
+        "but not --policy-epsilons): the reference MoR's gain at each policy epsilon is compared with.",
+    )
     parser.add_argument("--grpo-steps", type=int, default=None, help="Override the GRPO steps per run.")
     parser.add_argument("--jobs", type=int, default=2, help="Cells run at once (one process and thread each).")
     args = parser.parse_args(argv)
@@ -841,7 +868,7 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(["python", "-m", "benchmarks.privacy_utility", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_lines(["torch", "transformers", "trl", "opacus"])
     start = time.perf_counter()
-    results = run_grid(args.workdir.resolve(), seeds, epsilons, sizes, args.jobs, policy_epsilons)
+    results = run_grid(args.workdir.resolve(), seeds, epsilons, sizes, args.jobs, policy_epsilons, not args.no_dp_cost)
     summary = summarise(results, epsilons)
     write_report(args.out, results, summary, sizes, seeds, command, time.perf_counter() - start, machine)
     print((args.out / "privacy_utility.md").read_text(encoding="utf-8"))

@@ -36,7 +36,7 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
         assert {"mor", "uniform", "fedavg", "centralised", "single:client-0"} <= set(cell["reward_accuracy"])
         # each site measured on its own held-out pairs, pairwise and top-1 (as `mor client eval` does)
         assert all(0.0 <= s["own"]["accuracy"] <= 1.0 and s["own"]["top1"] for s in cell["sites"].values())
-    assert cells["inf"]["policy"] == {}  # GRPO runs at the policy epsilons only
+    assert set(cells["inf"]["policy"]) == {"mor"}  # no DP: MoR alone, the reference of the DP cost
     policy = cells["1"]["policy"]
     assert set(policy) == {"mor", "uniform", "single", "fedavg", "centralised"}
     assert cells["1"]["single_site"] in cells["1"]["sites"]  # the single site is chosen on training pairs
@@ -46,6 +46,7 @@ def test_reduced_grid_writes_the_report_and_resumes_from_its_cache(tmp_path, cap
     assert "bytes_per_step" not in policy["fedavg"]
     row = next(r for r in data["summary"]["rows"] if r["epsilon"] == "1")
     assert set(row["paired_gain"]) == {"uniform", "single", "fedavg", "centralised"}
+    assert "dp_cost" in row and "DP cost of the policy gain" in report
     assert set(row["own"]) == {"client-0", "client-1", "client-2"}  # the curve: pairwise and top-1 per site
     assert all(0.0 <= own["pairwise"][0] <= 1.0 and 0.0 <= own["top1"][0] <= 1.0 for own in row["own"].values())
     seed = data["results"]["seeds"]["0"]
