@@ -134,6 +134,7 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
     from mor_secure.data.public import DEFAULT_FLAWS, generate_public_sft
     from mor_secure.data.world import generate_world
     from mor_secure.models.zoo import build_tiny_vlm
+    from mor_secure.rewards.dual_encoder import DualEncoderReward
 
     torch.set_num_threads(1)
     folder = root / f"seed-{seed}"
@@ -142,10 +143,11 @@ def prepare_seed(root: Path, seed: int, sizes: Sizes, *, sites: Sequence[str] = 
         **{k: getattr(sizes, k) for k in PRETRAIN_FIELDS},
         "sites": len(sites),
         "flaws": "verbose",
-        # a new default rebuilds the bases
+        # a new default, or a new dual-encoder architecture, rebuilds the bases
         "public_reward_lr": DUAL_ENCODER.lr,
         "vlm_reward_lr": VLM.lr,
         "site_vlms": SITE_VLM_FAMILIES,
+        "dual_encoder_weights": sum(p.numel() for p in DualEncoderReward().parameters()),
     }
     if read_cached(folder / "pretrained.json", marker) is None:  # else world and bases are reused (only GRPO changed)
         if folder.exists():  # its cells depend on what is rebuilt here

@@ -100,7 +100,7 @@ def test_load_refuses_tampered_folders(tiny_model_dir, tmp_path):
     for bad, match in [
         ({**config, "family": "nope"}, "unknown reward-model family"),
         ({**config, "spec": {**config["spec"], "evil": 1}}, "does not fit"),
-        ({**config, "spec": {**config["spec"], "width": 8}}, "shape"),
+        ({**config, "spec": {**config["spec"], "width": 8}}, "shape .*retrain it"),
         ({**config, "format": 9}, "not a reward-model config"),
     ]:
         config_path.write_text(json.dumps(bad))

@@ -24,25 +24,41 @@ from mor_secure.data.schema import answer_text, question_text
 from mor_secure.rewards.base import Batch, RewardModel, Text
 
 GRID = 8
-"""Images are summarised as the mean colour of each cell of a GRID x GRID grid ..."""
+"""Images are summarised per cell of a GRID x GRID grid (mean colour, foreground share, edge strength) ..."""
 LEVELS = 4
 """... plus a colour histogram with LEVELS levels per channel."""
-IMAGE_FEATURES = 3 * GRID * GRID + LEVELS**3
+FOREGROUND = 0.1
+"""A pixel is foreground when a channel differs from the image's median colour by more than this (0-1 scale)."""
+IMAGE_FEATURES = 5 * GRID * GRID + LEVELS**3
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
+def _cells(values: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` ([H, W] or [H, W, C]) over each cell of the GRID x GRID grid, flattened."""
+    cell = values.shape[0] // GRID
+    trimmed = values[: cell * GRID, : cell * GRID]
+    return trimmed.reshape(GRID, cell, GRID, cell, *values.shape[2:]).mean(axis=(1, 3)).ravel()
+
+
 def image_features(images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    """[N, IMAGE_FEATURES]: per-cell mean RGB (colour and position) and a colour histogram."""
+    """[N, IMAGE_FEATURES]: per cell the mean RGB (colour and position), the share of pixels away from the
+    median colour (where objects are, whatever their colour) and the mean gradient (edges: corners and
+    outlines); and a colour histogram. Foreground and edges lifted the `detail` site's pairwise accuracy at
+    epsilon 4 from 91-92% to 95-96% (two validation worlds), its chart accuracy unchanged."""
     out = np.zeros((len(images), IMAGE_FEATURES), dtype=np.float32)
     for i, image in enumerate(images):
         resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         pixels = np.asarray(resized, dtype=np.float32) / 255
-        cell = size // GRID
-        grid = pixels[: cell * GRID, : cell * GRID].reshape(GRID, cell, GRID, cell, 3).mean(axis=(1, 3))
         levels = np.minimum((pixels * LEVELS).astype(np.int64), LEVELS - 1)
         bins = (levels[..., 0] * LEVELS + levels[..., 1]) * LEVELS + levels[..., 2]
         histogram = np.bincount(bins.ravel(), minlength=LEVELS**3) / bins.size
-        out[i] = np.concatenate([grid.ravel(), np.sqrt(histogram)])
+        median = np.median(pixels.reshape(-1, 3), axis=0)
+        foreground = (np.abs(pixels - median).max(axis=-1) > FOREGROUND).astype(np.float32)
+        grey = pixels.mean(axis=-1)
+        edges = np.zeros_like(grey)
+        edges[:, 1:] += np.abs(np.diff(grey, axis=1))
+        edges[1:, :] += np.abs(np.diff(grey, axis=0))
+        out[i] = np.concatenate([_cells(pixels), np.sqrt(histogram), _cells(foreground), np.sqrt(_cells(edges))])
     return torch.from_numpy(out)
 
 
@@ -61,7 +77,12 @@ def text_features(texts: Sequence[str], buckets: int, max_length: int) -> torch.
 
 
 class DualEncoderReward(RewardModel):
-    """r = MLP([image, prompt, answer, image*answer, prompt*answer]) over two small encoders."""
+    """r = MLP([image, prompt, answer, image*answer, prompt*answer, image*prompt*answer]) over two small encoders.
+
+    The three-way product lets what an answer means for the image depend on the question: without it a colour
+    word scored high on any question about a blue image ("What shape is shown?" -> "blue"), and the `detail`
+    site put the true answer first for 56% of questions in one validation world of two (89% with it).
+    """
 
     family = "dual-encoder"
 
@@ -77,7 +98,7 @@ class DualEncoderReward(RewardModel):
             nn.Linear(IMAGE_FEATURES, width), nn.ReLU(), nn.Linear(width, width), nn.LayerNorm(width)
         )
         self.text = nn.Sequential(nn.Linear(text_buckets, width), nn.LayerNorm(width))
-        self.head = nn.Sequential(nn.Linear(5 * width, width), nn.ReLU(), nn.Linear(width, 1))
+        self.head = nn.Sequential(nn.Linear(6 * width, width), nn.ReLU(), nn.Linear(width, 1))
 
     def _text(self, texts: Sequence[str]) -> torch.Tensor:
         """Features of each text's last max_length characters (an answer's end is where pairs differ)."""
@@ -115,5 +136,5 @@ class DualEncoderReward(RewardModel):
         return self._head(self.image(batch["image"]), self.text(batch["prompt"]), self.text(batch["answer"]))
 
     def _head(self, img: torch.Tensor, prompt: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-        features = torch.cat([img, prompt, answer, img * answer, prompt * answer], dim=-1)
+        features = torch.cat([img, prompt, answer, img * answer, prompt * answer, img * prompt * answer], dim=-1)
         return self.head(features).squeeze(-1)

@@ -76,6 +76,12 @@ def load_reward_model(path: str | Path) -> RewardModel:
         model = family_class(str(config.get("family")))(**config["spec"])
     except TypeError as exc:
         raise BadInput(f"{config_path}: spec does not fit family {config.get('family')!r} ({exc})") from exc
-    model.load_saved_state_dict(load_file(str(weights)))
+    try:
+        model.load_saved_state_dict(load_file(str(weights)))
+    except ValueError as exc:
+        raise BadInput(
+            f"{weights}: {exc}; it was saved by another version of the {model.family!r} family (e.g. other image "
+            "features): retrain it (`mor client train --no-resume`, `mor coordinator public-reward`)"
+        ) from exc
     model.eval()
     return model
