@@ -115,3 +115,21 @@ def test_vlm_family_must_match_its_base(tiny_model_dir):
         build_reward_model(ModelSection(family="llava", base=str(tiny_model_dir("qwen2-vl"))))
     with pytest.raises(ValueError, match=r"needs \[model\].base"):
         build_reward_model(ModelSection(family="qwen2-vl", base=""))
+
+
+def test_dual_encoder_image_features_locate_objects_of_any_colour():
+    from mor_secure.rewards.dual_encoder import GRID, IMAGE_FEATURES, LEVELS, image_features
+
+    cells = GRID * GRID
+    features = []
+    for colour in [(250, 220, 40), (40, 60, 230)]:  # yellow is close to the light background in two channels
+        image = Image.new("RGB", (64, 64), (245, 245, 245))
+        image.paste(colour, (0, 0, 8, 8))  # exactly the top-left cell of the 8x8 grid
+        features.append(image_features([image], 64)[0])
+    for row in features:
+        assert row.shape == (IMAGE_FEATURES,)
+        foreground = row[3 * cells + LEVELS**3 :][:cells]
+        edges = row[3 * cells + LEVELS**3 + cells :]
+        assert foreground[0] == 1 and foreground[1:].sum() == 0  # where the object is, whatever its colour
+        assert edges[1] > 0 and edges[GRID] > 0 and edges[cells - 1] == 0  # its outline (right, below), not afar
+    assert torch.allclose(features[0][3 * cells + LEVELS**3 :][:cells], features[1][3 * cells + LEVELS**3 :][:cells])
