@@ -4,7 +4,7 @@ builds from scratch (no VLM, no tokenizer file) and trains in seconds on a CPU.
 Why fixed features: DP noise grows with the number of trained weights, and a site holds a few
 hundred pairs. An end-to-end encoder (patch and byte embeddings, 150k weights) reached 100%
 held-out accuracy without DP but stayed at chance at epsilon 8 on 200 pairs; hand-made features
-with a ~20k-weight trainable part learn under DP (Tramer & Boneh, "Differentially Private
+with a ~28k-weight trainable part (width 32) learn under DP (Tramer & Boneh, "Differentially Private
 Learning Needs Better Features", ICLR 2021). Only Linear layers train, so Opacus' per-pair
 gradients are cheap hooks.
 """
