@@ -39,8 +39,8 @@ from mor_secure.demo.pipeline import FAMILIES, SITE_VLM_FAMILIES, VLM_FAMILIES
 from mor_secure.reporting import figure, markdown_table
 
 SITES = ("client-0", "client-1", "client-2")
-EPSILONS = (0.25, 4.0, math.inf)
-POLICY_EPSILONS = (4.0,)
+EPSILONS = (0.25, 4.0, 8.0, math.inf)
+POLICY_EPSILONS = (4.0, 8.0)
 """Epsilons whose cells also run GRPO per fusion (the reward columns run at every epsilon)."""
 POLICY_METHODS = ("mor", "uniform", "single", "fedavg", "centralised")
 """Rewards GRPO runs with; ``single`` is the one site whose scores rank the router's training pairs best."""
