@@ -121,6 +121,7 @@ def test_dual_encoder_image_features_locate_objects_of_any_colour():
     from mor_secure.rewards.dual_encoder import GRID, IMAGE_FEATURES, LEVELS, image_features
 
     cells = GRID * GRID
+    start = 3 * cells + LEVELS**3  # after the mean colours and the histogram: foreground, then edges
     features = []
     for colour in [(250, 220, 40), (40, 60, 230)]:  # yellow is close to the light background in two channels
         image = Image.new("RGB", (64, 64), (245, 245, 245))
@@ -128,8 +129,7 @@ def test_dual_encoder_image_features_locate_objects_of_any_colour():
         features.append(image_features([image], 64)[0])
     for row in features:
         assert row.shape == (IMAGE_FEATURES,)
-        foreground = row[3 * cells + LEVELS**3 :][:cells]
-        edges = row[3 * cells + LEVELS**3 + cells :]
+        foreground, edges = row[start : start + cells], row[start + cells :]
         assert foreground[0] == 1 and foreground[1:].sum() == 0  # where the object is, whatever its colour
         assert edges[1] > 0 and edges[GRID] > 0 and edges[cells - 1] == 0  # its outline (right, below), not afar
-    assert torch.allclose(features[0][3 * cells + LEVELS**3 :][:cells], features[1][3 * cells + LEVELS**3 :][:cells])
+    assert torch.allclose(features[0][start : start + cells], features[1][start : start + cells])

@@ -80,8 +80,8 @@ def load_reward_model(path: str | Path) -> RewardModel:
         model.load_saved_state_dict(load_file(str(weights)))
     except ValueError as exc:
         raise BadInput(
-            f"{weights}: {exc}; it was saved by another version of the {model.family!r} family (e.g. other image "
-            "features): retrain it (`mor client train --no-resume`, `mor coordinator public-reward`)"
+            f"{weights}: {exc}; it was saved by another version of the {model.family!r} architecture: "
+            "retrain it (`mor client train --no-resume`, `mor coordinator public-reward`)"
         ) from exc
     model.eval()
     return model
